@@ -30,8 +30,16 @@ from rag.ingest import SourceDocument, load_corpus
 from rag.lexical import DEFAULT_B, DEFAULT_K1, LexicalIndex
 from rag.settings import Settings
 from rag.store import (
-    ChunkRecord, DocumentRecord, Index, IndexSpec, build_lock, load_index, new_manifest,
-    read_manifest, size_on_disk, write_index,
+    ChunkRecord,
+    DocumentRecord,
+    Index,
+    IndexSpec,
+    build_lock,
+    load_index,
+    new_manifest,
+    read_manifest,
+    size_on_disk,
+    write_index,
 )
 
 

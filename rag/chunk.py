@@ -112,8 +112,12 @@ def chunk_document(
     seen_ids: set[str] = set()
     for section in doc.sections:
         sentences = _fit_sentences(doc.text, section.char_start, section.char_end, params)
-        for a, b in _pack(doc.text, sentences, params, lambda s, e: model_tokens(
-                embed_input(title, section.title, doc.text[s:e]))):
+        heading = section.title
+
+        def fits(start: int, end: int, heading: str | None = heading) -> int:
+            return model_tokens(embed_input(title, heading, doc.text[start:end]))
+
+        for a, b in _pack(doc.text, sentences, params, fits):
             text = doc.text[a:b]
             chunk_id = _chunk_id(doc_id, text, seen_ids)
             chunks.append(Chunk(chunk_id, doc_id, section.title, a, b, text, count_tokens(text),

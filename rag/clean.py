@@ -10,13 +10,10 @@ The returned `text` is the document's canonical text: every offset in the index
 paragraphs are joined by "\\n\\n". Headings stay in the text and also name the sections
 that follow them.
 
-Example:
-    >>> doc = clean("Analysis\\n\\nMy Title\\n\\nBy Jane Roe\\n\\nIntro\\n\\nBody text goes here.",
-    ...             title="My Title")
-    >>> doc.text
-    'Intro\\n\\nBody text goes here.'
-    >>> [(s.title, doc.text[s.char_start:s.char_end]) for s in doc.sections]
-    [('Intro', 'Body text goes here.')]
+Example (BODY is any paragraph of 25 words or more, which ends the page's head):
+    doc = clean("Analysis\\n\\nMy Title\\n\\nBy Jane Roe\\n\\nIntro\\n\\n" + BODY, title="My Title")
+    doc.text == "Intro\\n\\n" + BODY            # kicker, title and byline removed
+    [(s.title, doc.text[s.char_start:s.char_end]) for s in doc.sections] == [("Intro", BODY)]
 
 Left out: tables, lists nested deeper than one line, and languages other than English
 (the phrase patterns are English).
@@ -24,6 +21,7 @@ Left out: tables, lists nested deeper than one line, and languages other than En
 
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 # ---------------------------------------------------------------- configuration
 
@@ -227,7 +225,7 @@ def _captions_twice(lines: list[_Line], rules: CleanRules) -> list[_Line]:
     """Adjacent lines of one raw paragraph where one repeats the other (a caption, then
     the caption again with its credit appended): both go."""
     doomed: list[_Line] = []
-    for a, b in zip(lines, lines[1:]):
+    for a, b in pairwise(lines):
         if a.group != b.group or len(a.text) < rules.caption_min_chars:
             continue
         if b.text.startswith(a.text) or a.text.startswith(b.text):
@@ -264,10 +262,10 @@ def _repeats(lines: list[_Line], rules: CleanRules) -> list[_Line]:
 
 
 def _mark_headings(lines: list[_Line], rules: CleanRules) -> None:
-    """A heading stands on its own line after a finished sentence or a blank line, and
-    before a blank line or a bullet list; it is short, does
-    not end like a sentence (a question mark is fine: 'Are China and Russia allies?'),
-    starts with a capital, and is followed by a longer paragraph."""
+    """A heading stands on its own line after a blank line or a finished sentence, and
+    before a blank line or a bullet list; it is short, does not end like a sentence (a
+    question mark is fine: 'Are China and Russia allies?'), starts with a capital, and is
+    followed by a longer paragraph."""
     for i, line in enumerate(lines[:-1]):
         # scraped text often runs a dek, a heading and a list together in one raw paragraph
         first = i == 0 or lines[i - 1].group != line.group or bool(

@@ -51,8 +51,9 @@ class SentenceTransformerEmbedder:
                 f"already in the local Hugging Face cache ({type(exc).__name__}: {exc})"
             ) from exc
         self.name = name
-        get_dimension = getattr(self._model, "get_embedding_dimension", None) or getattr(
-            self._model, "get_sentence_embedding_dimension")
+        # renamed in sentence-transformers 6; the old name still works, with a warning
+        get_dimension = (getattr(self._model, "get_embedding_dimension", None)
+                         or self._model.get_sentence_embedding_dimension)
         dimension = get_dimension()
         if not dimension or not self._model.max_seq_length:
             raise ModelError(f"model '{name}' does not report its dimension and max length")

@@ -13,6 +13,7 @@ Left out: phrase and field queries, and languages other than English.
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import bm25s
 import numpy as np
@@ -25,7 +26,7 @@ DEFAULT_B = 0.75
 
 
 @lru_cache(maxsize=1)
-def _stemmer():  # type: ignore[no-untyped-def]
+def _stemmer() -> Any:
     import Stemmer  # PyStemmer
 
     return Stemmer.Stemmer("english")

@@ -84,7 +84,7 @@ class Retriever:
         if rows is not None:
             if not len(rows):
                 return []
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))
+            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))  # type: ignore[call-arg]
         scores, ids = self.index.vectors.search(vector.reshape(1, -1), k, params=params)
         return [Hit(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 

@@ -1,0 +1,83 @@
+"""The `rag` command, driven through Typer's runner with the fake model."""
+
+import json
+
+import pytest
+from conftest import FakeEmbedder
+from typer.testing import CliRunner
+
+from rag import build as build_module
+from rag import service
+from rag.cli import app
+from rag.settings import Settings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(settings: Settings, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RAG_CORPUS_DIR", str(settings.corpus_dir))
+    monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
+    monkeypatch.setenv("RAG_MODEL", "fake")
+    fake = FakeEmbedder()
+    monkeypatch.setattr(build_module, "load_embedder", lambda name: fake)
+    monkeypatch.setattr(service, "load_embedder", lambda name: fake)
+    return settings
+
+
+def test_build_then_skip_then_query_json(env: Settings):
+    first = runner.invoke(app, ["build"])
+    assert first.exit_code == 0, first.output
+    assert "documents 3, chunks" in first.stdout
+    second = runner.invoke(app, ["build"])
+    assert second.exit_code == 0 and "index is up to date" in second.stdout
+
+    result = runner.invoke(app, ["query", "Russian oil imports", "-k", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert set(body) == {"question", "passages", "took_ms"}
+    assert body["question"] == "Russian oil imports"
+    assert [p["rank"] for p in body["passages"]] == [1, 2]
+    assert set(body["passages"][0]["citation"]) == {
+        "doc_id", "title", "source", "url", "section", "char_start", "char_end"}
+
+
+def test_query_text_output_and_doc_filter(env: Settings):
+    runner.invoke(app, ["build"])
+    result = runner.invoke(app, ["query", "Arctic", "--doc", "usip-china-russia-global-cooperation",
+                                 "--mode", "lexical"])
+    assert result.exit_code == 0, result.output
+    assert "[1]" in result.stdout and "usip-china-russia-global-cooperation" in result.stdout
+    assert "cfr-china-russia-backgrounder" not in result.stdout
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["query", "   "], "error: question must not be empty"),
+    (["query", "x", "-k", "0"], "error: k must be between 1 and 50, got 0"),
+    (["query", "x", "--mode", "fuzzy"], "error: mode must be one of dense, lexical, got 'fuzzy'"),
+    (["query", "x", "--doc", "nope"], "error: unknown doc_ids: nope"),
+])
+def test_bad_query_input_is_one_line_and_exit_2(env: Settings, args, message):
+    runner.invoke(app, ["build"])
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == message
+
+
+def test_query_without_index(env: Settings):
+    result = runner.invoke(app, ["query", "anything"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: no index at") and "run `rag build` first" in result.stderr
+
+
+def test_bad_settings_are_reported(env: Settings, monkeypatch):
+    monkeypatch.setenv("RAG_CHUNK_TOKENS", "banana")
+    result = runner.invoke(app, ["build"])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: invalid settings: chunk_tokens:")
+
+
+def test_missing_corpus(env: Settings, tmp_path):
+    result = runner.invoke(app, ["build", "--corpus", str(tmp_path / "nowhere")])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: corpus folder not found: {tmp_path / 'nowhere'}"

@@ -1,0 +1,61 @@
+"""The bundled all-MiniLM-L6-v2 on the bundled corpus: the acceptance checks of the
+foundation, end to end. Slower (loads torch and the model): marked `model`."""
+
+from pathlib import Path
+
+import pytest
+from conftest import CORPUS
+
+from rag.build import build_index, spec_of
+from rag.chunk import embed_input
+from rag.embed import load_embedder
+from rag.retrieve import Retriever
+from rag.settings import Settings
+from rag.store import load_index
+
+pytestmark = pytest.mark.model
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory) -> Retriever:  # type: ignore[no-untyped-def]
+    settings = Settings(corpus_dir=CORPUS, index_dir=tmp_path_factory.mktemp("real") / "index")
+    embedder = load_embedder(settings.model)
+    build_index(settings, embedder)
+    return Retriever(load_index(settings.index_dir, spec_of(settings)), embedder)
+
+
+def test_trade_question_finds_245_billion_in_top_3(real: Retriever):
+    response = real.query("What was the value of trade between China and Russia in 2024?", k=3)
+    assert any("$245 billion" in p.text for p in response.passages)
+
+
+def test_citation_invariant_over_the_whole_index(real: Retriever):
+    for chunk in real.index.chunks:
+        assert real.index.documents[chunk.doc_id].text[chunk.char_start:chunk.char_end] == chunk.text
+
+
+def test_no_chunk_exceeds_the_model_max_sequence_length(real: Retriever):
+    limit = real.embedder.max_tokens
+    assert limit == 256
+    counts = [
+        real.embedder.count_tokens(
+            embed_input(real.index.documents[c.doc_id].metadata["title"], c.section, c.text))
+        for c in real.index.chunks
+    ]
+    assert max(counts) <= limit
+    assert counts == [c.n_model_tokens for c in real.index.chunks]
+
+
+def test_no_chunk_carries_promo_text(real: Retriever):
+    for phrase in ("More From Our Experts", "Join the Conversation", "Related Publications",
+                   "Subscribe now"):
+        assert not [c.chunk_id for c in real.index.chunks if phrase.casefold() in c.text.casefold()]
+
+
+def test_bad_model_path_is_a_clear_error(tmp_path: Path):
+    from rag.errors import ModelError
+
+    with pytest.raises(ModelError, match="model folder not found"):
+        load_embedder(str(tmp_path / "no-model"))
+    with pytest.raises(ModelError, match="cannot load embedding model 'no-such/model-anywhere' offline"):
+        load_embedder("no-such/model-anywhere")
