@@ -110,6 +110,19 @@ def query(
         typer.echo("no passages found")
 
 
+@app.command()
+@user_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to bind [RAG_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [RAG_PORT]")] = None,
+    index: IndexOpt = None,
+) -> None:
+    """Serve the index over HTTP (OpenAPI docs at /docs); reloads when `rag build` writes a new one."""
+    from api.app import serve as run_server
+
+    run_server(load_settings(index=index, host=host, port=port))
+
+
 def main() -> None:
     try:
         app()

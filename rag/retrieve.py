@@ -99,12 +99,16 @@ class Retriever:
 
     def passage(self, rank: int, hit: Hit) -> Passage:
         chunk = self.index.chunks[hit.row]
+        return Passage(rank=rank, chunk_id=chunk.chunk_id, text=chunk.text, score=round(hit.score, 6),
+                       citation=self.citation(hit.row))
+
+    def citation(self, row: int) -> Citation:
+        chunk = self.index.chunks[row]
         meta = self.index.documents[chunk.doc_id].metadata
-        return Passage(
-            rank=rank, chunk_id=chunk.chunk_id, text=chunk.text, score=round(hit.score, 6),
-            citation=Citation(
-                doc_id=chunk.doc_id, title=str(meta["title"]), source=str(meta["source"]),
-                url=meta.get("url"), section=chunk.section,
-                char_start=chunk.char_start, char_end=chunk.char_end,
-            ),
+        return Citation(
+            doc_id=chunk.doc_id, title=str(meta["title"]), source=str(meta["source"]),
+            url=meta.get("url"), section=chunk.section, char_start=chunk.char_start, char_end=chunk.char_end,
         )
+
+    def chunk_count(self, doc_id: str) -> int:
+        return len(self._rows_by_doc.get(doc_id, ()))

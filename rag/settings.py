@@ -7,7 +7,7 @@ Paths are relative to the working directory.
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -35,6 +35,22 @@ class Settings(BaseSettings):
     # --- query defaults
     default_k: int = Field(5, ge=1, le=50)
     max_k: int = Field(50, ge=1)
+
+    # --- HTTP service (`rag serve`)
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: SecretStr | None = Field(
+        None, description="when set, every endpoint but /health needs 'Authorization: Bearer <key>'")
+    cors_origins: list[str] = Field(
+        default_factory=list, description='browser origins allowed to call us, e.g. ["http://localhost:3000"]')
+    max_question_chars: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(65536, ge=1024)
+    batch_wait_ms: float = Field(
+        0.0, ge=0, le=100,
+        description="extra wait for more questions before embedding a batch; 0 batches only the "
+        "questions that queued while the previous batch ran (no added latency)")
+    max_batch: int = Field(64, ge=1, le=1024)
+    reload_poll_seconds: float = Field(1.0, ge=0, description="how often to look for a new index; 0: never")
 
     @model_validator(mode="after")
     def _overlap_smaller_than_chunk(self) -> "Settings":

@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    create .venv, install everything, build the index if missing or stale, serve on 127.0.0.1:8000
+#   make test   create .venv, install everything, lint, type-check and run the tests
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install build lint typecheck clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, as the local CPU wheel: an unpinned torch would pull a multi-GB CUDA build
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+build: $(STAMP)
+	$(BIN)/rag build
+
+run: build
+	$(BIN)/rag serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check rag api tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) index .pytest_cache .mypy_cache .ruff_cache

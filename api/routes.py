@@ -1,0 +1,145 @@
+"""The routes: each one a few lines over the engine. Errors are raised as domain errors
+and translated in `api.app`."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
+from prometheus_client import generate_latest
+
+from api.engine import Engine
+from api.schemas import (
+    EXAMPLE_QUESTION,
+    ChunkDetail,
+    DocumentDetail,
+    DocumentList,
+    DocumentSummary,
+    ErrorBody,
+    Health,
+    QueryRequest,
+    Ready,
+    Reloaded,
+)
+from rag.errors import BadQueryError, NotFoundError
+from rag.retrieve import Mode, Retriever
+from rag.schema import QueryResponse
+from rag.settings import Settings
+from rag.store import DocumentRecord
+
+router = APIRouter()
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 503)}
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_retriever(engine: Annotated[Engine, Depends(get_engine)]) -> Retriever:
+    return engine.live()
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RetrieverDep = Annotated[Retriever, Depends(get_retriever)]
+
+
+async def answer(engine: Engine, settings: Settings, body: QueryRequest) -> QueryResponse:
+    if not body.question.strip():
+        raise BadQueryError("question must not be empty")
+    if len(body.question) > settings.max_question_chars:
+        raise BadQueryError(f"question is {len(body.question)} characters; the limit is "
+                            f"{settings.max_question_chars}")
+    return await engine.query(body.question, body.k, body.doc_ids, body.mode)
+
+
+@router.post("/query", responses=ERRORS, tags=["query"])
+async def query(body: QueryRequest, engine: EngineDep, settings: SettingsDep) -> QueryResponse:
+    """Ranked passages answering the question, each with its exact citation."""
+    return await answer(engine, settings, body)
+
+
+@router.get("/query", responses=ERRORS, tags=["query"])
+async def query_get(
+    engine: EngineDep, settings: SettingsDep,
+    q: Annotated[str, Query(description="the question", examples=[EXAMPLE_QUESTION])],
+    k: Annotated[int, Query(ge=1, le=50)] = 5,
+    doc_id: Annotated[list[str] | None, Query(description="only these documents (repeatable)")] = None,
+    mode: Mode = "dense",
+) -> QueryResponse:
+    """The same as POST /query, for curl and browsers."""
+    return await answer(engine, settings, QueryRequest(question=q, k=k, doc_ids=doc_id, mode=mode))
+
+
+def summary(retriever: Retriever, doc: DocumentRecord) -> dict[str, object]:
+    meta = doc.metadata
+    return {"doc_id": doc.doc_id, "title": meta["title"], "source": meta["source"],
+            "author": meta.get("author"), "date": meta.get("date"), "url": meta.get("url"),
+            "n_chunks": retriever.chunk_count(doc.doc_id), "n_chars": len(doc.text)}
+
+
+@router.get("/documents", responses=ERRORS, tags=["documents"])
+def documents(retriever: RetrieverDep) -> DocumentList:
+    """Every document with its metadata and chunk count."""
+    docs = retriever.index.documents.values()
+    return DocumentList(documents=[DocumentSummary.model_validate(summary(retriever, d)) for d in docs])
+
+
+@router.get("/documents/{doc_id}", responses=ERRORS, tags=["documents"])
+def document(doc_id: str, retriever: RetrieverDep) -> DocumentDetail:
+    """Metadata plus the cleaned text that citation offsets point into."""
+    doc = retriever.index.documents.get(doc_id)
+    if doc is None:
+        raise NotFoundError(f"no document with doc_id '{doc_id}'")
+    return DocumentDetail.model_validate(
+        {**summary(retriever, doc), "metadata": doc.metadata, "sections": doc.sections, "text": doc.text})
+
+
+@router.get("/chunks/{chunk_id}", responses=ERRORS, tags=["documents"])
+def chunk(chunk_id: str, retriever: RetrieverDep) -> ChunkDetail:
+    """One chunk with its citation."""
+    row = retriever.index.row_of(chunk_id)
+    if row is None:
+        raise NotFoundError(f"no chunk with chunk_id '{chunk_id}'")
+    record = retriever.index.chunks[row]
+    return ChunkDetail(chunk_id=chunk_id, text=record.text, n_tokens=record.n_tokens,
+                       citation=retriever.citation(row))
+
+
+@router.get("/health", tags=["service"])
+def health() -> Health:
+    """The process is alive (no key needed)."""
+    return Health(status="ok")
+
+
+@router.get("/ready", responses={503: {"model": ErrorBody}}, tags=["service"])
+def ready(engine: EngineDep, settings: SettingsDep) -> Ready:
+    """The index is loaded and the model warmed; 503 with the reason otherwise."""
+    index = engine.live().index
+    return Ready(status="ready", build_id=index.build_id, model=settings.model,
+                 documents=len(index.documents), chunks=len(index.chunks), reload_error=engine.reload_error)
+
+
+@router.post("/admin/reload", responses=ERRORS, tags=["service"])
+async def reload(engine: EngineDep) -> Reloaded:
+    """Load the newest build now instead of at the next poll."""
+    swapped = await engine.reload()
+    return Reloaded(reloaded=swapped, build_id=engine.live().index.build_id)
+
+
+@router.get("/metrics", tags=["service"], response_class=PlainTextResponse)
+def metrics(request: Request, engine: EngineDep) -> PlainTextResponse:
+    """Prometheus text format: request counts, latency histograms, index size."""
+    m = request.app.state.metrics
+    if engine.retriever is not None:
+        m.index_chunks.set(len(engine.retriever.index.chunks))
+        m.index_documents.set(len(engine.retriever.index.documents))
+    if engine.batch_sizes:
+        m.batch_size.set(engine.batch_sizes[-1])
+    return PlainTextResponse(generate_latest(m.registry), media_type="text/plain; version=0.0.4")
+

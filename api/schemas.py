@@ -1,0 +1,77 @@
+"""Request and response models of the HTTP API (the query response itself is
+`rag.schema.QueryResponse`, shared with `rag query --json`)."""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rag.retrieve import Mode
+from rag.schema import Citation
+
+EXAMPLE_QUESTION = "What was the value of trade between China and Russia in 2024?"
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"question": EXAMPLE_QUESTION, "k": 5, "doc_ids": None}]})
+
+    question: str = Field(description="the question; at most RAG_MAX_QUESTION_CHARS characters")
+    k: int = Field(5, ge=1, le=50, description="passages to return")
+    doc_ids: list[str] | None = Field(None, description="only search these documents")
+    mode: Mode = Field("dense", description="dense (embeddings) or lexical (BM25)")
+
+
+class DocumentSummary(BaseModel):
+    doc_id: str
+    title: str
+    source: str
+    author: str | None
+    date: str | None
+    url: str | None
+    n_chunks: int
+    n_chars: int = Field(description="length of the cleaned text")
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentSummary]
+
+
+class SectionSpan(BaseModel):
+    title: str | None
+    char_start: int
+    char_end: int
+
+
+class DocumentDetail(DocumentSummary):
+    metadata: dict[str, Any] = Field(description="every metadata field, as ingested")
+    sections: list[SectionSpan]
+    text: str = Field(description="the cleaned text that citation offsets point into")
+
+
+class ChunkDetail(BaseModel):
+    chunk_id: str
+    text: str
+    n_tokens: int = Field(description="cl100k tokens")
+    citation: Citation
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class Ready(BaseModel):
+    status: str = Field(examples=["ready"])
+    build_id: str
+    model: str
+    documents: int
+    chunks: int
+    reload_error: str | None = Field(None, description="why the newest build was not loaded, if it was not")
+
+
+class Reloaded(BaseModel):
+    reloaded: bool = Field(description="false when the live build was already being served")
+    build_id: str
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(examples=["question must not be empty"])
