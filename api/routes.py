@@ -4,7 +4,7 @@ and translated in `api.app`."""
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import generate_latest
 
 from api.engine import Engine
@@ -49,29 +49,31 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RetrieverDep = Annotated[Retriever, Depends(get_retriever)]
 
 
-async def answer(engine: Engine, settings: Settings, body: QueryRequest) -> QueryResponse:
+async def answer(engine: Engine, settings: Settings, body: QueryRequest) -> Response:
     if not body.question.strip():
         raise BadQueryError("question must not be empty")
     if len(body.question) > settings.max_question_chars:
         raise BadQueryError(f"question is {len(body.question)} characters; the limit is "
                             f"{settings.max_question_chars}")
-    return await engine.query(body.question, body.k, body.doc_ids, body.mode)
+    response = await engine.query(body.question, body.k, body.doc_ids, body.mode)
+    # already a validated model: serialise it once instead of letting FastAPI re-validate it
+    return Response(response.model_dump_json(), media_type="application/json")
 
 
-@router.post("/query", responses=ERRORS, tags=["query"])
-async def query(body: QueryRequest, engine: EngineDep, settings: SettingsDep) -> QueryResponse:
+@router.post("/query", response_model=QueryResponse, responses=ERRORS, tags=["query"])
+async def query(body: QueryRequest, engine: EngineDep, settings: SettingsDep) -> Response:
     """Ranked passages answering the question, each with its exact citation."""
     return await answer(engine, settings, body)
 
 
-@router.get("/query", responses=ERRORS, tags=["query"])
+@router.get("/query", response_model=QueryResponse, responses=ERRORS, tags=["query"])
 async def query_get(
     engine: EngineDep, settings: SettingsDep,
     q: Annotated[str, Query(description="the question", examples=[EXAMPLE_QUESTION])],
     k: Annotated[int, Query(ge=1, le=50)] = 5,
     doc_id: Annotated[list[str] | None, Query(description="only these documents (repeatable)")] = None,
     mode: Mode = "dense",
-) -> QueryResponse:
+) -> Response:
     """The same as POST /query, for curl and browsers."""
     return await answer(engine, settings, QueryRequest(question=q, k=k, doc_ids=doc_id, mode=mode))
 

@@ -123,6 +123,25 @@ def serve(
     run_server(load_settings(index=index, host=host, port=port))
 
 
+@app.command()
+@user_errors
+def bench(
+    repeats: Annotated[int, typer.Option(help="single-client queries (and raw encodes) to time")] = 200,
+    queries: Annotated[int, typer.Option(help="queries per throughput run")] = 320,
+    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("eval/reports/bench.json"),
+    index: IndexOpt = None,
+) -> None:
+    """Benchmark the real server: latency vs raw model time, throughput at 1/8/32 clients, memory."""
+    from rag.bench import run_bench, table
+    from rag.build import build_index
+
+    settings = load_settings(index=index)
+    build_index(settings, log=lambda m: typer.echo(m, err=True))  # no-op when up to date
+    result = run_bench(settings, repeats=repeats, queries=queries, out=out)
+    typer.echo(table(result))
+    typer.echo(f"\nwrote {out}")
+
+
 def main() -> None:
     try:
         app()

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from conftest import CORPUS, FakeEmbedder
 
 from api.app import create_app
-from conftest import CORPUS, FakeEmbedder
 from rag.build import build_index
 from rag.settings import Settings
 

@@ -1,0 +1,178 @@
+"""`rag bench`: measure the real server against the raw model, in one run.
+
+1. launch `rag serve` as a subprocess on a free port and time /ready from launch;
+2. the raw model time to encode one short question, in this process, and /query latency
+   with one client, measured in alternating rounds so that both medians see the same
+   machine noise (the load on a shared 2-core machine drifts within a minute);
+4. throughput (queries/s) with 1, 8 and 32 concurrent clients over a fixed question list;
+5. the server's resident memory (VmRSS, and its peak VmHWM).
+
+Prints a table with the ratios that the targets are stated in and writes JSON.
+Every figure comes from this one run, on this machine, so ratios compare like with like.
+
+Left out: multi-machine load generation; the client shares the machine's cores with the
+server, as a co-located frontend would.
+"""
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from rag.embed import Embedder, load_embedder
+from rag.settings import Settings
+
+ROUNDS = 10  # alternations of raw-encode and one-client blocks
+QUESTIONS = [
+    "What was the value of trade between China and Russia in 2024?",
+    "Are China and Russia formal allies?",
+    "How many times have Xi and Putin met?",
+    "Why does Russia depend more on China than the reverse?",
+    "What is the Power of Siberia 2 pipeline?",
+    "When did China and Russia hold their first joint military drill?",
+    "What role do BRICS and the SCO play for Beijing and Moscow?",
+    "How do China and Russia cooperate on North Korea?",
+    "What did Zelenskyy accuse China of in April 2025?",
+    "What is the Polar Silk Road?",
+    "How did the Wagner mutiny affect China's position?",
+    "Which countries joined BRICS as of 2025?",
+]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def encode_times_ms(embedder: Embedder, n: int) -> list[float]:
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        embedder.encode([QUESTIONS[i % len(QUESTIONS)]])
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> dict[str, float]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields
+
+
+async def one_client_latencies(url: str, n: int) -> list[float]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        times = []
+        for i in range(n):
+            started = time.perf_counter()
+            r = await http.post("/query", json={"question": QUESTIONS[i % len(QUESTIONS)], "k": 5})
+            r.raise_for_status()
+            times.append((time.perf_counter() - started) * 1000)
+        return times
+
+
+async def throughput(url: str, clients: int, total: int) -> float:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        counter = iter(range(total))
+
+        async def client() -> None:
+            for i in counter:
+                r = await http.post("/query", json={"question": QUESTIONS[i % len(QUESTIONS)], "k": 5})
+                r.raise_for_status()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return total / (time.perf_counter() - started)
+
+
+def run_bench(settings: Settings, repeats: int = 200, queries: int = 320, out: Path | None = None) -> dict[str, Any]:
+    embedder = load_embedder(settings.model)
+    encode_times_ms(embedder, 20)  # warm up
+    port = free_port()
+    env = {**os.environ, "RAG_PORT": str(port), "RAG_INDEX_DIR": str(settings.index_dir),
+           "RAG_RELOAD_POLL_SECONDS": "0"}
+    launched = time.perf_counter()
+    server = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ready_s = _wait_ready(url, server, launched)
+        asyncio.run(one_client_latencies(url, 20))  # warm the connection path
+        raw, latencies = [], []
+        for _ in range(ROUNDS):
+            raw += encode_times_ms(embedder, repeats // ROUNDS)
+            latencies += asyncio.run(one_client_latencies(url, repeats // ROUNDS))
+        qps = {n: asyncio.run(throughput(url, n, queries)) for n in (1, 8, 32)}
+        memory = rss_mb(server.pid)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    p50, raw_ms = statistics.median(latencies), statistics.median(raw)
+    result = {
+        "raw_encode_ms_p50": round(raw_ms, 2),
+        "query_ms_p50": round(p50, 2),
+        "query_ms_p95": round(percentile(latencies, 0.95), 2),
+        "p50_over_raw_encode": round(p50 / raw_ms, 2),
+        "qps": {str(n): round(v, 1) for n, v in qps.items()},
+        "qps_32_over_1": round(qps[32] / qps[1], 2),
+        "server_rss_mb": round(memory.get("VmRSS", 0.0), 1),
+        "server_peak_rss_mb": round(memory.get("VmHWM", 0.0), 1),
+        "ready_seconds": round(ready_s, 2),
+        "targets": {"p50_over_raw_encode": "<= 1.5", "qps_32_over_1": ">= 3",
+                    "server_rss_mb": "< 1024", "ready_seconds": "<= 10"},
+        "cpu_count": os.cpu_count(),
+        "repeats": repeats, "queries_per_throughput_run": queries,
+    }
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _wait_ready(url: str, server: subprocess.Popen[bytes], launched: float) -> float:
+    with httpx.Client(base_url=url, timeout=5) as http:
+        while time.perf_counter() - launched < 120:
+            if server.poll() is not None:
+                raise RuntimeError(f"server exited with status {server.returncode}")
+            try:
+                if http.get("/ready").status_code == 200:
+                    return time.perf_counter() - launched
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+    raise RuntimeError("server not ready after 120 s")
+
+
+def table(r: dict[str, Any]) -> str:
+    def ok(good: bool) -> str:
+        return "met" if good else "MISSED"
+
+    rows = [
+        ("raw encode, one question (p50)", f"{r['raw_encode_ms_p50']:.2f} ms", ""),
+        ("/query, one client (p50)", f"{r['query_ms_p50']:.2f} ms", ""),
+        ("/query, one client (p95)", f"{r['query_ms_p95']:.2f} ms", ""),
+        ("p50 / raw encode", f"{r['p50_over_raw_encode']:.2f}x", f"<= 1.5x  {ok(r['p50_over_raw_encode'] <= 1.5)}"),
+        *[(f"throughput, {n} client(s)", f"{v:.1f} q/s", "") for n, v in r["qps"].items()],
+        ("throughput 32 / 1", f"{r['qps_32_over_1']:.2f}x", f">= 3x    {ok(r['qps_32_over_1'] >= 3)}"),
+        ("server RSS (peak)", f"{r['server_rss_mb']:.0f} MB ({r['server_peak_rss_mb']:.0f})",
+         f"< 1024   {ok(r['server_peak_rss_mb'] < 1024)}"),
+        ("/ready after launch", f"{r['ready_seconds']:.2f} s", f"<= 10 s  {ok(r['ready_seconds'] <= 10)}"),
+    ]
+    return "\n".join(f"{a:<34}{b:>18}   {c}" for a, b, c in rows)
