@@ -179,7 +179,7 @@ class Engine:
     @staticmethod
     def _answer(retriever: Retriever, jobs: list[_Job]) -> list[QueryResponse | Exception]:
         """Runs in the worker thread: one model call for the batch, then one search each."""
-        dense = [j for j in jobs if j.mode == "dense"]
+        dense = [j for j in jobs if j.mode != "lexical"]  # hybrid needs the vector too
         vectors = retriever.embedder.encode([j.question for j in dense]) if dense else np.zeros((0, 0))
         vector_of = {id(j): v for j, v in zip(dense, vectors)}
         out: list[QueryResponse | Exception] = []

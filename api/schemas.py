@@ -18,7 +18,7 @@ class QueryRequest(BaseModel):
     question: str = Field(description="the question; at most RAG_MAX_QUESTION_CHARS characters")
     k: int = Field(5, ge=1, le=50, description="passages to return")
     doc_ids: list[str] | None = Field(None, description="only search these documents")
-    mode: Mode = Field("dense", description="dense (embeddings) or lexical (BM25)")
+    mode: Mode = Field("dense", description="dense (embeddings), lexical (BM25) or hybrid (both, fused)")
 
 
 class DocumentSummary(BaseModel):

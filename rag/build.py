@@ -125,7 +125,8 @@ def build_index(
             documents={r.doc_id: r for r in records},
             chunks=[_record(c, embedder) for c in chunks],
             vectors=flat,
-            lexical=LexicalIndex.build([c.text for c in chunks]),
+            # BM25 sees what the model sees: title, section and text (BEIR: title + text)
+            lexical=LexicalIndex.build([c.embed_input for c in chunks]),
         )
         index.path = write_index(settings.index_dir, index)
         return _report(index, skipped=False, embedded=len(chunks) - reused, reused=reused,

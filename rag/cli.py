@@ -87,7 +87,7 @@ def build(
 def query(
     question: Annotated[str, typer.Argument(help="the question to answer")],
     k: Annotated[int, typer.Option("-k", "--k", help="passages to return")] = 5,
-    mode: Annotated[str, typer.Option(help="dense or lexical")] = "dense",
+    mode: Annotated[str, typer.Option(help="dense, lexical or hybrid")] = "dense",
     doc_id: Annotated[list[str] | None, typer.Option("--doc", help="only this document (repeatable)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the /query response body")] = False,
     index: IndexOpt = None,
@@ -140,6 +140,60 @@ def bench(
     result = run_bench(settings, repeats=repeats, queries=queries, out=out)
     typer.echo(table(result))
     typer.echo(f"\nwrote {out}")
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    questions: Annotated[Path, typer.Option(help="question set (JSONL)")] = Path("eval/questions.jsonl"),
+    beir: Annotated[Path | None, typer.Option(help="evaluate on a BEIR dataset folder instead")] = None,
+    mode: Annotated[list[str] | None, typer.Option(help="modes to compare (repeatable); default all")] = None,
+    out_dir: Annotated[Path, typer.Option(help="where reports go")] = Path("eval/reports"),
+    gate_mode: Annotated[str, typer.Option(help="the mode the --min-* gates apply to")] = "dense",
+    min_recall_at_5: Annotated[float | None, typer.Option(help="fail below this Recall@5")] = None,
+    min_recall_at_10: Annotated[float | None, typer.Option(help="fail below this Recall@10")] = None,
+    min_mrr_at_10: Annotated[float | None, typer.Option(help="fail below this MRR@10")] = None,
+    min_ndcg_at_10: Annotated[float | None, typer.Option(help="fail below this nDCG@10")] = None,
+    limit: Annotated[int | None, typer.Option(help="BEIR: only the first N queries (quick runs)")] = None,
+    index: IndexOpt = None,
+) -> None:
+    """Measure retrieval (Recall@k, MRR@10, nDCG@10, latency) per mode; gate on thresholds."""
+    from rag.report import terminal_summary, write_reports
+    from rag.retrieve import MODES
+
+    modes = tuple(mode or MODES)
+    if unknown := [m for m in modes if m not in MODES]:
+        fail(f"unknown mode(s): {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    if gate_mode not in modes:
+        fail(f"--gate-mode {gate_mode} is not among the evaluated modes")
+    settings = load_settings(index=index)
+    if beir is not None:
+        from rag.beir import evaluate_beir
+
+        report = evaluate_beir(beir, settings, modes, limit=limit, log=lambda m: typer.echo(m, err=True))
+        name, title = f"beir-{beir.name}", f"BEIR {beir.name}"
+    else:
+        from rag.evaluate import evaluate, load_questions
+        from rag.service import open_retriever
+
+        retriever = open_retriever(settings)
+        report = evaluate(retriever, load_questions(questions, retriever.index), modes)  # type: ignore[arg-type]
+        name, title = "seed", f"Seed questions ({questions.name})"
+    typer.echo(terminal_summary(report))
+    for mode_name, result in report["modes"].items():
+        for failure in result.get("failures", []):
+            got = ", ".join(f"{r['doc_id']}›{r['section'] or '-'}" for r in failure["returned"])
+            typer.echo(f"  [{mode_name}] missed {failure['id']}: {failure['question']}  -> got {got}")
+    paths = write_reports(report, out_dir, name, title)
+    typer.echo("reports: " + ", ".join(str(p) for p in paths))
+
+    overall = report["modes"][gate_mode]["overall"]
+    gates = {"recall@5": min_recall_at_5, "recall@10": min_recall_at_10, "mrr@10": min_mrr_at_10,
+             "ndcg@10": min_ndcg_at_10}
+    below = [f"{metric} {overall[metric]:.3f} < {threshold}" for metric, threshold in gates.items()
+             if threshold is not None and metric in overall and overall[metric] < threshold]
+    if below:
+        fail(f"regression gate failed for mode {gate_mode}: " + "; ".join(below))
 
 
 def main() -> None:

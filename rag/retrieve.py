@@ -1,13 +1,15 @@
 """Answer a question with ranked, cited passages from a loaded index.
 
 Modes: "dense" (cosine similarity of the question's embedding to every chunk, exact
-search in FAISS) and "lexical" (BM25). Both can be restricted to some documents.
+search in FAISS), "lexical" (BM25) and "hybrid" (reciprocal rank fusion of the two:
+score = sum over both rankings of 1 / (RRF_K + rank), over each one's top candidates).
+All can be restricted to some documents.
 
 Example:
     retriever = Retriever(load_index(Path("index")), load_embedder("all-MiniLM-L6-v2"))
     retriever.query("What was China-Russia trade worth in 2024?", k=3).passages[0].citation
 
-Left out: hybrid fusion, reranking and highlights (later steps add them here).
+Left out: tuned fusion weights, reranking and highlights.
 """
 
 import time
@@ -23,8 +25,10 @@ from rag.errors import BadQueryError
 from rag.schema import Citation, Passage, QueryResponse
 from rag.store import Index
 
-Mode = Literal["dense", "lexical"]
-MODES: tuple[Mode, ...] = ("dense", "lexical")
+Mode = Literal["dense", "lexical", "hybrid"]
+MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
+RRF_K = 60  # the constant of Cormack et al. (2009); damps the weight of top ranks
+FUSION_CANDIDATES = 100  # each ranking's depth that hybrid fuses
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,10 @@ class Retriever:
             return self._lexical(question, k, rows)
         if query_vector is None:
             query_vector = self.embedder.encode([question])[0]
-        return self._dense(query_vector, k, rows)
+        if mode == "dense":
+            return self._dense(query_vector, k, rows)
+        depth = max(k, FUSION_CANDIDATES)
+        return fuse_rrf([self._dense(query_vector, depth, rows), self._lexical(question, depth, rows)], k)
 
     def validate(self, question: str, k: int, doc_ids: Sequence[str] | None, mode: str) -> None:
         if not question.strip():
@@ -112,3 +119,14 @@ class Retriever:
 
     def chunk_count(self, doc_id: str) -> int:
         return len(self._rows_by_doc.get(doc_id, ()))
+
+
+def fuse_rrf(rankings: list[list[Hit]], k: int) -> list[Hit]:
+    """Reciprocal rank fusion. fuse_rrf([[Hit(1, .9), Hit(2, .8)], [Hit(2, 7.0)]], 2)
+    -> [Hit(2, 1/62 + 1/61), Hit(1, 1/61)]"""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, hit in enumerate(ranking, start=1):
+            fused[hit.row] = fused.get(hit.row, 0.0) + 1.0 / (RRF_K + rank)
+    best = sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k]
+    return [Hit(row, score) for row, score in best]

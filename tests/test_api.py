@@ -121,7 +121,7 @@ BIG = 65536
     ({"json": {"question": "x", "k": 0}}, 422, "k: Input should be greater than or equal to 1"),
     ({"json": {"question": "x", "k": 51}}, 422, "k: Input should be less than or equal to 50"),
     ({"json": {"question": "x", "doc_ids": ["nope", "fp-china-russia-axis"]}}, 422, "unknown doc_ids: nope"),
-    ({"json": {"question": "x", "mode": "fuzzy"}}, 422, "mode: Input should be 'dense' or 'lexical'"),
+    ({"json": {"question": "x", "mode": "fuzzy"}}, 422, "mode: Input should be 'dense', 'lexical' or 'hybrid'"),
     ({"json": {"question": "x", "bogus": 1}}, 422, "bogus: Extra inputs are not permitted"),
     ({"content": b"x" * (BIG + 1), "headers": {"content-type": "application/json"}},
      413, f"request body is larger than the limit of {BIG} bytes"),

@@ -54,7 +54,7 @@ def test_query_text_output_and_doc_filter(env: Settings):
 @pytest.mark.parametrize(("args", "message"), [
     (["query", "   "], "error: question must not be empty"),
     (["query", "x", "-k", "0"], "error: k must be between 1 and 50, got 0"),
-    (["query", "x", "--mode", "fuzzy"], "error: mode must be one of dense, lexical, got 'fuzzy'"),
+    (["query", "x", "--mode", "fuzzy"], "error: mode must be one of dense, lexical, hybrid, got 'fuzzy'"),
     (["query", "x", "--doc", "nope"], "error: unknown doc_ids: nope"),
 ])
 def test_bad_query_input_is_one_line_and_exit_2(env: Settings, args, message):

@@ -1,0 +1,149 @@
+"""Retrieval quality on the seed question set, per retrieval mode, side by side.
+
+A question's gold quotes are exact substrings of its documents' cleaned text; their spans
+are found once, when the set is loaded. A passage is relevant when it contains a gold
+quote or its span overlaps one. Per mode, over the answerable questions:
+    Recall@k   share of a question's gold quotes found in the top k (k = 1, 3, 5, 10)
+    MRR@10     reciprocal rank of the first relevant passage
+    nDCG@10    binary relevance; the ideal ranking holds every relevant chunk
+and the same broken down per document and per question type, plus query latency
+(p50/p95, question embedding included). A question "fails" when some gold quote is not
+in its top 5; failures are listed with what came back instead.
+
+Example:
+    report = evaluate(retriever, load_questions(Path("eval/questions.jsonl"), index))
+    report["modes"]["dense"]["overall"]["recall@5"]
+
+Left out: judging answerable=false questions (nothing to retrieve; abstention is scored
+by its own calibration) and graded relevance.
+"""
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rag.errors import RagError
+from rag.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from rag.retrieve import MODES, Mode, Retriever
+from rag.store import Index
+
+RECALL_KS = (1, 3, 5, 10)
+DEPTH = 10
+FAIL_AT = 5
+
+
+@dataclass(frozen=True)
+class GoldQuote:
+    doc_id: str
+    quote: str
+    char_start: int
+    char_end: int
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    question: str
+    type: str
+    answerable: bool
+    doc_ids: list[str]
+    gold: list[GoldQuote]
+
+
+def load_questions(path: Path, index: Index) -> list[Question]:
+    """Read the JSONL set and locate each gold quote in its document's cleaned text."""
+    questions, seen = [], set()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise RagError(f"cannot read question set {path}: {exc.strerror}") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            qid = str(row["id"])
+            gold = [_locate(g["doc_id"], g["quote"], index) for g in row.get("gold_quotes", [])]
+            question = Question(qid, row["question"], row["type"], bool(row["answerable"]),
+                                list(row.get("doc_ids", [])), gold)
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise RagError(f"{path}:{number}: not a valid question ({exc})") from exc
+        if qid in seen:
+            raise RagError(f"{path}:{number}: duplicate question id '{qid}'")
+        if question.answerable and not gold:
+            raise RagError(f"{path}:{number}: answerable question '{qid}' has no gold quote")
+        seen.add(qid)
+        questions.append(question)
+    return questions
+
+
+def _locate(doc_id: str, quote: str, index: Index) -> GoldQuote:
+    document = index.documents.get(doc_id)
+    if document is None:
+        raise RagError(f"gold quote cites unknown document '{doc_id}'")
+    start = document.text.find(quote)
+    if start < 0:
+        raise RagError(f"gold quote not in the cleaned text of {doc_id}: {quote[:60]!r}")
+    return GoldQuote(doc_id, quote, start, start + len(quote))
+
+
+def covered_quotes(index: Index, row: int, gold: list[GoldQuote]) -> set[str]:
+    """Indices (as strings) of the gold quotes that chunk `row` contains or overlaps."""
+    chunk = index.chunks[row]
+    return {str(i) for i, g in enumerate(gold)
+            if g.doc_id == chunk.doc_id and chunk.char_start < g.char_end and g.char_start < chunk.char_end}
+
+
+def _scores(retriever: Retriever, question: Question, mode: Mode) -> dict[str, Any]:
+    started = time.perf_counter()
+    hits = retriever.search(question.question, DEPTH, mode=mode)
+    ms = (time.perf_counter() - started) * 1000
+    index = retriever.index
+    covered = [covered_quotes(index, hit.row, question.gold) for hit in hits]
+    flags = [bool(c) for c in covered]
+    relevant_rows = sum(1 for row in range(len(index.chunks)) if covered_quotes(index, row, question.gold))
+    metrics = {f"recall@{k}": recall_at_k(covered, len(question.gold), k) for k in RECALL_KS}
+    metrics["mrr@10"] = mrr_at_k(flags, DEPTH)
+    metrics["ndcg@10"] = ndcg_at_k(flags, relevant_rows, DEPTH)
+    returned = [{"chunk_id": index.chunks[h.row].chunk_id, "doc_id": index.chunks[h.row].doc_id,
+                 "section": index.chunks[h.row].section, "relevant": f,
+                 "text": index.chunks[h.row].text[:160]} for h, f in zip(hits[:3], flags[:3])]
+    return {"metrics": metrics, "ms": ms, "returned": returned}
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.fmean(r[key] for r in rows), 4) for key in rows[0]} if rows else {}
+
+
+def evaluate(retriever: Retriever, questions: list[Question], modes: tuple[Mode, ...] = MODES) -> dict[str, Any]:
+    answerable = [q for q in questions if q.answerable]
+    if not answerable:
+        raise RagError("the question set has no answerable question")
+    report: dict[str, Any] = {"questions": len(questions), "answerable": len(answerable),
+                              "build_id": retriever.index.build_id, "modes": {}}
+    for mode in modes:
+        runs = {q.id: _scores(retriever, q, mode) for q in answerable}
+        times = sorted(r["ms"] for r in runs.values())
+        by_doc: dict[str, list[dict[str, float]]] = {}
+        by_type: dict[str, list[dict[str, float]]] = {}
+        for q in answerable:
+            for doc_id in q.doc_ids:
+                by_doc.setdefault(doc_id, []).append(runs[q.id]["metrics"])
+            by_type.setdefault(q.type, []).append(runs[q.id]["metrics"])
+        report["modes"][mode] = {
+            "overall": _mean([r["metrics"] for r in runs.values()]),
+            "by_doc": {d: {"n": len(v), **_mean(v)} for d, v in sorted(by_doc.items())},
+            "by_type": {t: {"n": len(v), **_mean(v)} for t, v in sorted(by_type.items())},
+            "latency_ms": {"p50": round(statistics.median(times), 2),
+                           "p95": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 2)},
+            "failures": [
+                {"id": q.id, "question": q.question, "gold": [g.quote for g in q.gold],
+                 f"recall@{FAIL_AT}": runs[q.id]["metrics"][f"recall@{FAIL_AT}"],
+                 "returned": runs[q.id]["returned"]}
+                for q in answerable if runs[q.id]["metrics"][f"recall@{FAIL_AT}"] < 1.0
+            ],
+        }
+    return report

@@ -1,0 +1,108 @@
+"""Write an evaluation report: a terminal table, JSON, Markdown and a PNG chart of modes.
+
+The report is the dict that `rag.evaluate.evaluate` or `rag.beir.evaluate_beir` returns:
+{"modes": {mode: {"overall": {metric: value}, ...}}, ...}.
+
+Left out: HTML reports and comparisons against earlier runs (diff two JSON files for that).
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def mode_table(report: dict[str, Any], key: str = "overall") -> list[list[str]]:
+    modes = report["modes"]
+    metrics = list(next(iter(modes.values()))[key])
+    rows = [["mode", *metrics, "p50 ms", "p95 ms"]]
+    for mode, result in modes.items():
+        latency = result.get("latency_ms", {})
+        rows.append([mode, *(f"{result[key][m]:.3f}" for m in metrics),
+                     f"{latency.get('p50', float('nan')):.1f}", f"{latency.get('p95', float('nan')):.1f}"])
+    return rows
+
+
+def breakdown_table(report: dict[str, Any], key: str, metric: str) -> list[list[str]]:
+    """Rows: a document or question type; columns: modes; cells: `metric`."""
+    modes = report["modes"]
+    groups = list(next(iter(modes.values()))[key])
+    rows = [[key.removeprefix("by_"), "n", *modes]]
+    for group in groups:
+        first = next(iter(modes.values()))[key][group]
+        rows.append([group, str(first["n"]), *(f"{modes[m][key][group][metric]:.3f}" for m in modes)])
+    return rows
+
+
+def text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    head, *body = rows
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+                      *("| " + " | ".join(r) + " |" for r in body)])
+
+
+def terminal_summary(report: dict[str, Any]) -> str:
+    parts = [text_table(mode_table(report))]
+    if "by_doc" in next(iter(report["modes"].values())):
+        parts += ["", "Recall@5 per document", text_table(breakdown_table(report, "by_doc", "recall@5")),
+                  "", "Recall@5 per question type", text_table(breakdown_table(report, "by_type", "recall@5"))]
+    return "\n".join(parts)
+
+
+def markdown(report: dict[str, Any], title: str) -> str:
+    out = [f"# {title}", "", f"Build `{report.get('build_id', '-')}`; "
+           f"{report.get('answerable', report.get('queries', '?'))} scored questions.", "",
+           markdown_table(mode_table(report)), ""]
+    first = next(iter(report["modes"].values()))
+    if "by_doc" in first:
+        for key in ("by_doc", "by_type"):
+            out += [f"## Recall@5 {key.replace('_', ' ')}", "", markdown_table(breakdown_table(report, key, "recall@5")), ""]
+    for mode, result in report["modes"].items():
+        failures = result.get("failures", [])
+        if not failures:
+            continue
+        out += [f"## Failures in mode `{mode}` ({len(failures)})", ""]
+        for f in failures:
+            out.append(f"- **{f['id']}** {f['question']} — gold: “{f['gold'][0]}”")
+            for r in f["returned"]:
+                mark = "relevant" if r["relevant"] else "not relevant"
+                out.append(f"  - got `{r['doc_id']}` › {r['section'] or '(no section)'} ({mark}): {r['text'][:100]}…")
+        out.append("")
+    return "\n".join(out)
+
+
+def chart(report: dict[str, Any], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    modes = report["modes"]
+    metrics = list(next(iter(modes.values()))["overall"])
+    width = 0.8 / len(modes)
+    fig, ax = plt.subplots(figsize=(1.4 * len(metrics) + 2, 4))
+    for i, (mode, result) in enumerate(modes.items()):
+        xs = [j + i * width for j in range(len(metrics))]
+        bars = ax.bar(xs, [result["overall"][m] for m in metrics], width, label=mode)
+        ax.bar_label(bars, fmt="%.2f", fontsize=7)
+    ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(metrics))], metrics)
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_reports(report: dict[str, Any], out_dir: Path, name: str, title: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.json", out_dir / f"{name}.md", out_dir / f"{name}.png"]
+    paths[0].write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    paths[1].write_text(markdown(report, title))
+    chart(report, paths[2], title)
+    return paths
