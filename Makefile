@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install build lint typecheck clean
+.PHONY: run test install build lint typecheck eval-gate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ typecheck: $(STAMP)
 
 test: lint typecheck
 	$(BIN)/python -m pytest
+
+# retrieval regression gate on the seed questions (CI runs it after the tests)
+eval-gate: build
+	$(BIN)/rag eval --gate-mode hybrid --min-recall-at-5 0.93 --min-mrr-at-10 0.85 --min-ndcg-at-10 0.85
 
 clean:
 	rm -rf $(VENV) index .pytest_cache .mypy_cache .ruff_cache

@@ -23,7 +23,7 @@ import numpy as np
 
 from rag import __version__
 from rag.chunk import TIKTOKEN_ENCODING, Chunk, ChunkParams, chunk_document, embed_input
-from rag.clean import CleanRules, clean
+from rag.clean import CleanDocument, CleanRules, Section, clean
 from rag.embed import Embedder, load_embedder
 from rag.errors import RagError
 from rag.ingest import SourceDocument, load_corpus
@@ -60,10 +60,16 @@ def spec_of(settings: Settings) -> IndexSpec:
     return IndexSpec(settings.model, settings.chunk_tokens, settings.chunk_overlap_tokens)
 
 
-def corpus_hash(documents: list[SourceDocument], rules: CleanRules) -> str:
+def as_is(text: str) -> CleanDocument:
+    """An already clean text as one untitled section."""
+    text = text.strip()
+    return CleanDocument(text, [Section(None, 0, len(text))] if text else [])
+
+
+def corpus_hash(documents: list[SourceDocument], rules: CleanRules | None) -> str:
     payload = json.dumps(
         {"docs": [(d.doc_id, d.content_hash) for d in documents],
-         "rules": asdict(rules), "version": __version__},
+         "rules": asdict(rules) if rules else None, "version": __version__},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -74,11 +80,14 @@ def build_index(
     embedder: Embedder | None = None,
     *,
     force: bool = False,
-    rules: CleanRules = CleanRules(),
+    rules: CleanRules | None = CleanRules(),
+    documents: list[SourceDocument] | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> BuildReport:
+    """Index `documents` (default: the corpus folder). `rules=None` skips cleaning, for
+    text that is already clean (benchmark abstracts): each document is one section."""
     started = time.perf_counter()
-    documents = load_corpus(settings.corpus_dir)
+    documents = load_corpus(settings.corpus_dir) if documents is None else documents
     spec = spec_of(settings)
     digest = corpus_hash(documents, rules)
     with build_lock(settings.index_dir):
@@ -93,7 +102,7 @@ def build_index(
         records, chunks = [], []
         for doc in documents:
             title = str(doc.metadata["title"])
-            cleaned = clean(doc.text, title=title, rules=rules)
+            cleaned = clean(doc.text, title=title, rules=rules) if rules else as_is(doc.text)
             if not cleaned.text:
                 raise RagError(f"{doc.path.name}: nothing is left after cleaning")
             records.append(DocumentRecord(

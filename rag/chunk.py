@@ -111,13 +111,13 @@ def chunk_document(
     chunks: list[Chunk] = []
     seen_ids: set[str] = set()
     for section in doc.sections:
-        sentences = _fit_sentences(doc.text, section.char_start, section.char_end, params)
         heading = section.title
 
-        def fits(start: int, end: int, heading: str | None = heading) -> int:
+        def input_tokens(start: int, end: int, heading: str | None = heading) -> int:
             return model_tokens(embed_input(title, heading, doc.text[start:end]))
 
-        for a, b in _pack(doc.text, sentences, params, fits):
+        sentences = _fit_sentences(doc.text, section.char_start, section.char_end, params, input_tokens)
+        for a, b in _pack(doc.text, sentences, params, input_tokens):
             text = doc.text[a:b]
             chunk_id = _chunk_id(doc_id, text, seen_ids)
             chunks.append(Chunk(chunk_id, doc_id, section.title, a, b, text, count_tokens(text),
@@ -135,25 +135,32 @@ def _chunk_id(doc_id: str, text: str, seen: set[str]) -> str:
     return chunk_id
 
 
-def _fit_sentences(text: str, start: int, end: int, params: ChunkParams) -> list[tuple[int, int, int]]:
-    """Sentences with their token counts; a sentence longer than a chunk is cut at word
-    boundaries into pieces of at most target_tokens."""
+def _fit_sentences(
+    text: str, start: int, end: int, params: ChunkParams, model_tokens: Callable[[int, int], int],
+) -> list[tuple[int, int, int]]:
+    """Sentences with their token counts. A sentence over target_tokens, or whose embedding
+    input is over the model's limit, is cut at word boundaries into pieces that fit both."""
     out = []
     for a, b in split_sentences(text, start, end):
         n = count_tokens(text[a:b])
-        if n <= params.target_tokens:
+        if n <= params.target_tokens and model_tokens(a, b) <= params.max_model_tokens:
             out.append((a, b, n))
             continue
-        words = [m.span() for m in re.finditer(r"\S+", text[a:b])]
-        piece_start = 0
-        for i in range(1, len(words) + 1):
-            last = i == len(words)
-            nxt = None if last else a + words[i][1]
-            if last or count_tokens(text[a + words[piece_start][0]:nxt]) > params.target_tokens:
-                s, e = a + words[piece_start][0], a + words[i - 1][1]
-                out.append((s, e, count_tokens(text[s:e])))
-                piece_start = i
+        words = [(a + m.start(), a + m.end()) for m in re.finditer(r"\S+", text[a:b])]
+        first = 0
+        while first < len(words):
+            last = first  # grow the piece word by word while it still fits
+            while last + 1 < len(words) and _fits(text, words[first][0], words[last + 1][1], params, model_tokens):
+                last += 1
+            s, e = words[first][0], words[last][1]
+            out.append((s, e, count_tokens(text[s:e])))
+            first = last + 1
     return out
+
+
+def _fits(text: str, start: int, end: int, params: ChunkParams, model_tokens: Callable[[int, int], int]) -> bool:
+    return (count_tokens(text[start:end]) <= params.target_tokens
+            and model_tokens(start, end) <= params.max_model_tokens)
 
 
 def _pack(
@@ -172,9 +179,9 @@ def _pack(
         # the model's tokenizer has the last word: shrink until the embedding input fits
         while model_tokens(sentences[i][0], sentences[j - 1][1]) > params.max_model_tokens:
             if j - 1 == i:
-                raise SettingsError(
-                    f"a {sentences[i][2]}-token sentence does not fit the model's "
-                    f"{params.max_model_tokens} tokens; lower chunk_tokens"
+                raise SettingsError(  # a single word with the title and section does not fit
+                    f"a {sentences[i][2]}-token piece of text does not fit the model's "
+                    f"{params.max_model_tokens} tokens, even cut at words"
                 )
             j -= 1
         spans.append((sentences[i][0], sentences[j - 1][1]))

@@ -161,9 +161,9 @@ def eval_command(
     from rag.report import terminal_summary, write_reports
     from rag.retrieve import MODES
 
-    modes = tuple(mode or MODES)
-    if unknown := [m for m in modes if m not in MODES]:
+    if unknown := [m for m in mode or () if m not in MODES]:
         fail(f"unknown mode(s): {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    modes = tuple(m for m in MODES if not mode or m in mode)
     if gate_mode not in modes:
         fail(f"--gate-mode {gate_mode} is not among the evaluated modes")
     settings = load_settings(index=index)
@@ -177,7 +177,7 @@ def eval_command(
         from rag.service import open_retriever
 
         retriever = open_retriever(settings)
-        report = evaluate(retriever, load_questions(questions, retriever.index), modes)  # type: ignore[arg-type]
+        report = evaluate(retriever, load_questions(questions, retriever.index), modes)
         name, title = "seed", f"Seed questions ({questions.name})"
     typer.echo(terminal_summary(report))
     for mode_name, result in report["modes"].items():

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     # --- where things live
     corpus_dir: Path = Path("corpus")
     index_dir: Path = Path("index")
+    cache_dir: Path = Field(Path.home() / ".cache" / "rag", description="benchmark indexes (rag eval --beir)")
 
     # --- embedding
     model: str = Field(

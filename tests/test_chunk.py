@@ -70,9 +70,17 @@ def test_model_limit_wins_over_target():
     assert all(c.embed_input == embed_input("T", "Heading One", c.text) for c in chunks)
 
 
-def test_a_sentence_longer_than_the_model_limit_is_refused():
-    with pytest.raises(SettingsError, match="does not fit the model's 8 tokens"):
-        chunks_of(TEXT, target=400, max_model=8)
+def test_a_sentence_longer_than_the_model_limit_is_cut_at_words():
+    # 11-word sentences; the header "T — Heading One" is 3 fake tokens, plus 2 special ones
+    doc, chunks = chunks_of(TEXT, target=400, overlap=0, max_model=12)
+    fake = FakeEmbedder()
+    assert all(fake.count_tokens(c.embed_input) <= 12 for c in chunks)
+    assert " ".join(c.text for c in chunks) == doc.text[doc.sections[0].char_start:doc.sections[0].char_end].replace("\n\n", " ")
+
+
+def test_text_that_cannot_fit_even_one_word_is_refused():
+    with pytest.raises(SettingsError, match="does not fit the model's 5 tokens, even cut at words"):
+        chunks_of(TEXT, target=400, max_model=5)
 
 
 def test_an_overlong_sentence_is_cut_at_word_boundaries():

@@ -1,0 +1,127 @@
+"""`rag eval --beir DIR`: retrieval on a public BEIR test collection, to compare with
+published figures.
+
+DIR holds `corpus.jsonl` (`_id`, `title`, `text`), `queries.jsonl` (`_id`, `text`) and
+`qrels/test.tsv` (`query-id`, `corpus-id`, `score`, with a header line). The corpus is
+indexed with the normal pipeline minus web-page cleaning: each document becomes one or
+more chunks, embedded as title + text (the published convention); a document's score is
+its best chunk's. Scored per mode: nDCG@10, Recall@10, Recall@100, MRR@10, binary
+relevance (score > 0), over the queries that have judgements.
+
+The index is cached under `RAG_CACHE_DIR` (default ~/.cache/rag), keyed by the dataset's
+files, the model and the chunker, so a re-run reuses its embeddings and takes seconds.
+
+Left out: graded relevance, and BEIR's other splits (train/dev).
+"""
+
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rag.build import build_index, spec_of
+from rag.embed import load_embedder
+from rag.errors import RagError
+from rag.ingest import SourceDocument
+from rag.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from rag.retrieve import Hit, Mode, Retriever
+from rag.settings import Settings
+from rag.store import load_index
+
+CHUNK_DEPTH = 1000  # chunks retrieved per query, enough for 100 distinct documents
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RagError(f"cannot read {path}: {exc}") from exc
+
+
+def load_beir(folder: Path) -> tuple[list[SourceDocument], dict[str, str], dict[str, set[str]]]:
+    for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        if not (folder / name).is_file():
+            raise RagError(f"{folder} is not a BEIR dataset: {name} is missing")
+    corpus_path = folder / "corpus.jsonl"
+    documents = [
+        SourceDocument(doc_id=str(row["_id"]), path=corpus_path, text=row.get("text") or "",
+                       metadata={"title": (row.get("title") or "").strip() or str(row["_id"]),
+                                 "source": folder.name, "author": None, "date": None, "url": None})
+        for row in _read_jsonl(corpus_path)
+    ]
+    queries = {str(row["_id"]): row["text"] for row in _read_jsonl(folder / "queries.jsonl")}
+    qrels: dict[str, set[str]] = {}
+    for number, line in enumerate((folder / "qrels/test.tsv").read_text().splitlines()[1:], start=2):
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise RagError(f"{folder / 'qrels/test.tsv'}:{number}: expected 3 tab-separated fields")
+        if int(parts[2]) > 0:
+            qrels.setdefault(parts[0], set()).add(parts[1])
+    return documents, queries, qrels
+
+
+def cache_key(folder: Path, settings: Settings) -> str:
+    digest = hashlib.sha256()
+    for name in ("corpus.jsonl",):
+        digest.update((folder / name).read_bytes())
+    digest.update(json.dumps([settings.model, settings.chunk_tokens, settings.chunk_overlap_tokens]).encode())
+    return digest.hexdigest()[:16]
+
+
+def doc_ranking(retriever: Retriever, hits: list[Hit]) -> list[str]:
+    """Documents in the order of their best chunk."""
+    seen: dict[str, None] = {}
+    for hit in hits:
+        seen.setdefault(retriever.index.chunks[hit.row].doc_id, None)
+    return list(seen)
+
+
+def evaluate_beir(folder: Path, settings: Settings, modes: tuple[Mode, ...], limit: int | None = None,
+                  log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    documents, queries, qrels = load_beir(folder)
+    judged = [q for q in sorted(qrels, key=_natural) if q in queries][:limit]
+    if not judged:
+        raise RagError(f"{folder}: no judged query has a text in queries.jsonl")
+    index_dir = settings.cache_dir / "beir" / f"{folder.name}-{cache_key(folder, settings)}"
+    local = settings.model_copy(update={"index_dir": index_dir})
+    embedder = load_embedder(settings.model)
+    log(f"{folder.name}: {len(documents)} documents, {len(judged)} judged queries; index {index_dir}")
+    started = time.perf_counter()
+    report = build_index(local, embedder, rules=None, documents=documents, log=log)
+    log(f"index {'reused' if report.skipped else 'built'}: {report.chunks} chunks "
+        f"in {time.perf_counter() - started:.0f} s")
+    retriever = Retriever(load_index(index_dir, spec_of(local)), embedder, max_k=CHUNK_DEPTH)
+
+    vectors = embedder.encode([queries[q] for q in judged], batch_size=settings.embed_batch_size)
+    result: dict[str, Any] = {"dataset": folder.name, "queries": len(judged), "documents": len(documents),
+                              "chunks": len(retriever.index.chunks), "build_id": retriever.index.build_id,
+                              "modes": {}}
+    for mode in modes:
+        rows, times = [], []
+        for qid, vector in zip(judged, vectors):
+            t0 = time.perf_counter()
+            hits = retriever.search(queries[qid], CHUNK_DEPTH, mode=mode, query_vector=vector)
+            times.append((time.perf_counter() - t0) * 1000)
+            ranked = doc_ranking(retriever, hits)
+            relevant = qrels[qid]
+            flags = [d in relevant for d in ranked]
+            covered = [{d} & relevant for d in ranked]
+            rows.append({"ndcg@10": ndcg_at_k(flags, len(relevant), 10),
+                         "recall@10": recall_at_k(covered, len(relevant), 10),
+                         "recall@100": recall_at_k(covered, len(relevant), 100),
+                         "mrr@10": mrr_at_k(flags, 10)})
+        result["modes"][mode] = {
+            "overall": {k: round(statistics.fmean(r[k] for r in rows), 4) for k in rows[0]},
+            # dense and hybrid searches reuse the batch-encoded question: search time only
+            "latency_ms": {"p50": round(statistics.median(times), 2),
+                           "p95": round(sorted(times)[round(0.95 * (len(times) - 1))], 2)},
+        }
+    return result
+
+
+def _natural(qid: str) -> tuple[int, str]:
+    return (int(qid), qid) if qid.isdigit() else (1 << 62, qid)

@@ -1,0 +1,107 @@
+"""The eval harness end to end with the fake model: report shape, exact metric values on a
+hand-built case, failure listing, reports on disk, and the CLI's regression gate."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import REPO, FakeEmbedder
+from rag import service
+from rag.cli import app
+from rag.errors import RagError
+from rag.evaluate import evaluate, load_questions
+from rag.retrieve import Retriever
+from rag.settings import Settings
+from rag.store import load_index
+
+QUESTIONS = REPO / "eval" / "questions.jsonl"
+
+
+@pytest.fixture
+def retriever(built: Settings) -> Retriever:
+    return Retriever(load_index(built.index_dir), FakeEmbedder())
+
+
+def test_report_shape_over_every_mode(retriever: Retriever):
+    report = evaluate(retriever, load_questions(QUESTIONS, retriever.index))
+    assert report["answerable"] == 70 and report["questions"] == 87
+    assert list(report["modes"]) == ["dense", "lexical", "hybrid"]
+    for result in report["modes"].values():
+        assert set(result["overall"]) == {"recall@1", "recall@3", "recall@5", "recall@10", "mrr@10", "ndcg@10"}
+        assert all(0 <= v <= 1 for v in result["overall"].values())
+        assert result["overall"]["recall@1"] <= result["overall"]["recall@5"] <= result["overall"]["recall@10"]
+        assert sum(v["n"] for v in result["by_type"].values()) == 70
+        assert set(result["by_doc"]) == set(retriever.index.documents)
+        assert result["latency_ms"]["p50"] <= result["latency_ms"]["p95"]
+
+
+def test_exact_values_on_a_hand_built_question(retriever: Retriever, tmp_path: Path):
+    index = retriever.index
+    chunk = index.chunks[0]
+    quote = chunk.text[10:60]
+    row = {"id": "own", "question": chunk.text, "type": "fact/number", "answerable": True,
+           "doc_ids": [chunk.doc_id], "gold_quotes": [{"doc_id": chunk.doc_id, "quote": quote}]}
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    report = evaluate(retriever, load_questions(path, index), ("lexical",))
+    # asking with the chunk's own text puts that chunk first in BM25: every metric is 1,
+    # and nDCG is 1 only if every other chunk holding the quote follows right after it
+    overall = report["modes"]["lexical"]["overall"]
+    assert overall["recall@1"] == 1.0 and overall["mrr@10"] == 1.0
+    assert report["modes"]["lexical"]["failures"] == []
+
+
+def test_failures_show_what_came_back(retriever: Retriever, tmp_path: Path):
+    doc_id = "usip-china-russia-global-cooperation"
+    row = {"id": "miss", "question": "zzz qqq", "type": "fact/number", "answerable": True,
+           "doc_ids": [doc_id], "gold_quotes": [{"doc_id": doc_id, "quote": "Serbia sits on Europe’s periphery."}]}
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps(row) + "\n")
+    failures = evaluate(retriever, load_questions(path, retriever.index), ("dense",))["modes"]["dense"]["failures"]
+    assert [f["id"] for f in failures] == ["miss"]
+    assert len(failures[0]["returned"]) == 3 and {"doc_id", "section", "text", "relevant"} <= set(failures[0]["returned"][0])
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"id": "a"}', "not a valid question"),
+    ('{"id": "a", "question": "q", "type": "fact/number", "answerable": true, "gold_quotes": '
+     '[{"doc_id": "nope", "quote": "x"}]}', "gold quote cites unknown document 'nope'"),
+    ('{"id": "a", "question": "q", "type": "fact/number", "answerable": true, "gold_quotes": '
+     '[{"doc_id": "fp-china-russia-axis", "quote": "not in the text at all"}]}', "gold quote not in the cleaned text"),
+    ('{"id": "a", "question": "q", "type": "fact/number", "answerable": true, "gold_quotes": []}', "has no gold quote"),
+])
+def test_bad_question_files_are_refused(retriever: Retriever, tmp_path: Path, line: str, message: str):
+    path = tmp_path / "q.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(RagError, match=message):
+        load_questions(path, retriever.index)
+
+
+def test_duplicate_ids_are_refused(retriever: Retriever, tmp_path: Path):
+    row = '{"id": "a", "question": "q", "type": "unanswerable", "answerable": false}\n'
+    (tmp_path / "q.jsonl").write_text(row * 2)
+    with pytest.raises(RagError, match="duplicate question id 'a'"):
+        load_questions(tmp_path / "q.jsonl", retriever.index)
+
+
+def test_cli_writes_reports_and_gates(built: Settings, tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("RAG_INDEX_DIR", str(built.index_dir))
+    monkeypatch.setenv("RAG_MODEL", "fake")
+    monkeypatch.setattr(service, "load_embedder", lambda name: FakeEmbedder())
+    out = tmp_path / "reports"
+    runner = CliRunner()
+    ok = runner.invoke(app, ["eval", "--out-dir", str(out), "--mode", "lexical", "--gate-mode", "lexical",
+                             "--min-recall-at-5", "0.1"])
+    assert ok.exit_code == 0, ok.output
+    assert "recall@5" in ok.stdout and "Recall@5 per document" in ok.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["seed.json", "seed.md", "seed.png"]
+    assert (out / "seed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    recall = json.loads((out / "seed.json").read_text())["modes"]["lexical"]["overall"]["recall@5"]
+    gated = runner.invoke(app, ["eval", "--out-dir", str(out), "--mode", "lexical", "--gate-mode", "lexical",
+                                "--min-recall-at-5", "1.01", "--min-mrr-at-10", "0"])
+    assert gated.exit_code == 2
+    assert gated.stderr.strip() == f"error: regression gate failed for mode lexical: recall@5 {recall:.3f} < 1.01"
+    bad = runner.invoke(app, ["eval", "--mode", "fuzzy"])
+    assert bad.exit_code == 2 and "unknown mode(s): fuzzy" in bad.stderr
