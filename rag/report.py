@@ -61,7 +61,8 @@ def markdown(report: dict[str, Any], title: str) -> str:
     first = next(iter(report["modes"].values()))
     if "by_doc" in first:
         for key in ("by_doc", "by_type"):
-            out += [f"## Recall@5 {key.replace('_', ' ')}", "", markdown_table(breakdown_table(report, key, "recall@5")), ""]
+            table = markdown_table(breakdown_table(report, key, "recall@5"))
+            out += [f"## Recall@5 {key.replace('_', ' ')}", "", table, ""]
     for mode, result in report["modes"].items():
         failures = result.get("failures", [])
         if not failures:

@@ -6,8 +6,8 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import REPO, FakeEmbedder
 
-from conftest import FakeEmbedder, REPO
 from rag import beir
 from rag.errors import RagError
 from rag.settings import Settings

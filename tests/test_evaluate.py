@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import REPO, FakeEmbedder
 from typer.testing import CliRunner
 
-from conftest import REPO, FakeEmbedder
 from rag import service
 from rag.cli import app
 from rag.errors import RagError

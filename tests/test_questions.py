@@ -4,6 +4,7 @@ import json
 from collections import Counter
 
 from conftest import CORPUS, REPO
+
 from rag.clean import clean
 from rag.ingest import load_corpus
 
