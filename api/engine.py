@@ -24,13 +24,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from rag.build import spec_of
 from rag.embed import Embedder, load_embedder
 from rag.errors import RagError
-from rag.retrieve import Mode, Retriever
+from rag.retrieve import Filters, Mode, Retriever
 from rag.schema import QueryResponse
+from rag.service import retriever_for
 from rag.settings import Settings
 from rag.store import Index, load_index
 
@@ -46,8 +45,9 @@ class NotReadyError(RagError):
 class _Job:
     question: str
     k: int
-    doc_ids: list[str] | None
-    mode: Mode
+    filters: Filters
+    mode: Mode | None
+    max_per_doc: int | None
     future: asyncio.Future[QueryResponse] = field(repr=False)
     queued_at: float = field(default_factory=time.perf_counter)
 
@@ -116,7 +116,7 @@ class Engine:
                 log.warning("index not loaded: %s", exc)
                 return False
             assert self.embedder is not None
-            self.retriever = Retriever(index, self.embedder, max_k=self.settings.max_k)
+            self.retriever = retriever_for(self.settings, index, self.embedder)
             self._current_pointer = pointer
             self.not_ready = self.reload_error = None
             log.info("serving index build %s (%d chunks)", index.build_id, len(index.chunks))
@@ -138,11 +138,12 @@ class Engine:
             raise NotReadyError(self.not_ready or "no index loaded")
         return self.retriever
 
-    async def query(self, question: str, k: int, doc_ids: list[str] | None, mode: Mode) -> QueryResponse:
+    async def query(self, question: str, k: int, filters: Filters, mode: Mode | None,
+                    max_per_doc: int | None = None) -> QueryResponse:
         retriever = self.live()
-        retriever.validate(question, k, doc_ids, mode)  # fail fast, before queueing
+        retriever.validate(question, k, filters, mode or retriever.default_mode, max_per_doc)  # before queueing
         future: asyncio.Future[QueryResponse] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(question, k, doc_ids, mode, future))
+        await self._queue.put(_Job(question, k, filters, mode, max_per_doc, future))
         return await future
 
     async def _batch_loop(self) -> None:
@@ -178,18 +179,16 @@ class Engine:
 
     @staticmethod
     def _answer(retriever: Retriever, jobs: list[_Job]) -> list[QueryResponse | Exception]:
-        """Runs in the worker thread: one model call for the batch, then one search each."""
-        dense = [j for j in jobs if j.mode != "lexical"]  # hybrid needs the vector too
-        vectors = retriever.embedder.encode([j.question for j in dense]) if dense else np.zeros((0, 0))
-        vector_of = {id(j): v for j, v in zip(dense, vectors)}
+        """Runs in the worker thread: one model call for the batch, then one search each.
+        Every mode needs the question's vector: confidence and highlights use it."""
+        vectors = retriever.embedder.encode([j.question for j in jobs])
         out: list[QueryResponse | Exception] = []
-        for job in jobs:
+        for job, vector in zip(jobs, vectors):
             try:
-                hits = retriever.search(job.question, job.k, job.doc_ids, job.mode,
-                                        query_vector=vector_of.get(id(job)))
-                passages = [retriever.passage(rank, hit) for rank, hit in enumerate(hits, start=1)]
+                response = retriever.query(job.question, job.k, job.filters, job.mode, job.max_per_doc,
+                                           query_vector=vector)
                 took_ms = round((time.perf_counter() - job.queued_at) * 1000, 3)
-                out.append(QueryResponse(question=job.question, passages=passages, took_ms=took_ms))
+                out.append(response.model_copy(update={"took_ms": took_ms}))
             except Exception as exc:
                 out.append(exc)
         return out

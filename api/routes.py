@@ -21,7 +21,7 @@ from api.schemas import (
     Reloaded,
 )
 from rag.errors import BadQueryError, NotFoundError
-from rag.retrieve import Mode, Retriever
+from rag.retrieve import Filters, Mode, Retriever
 from rag.schema import QueryResponse
 from rag.settings import Settings
 from rag.store import DocumentRecord
@@ -55,7 +55,8 @@ async def answer(engine: Engine, settings: Settings, body: QueryRequest) -> Resp
     if len(body.question) > settings.max_question_chars:
         raise BadQueryError(f"question is {len(body.question)} characters; the limit is "
                             f"{settings.max_question_chars}")
-    response = await engine.query(body.question, body.k, body.doc_ids, body.mode)
+    filters = Filters(doc_ids=body.doc_ids, sources=body.sources, sections=body.sections)
+    response = await engine.query(body.question, body.k, filters, body.mode, body.max_per_doc)
     # already a validated model: serialise it once instead of letting FastAPI re-validate it
     return Response(response.model_dump_json(), media_type="application/json")
 
@@ -72,10 +73,14 @@ async def query_get(
     q: Annotated[str, Query(description="the question", examples=[EXAMPLE_QUESTION])],
     k: Annotated[int, Query(ge=1, le=50)] = 5,
     doc_id: Annotated[list[str] | None, Query(description="only these documents (repeatable)")] = None,
-    mode: Mode = "dense",
+    source: Annotated[list[str] | None, Query(description="only these sources (repeatable)")] = None,
+    section: Annotated[list[str] | None, Query(description="only these sections (repeatable)")] = None,
+    mode: Mode | None = None,
+    max_per_doc: Annotated[int | None, Query(ge=1)] = None,
 ) -> Response:
     """The same as POST /query, for curl and browsers."""
-    return await answer(engine, settings, QueryRequest(question=q, k=k, doc_ids=doc_id, mode=mode))
+    return await answer(engine, settings, QueryRequest(question=q, k=k, doc_ids=doc_id, sources=source,
+                                                       sections=section, mode=mode, max_per_doc=max_per_doc))
 
 
 def summary(retriever: Retriever, doc: DocumentRecord) -> dict[str, object]:

@@ -18,7 +18,11 @@ class QueryRequest(BaseModel):
     question: str = Field(description="the question; at most RAG_MAX_QUESTION_CHARS characters")
     k: int = Field(5, ge=1, le=50, description="passages to return")
     doc_ids: list[str] | None = Field(None, description="only search these documents")
-    mode: Mode = Field("dense", description="dense (embeddings), lexical (BM25) or hybrid (both, fused)")
+    sources: list[str] | None = Field(None, description="only documents with these `source` values")
+    sections: list[str] | None = Field(None, description="only chunks of these sections")
+    mode: Mode | None = Field(None, description="dense (embeddings), lexical (BM25) or hybrid (both, fused); "
+                              "default RAG_DEFAULT_MODE")
+    max_per_doc: int | None = Field(None, ge=1, description="at most this many passages per document")
 
 
 class DocumentSummary(BaseModel):

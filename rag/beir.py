@@ -19,15 +19,18 @@ import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rag.build import build_index, spec_of
 from rag.embed import load_embedder
 from rag.errors import RagError
+from rag.evaluate import Variant
 from rag.ingest import SourceDocument
 from rag.metrics import mrr_at_k, ndcg_at_k, recall_at_k
-from rag.retrieve import Hit, Mode, Retriever
+from rag.retrieve import Hit, Retriever
+from rag.service import retriever_for
 from rag.settings import Settings
 from rag.store import load_index
 
@@ -80,31 +83,34 @@ def doc_ranking(retriever: Retriever, hits: list[Hit]) -> list[str]:
     return list(seen)
 
 
-def evaluate_beir(folder: Path, settings: Settings, modes: tuple[Mode, ...], limit: int | None = None,
+def evaluate_beir(folder: Path, settings: Settings, columns: list[Variant], limit: int | None = None,
                   log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     documents, queries, qrels = load_beir(folder)
     judged = [q for q in sorted(qrels, key=_natural) if q in queries][:limit]
     if not judged:
         raise RagError(f"{folder}: no judged query has a text in queries.jsonl")
     index_dir = settings.cache_dir / "beir" / f"{folder.name}-{cache_key(folder, settings)}"
-    local = settings.model_copy(update={"index_dir": index_dir})
+    # highlights are not scored here: no sentence vectors, which would double the build
+    local = settings.model_copy(update={"index_dir": index_dir, "highlights": False, "max_k": CHUNK_DEPTH})
     embedder = load_embedder(settings.model)
     log(f"{folder.name}: {len(documents)} documents, {len(judged)} judged queries; index {index_dir}")
     started = time.perf_counter()
     report = build_index(local, embedder, rules=None, documents=documents, log=log)
     log(f"index {'reused' if report.skipped else 'built'}: {report.chunks} chunks "
         f"in {time.perf_counter() - started:.0f} s")
-    retriever = Retriever(load_index(index_dir, spec_of(local)), embedder, max_k=CHUNK_DEPTH)
+    retriever = retriever_for(local, load_index(index_dir, spec_of(local)), embedder)
 
     vectors = embedder.encode([queries[q] for q in judged], batch_size=settings.embed_batch_size)
     result: dict[str, Any] = {"dataset": folder.name, "queries": len(judged), "documents": len(documents),
                               "chunks": len(retriever.index.chunks), "build_id": retriever.index.build_id,
                               "modes": {}}
-    for mode in modes:
+    for variant in columns:
+        fusion = replace(variant.fusion or retriever.fusion, depth=CHUNK_DEPTH)  # deep enough for Recall@100
         rows, times = [], []
         for qid, vector in zip(judged, vectors):
             t0 = time.perf_counter()
-            hits = retriever.search(queries[qid], CHUNK_DEPTH, mode=mode, query_vector=vector)
+            hits = retriever.search(queries[qid], CHUNK_DEPTH, mode=variant.mode, query_vector=vector,
+                                    fusion=fusion, collapse=False)
             times.append((time.perf_counter() - t0) * 1000)
             ranked = doc_ranking(retriever, hits)
             relevant = qrels[qid]
@@ -114,7 +120,7 @@ def evaluate_beir(folder: Path, settings: Settings, modes: tuple[Mode, ...], lim
                          "recall@10": recall_at_k(covered, len(relevant), 10),
                          "recall@100": recall_at_k(covered, len(relevant), 100),
                          "mrr@10": mrr_at_k(flags, 10)})
-        result["modes"][mode] = {
+        result["modes"][variant.label] = {
             "overall": {k: round(statistics.fmean(r[k] for r in rows), 4) for k in rows[0]},
             # dense and hybrid searches reuse the batch-encoded question: search time only
             "latency_ms": {"p50": round(statistics.median(times), 2),

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from rag import __version__
-from rag.chunk import TIKTOKEN_ENCODING, Chunk, ChunkParams, chunk_document, embed_input
+from rag.chunk import TIKTOKEN_ENCODING, Chunk, ChunkParams, chunk_document, embed_input, split_sentences
 from rag.clean import CleanDocument, CleanRules, Section, clean
 from rag.embed import Embedder, load_embedder
 from rag.errors import RagError
@@ -66,10 +66,11 @@ def as_is(text: str) -> CleanDocument:
     return CleanDocument(text, [Section(None, 0, len(text))] if text else [])
 
 
-def corpus_hash(documents: list[SourceDocument], rules: CleanRules | None) -> str:
+def corpus_hash(documents: list[SourceDocument], rules: CleanRules | None, highlights: bool) -> str:
+    """What a build depends on beyond the model and chunker (which the manifest checks)."""
     payload = json.dumps(
         {"docs": [(d.doc_id, d.content_hash) for d in documents],
-         "rules": asdict(rules) if rules else None, "version": __version__},
+         "rules": asdict(rules) if rules else None, "highlights": highlights, "version": __version__},
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
@@ -89,7 +90,7 @@ def build_index(
     started = time.perf_counter()
     documents = load_corpus(settings.corpus_dir) if documents is None else documents
     spec = spec_of(settings)
-    digest = corpus_hash(documents, rules)
+    digest = corpus_hash(documents, rules, settings.highlights)
     with build_lock(settings.index_dir):
         previous = _previous(settings.index_dir, spec)
         if previous is not None and not force and previous.manifest["corpus"]["hash"] == digest:
@@ -99,7 +100,7 @@ def build_index(
             log(f"loading model {settings.model}")
             embedder = load_embedder(settings.model)
         params = ChunkParams(settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.max_tokens)
-        records, chunks = [], []
+        records, chunks, sentences = [], [], []
         for doc in documents:
             title = str(doc.metadata["title"])
             cleaned = clean(doc.text, title=title, rules=rules) if rules else as_is(doc.text)
@@ -112,9 +113,22 @@ def build_index(
                 doc.content_hash,
             ))
             chunks += chunk_document(doc.doc_id, title, cleaned, params, embedder.count_tokens)
+            if settings.highlights:
+                sentences += [(doc.doc_id, a, b) for section in cleaned.sections
+                              for a, b in split_sentences(cleaned.text, section.char_start, section.char_end)]
         log(f"{len(documents)} documents -> {len(chunks)} chunks")
 
-        vectors, reused = _embed(chunks, embedder, previous, settings.embed_batch_size, log)
+        old_chunks = _old_vectors(previous, embedder, lambda ix: [c.embed_hash for c in ix.chunks],
+                                  lambda ix: ix.vector_matrix())
+        vectors, reused = _embed([c.embed_input for c in chunks], old_chunks, embedder,
+                                 settings.embed_batch_size, "chunks", log)
+        sentence_vectors = None
+        if settings.highlights:
+            texts = {d.doc_id: d.text for d in records}
+            old_sentences = _old_vectors(previous, embedder, lambda ix: [
+                _hash(ix.documents[d].text[a:b]) for d, a, b in ix.sentences], lambda ix: ix.sentence_vectors)
+            sentence_vectors, _ = _embed([texts[d][a:b] for d, a, b in sentences], old_sentences, embedder,
+                                         settings.embed_batch_size, "sentences", log)
         flat = faiss.IndexFlatIP(embedder.dimension)
         if len(chunks):
             flat.add(vectors)
@@ -134,6 +148,8 @@ def build_index(
             documents={r.doc_id: r for r in records},
             chunks=[_record(c, embedder) for c in chunks],
             vectors=flat,
+            sentences=sentences,
+            sentence_vectors=sentence_vectors,
             # BM25 sees what the model sees: title, section and text (BEIR: title + text)
             lexical=LexicalIndex.build([c.embed_input for c in chunks]),
         )
@@ -152,27 +168,37 @@ def _previous(index_dir: Path, spec: IndexSpec) -> Index | None:
         return None
 
 
+def _old_vectors(
+    previous: Index | None, embedder: Embedder,
+    hashes: Callable[[Index], list[str]], matrix: Callable[[Index], np.ndarray | None],
+) -> dict[str, np.ndarray]:
+    """Vectors of the live build by the hash of the text they embed (same model only)."""
+    if previous is None or previous.manifest["model"]["dimension"] != embedder.dimension:
+        return {}
+    vectors = matrix(previous)
+    if vectors is None:
+        return {}
+    return dict(zip(hashes(previous), vectors))
+
+
 def _embed(
-    chunks: list[Chunk], embedder: Embedder, previous: Index | None, batch_size: int,
+    texts: list[str], known: dict[str, np.ndarray], embedder: Embedder, batch_size: int, what: str,
     log: Callable[[str], None],
 ) -> tuple[np.ndarray, int]:
-    vectors = np.zeros((len(chunks), embedder.dimension), dtype=np.float32)
-    known: dict[str, int] = {}
-    old_vectors = None
-    if previous is not None and previous.manifest["model"]["dimension"] == embedder.dimension:
-        known = {c.embed_hash: i for i, c in enumerate(previous.chunks)}
-        old_vectors = previous.vector_matrix()
+    """Vectors for `texts`, taken from `known` where the text is unchanged; returns them and
+    how many were reused."""
+    vectors = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
     todo = []
-    for i, chunk in enumerate(chunks):
-        row = known.get(_hash(chunk.embed_input))
-        if row is not None and old_vectors is not None:
-            vectors[i] = old_vectors[row]
+    for i, text in enumerate(texts):
+        old = known.get(_hash(text))
+        if old is not None:
+            vectors[i] = old
         else:
             todo.append(i)
     if todo:
-        log(f"embedding {len(todo)} chunks ({len(chunks) - len(todo)} reused)")
-        vectors[todo] = embedder.encode([chunks[i].embed_input for i in todo], batch_size=batch_size)
-    return vectors, len(chunks) - len(todo)
+        log(f"embedding {len(todo)} {what} ({len(texts) - len(todo)} reused)")
+        vectors[todo] = embedder.encode([texts[i] for i in todo], batch_size=batch_size)
+    return vectors, len(texts) - len(todo)
 
 
 def _hash(text: str) -> str:

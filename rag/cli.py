@@ -87,8 +87,11 @@ def build(
 def query(
     question: Annotated[str, typer.Argument(help="the question to answer")],
     k: Annotated[int, typer.Option("-k", "--k", help="passages to return")] = 5,
-    mode: Annotated[str, typer.Option(help="dense, lexical or hybrid")] = "dense",
+    mode: Annotated[str | None, typer.Option(help="dense, lexical or hybrid [RAG_DEFAULT_MODE]")] = None,
     doc_id: Annotated[list[str] | None, typer.Option("--doc", help="only this document (repeatable)")] = None,
+    source: Annotated[list[str] | None, typer.Option(help="only documents from this source (repeatable)")] = None,
+    section: Annotated[list[str] | None, typer.Option(help="only this section (repeatable)")] = None,
+    max_per_doc: Annotated[int | None, typer.Option(help="at most this many passages per document")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the /query response body")] = False,
     index: IndexOpt = None,
 ) -> None:
@@ -97,7 +100,10 @@ def query(
 
     settings = load_settings(index=index)
     retriever = open_retriever(settings)
-    response = retriever.query(question, k=k, doc_ids=doc_id, mode=mode)  # type: ignore[arg-type]
+    from rag.retrieve import Filters
+
+    filters = Filters(doc_ids=doc_id, sources=source, sections=section)
+    response = retriever.query(question, k=k, filters=filters, mode=mode, max_per_doc=max_per_doc)  # type: ignore[arg-type]
     if as_json:
         typer.echo(response.model_dump_json(indent=2))
         return
@@ -108,6 +114,8 @@ def query(
         typer.echo(f"    {p.text}\n")
     if not response.passages:
         typer.echo("no passages found")
+    if not response.answerable:
+        typer.echo(f"(the corpus seems to hold no answer: confidence {response.confidence:.2f})")
 
 
 @app.command()
@@ -148,38 +156,60 @@ def eval_command(
     questions: Annotated[Path, typer.Option(help="question set (JSONL)")] = Path("eval/questions.jsonl"),
     beir: Annotated[Path | None, typer.Option(help="evaluate on a BEIR dataset folder instead")] = None,
     mode: Annotated[list[str] | None, typer.Option(help="modes to compare (repeatable); default all")] = None,
+    fusion: Annotated[list[str] | None, typer.Option(help="also compare hybrid with this fusion, e.g. rrf60, "
+                                                      "convex0.5 (repeatable)")] = None,
+    sweep: Annotated[bool, typer.Option(help="also compare a grid of RRF and convex fusions")] = False,
     out_dir: Annotated[Path, typer.Option(help="where reports go")] = Path("eval/reports"),
-    gate_mode: Annotated[str, typer.Option(help="the mode the --min-* gates apply to")] = "dense",
+    gate_mode: Annotated[str, typer.Option(help="the mode the --min-* gates apply to")] = "hybrid",
     min_recall_at_5: Annotated[float | None, typer.Option(help="fail below this Recall@5")] = None,
     min_recall_at_10: Annotated[float | None, typer.Option(help="fail below this Recall@10")] = None,
     min_mrr_at_10: Annotated[float | None, typer.Option(help="fail below this MRR@10")] = None,
     min_ndcg_at_10: Annotated[float | None, typer.Option(help="fail below this nDCG@10")] = None,
     limit: Annotated[int | None, typer.Option(help="BEIR: only the first N queries (quick runs)")] = None,
+    calibrate: Annotated[bool, typer.Option(help="print the abstention settings fitted on this set")] = False,
     index: IndexOpt = None,
 ) -> None:
     """Measure retrieval (Recall@k, MRR@10, nDCG@10, latency) per mode; gate on thresholds."""
+    from rag.evaluate import SWEEP, variants
     from rag.report import terminal_summary, write_reports
     from rag.retrieve import MODES
 
     if unknown := [m for m in mode or () if m not in MODES]:
         fail(f"unknown mode(s): {', '.join(unknown)}; choose from {', '.join(MODES)}")
     modes = tuple(m for m in MODES if not mode or m in mode)
-    if gate_mode not in modes:
-        fail(f"--gate-mode {gate_mode} is not among the evaluated modes")
     settings = load_settings(index=index)
+    try:
+        columns = variants(modes, tuple(dict.fromkeys([*(fusion or ()), *(SWEEP if sweep else ())])),
+                           settings.fusion_depth)
+    except ValueError as exc:
+        fail(str(exc))
+    if gate_mode not in [c.label for c in columns]:
+        fail(f"--gate-mode {gate_mode} is not among the evaluated modes")
     if beir is not None:
         from rag.beir import evaluate_beir
 
-        report = evaluate_beir(beir, settings, modes, limit=limit, log=lambda m: typer.echo(m, err=True))
+        report = evaluate_beir(beir, settings, columns, limit=limit, log=lambda m: typer.echo(m, err=True))
         name, title = f"beir-{beir.name}", f"BEIR {beir.name}"
     else:
+        from rag.abstain import calibrate as fit_abstention
         from rag.evaluate import evaluate, load_questions
         from rag.service import open_retriever
 
         retriever = open_retriever(settings)
-        report = evaluate(retriever, load_questions(questions, retriever.index), modes)
+        question_set = load_questions(questions, retriever.index)
+        report = evaluate(retriever, question_set, columns)
+        report["abstention"] = fit_abstention(retriever, question_set)
         name, title = "seed", f"Seed questions ({questions.name})"
     typer.echo(terminal_summary(report))
+    if abstention := report.get("abstention"):
+        back = abstention["held_back"]["configured"]
+        typer.echo(f"\nabstention (held-back third, configured settings): {back['unanswerable_flagged']:.0%} of "
+                   f"{back['unanswerable']} unanswerable flagged, {back['answerable_flagged']:.0%} of "
+                   f"{back['answerable']} answerable flagged")
+        if calibrate:
+            fitted = abstention["fitted"]
+            typer.echo(f"fitted on the calibration split: RAG_ABSTAIN_SLOPE={fitted['slope']} "
+                       f"RAG_ABSTAIN_OFFSET={fitted['offset']} (boundary cosine {fitted['boundary_cosine']})")
     for mode_name, result in report["modes"].items():
         for failure in result.get("failures", []):
             got = ", ".join(f"{r['doc_id']}›{r['section'] or '-'}" for r in failure["returned"])

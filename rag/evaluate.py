@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import RagError
+from rag.fusion import Fusion
 from rag.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 from rag.retrieve import MODES, Mode, Retriever
 from rag.store import Index
@@ -33,6 +34,28 @@ from rag.store import Index
 RECALL_KS = (1, 3, 5, 10)
 DEPTH = 10
 FAIL_AT = 5
+
+
+# the fusions `rag eval --sweep` compares with the configured one
+SWEEP = ("rrf10", "rrf30", "rrf60", "rrf100", "convex0.3", "convex0.4", "convex0.5", "convex0.6",
+         "convex0.7", "convex0.8")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of a report: a mode, and for hybrid the fusion it uses."""
+
+    label: str
+    mode: Mode
+    fusion: Fusion | None = None
+
+
+def variants(modes: tuple[Mode, ...], fusions: tuple[str, ...] = (), depth: int = 100) -> list[Variant]:
+    """variants(("dense", "hybrid"), ("convex0.5",)) -> dense, hybrid (configured fusion),
+    hybrid-convex0.5"""
+    out = [Variant(m, m) for m in modes]
+    out += [Variant(f"hybrid-{name}", "hybrid", Fusion.parse(name, depth)) for name in fusions]
+    return out
 
 
 @dataclass(frozen=True)
@@ -97,9 +120,9 @@ def covered_quotes(index: Index, row: int, gold: list[GoldQuote]) -> set[str]:
             if g.doc_id == chunk.doc_id and chunk.char_start < g.char_end and g.char_start < chunk.char_end}
 
 
-def _scores(retriever: Retriever, question: Question, mode: Mode) -> dict[str, Any]:
+def _scores(retriever: Retriever, question: Question, variant: Variant) -> dict[str, Any]:
     started = time.perf_counter()
-    hits = retriever.search(question.question, DEPTH, mode=mode)
+    hits = retriever.search(question.question, DEPTH, mode=variant.mode, fusion=variant.fusion)
     ms = (time.perf_counter() - started) * 1000
     index = retriever.index
     covered = [covered_quotes(index, hit.row, question.gold) for hit in hits]
@@ -118,14 +141,14 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.fmean(r[key] for r in rows), 4) for key in rows[0]} if rows else {}
 
 
-def evaluate(retriever: Retriever, questions: list[Question], modes: tuple[Mode, ...] = MODES) -> dict[str, Any]:
+def evaluate(retriever: Retriever, questions: list[Question], columns: list[Variant] | None = None) -> dict[str, Any]:
     answerable = [q for q in questions if q.answerable]
     if not answerable:
         raise RagError("the question set has no answerable question")
     report: dict[str, Any] = {"questions": len(questions), "answerable": len(answerable),
                               "build_id": retriever.index.build_id, "modes": {}}
-    for mode in modes:
-        runs = {q.id: _scores(retriever, q, mode) for q in answerable}
+    for variant in columns or variants(MODES):
+        runs = {q.id: _scores(retriever, q, variant) for q in answerable}
         times = sorted(r["ms"] for r in runs.values())
         by_doc: dict[str, list[dict[str, float]]] = {}
         by_type: dict[str, list[dict[str, float]]] = {}
@@ -133,7 +156,7 @@ def evaluate(retriever: Retriever, questions: list[Question], modes: tuple[Mode,
             for doc_id in q.doc_ids:
                 by_doc.setdefault(doc_id, []).append(runs[q.id]["metrics"])
             by_type.setdefault(q.type, []).append(runs[q.id]["metrics"])
-        report["modes"][mode] = {
+        report["modes"][variant.label] = {
             "overall": _mean([r["metrics"] for r in runs.values()]),
             "by_doc": {d: {"n": len(v), **_mean(v)} for d, v in sorted(by_doc.items())},
             "by_type": {t: {"n": len(v), **_mean(v)} for t, v in sorted(by_type.items())},

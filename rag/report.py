@@ -63,6 +63,16 @@ def markdown(report: dict[str, Any], title: str) -> str:
         for key in ("by_doc", "by_type"):
             table = markdown_table(breakdown_table(report, key, "recall@5"))
             out += [f"## Recall@5 {key.replace('_', ' ')}", "", table, ""]
+    if abstention := report.get("abstention"):
+        out += ["## Abstention", "", f"Feature: {abstention['feature']}; fitted "
+                f"slope {abstention['fitted']['slope']}, offset {abstention['fitted']['offset']}.", "",
+                "| split | settings | unanswerable flagged | answerable flagged |", "|---|---|---|---|"]
+        for split, which, stats in (("calibration", "fitted", abstention["calibration_split"]),
+                                    ("held back", "fitted", abstention["held_back"]["fitted"]),
+                                    ("held back", "configured", abstention["held_back"]["configured"])):
+            out.append(f"| {split} | {which} | {stats['unanswerable_flagged']:.0%} of {stats['unanswerable']} "
+                       f"| {stats['answerable_flagged']:.0%} of {stats['answerable']} |")
+        out.append("")
     for mode, result in report["modes"].items():
         failures = result.get("failures", [])
         if not failures:

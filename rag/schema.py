@@ -18,15 +18,29 @@ class Citation(BaseModel):
     char_end: int = Field(ge=0, description="end offset (exclusive)")
 
 
+class Span(BaseModel):
+    char_start: int = Field(ge=0, description="offset into the document's cleaned text")
+    char_end: int = Field(ge=0)
+
+
 class Passage(BaseModel):
     rank: int = Field(ge=1, description="1-based")
     chunk_id: str = Field(examples=["cfr-china-russia-backgrounder-3f1c0a9b2d4e"])
     text: str
-    score: float = Field(description="cosine similarity (dense) or BM25 score (lexical)")
+    score: float = Field(description="what the ranking used: cosine (dense), BM25 (lexical), fused (hybrid)")
     citation: Citation
+    scores: dict[str, float] = Field(
+        default_factory=dict, examples=[{"dense": 0.74, "lexical": 12.9, "fused": 0.91}],
+        description="the component scores the mode computed: dense, lexical, fused, rerank")
+    highlights: list[Span] = Field(
+        default_factory=list, description="the sentence(s) of the passage closest to the question; "
+        "document offsets inside the passage's citation span")
 
 
 class QueryResponse(BaseModel):
     question: str
     passages: list[Passage]
     took_ms: float = Field(description="time spent answering, in milliseconds")
+    mode: str = Field("dense", description="the retrieval mode that answered")
+    answerable: bool = Field(True, description="false when the corpus seems to hold no answer")
+    confidence: float = Field(1.0, ge=0, le=1, description="calibrated probability that an answer is in the passages")

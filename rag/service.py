@@ -5,13 +5,26 @@ Left out: caching across calls (the HTTP service holds its own long-lived Retrie
 """
 
 from rag.build import spec_of
-from rag.embed import load_embedder
-from rag.retrieve import Retriever
+from rag.embed import Embedder, load_embedder
+from rag.fusion import Fusion
+from rag.rerank import load_reranker
+from rag.retrieve import Abstention, Retriever
 from rag.settings import Settings
-from rag.store import load_index
+from rag.store import Index, load_index
 
 
 def open_retriever(settings: Settings) -> Retriever:
     """Load the index first (fast, and fails fast with a clear message), then the model."""
     index = load_index(settings.index_dir, spec_of(settings))
-    return Retriever(index, load_embedder(settings.model), max_k=settings.max_k)
+    return retriever_for(settings, index, load_embedder(settings.model))
+
+
+def retriever_for(settings: Settings, index: Index, embedder: Embedder) -> Retriever:
+    """A retriever configured by `settings` over an index and model already loaded."""
+    return Retriever(
+        index, embedder, max_k=settings.max_k, default_mode=settings.default_mode,
+        fusion=Fusion.parse(settings.fusion, depth=settings.fusion_depth),
+        abstention=Abstention(settings.abstain_slope, settings.abstain_offset),
+        reranker=load_reranker(settings.reranker) if settings.reranker else None,
+        rerank_depth=settings.rerank_depth, collapse_overlap=settings.collapse_overlap,
+    )

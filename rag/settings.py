@@ -6,8 +6,9 @@ Paths are relative to the working directory.
 """
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -36,6 +37,17 @@ class Settings(BaseSettings):
     # --- query defaults
     default_k: int = Field(5, ge=1, le=50)
     max_k: int = Field(50, ge=1)
+    default_mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
+    fusion: str = Field("rrf60", description="hybrid fusion: rrf<k> (e.g. rrf60) or convex<alpha> (e.g. convex0.5)")
+    fusion_depth: int = Field(100, ge=1, description="each ranking's top that hybrid fuses")
+    collapse_overlap: float = Field(0.5, gt=0, le=1, description="chunks sharing this share of the shorter "
+                                    "one are near-duplicates: only the better one is returned")
+    highlights: bool = Field(True, description="embed sentences at build time to highlight answers")
+    # fitted by `rag eval --calibrate` on the seed questions with the default model (2026-11-23)
+    abstain_slope: float = Field(18.49, description="confidence = sigmoid(slope * best cosine + offset)")
+    abstain_offset: float = -7.36
+    reranker: str | None = Field(None, description="cross-encoder name or path; off when unset")
+    rerank_depth: int = Field(20, ge=1, le=200)
 
     # --- HTTP service (`rag serve`)
     host: str = "127.0.0.1"
@@ -52,6 +64,14 @@ class Settings(BaseSettings):
         "questions that queued while the previous batch ran (no added latency)")
     max_batch: int = Field(64, ge=1, le=1024)
     reload_poll_seconds: float = Field(1.0, ge=0, description="how often to look for a new index; 0: never")
+
+    @field_validator("fusion")
+    @classmethod
+    def _known_fusion(cls, value: str) -> str:
+        from rag.fusion import Fusion
+
+        Fusion.parse(value)  # raises ValueError with the accepted forms
+        return value
 
     @model_validator(mode="after")
     def _overlap_smaller_than_chunk(self) -> "Settings":

@@ -8,6 +8,7 @@
         chunks.jsonl             chunk text, citation offsets, token counts
         vectors.faiss            FAISS IndexFlatIP of the normalised chunk vectors
         bm25/                    bm25s arrays (.npy) and vocabulary (.json)
+        sentences.jsonl          sentence spans, and sentence_vectors.npy their vectors (highlights)
 
 A build is written into `builds/.tmp-<id>/`, fsynced, renamed to `builds/<id>/`, and
 only then made live by atomically replacing `CURRENT` (os.replace). A crash at any
@@ -97,6 +98,9 @@ class Index:
     chunks: list[ChunkRecord]
     vectors: faiss.Index
     lexical: LexicalIndex
+    # sentences of every document (doc_id, char_start, char_end) and their vectors, for highlights
+    sentences: list[tuple[str, int, int]] = field(default_factory=list)
+    sentence_vectors: np.ndarray | None = None
     path: Path | None = None
     _by_id: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -163,6 +167,10 @@ def _write_files(folder: Path, index: Index) -> None:
     _write_jsonl(folder / "documents.jsonl", (asdict(d) for d in index.documents.values()))
     _write_jsonl(folder / "chunks.jsonl", (asdict(c) for c in index.chunks))
     faiss.write_index(index.vectors, str(folder / "vectors.faiss"))
+    if index.sentence_vectors is not None:
+        _write_jsonl(folder / "sentences.jsonl", ({"doc_id": d, "char_start": a, "char_end": b}
+                                                  for d, a, b in index.sentences))
+        np.save(folder / "sentence_vectors.npy", index.sentence_vectors, allow_pickle=False)
     index.lexical.save(folder / "bm25")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     manifest = {**index.manifest, "files": {str(p.relative_to(folder)): _sha256(p) for p in files}}
@@ -263,6 +271,11 @@ def load_index(index_dir: Path, spec: IndexSpec | None = None) -> Index:
         chunks = [ChunkRecord(**row) for row in _read_jsonl(folder / "chunks.jsonl")]
         vectors = faiss.read_index(str(folder / "vectors.faiss"))
         lexical = LexicalIndex.load(folder / "bm25", size=len(chunks))
+        sentences: list[tuple[str, int, int]] = []
+        sentence_vectors = None
+        if (folder / "sentence_vectors.npy").exists():
+            sentences = [(r["doc_id"], r["char_start"], r["char_end"]) for r in _read_jsonl(folder / "sentences.jsonl")]
+            sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False)
     except (OSError, TypeError, ValueError, RuntimeError) as exc:
         raise IndexCorruptError(f"cannot load index at {folder}: {exc}") from exc
     if vectors.ntotal != len(chunks) or vectors.d != manifest["model"]["dimension"]:
@@ -271,7 +284,8 @@ def load_index(index_dir: Path, spec: IndexSpec | None = None) -> Index:
             f"{len(chunks)} chunks of a {manifest['model']['dimension']}-dimension model"
         )
     manifest["load_seconds"] = round(time.perf_counter() - started, 3)
-    return Index(manifest, {d.doc_id: d for d in documents}, chunks, vectors, lexical, folder)
+    return Index(manifest, {d.doc_id: d for d in documents}, chunks, vectors, lexical,
+                 sentences, sentence_vectors, folder)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -37,7 +37,8 @@ def test_post_query_returns_cited_passages(client: TestClient):
     r = client.post("/query", json={"question": QUESTION, "k": 3})
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"question", "passages", "took_ms"} and body["question"] == QUESTION
+    assert set(body) == {"question", "passages", "took_ms", "mode", "answerable", "confidence"}
+    assert body["question"] == QUESTION and body["mode"] == "hybrid"
     assert [p["rank"] for p in body["passages"]] == [1, 2, 3]
     scores = [p["score"] for p in body["passages"]]
     assert scores == sorted(scores, reverse=True)
@@ -60,6 +61,23 @@ def test_doc_filter_and_lexical_mode(client: TestClient):
     assert {p["citation"]["doc_id"] for p in r.json()["passages"]} == {only}
     r = client.get("/query", params=[("q", "Arctic"), ("doc_id", only), ("doc_id", "fp-china-russia-axis")])
     assert r.status_code == 200
+
+
+def test_filters_max_per_doc_and_new_fields(client: TestClient):
+    r = client.post("/query", json={"question": "oil", "k": 6, "sources": ["Foreign Policy", "Council on Foreign "
+                                    "Relations (CFR)"], "max_per_doc": 2, "mode": "dense"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["mode"] == "dense" and 0 <= body["confidence"] <= 1 and isinstance(body["answerable"], bool)
+    docs = [p["citation"]["doc_id"] for p in body["passages"]]
+    assert sorted(docs) == ["cfr-china-russia-backgrounder"] * 2 + ["fp-china-russia-axis"] * 2
+    assert all(set(p["scores"]) == {"dense"} and p["highlights"] for p in body["passages"])
+    r = client.get("/query", params={"q": "arctic", "section": "The Arctic"})
+    assert {p["citation"]["section"] for p in r.json()["passages"]} == {"The Arctic"}
+    r = client.post("/query", json={"question": "x", "sections": ["Nowhere"]})
+    assert (r.status_code, r.json()) == (422, {"detail": "unknown sections: Nowhere"})
+    r = client.post("/query", json={"question": "x", "max_per_doc": 0})
+    assert (r.status_code, r.json()) == (422, {"detail": "max_per_doc: Input should be greater than or equal to 1"})
 
 
 def test_documents_document_and_chunk(client: TestClient):

@@ -10,6 +10,7 @@ from conftest import REPO, FakeEmbedder
 
 from rag import beir
 from rag.errors import RagError
+from rag.evaluate import variants
 from rag.settings import Settings
 
 
@@ -32,11 +33,11 @@ def test_tiny_collection_exact_scores(tmp_path: Path, monkeypatch):
     }, {"q1": "antarctic penguins ice", "q2": "desert camels", "q3": "unjudged query"},
         [("q1", "d1"), ("q2", "d2")])
     settings = Settings(model="fake", cache_dir=tmp_path / "cache")
-    report = beir.evaluate_beir(folder, settings, ("lexical", "dense", "hybrid"))
+    report = beir.evaluate_beir(folder, settings, variants(("lexical", "dense", "hybrid")))
     assert report["queries"] == 2 and report["documents"] == 3
     for mode in ("lexical", "dense", "hybrid"):
         assert report["modes"][mode]["overall"] == {"ndcg@10": 1.0, "recall@10": 1.0, "recall@100": 1.0, "mrr@10": 1.0}
-    again = beir.evaluate_beir(folder, settings, ("lexical",))  # the cached index is reused
+    again = beir.evaluate_beir(folder, settings, variants(("lexical",)))  # the cached index is reused
     assert again["build_id"] == report["build_id"]
 
 
@@ -62,7 +63,7 @@ def test_scifact_slice_with_the_real_model(tmp_path: Path):
         r["_id"]: (r["title"], r["text"]) for r in others}
     queries = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (SCIFACT / "queries.jsonl").read_text().splitlines()}
     folder = write_beir(tmp_path / "slice", docs, {q: queries[q] for q in judged}, pairs)
-    report = beir.evaluate_beir(folder, Settings(cache_dir=tmp_path / "cache"), ("dense", "lexical"))
+    report = beir.evaluate_beir(folder, Settings(cache_dir=tmp_path / "cache"), variants(("dense", "lexical")))
     assert report["queries"] == 20
     assert report["modes"]["dense"]["overall"]["ndcg@10"] > 0.6
     assert report["modes"]["lexical"]["overall"]["ndcg@10"] > 0.6

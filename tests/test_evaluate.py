@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from rag import service
 from rag.cli import app
 from rag.errors import RagError
-from rag.evaluate import evaluate, load_questions
+from rag.evaluate import evaluate, load_questions, variants
 from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.store import load_index
@@ -45,7 +45,7 @@ def test_exact_values_on_a_hand_built_question(retriever: Retriever, tmp_path: P
            "doc_ids": [chunk.doc_id], "gold_quotes": [{"doc_id": chunk.doc_id, "quote": quote}]}
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps(row) + "\n")
-    report = evaluate(retriever, load_questions(path, index), ("lexical",))
+    report = evaluate(retriever, load_questions(path, index), variants(("lexical",)))
     # asking with the chunk's own text puts that chunk first in BM25: every metric is 1,
     # and nDCG is 1 only if every other chunk holding the quote follows right after it
     overall = report["modes"]["lexical"]["overall"]
@@ -59,7 +59,7 @@ def test_failures_show_what_came_back(retriever: Retriever, tmp_path: Path):
            "doc_ids": [doc_id], "gold_quotes": [{"doc_id": doc_id, "quote": "Serbia sits on Europe’s periphery."}]}
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps(row) + "\n")
-    failures = evaluate(retriever, load_questions(path, retriever.index), ("dense",))["modes"]["dense"]["failures"]
+    failures = evaluate(retriever, load_questions(path, retriever.index), variants(("dense",)))["modes"]["dense"]["failures"]
     assert [f["id"] for f in failures] == ["miss"]
     assert len(failures[0]["returned"]) == 3 and {"doc_id", "section", "text", "relevant"} <= set(failures[0]["returned"][0])
 

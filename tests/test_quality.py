@@ -1,0 +1,200 @@
+"""Retrieval quality features on hand-made cases: fusion, near-duplicate collapsing,
+max_per_doc, filters, highlights, reranking, abstention."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import FakeEmbedder
+
+from rag.abstain import fit_logistic, held_back, rates
+from rag.errors import BadQueryError
+from rag.fusion import Fusion, fuse, top_rows
+from rag.retrieve import Abstention, Filters, Retriever, near_duplicates
+from rag.settings import Settings
+from rag.store import ChunkRecord, load_index
+
+INF = -np.inf
+
+
+# ------------------------------------------------------------------ fusion
+
+
+def test_rrf_by_hand():
+    rows, fused = fuse(np.array([0.9, 0.5, 0.1]), np.array([0.0, 4.0, 2.0]), Fusion("rrf", rrf_k=60))
+    assert rows.tolist() == [1, 2, 0]
+    assert fused.tolist() == pytest.approx([1 / 62 + 1 / 61, 1 / 63 + 1 / 62, 1 / 61])
+
+
+def test_convex_by_hand():
+    rows, fused = fuse(np.array([0.9, 0.5, 0.1]), np.array([0.0, 4.0, 2.0]), Fusion("convex", alpha=0.5))
+    assert rows.tolist() == [1, 0, 2]
+    assert fused.tolist() == pytest.approx([0.75, 0.5, 0.25])
+    rows, fused = fuse(np.array([0.9, 0.5, 0.1]), np.array([0.0, 4.0, 2.0]), Fusion("convex", alpha=1.0))
+    assert rows.tolist() == [0, 1, 2]  # alpha 1 is dense alone
+
+
+def test_fusion_depth_and_filtered_rows():
+    dense = np.array([0.9, 0.8, 0.7, INF])  # row 3 filtered out
+    lexical = np.array([0.0, 0.0, 5.0, INF])
+    rows, _ = fuse(dense, lexical, Fusion("rrf", depth=1))
+    assert rows.tolist() == [0, 2]  # each ranking's top 1 only; row 3 never appears
+
+
+def test_top_rows_breaks_ties_by_row():
+    assert top_rows(np.array([1.0, 3.0, 3.0, INF, 2.0]), 3).tolist() == [1, 2, 4]
+
+
+@pytest.mark.parametrize(("name", "fusion"), [("rrf60", Fusion("rrf", rrf_k=60)), ("convex0.7", Fusion("convex", alpha=0.7))])
+def test_parse_fusion(name, fusion):
+    assert Fusion.parse(name) == fusion and fusion.name == name
+
+
+@pytest.mark.parametrize("name", ["rrf", "convex1.5", "magic"])
+def test_bad_fusion_names(name):
+    with pytest.raises(ValueError, match="unknown fusion"):
+        Fusion.parse(name)
+
+
+def test_bad_fusion_setting_is_refused():
+    with pytest.raises(ValueError, match="unknown fusion 'best'"):
+        Settings(fusion="best")
+
+
+# ------------------------------------------------------------------ collapsing, filters
+
+
+def chunk(doc: str, start: int, end: int) -> ChunkRecord:
+    return ChunkRecord(f"{doc}-{start}", doc, None, start, end, "x" * (end - start), 1, 1, "h")
+
+
+def test_near_duplicates_by_hand():
+    assert near_duplicates(chunk("a", 0, 100), chunk("a", 40, 140), 0.5)  # share 60 of 100
+    assert not near_duplicates(chunk("a", 0, 100), chunk("a", 80, 180), 0.5)  # share 20: neighbours
+    assert not near_duplicates(chunk("a", 0, 100), chunk("b", 0, 100), 0.5)  # other document
+    assert near_duplicates(chunk("a", 0, 100), chunk("a", 20, 60), 0.9)  # one inside the other
+
+
+@pytest.fixture
+def retriever(built: Settings) -> Retriever:
+    return Retriever(load_index(built.index_dir), FakeEmbedder())
+
+
+def test_results_never_hold_near_duplicates(retriever: Retriever):
+    for mode in ("dense", "lexical", "hybrid"):
+        hits = retriever.search("Russia China oil trade Arctic", 20, mode=mode)
+        chunks = [retriever.index.chunks[h.row] for h in hits]
+        assert not [(a.chunk_id, b.chunk_id) for i, a in enumerate(chunks) for b in chunks[i + 1:]
+                    if near_duplicates(a, b, 0.5)]
+
+
+def test_collapse_keeps_the_better_of_two_near_duplicates(retriever: Retriever):
+    retriever.collapse_overlap = 0.01  # every overlap counts: adjacent chunks collapse
+    hits = retriever.search("Russia China oil trade", 10, mode="dense", collapse=False)
+    kept = retriever.search("Russia China oil trade", 10, mode="dense")
+    first = retriever.index.chunks[hits[0].row]
+    assert kept[0].row == hits[0].row
+    assert all(not near_duplicates(first, retriever.index.chunks[h.row], 0.01) for h in kept[1:])
+
+
+def test_max_per_doc(retriever: Retriever):
+    hits = retriever.search("Russia China", 9, mode="hybrid", max_per_doc=2)
+    docs = [retriever.index.chunks[h.row].doc_id for h in hits]
+    assert len(hits) == 6 and all(docs.count(d) == 2 for d in set(docs))
+    with pytest.raises(BadQueryError, match="max_per_doc must be at least 1, got 0"):
+        retriever.search("x", 3, max_per_doc=0)
+
+
+def test_source_and_section_filters(retriever: Retriever):
+    hits = retriever.search("oil", 5, Filters(sources=["Foreign Policy"]), mode="hybrid")
+    assert hits and {retriever.index.chunks[h.row].doc_id for h in hits} == {"fp-china-russia-axis"}
+    hits = retriever.search("oil", 5, Filters(sections=["The Arctic", "North Korea"]), mode="dense")
+    assert hits and {retriever.index.chunks[h.row].section for h in hits} <= {"The Arctic", "North Korea"}
+    with pytest.raises(BadQueryError, match="unknown sources: Nope"):
+        retriever.search("oil", 5, Filters(sources=["Nope"]))
+    with pytest.raises(BadQueryError, match="unknown sections: Nowhere"):
+        retriever.search("oil", 5, Filters(sections=["Nowhere"]))
+
+
+def test_component_scores_per_mode(retriever: Retriever):
+    q = "Russian oil imports"
+    assert set(retriever.query(q, 3, mode="dense").passages[0].scores) == {"dense"}
+    assert set(retriever.query(q, 3, mode="lexical").passages[0].scores) == {"lexical"}
+    passage = retriever.query(q, 3, mode="hybrid").passages[0]
+    assert set(passage.scores) == {"dense", "lexical", "fused"} and passage.score == passage.scores["fused"]
+
+
+# ------------------------------------------------------------------ highlights
+
+
+def test_highlights_are_sentences_inside_the_passage(retriever: Retriever):
+    sentence = ("But China remained a key buyer—imports of Russian oil rose 49 percent to $76.4 billion that "
+                "year, deepening Russia’s reliance on trade with China.")
+    response = retriever.query(sentence, 5, mode="hybrid")
+    holding = 0
+    for p in response.passages:
+        assert 1 <= len(p.highlights) <= 2
+        text = retriever.index.documents[p.citation.doc_id].text
+        for h in p.highlights:
+            assert p.citation.char_start <= h.char_start < h.char_end <= p.citation.char_end
+            assert text[h.char_start:h.char_end] in p.text
+        if sentence in p.text:  # the question itself is a sentence here: cosine 1, the best
+            holding += 1
+            first = p.highlights[0] if len(p.highlights) == 1 else max(
+                p.highlights, key=lambda h: text[h.char_start:h.char_end] == sentence)
+            assert text[first.char_start:first.char_end] == sentence
+    assert holding >= 1
+
+
+# ------------------------------------------------------------------ reranker
+
+
+class ShortestFirst:
+    """A fake cross-encoder: the shorter the passage, the higher its score."""
+
+    name = "fake-reranker"
+
+    def score(self, question, texts):  # type: ignore[no-untyped-def]
+        return [-float(len(t)) for t in texts]
+
+
+def test_reranker_reorders_the_head(built: Settings):
+    plain = Retriever(load_index(built.index_dir), FakeEmbedder())
+    reranked = Retriever(load_index(built.index_dir), FakeEmbedder(), reranker=ShortestFirst(), rerank_depth=10)
+    head = plain.search("Russia China oil", 10, mode="hybrid", collapse=False)
+    after = reranked.search("Russia China oil", 5, mode="hybrid", collapse=False)
+    lengths = {h.row: len(plain.index.chunks[h.row].text) for h in head}
+    assert [h.row for h in after] == sorted(lengths, key=lambda r: (lengths[r], head.index(next(x for x in head if x.row == r))))[:5]
+    assert all(h.components["rerank"] == -lengths[h.row] and "fused" in h.components for h in after)
+
+
+# ------------------------------------------------------------------ abstention
+
+
+def test_confidence_is_a_calibrated_logistic():
+    a = Abstention(slope=20.0, offset=-10.0)
+    assert a.confidence(0.5) == 0.5
+    assert a.confidence(0.6) == pytest.approx(1 / (1 + math.exp(-2)))
+    assert a.confidence(0.9) > a.confidence(0.6) > a.confidence(0.3)
+
+
+def test_fit_logistic_recovers_a_known_boundary():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 1, 4000)
+    y = (rng.uniform(0, 1, 4000) < 1 / (1 + np.exp(-(10 * x - 4)))).astype(float)
+    slope, offset = fit_logistic(x, y)
+    assert slope == pytest.approx(10, rel=0.15) and -offset / slope == pytest.approx(0.4, abs=0.03)
+
+
+def test_rates_and_split():
+    a = Abstention(slope=10.0, offset=-5.0)  # boundary at 0.5
+    assert rates(a, [0.9, 0.2, 0.7, 0.1], [True, True, False, False]) == {
+        "unanswerable_flagged": 0.5, "answerable_flagged": 0.5, "answerable": 2, "unanswerable": 2}
+    ids = [f"q{i}" for i in range(300)]
+    assert 80 < sum(held_back(i) for i in ids) < 120 and held_back("q1") == held_back("q1")
+
+
+def test_responses_carry_answerable_and_confidence(retriever: Retriever):
+    response = retriever.query("Russia China oil", 3)
+    assert 0 <= response.confidence <= 1 and response.answerable == (response.confidence >= 0.5)
+    assert response.mode == "hybrid"
