@@ -9,9 +9,10 @@ Each passage reports the component scores its mode computed (`scores`).
 A result never holds two near-duplicates: chunks of one document whose shared span is at
 least `collapse_overlap` (half) of the shorter one; the lower-ranked one is dropped.
 Neighbours that share only their ~40-token overlap both stay: they carry different
-content (collapsing every overlap cost 9 points of dense Recall@10 on the seed set). `max_per_doc` caps passages per document. Filters: document
-ids, document `source`, chunk `section`. An optional reranker (a cross-encoder) reorders
-the top `rerank_depth` candidates before that.
+content (collapsing every overlap cost 9 points of dense Recall@10 on the seed set).
+`max_per_doc` caps passages per document. Filters: document ids, document `source`,
+chunk `section`. An optional reranker (a cross-encoder) reorders the top `rerank_depth`
+candidates before that.
 
 Every response says whether the corpus seems to hold an answer: `confidence` is a
 logistic function of the best dense cosine similarity, calibrated on the seed questions
