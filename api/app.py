@@ -18,6 +18,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from api.engine import Engine, NotReadyError
 from api.middleware import AccessLog, ApiKey, BodyGuard
+from api.chat_routes import UpstreamError
+from api.chat_routes import router as chat_router
 from api.routes import router
 from rag import __version__
 from rag.embed import Embedder, load_embedder
@@ -38,8 +40,9 @@ STATUS_OF: list[tuple[type[RagError], int]] = [
     (IndexMissingError, 503),
     (IndexCorruptError, 503),
     (IndexMismatchError, 503),
+    (UpstreamError, 502),
 ]
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/"})  # the chat page asks for the key itself
 
 
 class Metrics:
@@ -77,11 +80,15 @@ def create_app(settings: Settings | None = None,
     )
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
     app.include_router(router)
+    app.include_router(chat_router)
 
     @app.exception_handler(RagError)
     async def domain_error(request: Request, exc: RagError) -> JSONResponse:
         status = next((code for kind, code in STATUS_OF if isinstance(exc, kind)), 400)
-        return JSONResponse({"detail": str(exc)}, status_code=status)
+        body: dict[str, object] = {"detail": str(exc)}
+        if request.url.path.startswith("/v1/"):  # OpenAI clients read error.message
+            body["error"] = {"message": str(exc), "type": "invalid_request_error", "code": status}
+        return JSONResponse(body, status_code=status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     max_batch: int = Field(64, ge=1, le=1024)
     reload_poll_seconds: float = Field(1.0, ge=0, description="how often to look for a new index; 0: never")
 
+    # --- chat (/v1/chat/completions)
+    chat_model_name: str = Field("rag", description="the model id /v1/models lists")
+    chat_k: int = Field(5, ge=1, le=50, description="passages retrieved per chat question")
+    chat_max_context_tokens: int = Field(1500, ge=64, description="context budget sent to an upstream model")
+    llm_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1")
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_timeout_seconds: float = Field(60.0, gt=0)
+
     @field_validator("fusion")
     @classmethod
     def _known_fusion(cls, value: str) -> str:

@@ -2,7 +2,6 @@
 while queries run fails none of them, and answers switch to the new index."""
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -12,36 +11,19 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from conftest import CORPUS, FakeEmbedder
+from conftest import CORPUS, FakeEmbedder, free_port, running_server
 
 from api.app import create_app
 from rag.build import build_index
 from rag.settings import Settings
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def live(built: Settings) -> Iterator[tuple[str, Settings]]:
-    settings = built.model_copy(update={"reload_poll_seconds": 0.05, "port": free_port()})
+    settings = built.model_copy(update={"reload_poll_seconds": 0.05})
     fake = FakeEmbedder()
-    config = uvicorn.Config(create_app(settings, embedder_factory=lambda name: fake),
-                            host="127.0.0.1", port=settings.port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started
-    yield f"http://127.0.0.1:{settings.port}", settings
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_server(create_app(settings, embedder_factory=lambda name: fake)) as url:
+        yield url, settings
 
 
 def test_rebuild_under_load_fails_no_request_and_switches(live: tuple[str, Settings]):

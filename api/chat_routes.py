@@ -1,0 +1,221 @@
+"""Routes for chat frontends: POST /context, the OpenAI-compatible /v1 API, the chat page.
+
+/v1/chat/completions answers with extractive sentences and [n] markers (no model needed),
+or, when RAG_LLM_BASE_URL and RAG_LLM_MODEL are set, streams an upstream
+OpenAI-compatible model's answer over the packed context. Either way the Sources list
+ends the text, every response carries `citations`, and a stream also carries one Open
+WebUI `source` event per cited passage (each named "[n] title — section", so Open WebUI
+keeps them apart), attached to chunks with an empty delta so strict clients skip them.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from api.routes import EngineDep, SettingsDep
+from rag.chat import (
+    ChatCitation, Link, chat_citations, extractive_answer, llm_messages, question_from, sources_markdown,
+)
+from rag.context import ContextBlock, pack
+from rag.errors import BadQueryError, RagError
+from rag.retrieve import Filters, Mode
+from rag.settings import Settings
+
+router = APIRouter()
+PAGE = Path(__file__).parent / "static" / "index.html"
+
+
+class UpstreamError(RagError):
+    """The configured upstream language model failed or could not be reached."""
+
+
+class ContextRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    question: str
+    k: int = Field(5, ge=1, le=50)
+    max_tokens: int = Field(1500, ge=16, le=100_000, description="cl100k token budget of the block")
+    doc_ids: list[str] | None = None
+    mode: Mode | None = None
+
+
+class ContextResponse(ContextBlock):
+    question: str
+    max_tokens: int
+    answerable: bool
+    confidence: float
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # temperature, top_p, ...: accepted and ignored
+    model: str = "rag"
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: bool = False
+
+
+def link_for(request: Request) -> Link:
+    """Passage links open the chat page's document view: /#cite=<doc_id>:<start>-<end>."""
+    base = str(request.base_url).rstrip("/")
+    return lambda doc_id, start, end: f"{base}/#cite={doc_id}:{start}-{end}"
+
+
+def check_question(question: str, settings: Settings) -> None:
+    if not question.strip():
+        raise BadQueryError("question must not be empty")
+    if len(question) > settings.max_question_chars:
+        raise BadQueryError(f"question is {len(question)} characters; the limit is {settings.max_question_chars}")
+
+
+@router.post("/context", tags=["chat"])
+async def context(body: ContextRequest, engine: EngineDep, settings: SettingsDep) -> ContextResponse:
+    """The passages packed into one prompt-ready block under a token budget, numbered [n]."""
+    check_question(body.question, settings)
+    response = await engine.query(body.question, body.k, Filters(doc_ids=body.doc_ids), body.mode)
+    block = pack(response.passages, body.max_tokens)
+    return ContextResponse(question=body.question, max_tokens=body.max_tokens, answerable=response.answerable,
+                           confidence=response.confidence, **block.model_dump())
+
+
+@router.get("/v1/models", tags=["chat"])
+def models(settings: SettingsDep) -> dict[str, Any]:
+    """The one model this service offers, for OpenAI clients."""
+    return {"object": "list", "data": [{"id": settings.chat_model_name, "object": "model", "created": 0,
+                                        "owned_by": "rag"}]}
+
+
+@router.post("/v1/chat/completions", tags=["chat"], response_model=None)
+async def chat_completions(body: ChatRequest, request: Request, engine: EngineDep,
+                           settings: SettingsDep) -> dict[str, Any] | StreamingResponse:
+    """OpenAI Chat Completions, streaming or not, with citations."""
+    question = question_from(body.messages)
+    check_question(question, settings)
+    response = await engine.query(question, settings.chat_k, Filters(), None)
+    link = link_for(request)
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    frame = Frame(completion_id, created, settings.chat_model_name)
+    if not settings.llm_base_url or not settings.llm_model or not response.answerable:
+        answer = extractive_answer(response, link)
+        if body.stream:
+            return sse(frame.stream_text([_split(answer.text)], answer.citations))
+        return frame.completion(answer.text, answer.citations)
+
+    block = pack(response.passages, settings.chat_max_context_tokens)
+    citations = chat_citations(block, response.passages, link)
+    payload = {"model": settings.llm_model, "messages": llm_messages(question, block), "stream": body.stream}
+    client = httpx.AsyncClient(timeout=settings.llm_timeout_seconds)
+    try:
+        upstream = await client.send(client.build_request(
+            "POST", settings.llm_base_url.rstrip("/") + "/chat/completions", json=payload,
+            headers=_auth(settings)), stream=body.stream)
+    except httpx.HTTPError as exc:
+        await client.aclose()
+        raise UpstreamError(f"upstream model unreachable at {settings.llm_base_url}: {type(exc).__name__}") from exc
+    if upstream.status_code != 200:
+        detail = (await upstream.aread()).decode("utf-8", "replace")[:300]
+        await client.aclose()
+        raise UpstreamError(f"upstream model answered {upstream.status_code}: {detail}")
+    if not body.stream:
+        try:
+            text = upstream.json()["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UpstreamError("upstream model sent an answer that is not a chat completion") from exc
+        finally:
+            await client.aclose()
+        return frame.completion(text + sources_markdown(citations), citations)
+    return sse(frame.stream_text([_upstream_deltas(upstream, client), _once(sources_markdown(citations))],
+                                 citations))
+
+
+def _auth(settings: Settings) -> dict[str, str]:
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+async def _split(text: str) -> AsyncIterator[str]:
+    """An extractive answer streamed a few words at a time, as a model would."""
+    words = text.split(" ")
+    for i in range(0, len(words), 8):
+        yield " ".join(words[i:i + 8]) + (" " if i + 8 < len(words) else "")
+
+
+async def _once(text: str) -> AsyncIterator[str]:
+    if text:
+        yield text
+
+
+async def _upstream_deltas(upstream: httpx.Response, client: httpx.AsyncClient) -> AsyncIterator[str]:
+    try:
+        async for line in upstream.aiter_lines():
+            if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                continue
+            try:
+                choices = json.loads(line[5:]).get("choices") or [{}]
+                content = (choices[0].get("delta") or {}).get("content")
+            except (ValueError, AttributeError):
+                continue
+            if content:
+                yield content
+    finally:
+        await upstream.aclose()
+        await client.aclose()
+
+
+def sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        async for event in events:
+            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class Frame:
+    """Chat completion objects in the OpenAI shape, plus `citations`."""
+
+    def __init__(self, completion_id: str, created: int, model: str):
+        self.id, self.created, self.model = completion_id, created, model
+
+    def completion(self, text: str, citations: list[ChatCitation]) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "citations": [c.model_dump() for c in citations]}
+
+    def chunk(self, delta: dict[str, Any], citations: list[ChatCitation] | None = None,
+              finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        if citations is not None:  # on the first and the last chunk of a stream
+            body["citations"] = [c.model_dump() for c in citations]
+        return body
+
+    async def stream_text(self, parts: list[AsyncIterator[str]],
+                          citations: list[ChatCitation]) -> AsyncIterator[dict[str, Any]]:
+        yield self.chunk({"role": "assistant", "content": ""}, citations)
+        for c in citations:
+            name = f"[{c.n}] {c.title}" + (f" — {c.section}" if c.section else "")
+            yield self.chunk({}, event={"type": "source", "data": {
+                "source": {"name": name, "url": c.url},
+                "document": [c.text],
+                "metadata": [{"source": name, "name": name, "url": c.url, "chunk_id": c.chunk_id,
+                              "doc_id": c.doc_id, "char_start": c.char_start, "char_end": c.char_end}],
+            }})
+        for part in parts:
+            async for text in part:
+                yield self.chunk({"content": text})
+        yield self.chunk({}, citations, finish="stop")
+
+
+@router.get("/", include_in_schema=False)
+def page() -> FileResponse:
+    """The chat page: no build step, plain HTML and JavaScript."""
+    return FileResponse(PAGE, media_type="text/html")
+

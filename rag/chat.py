@@ -1,0 +1,126 @@
+"""Answers for chat frontends, with their sources kept all the way to the screen.
+
+- `question_from(messages)`: the last user message is the question; when it is short
+  and leans on earlier turns ("and in 2023?"), the previous user message is prepended.
+- `extractive_answer(response, link)`: no language model needed. The highlighted
+  sentences of the top passages, in rank order and without repeats, each followed by
+  its passage's marker [n]; then a Markdown "Sources" list with title, section and a
+  link to the passage on this service. When the retriever abstains (`answerable` false)
+  the answer says so plainly and cites nothing.
+- `llm_messages(question, block)`: the prompt for an upstream OpenAI-compatible model,
+  told to answer only from the numbered context and to cite [n].
+
+Example answer:
+    Trade between the countries reached an all-time high of $245 billion in 2024. [1]
+
+    **Sources**
+    [1] China and Russia: Exploring Ties ... — What are their economic ties? (http://127.0.0.1:8000/#cite=...)
+
+Left out: abstractive answers without an upstream model, and multi-turn rewriting with
+a model (the heuristic above covers follow-ups that drop their subject).
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from rag.context import ContextBlock
+from rag.schema import Passage, QueryResponse
+
+NO_ANSWER = "I could not find an answer to that in the documents I have."
+FOLLOW_UP_MAX_WORDS = 6  # a user turn this short is read together with the previous one
+ANSWER_PASSAGES = 3  # passages whose highlighted sentences make the extractive answer
+
+
+Link = Callable[[str, int, int], str]  # (doc_id, char_start, char_end) -> URL of the passage
+
+
+class ChatCitation(BaseModel):
+    n: int
+    chunk_id: str
+    doc_id: str
+    title: str
+    section: str | None
+    source: str
+    char_start: int
+    char_end: int
+    url: str  # the passage on this service
+    text: str
+
+
+class ChatAnswer(BaseModel):
+    text: str  # the whole answer, Sources list included
+    citations: list[ChatCitation]
+
+
+def question_from(messages: Sequence[dict[str, Any]]) -> str:
+    users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    users = [u for u in users if u.strip()]
+    if not users:
+        return ""
+    question = users[-1].strip()
+    if len(users) > 1 and len(question.split()) <= FOLLOW_UP_MAX_WORDS:
+        question = f"{users[-2].strip()} {question}"
+    return question
+
+
+def _text(content: Any) -> str:
+    """Message content is a string, or a list of parts of which the text ones count."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def cite(passages: Sequence[Passage], link: Link) -> list[ChatCitation]:
+    return [ChatCitation(n=n, chunk_id=p.chunk_id, url=link(p.citation.doc_id, p.citation.char_start,
+                                                            p.citation.char_end),
+                         text=p.text, **p.citation.model_dump(exclude={"url"}))
+            for n, p in enumerate(passages, start=1)]
+
+
+def sources_markdown(citations: Sequence[ChatCitation]) -> str:
+    lines = [f"[{c.n}] {c.title}" + (f" — {c.section}" if c.section else "") + f" ({c.url})" for c in citations]
+    return "\n\n**Sources**\n" + "\n".join(lines) if lines else ""
+
+
+def extractive_answer(response: QueryResponse, link: Link) -> ChatAnswer:
+    if not response.answerable or not response.passages:
+        return ChatAnswer(text=NO_ANSWER, citations=[])
+    passages = response.passages[:ANSWER_PASSAGES]
+    sentences: list[tuple[str, int]] = []
+    seen: set[str] = set()
+    used: list[Passage] = []
+    for passage in passages:
+        offset = passage.citation.char_start
+        spans = passage.highlights or []
+        picked = [passage.text[h.char_start - offset:h.char_end - offset] for h in spans] or [passage.text]
+        fresh = [s for s in picked if s not in seen]
+        if not fresh:
+            continue
+        used.append(passage)
+        seen.update(fresh)
+        sentences += [(s, len(used)) for s in fresh]
+    citations = cite(used, link)
+    body = " ".join(f"{s} [{n}]" for s, n in sentences)
+    return ChatAnswer(text=body + sources_markdown(citations), citations=citations)
+
+
+SYSTEM_PROMPT = (
+    "Answer the question using only the numbered context passages below. After each statement, cite the "
+    "passage it comes from as [n]. If the context does not contain the answer, say that the documents do "
+    "not answer it. Do not use outside knowledge.\n\nContext:\n{context}"
+)
+
+
+def llm_messages(question: str, block: ContextBlock) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM_PROMPT.format(context=block.context)},
+            {"role": "user", "content": question}]
+
+
+def chat_citations(block: ContextBlock, passages: Sequence[Passage], link: Link) -> list[ChatCitation]:
+    """Citations of the passages that made it into the packed block, numbered as there."""
+    kept = {c.chunk_id for c in block.citations}
+    return cite([p for p in passages if p.chunk_id in kept], link)

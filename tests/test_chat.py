@@ -1,0 +1,235 @@
+"""Chat frontends: /context packing, the OpenAI-compatible API driven by the official
+`openai` client (streaming and not), the upstream-model path against a fake
+OpenAI-compatible server, abstention, and the chat page in headless Chromium."""
+
+import json
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from api.app import create_app
+from conftest import FakeEmbedder, running_server
+from rag.chat import NO_ANSWER, question_from
+from rag.chunk import count_tokens
+from rag.settings import Settings
+
+QUESTION = "imports of Russian oil rose 49 percent to $76.4 billion"
+
+
+def app_for(settings: Settings) -> Any:
+    fake = FakeEmbedder()
+    return create_app(settings, embedder_factory=lambda name: fake)
+
+
+@pytest.fixture
+def client(built: Settings) -> Iterator[TestClient]:
+    with TestClient(app_for(built)) as c:
+        yield c
+
+
+@pytest.fixture
+def live(built: Settings) -> Iterator[str]:
+    with running_server(app_for(built)) as url:
+        yield url
+
+
+# ------------------------------------------------------------------ /context
+
+
+def test_context_block_is_numbered_and_counted(client: TestClient):
+    body = client.post("/context", json={"question": QUESTION, "k": 4, "max_tokens": 5000}).json()
+    assert [c["n"] for c in body["citations"]] == [1, 2, 3, 4] and body["dropped"] == []
+    assert body["tokens"] == count_tokens(body["context"]) <= 5000
+    for c in body["citations"]:
+        header = f"[{c['n']}] {c['title']}" + (f" — {c['section']}" if c["section"] else "")
+        passage = client.get(f"/chunks/{c['chunk_id']}").json()["text"]
+        assert f"{header}\n{passage}" in body["context"]  # whole passages, never cut
+
+
+def test_context_drops_lowest_ranked_passages_whole(client: TestClient):
+    full = client.post("/context", json={"question": QUESTION, "k": 4, "max_tokens": 5000}).json()
+    budget = count_tokens(full["context"].rsplit("\n\n[4]", 1)[0])  # room for exactly three
+    body = client.post("/context", json={"question": QUESTION, "k": 4, "max_tokens": budget}).json()
+    assert [c["chunk_id"] for c in body["citations"]] == [c["chunk_id"] for c in full["citations"][:3]]
+    assert body["dropped"] == [full["citations"][3]["chunk_id"]] and body["tokens"] <= budget
+    tiny = client.post("/context", json={"question": QUESTION, "k": 4, "max_tokens": 16}).json()
+    assert tiny["context"] == "" and tiny["tokens"] == 0 and len(tiny["dropped"]) == 4
+
+
+def test_context_bad_input(client: TestClient):
+    r = client.post("/context", json={"question": "  "})
+    assert (r.status_code, r.json()) == (422, {"detail": "question must not be empty"})
+    r = client.post("/context", json={"question": "x", "max_tokens": 1})
+    assert (r.status_code, r.json()) == (422, {"detail": "max_tokens: Input should be greater than or equal to 16"})
+
+
+# ------------------------------------------------------------------ /v1 with the openai client
+
+
+def test_models_and_non_streaming_answer(live: str):
+    client = openai.OpenAI(base_url=f"{live}/v1", api_key="unused")
+    assert [m.id for m in client.models.list()] == ["rag"]
+    completion = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": QUESTION}])
+    text = completion.choices[0].message.content
+    assert "[1]" in text and "**Sources**" in text and "49 percent" in text
+    citations = completion.model_extra["citations"]
+    assert citations and citations[0]["n"] == 1
+    assert f"{live}/#cite={citations[0]['doc_id']}:{citations[0]['char_start']}-{citations[0]['char_end']}" in text
+
+
+def test_streaming_answer_matches_and_carries_sources(live: str):
+    client = openai.OpenAI(base_url=f"{live}/v1", api_key="unused")
+    stream = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": QUESTION}],
+                                            stream=True)
+    pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    full = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": QUESTION}])
+    assert "".join(pieces) == full.choices[0].message.content
+
+    with httpx.stream("POST", f"{live}/v1/chat/completions", json={
+            "model": "rag", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line[6:]) for line in lines[:-1]]
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    sources = [e["event"]["data"] for e in events if "event" in e]
+    assert sources and all(e["event"]["type"] == "source" for e in events if "event" in e)
+    names = [s["source"]["name"] for s in sources]
+    assert len(set(names)) == len(names) and names[0].startswith("[1] ")  # distinct: Open WebUI keeps them apart
+    assert "citations" in events[0] and "citations" in events[-1] and events[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_no_relevant_passage_means_a_plain_no_answer(live: str):
+    client = openai.OpenAI(base_url=f"{live}/v1", api_key="unused")
+    completion = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": "zqxj vvkw"}])
+    assert completion.choices[0].message.content == NO_ANSWER
+    assert completion.model_extra["citations"] == []
+
+
+def test_bad_chat_requests(client: TestClient):
+    r = client.post("/v1/chat/completions", json={"model": "rag", "messages": [{"role": "system", "content": "hi"}]})
+    assert r.status_code == 422 and r.json()["detail"] == "question must not be empty"
+    assert r.json()["error"]["message"] == "question must not be empty"
+    r = client.post("/v1/chat/completions", json={"model": "rag", "messages": []})
+    assert r.status_code == 422
+
+
+def test_follow_up_questions_lean_on_the_previous_turn():
+    msgs = [{"role": "user", "content": "How much oil did China import from Russia?"},
+            {"role": "assistant", "content": "..."}, {"role": "user", "content": "and in 2024?"}]
+    assert question_from(msgs) == "How much oil did China import from Russia? and in 2024?"
+    parts = [{"role": "user", "content": [{"type": "text", "text": "What is the Polar Silk Road today?"}]}]
+    assert question_from(parts) == "What is the Polar Silk Road today?"
+
+
+# ------------------------------------------------------------------ upstream model
+
+
+def fake_upstream(seen: list[dict[str, Any]]) -> FastAPI:
+    """A tiny OpenAI-compatible server that answers from whatever context it was given."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def complete(request: Request) -> Any:
+        body = await request.json()
+        seen.append({"body": body, "auth": request.headers.get("authorization")})
+        words = ["China", "bought", "more", "Russian", "oil", "[1]."]
+        if not body.get("stream"):
+            return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
+                                 "finish_reason": "stop"}]}
+
+        async def events() -> Any:
+            for i, w in enumerate(words):
+                chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "delta": {"content": w + (" " if i < len(words) - 1 else "")},
+                                      "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def test_upstream_model_answers_from_the_packed_context(built: Settings):
+    seen: list[dict[str, Any]] = []
+    with running_server(fake_upstream(seen)) as upstream:
+        settings = built.model_copy(update={"llm_base_url": f"{upstream}/v1", "llm_model": "tiny",
+                                            "llm_api_key": SecretStr("up-key")})
+        with running_server(app_for(settings)) as live:
+            client = openai.OpenAI(base_url=f"{live}/v1", api_key="unused")
+            plain = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": QUESTION}])
+            stream = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": QUESTION}],
+                                                    stream=True)
+            streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    text = plain.choices[0].message.content
+    assert text.startswith("China bought more Russian oil [1].\n\n**Sources**\n[1] ")
+    assert streamed == text
+    system = seen[0]["body"]["messages"][0]["content"]
+    assert "only the numbered context" in system and "[1] " in system and "49 percent" in system
+    assert seen[0]["body"]["messages"][1] == {"role": "user", "content": QUESTION}
+    assert seen[0]["body"]["model"] == "tiny" and seen[0]["auth"] == "Bearer up-key"
+    assert seen[1]["body"]["stream"] is True
+
+
+def test_unreachable_upstream_is_a_502(built: Settings):
+    from conftest import free_port
+
+    settings = built.model_copy(update={"llm_base_url": f"http://127.0.0.1:{free_port()}/v1", "llm_model": "m"})
+    with TestClient(app_for(settings)) as c:
+        r = c.post("/v1/chat/completions", json={"model": "rag", "messages": [{"role": "user", "content": QUESTION}]})
+    assert r.status_code == 502
+    assert r.json()["detail"].startswith("upstream model unreachable at http://127.0.0.1:")
+
+
+# ------------------------------------------------------------------ the chat page
+
+
+def test_page_is_served_without_a_key(built: Settings):
+    with TestClient(app_for(built.model_copy(update={"api_key": SecretStr("k")}))) as c:
+        r = c.get("/")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert 'id="question"' in r.text
+        assert c.get("/documents").status_code == 401
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_chat_page_in_headless_chromium(built: Settings, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    settings = built.model_copy(update={"api_key": SecretStr("page-key")})
+    with running_server(app_for(settings)) as live, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.goto(live + "/")
+        page.fill("#question", QUESTION)
+        page.click("[data-testid=send]")
+        page.wait_for_selector("#keybar.shown")  # the key is required: the page asks for it
+        page.fill("#key", "page-key")
+        page.click("#savekey")
+        page.fill("#question", QUESTION)
+        page.click("[data-testid=send]")
+        marker = page.locator("[data-testid=answer] [data-testid=cite]").first
+        marker.wait_for()
+        assert marker.inner_text() == "[1]"
+        marker.click()
+        cited = page.locator("[data-testid=cited]")
+        cited.wait_for()
+        assert "49 percent" in cited.inner_text()
+        page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "chat.png").stat().st_size > 10_000
