@@ -16,10 +16,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from api.engine import Engine, NotReadyError
-from api.middleware import AccessLog, ApiKey, BodyGuard
 from api.chat_routes import UpstreamError
 from api.chat_routes import router as chat_router
+from api.engine import Engine, NotReadyError
+from api.middleware import AccessLog, ApiKey, BodyGuard
 from api.routes import router
 from rag import __version__
 from rag.embed import Embedder, load_embedder

@@ -22,7 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.routes import EngineDep, SettingsDep
 from rag.chat import (
-    ChatCitation, Link, chat_citations, extractive_answer, llm_messages, question_from, sources_markdown,
+    ChatCitation,
+    Link,
+    chat_citations,
+    extractive_answer,
+    llm_messages,
+    question_from,
+    sources_markdown,
 )
 from rag.context import ContextBlock, pack
 from rag.errors import BadQueryError, RagError

@@ -10,13 +10,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from conftest import FakeEmbedder, running_server
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
-from conftest import FakeEmbedder, running_server
 from rag.chat import NO_ANSWER, question_from
 from rag.chunk import count_tokens
 from rag.settings import Settings
