@@ -31,6 +31,7 @@ from rag.schema import Passage, QueryResponse
 NO_ANSWER = "I could not find an answer to that in the documents I have."
 FOLLOW_UP_MAX_WORDS = 6  # a user turn this short is read together with the previous one
 ANSWER_PASSAGES = 3  # passages whose highlighted sentences make the extractive answer
+ANSWER_NEAR = 0.8  # a lower passage joins the answer if its best sentence scores 80% of the top one
 
 
 Link = Callable[[str, int, int], str]  # (doc_id, char_start, char_end) -> URL of the passage
@@ -89,13 +90,15 @@ def sources_markdown(citations: Sequence[ChatCitation]) -> str:
 def extractive_answer(response: QueryResponse, link: Link) -> ChatAnswer:
     if not response.answerable or not response.passages:
         return ChatAnswer(text=NO_ANSWER, citations=[])
-    passages = response.passages[:ANSWER_PASSAGES]
+    top = _best_sentence_score(response.passages[0])
+    passages = [p for i, p in enumerate(response.passages[:ANSWER_PASSAGES])
+                if i == 0 or top is None or (_best_sentence_score(p) or 0.0) >= ANSWER_NEAR * top]
     sentences: list[tuple[str, int]] = []
     seen: set[str] = set()
     used: list[Passage] = []
     for passage in passages:
         offset = passage.citation.char_start
-        spans = passage.highlights or []
+        spans = sorted(passage.highlights or [], key=lambda h: h.char_start)  # in reading order
         picked = [passage.text[h.char_start - offset:h.char_end - offset] for h in spans] or [passage.text]
         fresh = [s for s in picked if s not in seen]
         if not fresh:
@@ -106,6 +109,11 @@ def extractive_answer(response: QueryResponse, link: Link) -> ChatAnswer:
     citations = cite(used, link)
     body = " ".join(f"{s} [{n}]" for s, n in sentences)
     return ChatAnswer(text=body + sources_markdown(citations), citations=citations)
+
+
+def _best_sentence_score(passage: Passage) -> float | None:
+    scores = [h.score for h in passage.highlights if h.score is not None]
+    return max(scores) if scores else None
 
 
 SYSTEM_PROMPT = (

@@ -192,15 +192,19 @@ def eval_command(
         name, title = f"beir-{beir.name}", f"BEIR {beir.name}"
     else:
         from rag.abstain import calibrate as fit_abstention
-        from rag.evaluate import evaluate, load_questions
+        from rag.evaluate import evaluate, highlight_hits, load_questions
         from rag.service import open_retriever
 
         retriever = open_retriever(settings)
         question_set = load_questions(questions, retriever.index)
         report = evaluate(retriever, question_set, columns)
         report["abstention"] = fit_abstention(retriever, question_set)
+        report["highlights"] = highlight_hits(retriever, question_set)
         name, title = "seed", f"Seed questions ({questions.name})"
     typer.echo(terminal_summary(report))
+    if highlights := report.get("highlights"):
+        typer.echo(f"\nhighlights: first highlight on the gold quote in {highlights['first_highlight_on_gold']:.0%} "
+                   f"of {highlights['relevant_passages']} relevant top-5 passages")
     if abstention := report.get("abstention"):
         back = abstention["held_back"]["configured"]
         typer.echo(f"\nabstention (held-back third, configured settings): {back['unanswerable_flagged']:.0%} of "

@@ -141,6 +141,23 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.fmean(r[key] for r in rows), 4) for key in rows[0]} if rows else {}
 
 
+def highlight_hits(retriever: Retriever, questions: list[Question], k: int = 5) -> dict[str, Any]:
+    """Over the top-k passages (default mode) that hold a gold quote: how often the first
+    highlight overlaps one."""
+    hits = total = 0
+    for q in questions:
+        if not q.answerable:
+            continue
+        for p in retriever.query(q.question, k).passages:
+            gold = [g for g in q.gold if g.doc_id == p.citation.doc_id
+                    and p.citation.char_start < g.char_end and g.char_start < p.citation.char_end]
+            if gold and p.highlights:
+                total += 1
+                h = p.highlights[0]
+                hits += any(h.char_start < g.char_end and g.char_start < h.char_end for g in gold)
+    return {"relevant_passages": total, "first_highlight_on_gold": round(hits / total, 4) if total else None}
+
+
 def evaluate(retriever: Retriever, questions: list[Question], columns: list[Variant] | None = None) -> dict[str, Any]:
     answerable = [q for q in questions if q.answerable]
     if not answerable:

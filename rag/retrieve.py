@@ -17,7 +17,9 @@ candidates before that.
 Every response says whether the corpus seems to hold an answer: `confidence` is a
 logistic function of the best dense cosine similarity, calibrated on the seed questions
 (`rag eval --calibrate`), and `answerable` is `confidence >= 0.5`. Highlights mark the
-passage sentence(s) closest to the question in embedding space.
+passage sentence(s) that best match the question: cosine similarity plus
+`highlight_lexical_weight` times the share of the question's terms the sentence holds
+(0.3: top highlight on the gold quote for 81% of relevant seed passages, 76% without).
 
 Example:
     retriever = Retriever(load_index(Path("index")), load_embedder("all-MiniLM-L6-v2"))
@@ -38,6 +40,7 @@ import numpy as np
 from rag.embed import Embedder
 from rag.errors import BadQueryError
 from rag.fusion import Fusion, fuse
+from rag.lexical import tokenize
 from rag.schema import Citation, Passage, QueryResponse, Span
 from rag.store import ChunkRecord, Index
 
@@ -80,11 +83,13 @@ class Hit:
 class Retriever:
     def __init__(self, index: Index, embedder: Embedder, max_k: int = 50, default_mode: Mode = "hybrid",
                  fusion: Fusion = Fusion(), abstention: Abstention = Abstention(),
-                 reranker: Reranker | None = None, rerank_depth: int = 20, collapse_overlap: float = 0.5):
+                 reranker: Reranker | None = None, rerank_depth: int = 20, collapse_overlap: float = 0.5,
+                 highlight_lexical_weight: float = 0.3):
         self.index, self.embedder, self.max_k = index, embedder, max_k
         self.default_mode, self.fusion, self.abstention = default_mode, fusion, abstention
         self.reranker, self.rerank_depth = reranker, rerank_depth
         self.collapse_overlap = collapse_overlap
+        self.highlight_lexical_weight = highlight_lexical_weight
         self._matrix = index.vector_matrix()
         self._doc_of = np.array([c.doc_id for c in index.chunks], dtype=object)
         self._section_of = np.array([c.section or "" for c in index.chunks], dtype=object)
@@ -101,7 +106,8 @@ class Retriever:
         if query_vector is None:  # every mode needs it: confidence and highlights use it
             query_vector = self.embedder.encode([question])[0]
         hits = self.search(question, k, filters, mode, query_vector=query_vector, max_per_doc=max_per_doc)
-        passages = [self.passage(rank, hit, query_vector) for rank, hit in enumerate(hits, start=1)]
+        terms = set(tokenize(question))
+        passages = [self.passage(rank, hit, query_vector, terms) for rank, hit in enumerate(hits, start=1)]
         confidence = self.abstention.confidence(self.best_cosine(query_vector, filters))
         took_ms = (time.perf_counter() - started) * 1000
         return QueryResponse(question=question, mode=mode, answerable=confidence >= 0.5,
@@ -214,23 +220,31 @@ class Retriever:
 
     # ------------------------------------------------------------------ passages
 
-    def passage(self, rank: int, hit: Hit, query_vector: np.ndarray | None = None) -> Passage:
+    def passage(self, rank: int, hit: Hit, query_vector: np.ndarray | None = None,
+                terms: set[str] | None = None) -> Passage:
         chunk = self.index.chunks[hit.row]
         return Passage(rank=rank, chunk_id=chunk.chunk_id, text=chunk.text, score=round(hit.score, 6),
                        scores={k: round(v, 6) for k, v in hit.components.items()},
-                       highlights=self.highlights(hit.row, query_vector) if query_vector is not None else [],
+                       highlights=self.highlights(hit.row, query_vector, terms or set())
+                       if query_vector is not None else [],
                        citation=self.citation(hit.row))
 
-    def highlights(self, row: int, query_vector: np.ndarray) -> list[Span]:
-        """The sentence of chunk `row` closest to the question, and a second one if it is
-        nearly as close; document offsets, clipped to the chunk."""
+    def highlights(self, row: int, query_vector: np.ndarray, terms: set[str]) -> list[Span]:
+        """The sentence of chunk `row` that best matches the question (`terms`: its BM25
+        tokens), and a second one if it scores nearly as well; document offsets, clipped
+        to the chunk, best first."""
         sentence_rows, spans = self._sentences.get(row, (np.empty(0, dtype=np.int64), []))
         if not len(sentence_rows) or self.index.sentence_vectors is None:
             return []
         scores = self.index.sentence_vectors[sentence_rows] @ query_vector
+        if terms and self.highlight_lexical_weight:
+            text = self.index.documents[self.index.chunks[row].doc_id].text
+            shares = [len(terms & set(tokenize(text[a:b]))) / len(terms) for a, b in spans]
+            scores = scores + self.highlight_lexical_weight * np.asarray(shares)
         order = np.argsort(-scores)
         chosen = [order[0]] + [i for i in order[1:2] if scores[i] >= HIGHLIGHT_NEAR * scores[order[0]] > 0]
-        return [Span(char_start=spans[i][0], char_end=spans[i][1]) for i in sorted(chosen)]
+        return [Span(char_start=spans[i][0], char_end=spans[i][1], score=round(float(scores[i]), 4))
+                for i in chosen]
 
     def citation(self, row: int) -> Citation:
         chunk = self.index.chunks[row]

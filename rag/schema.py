@@ -21,6 +21,7 @@ class Citation(BaseModel):
 class Span(BaseModel):
     char_start: int = Field(ge=0, description="offset into the document's cleaned text")
     char_end: int = Field(ge=0)
+    score: float | None = Field(None, description="how well the sentence matches the question")
 
 
 class Passage(BaseModel):
@@ -34,7 +35,7 @@ class Passage(BaseModel):
         description="the component scores the mode computed: dense, lexical, fused, rerank")
     highlights: list[Span] = Field(
         default_factory=list, description="the sentence(s) of the passage closest to the question; "
-        "document offsets inside the passage's citation span")
+        "document offsets inside the passage's citation span, best first")
 
 
 class QueryResponse(BaseModel):

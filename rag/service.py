@@ -27,4 +27,5 @@ def retriever_for(settings: Settings, index: Index, embedder: Embedder) -> Retri
         abstention=Abstention(settings.abstain_slope, settings.abstain_offset),
         reranker=load_reranker(settings.reranker) if settings.reranker else None,
         rerank_depth=settings.rerank_depth, collapse_overlap=settings.collapse_overlap,
+        highlight_lexical_weight=settings.highlight_lexical_weight,
     )

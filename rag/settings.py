@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     collapse_overlap: float = Field(0.5, gt=0, le=1, description="chunks sharing this share of the shorter "
                                     "one are near-duplicates: only the better one is returned")
     highlights: bool = Field(True, description="embed sentences at build time to highlight answers")
+    highlight_lexical_weight: float = Field(0.3, ge=0, description="weight of question-term overlap "
+                                            "beside cosine similarity when choosing highlights")
     # fitted by `rag eval --calibrate` on the seed questions with the default model (2026-11-23)
     abstain_slope: float = Field(18.49, description="confidence = sigmoid(slope * best cosine + offset)")
     abstain_offset: float = -7.36
