@@ -11,6 +11,11 @@ relevance (score > 0), over the queries that have judgements.
 The index is cached under `RAG_CACHE_DIR` (default ~/.cache/rag), keyed by the dataset's
 files, the model and the chunker, so a re-run reuses its embeddings and takes seconds.
 
+`whole_docs=True` reproduces the published setting instead: one vector per document for
+`title + " " + text`, which the model truncates at its max sequence length (256 tokens
+for MiniLM), and BM25 over the same string; modes "dense" and "lexical" only. Its
+vectors are cached beside the index.
+
 Left out: graded relevance, and BEIR's other splits (train/dev).
 """
 
@@ -23,11 +28,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rag.build import build_index, spec_of
 from rag.embed import load_embedder
 from rag.errors import RagError
 from rag.evaluate import Variant
 from rag.ingest import SourceDocument
+from rag.lexical import LexicalIndex
 from rag.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 from rag.retrieve import Hit, Retriever
 from rag.service import retriever_for
@@ -83,12 +91,58 @@ def doc_ranking(retriever: Retriever, hits: list[Hit]) -> list[str]:
     return list(seen)
 
 
-def evaluate_beir(folder: Path, settings: Settings, columns: list[Variant], limit: int | None = None,
-                  log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+def _scores(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.fmean(r[k] for r in rows), 4) for k in rows[0]}
+
+
+def _doc_metrics(ranked: list[str], relevant: set[str]) -> dict[str, float]:
+    flags = [d in relevant for d in ranked]
+    covered = [{d} & relevant for d in ranked]
+    return {"ndcg@10": ndcg_at_k(flags, len(relevant), 10), "recall@10": recall_at_k(covered, len(relevant), 10),
+            "recall@100": recall_at_k(covered, len(relevant), 100), "mrr@10": mrr_at_k(flags, 10)}
+
+
+def _judged(folder: Path, limit: int | None) -> tuple[list[SourceDocument], dict[str, str], dict[str, set[str]],
+                                                      list[str]]:
     documents, queries, qrels = load_beir(folder)
     judged = [q for q in sorted(qrels, key=_natural) if q in queries][:limit]
     if not judged:
         raise RagError(f"{folder}: no judged query has a text in queries.jsonl")
+    return documents, queries, qrels, judged
+
+
+def evaluate_whole_docs(folder: Path, settings: Settings, limit: int | None = None,
+                        log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """The published setting: one truncated vector per document, BM25 on the same text."""
+    documents, queries, qrels, judged = _judged(folder, limit)
+    texts = [f"{d.metadata['title']} {d.text}".strip() for d in documents]
+    ids = [d.doc_id for d in documents]
+    cache = settings.cache_dir / "beir" / f"{folder.name}-{cache_key(folder, settings)}-whole.npy"
+    embedder = load_embedder(settings.model)
+    if cache.exists():
+        vectors = np.load(cache, allow_pickle=False)
+    else:
+        log(f"embedding {len(texts)} whole documents (truncated at {embedder.max_tokens} model tokens)")
+        vectors = embedder.encode(texts, batch_size=settings.embed_batch_size)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, vectors, allow_pickle=False)
+    lexical = LexicalIndex.build(texts)
+    question_vectors = embedder.encode([queries[q] for q in judged], batch_size=settings.embed_batch_size)
+    result: dict[str, Any] = {"dataset": folder.name, "queries": len(judged), "documents": len(documents),
+                              "setting": "whole documents, title + ' ' + text, truncated by the model", "modes": {}}
+    for mode in ("dense", "lexical"):
+        rows = []
+        for qid, vector in zip(judged, question_vectors):
+            scores = vectors @ vector if mode == "dense" else lexical.scores(queries[qid])
+            top = np.argsort(-scores, kind="stable")[:100]
+            rows.append(_doc_metrics([ids[i] for i in top if mode == "dense" or scores[i] > 0], qrels[qid]))
+        result["modes"][f"{mode}-whole"] = {"overall": _scores(rows)}
+    return result
+
+
+def evaluate_beir(folder: Path, settings: Settings, columns: list[Variant], limit: int | None = None,
+                  log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    documents, queries, qrels, judged = _judged(folder, limit)
     index_dir = settings.cache_dir / "beir" / f"{folder.name}-{cache_key(folder, settings)}"
     # highlights are not scored here: no sentence vectors, which would double the build
     local = settings.model_copy(update={"index_dir": index_dir, "highlights": False, "max_k": CHUNK_DEPTH})
@@ -112,16 +166,9 @@ def evaluate_beir(folder: Path, settings: Settings, columns: list[Variant], limi
             hits = retriever.search(queries[qid], CHUNK_DEPTH, mode=variant.mode, query_vector=vector,
                                     fusion=fusion, collapse=False)
             times.append((time.perf_counter() - t0) * 1000)
-            ranked = doc_ranking(retriever, hits)
-            relevant = qrels[qid]
-            flags = [d in relevant for d in ranked]
-            covered = [{d} & relevant for d in ranked]
-            rows.append({"ndcg@10": ndcg_at_k(flags, len(relevant), 10),
-                         "recall@10": recall_at_k(covered, len(relevant), 10),
-                         "recall@100": recall_at_k(covered, len(relevant), 100),
-                         "mrr@10": mrr_at_k(flags, 10)})
+            rows.append(_doc_metrics(doc_ranking(retriever, hits), qrels[qid]))
         result["modes"][variant.label] = {
-            "overall": {k: round(statistics.fmean(r[k] for r in rows), 4) for k in rows[0]},
+            "overall": _scores(rows),
             # dense and hybrid searches reuse the batch-encoded question: search time only
             "latency_ms": {"p50": round(statistics.median(times), 2),
                            "p95": round(sorted(times)[round(0.95 * (len(times) - 1))], 2)},

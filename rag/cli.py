@@ -167,6 +167,8 @@ def eval_command(
     min_ndcg_at_10: Annotated[float | None, typer.Option(help="fail below this nDCG@10")] = None,
     limit: Annotated[int | None, typer.Option(help="BEIR: only the first N queries (quick runs)")] = None,
     calibrate: Annotated[bool, typer.Option(help="print the abstention settings fitted on this set")] = False,
+    whole_docs: Annotated[bool, typer.Option(help="BEIR: the published setting, one truncated vector per "
+                                             "document, instead of chunks")] = False,
     index: IndexOpt = None,
 ) -> None:
     """Measure retrieval (Recall@k, MRR@10, nDCG@10, latency) per mode; gate on thresholds."""
@@ -186,10 +188,14 @@ def eval_command(
     if gate_mode not in [c.label for c in columns]:
         fail(f"--gate-mode {gate_mode} is not among the evaluated modes")
     if beir is not None:
-        from rag.beir import evaluate_beir
+        from rag.beir import evaluate_beir, evaluate_whole_docs
 
-        report = evaluate_beir(beir, settings, columns, limit=limit, log=lambda m: typer.echo(m, err=True))
-        name, title = f"beir-{beir.name}", f"BEIR {beir.name}"
+        if whole_docs:
+            report = evaluate_whole_docs(beir, settings, limit=limit, log=lambda m: typer.echo(m, err=True))
+            name, title, gate_mode = f"beir-{beir.name}-whole", f"BEIR {beir.name}, whole documents", "dense-whole"
+        else:
+            report = evaluate_beir(beir, settings, columns, limit=limit, log=lambda m: typer.echo(m, err=True))
+            name, title = f"beir-{beir.name}", f"BEIR {beir.name}"
     else:
         from rag.abstain import calibrate as fit_abstention
         from rag.evaluate import evaluate, highlight_hits, load_questions

@@ -52,6 +52,10 @@ class Fusion:
         raise ValueError(f"unknown fusion '{name}': use rrf<k> (e.g. rrf60) or convex<alpha> (e.g. convex0.5)")
 
 
+# chosen by `rag eval --sweep` on the seed set and SciFact together (2026-11-23): best nDCG@10 on both
+DEFAULT_FUSION = Fusion("convex", alpha=0.7)
+
+
 def top_rows(scores: np.ndarray, depth: int) -> np.ndarray:
     """Rows of the `depth` highest finite scores, best first (ties: lower row first)."""
     finite = np.flatnonzero(np.isfinite(scores))

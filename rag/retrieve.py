@@ -39,7 +39,7 @@ import numpy as np
 
 from rag.embed import Embedder
 from rag.errors import BadQueryError
-from rag.fusion import Fusion, fuse
+from rag.fusion import DEFAULT_FUSION, Fusion, fuse
 from rag.lexical import tokenize
 from rag.schema import Citation, Passage, QueryResponse, Span
 from rag.store import ChunkRecord, Index
@@ -82,7 +82,7 @@ class Hit:
 
 class Retriever:
     def __init__(self, index: Index, embedder: Embedder, max_k: int = 50, default_mode: Mode = "hybrid",
-                 fusion: Fusion = Fusion(), abstention: Abstention = Abstention(),
+                 fusion: Fusion = DEFAULT_FUSION, abstention: Abstention = Abstention(),
                  reranker: Reranker | None = None, rerank_depth: int = 20, collapse_overlap: float = 0.5,
                  highlight_lexical_weight: float = 0.3):
         self.index, self.embedder, self.max_k = index, embedder, max_k

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from rag.fusion import DEFAULT_FUSION
+
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 
@@ -38,7 +40,8 @@ class Settings(BaseSettings):
     default_k: int = Field(5, ge=1, le=50)
     max_k: int = Field(50, ge=1)
     default_mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
-    fusion: str = Field("rrf60", description="hybrid fusion: rrf<k> (e.g. rrf60) or convex<alpha> (e.g. convex0.5)")
+    fusion: str = Field(DEFAULT_FUSION.name,
+                        description="hybrid fusion: rrf<k> (e.g. rrf60) or convex<alpha> (e.g. convex0.5)")
     fusion_depth: int = Field(100, ge=1, description="each ranking's top that hybrid fuses")
     collapse_overlap: float = Field(0.5, gt=0, le=1, description="chunks sharing this share of the shorter "
                                     "one are near-duplicates: only the better one is returned")

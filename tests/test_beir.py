@@ -41,6 +41,18 @@ def test_tiny_collection_exact_scores(tmp_path: Path, monkeypatch):
     assert again["build_id"] == report["build_id"]
 
 
+def test_whole_documents_mode(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(beir, "load_embedder", lambda name: FakeEmbedder())
+    folder = write_beir(tmp_path / "tiny", {"d1": ("Penguins", "Penguins live on ice."),
+                                            "d2": ("Camels", "Camels cross deserts.")},
+                        {"q1": "penguins ice", "q2": "camels deserts"}, [("q1", "d1"), ("q2", "d2")])
+    settings = Settings(model="fake", cache_dir=tmp_path / "cache")
+    report = beir.evaluate_whole_docs(folder, settings)
+    assert list(report["modes"]) == ["dense-whole", "lexical-whole"]
+    assert all(m["overall"]["ndcg@10"] == 1.0 for m in report["modes"].values())
+    assert len(list((tmp_path / "cache" / "beir").glob("*-whole.npy"))) == 1  # vectors cached
+
+
 def test_not_a_beir_folder(tmp_path: Path):
     with pytest.raises(RagError, match="is not a BEIR dataset: corpus.jsonl is missing"):
         beir.load_beir(tmp_path)
