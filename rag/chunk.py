@@ -50,14 +50,20 @@ class ChunkParams:
 
 
 @dataclass(frozen=True)
-class Chunk:
+class ChunkSpan:
+    """What every chunk is, in memory or stored: a cited span of a document."""
+
     chunk_id: str
     doc_id: str
     section: str | None
     char_start: int
     char_end: int
-    text: str
+    text: str  # == the document's canonical text[char_start:char_end]
     n_tokens: int  # cl100k tokens of `text`
+
+
+@dataclass(frozen=True)
+class Chunk(ChunkSpan):
     embed_input: str  # what the model sees: title, section and text
 
 

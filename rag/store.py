@@ -41,6 +41,7 @@ import faiss
 import numpy as np
 
 from rag import __version__
+from rag.chunk import ChunkSpan
 from rag.errors import IndexCorruptError, IndexMismatchError, IndexMissingError, RagError
 from rag.lexical import LexicalIndex
 
@@ -79,14 +80,9 @@ class DocumentRecord:
 
 
 @dataclass(frozen=True)
-class ChunkRecord:
-    chunk_id: str
-    doc_id: str
-    section: str | None
-    char_start: int
-    char_end: int
-    text: str
-    n_tokens: int  # cl100k tokens
+class ChunkRecord(ChunkSpan):
+    """A chunk as stored in chunks.jsonl."""
+
     n_model_tokens: int  # model tokens of the embedding input, special tokens included
     embed_hash: str  # sha256 of the embedding input: equal hash, reusable vector
 
