@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from rag.build import spec_of
 from rag.embed import Embedder, load_embedder
 from rag.errors import RagError
-from rag.retrieve import Filters, Mode, Retriever
+from rag.rerank import load_reranker
+from rag.retrieve import Filters, Mode, Reranker, Retriever
 from rag.schema import QueryResponse
 from rag.service import retriever_for
 from rag.settings import Settings
@@ -57,6 +58,7 @@ class Engine:
         self.settings = settings
         self._embedder_factory = embedder_factory
         self.embedder: Embedder | None = None
+        self.reranker: Reranker | None = None
         self.retriever: Retriever | None = None
         self.not_ready: str | None = "starting: loading the model"
         self.reload_error: str | None = None
@@ -88,6 +90,8 @@ class Engine:
     def _load_model(self) -> Embedder:
         embedder = self._embedder_factory(self.settings.model)
         embedder.encode([WARM_UP_QUESTION])  # first call pays one-off costs; no request will
+        if self.settings.reranker:  # once: index reloads reuse it
+            self.reranker = load_reranker(self.settings.reranker)
         return embedder
 
     # ------------------------------------------------------------ reload
@@ -116,7 +120,7 @@ class Engine:
                 log.warning("index not loaded: %s", exc)
                 return False
             assert self.embedder is not None
-            self.retriever = retriever_for(self.settings, index, self.embedder)
+            self.retriever = retriever_for(self.settings, index, self.embedder, self.reranker)
             self._current_pointer = pointer
             self.not_ready = self.reload_error = None
             log.info("serving index build %s (%d chunks)", index.build_id, len(index.chunks))

@@ -159,7 +159,8 @@ def evaluate_beir(folder: Path, settings: Settings, columns: list[Variant], limi
                               "chunks": len(retriever.index.chunks), "build_id": retriever.index.build_id,
                               "modes": {}}
     for variant in columns:
-        fusion = replace(variant.fusion or retriever.fusion, depth=CHUNK_DEPTH)  # deep enough for Recall@100
+        base = variant.fusion or retriever.fusion
+        fusion = replace(base, depth=max(base.depth, CHUNK_DEPTH))  # deep enough for Recall@100
         rows, times = [], []
         for qid, vector in zip(judged, vectors):
             t0 = time.perf_counter()

@@ -50,7 +50,7 @@ class Variant:
     fusion: Fusion | None = None
 
 
-def variants(modes: tuple[Mode, ...], fusions: tuple[str, ...] = (), depth: int = 100) -> list[Variant]:
+def variants(modes: tuple[Mode, ...], fusions: tuple[str, ...] = (), depth: int = 1000) -> list[Variant]:
     """variants(("dense", "hybrid"), ("convex0.5",)) -> dense, hybrid (configured fusion),
     hybrid-convex0.5"""
     out = [Variant(m, m) for m in modes]

@@ -29,14 +29,14 @@ class Fusion:
     method: Method = "rrf"
     rrf_k: int = 60  # damps the weight of top ranks
     alpha: float = 0.5  # weight of the dense ranking in convex fusion
-    depth: int = 100  # each ranking's top that takes part
+    depth: int = 1000  # each ranking's top that takes part
 
     @property
     def name(self) -> str:
         return f"rrf{self.rrf_k}" if self.method == "rrf" else f"convex{self.alpha:g}"
 
     @classmethod
-    def parse(cls, name: str, depth: int = 100) -> "Fusion":
+    def parse(cls, name: str, depth: int = 1000) -> "Fusion":
         """Fusion.parse("rrf60"), Fusion.parse("convex0.7")"""
         for method in ("rrf", "convex"):
             if name.startswith(method):
@@ -53,7 +53,7 @@ class Fusion:
 
 
 # chosen by `rag eval --sweep` on the seed set and SciFact together (2026-11-23): best nDCG@10 on both
-DEFAULT_FUSION = Fusion("convex", alpha=0.7)
+DEFAULT_FUSION = Fusion("convex", alpha=0.7, depth=1000)
 
 
 def top_rows(scores: np.ndarray, depth: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from rag.build import spec_of
 from rag.embed import Embedder, load_embedder
 from rag.fusion import Fusion
 from rag.rerank import load_reranker
-from rag.retrieve import Abstention, Retriever
+from rag.retrieve import Abstention, Reranker, Retriever
 from rag.settings import Settings
 from rag.store import Index, load_index
 
@@ -19,13 +19,17 @@ def open_retriever(settings: Settings) -> Retriever:
     return retriever_for(settings, index, load_embedder(settings.model))
 
 
-def retriever_for(settings: Settings, index: Index, embedder: Embedder) -> Retriever:
-    """A retriever configured by `settings` over an index and model already loaded."""
+def retriever_for(settings: Settings, index: Index, embedder: Embedder,
+                  reranker: Reranker | None = None) -> Retriever:
+    """A retriever configured by `settings` over an index and models already loaded
+    (the reranker is loaded here if the settings name one and none is given)."""
+    if reranker is None and settings.reranker:
+        reranker = load_reranker(settings.reranker)
     return Retriever(
         index, embedder, max_k=settings.max_k, default_mode=settings.default_mode,
         fusion=Fusion.parse(settings.fusion, depth=settings.fusion_depth),
         abstention=Abstention(settings.abstain_slope, settings.abstain_offset),
-        reranker=load_reranker(settings.reranker) if settings.reranker else None,
+        reranker=reranker,
         rerank_depth=settings.rerank_depth, collapse_overlap=settings.collapse_overlap,
         highlight_lexical_weight=settings.highlight_lexical_weight,
     )

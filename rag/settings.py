@@ -42,7 +42,8 @@ class Settings(BaseSettings):
     default_mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
     fusion: str = Field(DEFAULT_FUSION.name,
                         description="hybrid fusion: rrf<k> (e.g. rrf60) or convex<alpha> (e.g. convex0.5)")
-    fusion_depth: int = Field(100, ge=1, description="each ranking's top that hybrid fuses")
+    fusion_depth: int = Field(1000, ge=1, description="each ranking's top that hybrid fuses (the SciFact "
+                              "figures used 1000)")
     collapse_overlap: float = Field(0.5, gt=0, le=1, description="chunks sharing this share of the shorter "
                                     "one are near-duplicates: only the better one is returned")
     highlights: bool = Field(True, description="embed sentences at build time to highlight answers")
