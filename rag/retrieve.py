@@ -95,6 +95,8 @@ class Retriever:
         self._section_of = np.array([c.section or "" for c in index.chunks], dtype=object)
         self._source_of = np.array([index.documents[c.doc_id].metadata["source"] for c in index.chunks], dtype=object)
         self._sentences = _sentences_by_chunk(index)
+        # each sentence's BM25 terms, once: highlights compare them with the question's
+        self._sentence_terms = [frozenset(tokenize(index.documents[d].text[a:b])) for d, a, b in index.sentences]
 
     # ------------------------------------------------------------------ answers
 
@@ -238,8 +240,7 @@ class Retriever:
             return []
         scores = self.index.sentence_vectors[sentence_rows] @ query_vector
         if terms and self.highlight_lexical_weight:
-            text = self.index.documents[self.index.chunks[row].doc_id].text
-            shares = [len(terms & set(tokenize(text[a:b]))) / len(terms) for a, b in spans]
+            shares = [len(terms & self._sentence_terms[r]) / len(terms) for r in sentence_rows]
             scores = scores + self.highlight_lexical_weight * np.asarray(shares)
         order = np.argsort(-scores)
         chosen = [order[0]] + [i for i in order[1:2] if scores[i] >= HIGHLIGHT_NEAR * scores[order[0]] > 0]
