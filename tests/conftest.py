@@ -4,9 +4,11 @@ Every test writes only under pytest's tmp_path.
 """
 
 import hashlib
+import os
 import re
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +21,10 @@ import pytest
 
 from rag.build import build_index
 from rag.settings import Settings
+
+# matplotlib (the eval chart) caches fonts under ~/.cache unless told otherwise: keep
+# every write of the test run inside a temporary folder
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="rag-tests-mpl-"))
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "corpus"
