@@ -94,6 +94,8 @@ class Retriever:
         self._doc_of = np.array([c.doc_id for c in index.chunks], dtype=object)
         self._section_of = np.array([c.section or "" for c in index.chunks], dtype=object)
         self._source_of = np.array([index.documents[c.doc_id].metadata["source"] for c in index.chunks], dtype=object)
+        self._known = {"doc_ids": set(index.documents), "sources": set(self._source_of),
+                       "sections": set(self._section_of) - {""}}
         self._sentences = _sentences_by_chunk(index)
         # each sentence's BM25 terms, once: highlights compare them with the question's
         self._sentence_terms = [frozenset(tokenize(index.documents[d].text[a:b])) for d, a, b in index.sentences]
@@ -107,10 +109,13 @@ class Retriever:
         self.validate(question, k, filters, mode, max_per_doc)
         if query_vector is None:  # every mode needs it: confidence and highlights use it
             query_vector = self.embedder.encode([question])[0]
-        hits = self.search(question, k, filters, mode, query_vector=query_vector, max_per_doc=max_per_doc)
+        ranked = self._ranked(question, k, filters, mode, query_vector, None, True)
+        hits = self._select(ranked, k, True, max_per_doc)
         terms = set(tokenize(question))
         passages = [self.passage(rank, hit, query_vector, terms) for rank, hit in enumerate(hits, start=1)]
-        confidence = self.abstention.confidence(self.best_cosine(query_vector, filters))
+        # dense and hybrid rankings hold the best dense score already; lexical needs the product
+        best = max((h.components["dense"] for h in ranked if "dense" in h.components), default=None)
+        confidence = self.abstention.confidence(best if best is not None else self.best_cosine(query_vector, filters))
         took_ms = (time.perf_counter() - started) * 1000
         return QueryResponse(question=question, mode=mode, answerable=confidence >= 0.5,
                              confidence=round(confidence, 4), passages=passages, took_ms=round(took_ms, 3))
@@ -121,6 +126,12 @@ class Retriever:
         """Top-k chunks, best first. `query_vector` lets a batching caller pass its own."""
         mode = mode or self.default_mode
         self.validate(question, k, filters, mode, max_per_doc)
+        return self._select(self._ranked(question, k, filters, mode, query_vector, fusion, collapse),
+                            k, collapse, max_per_doc)
+
+    def _ranked(self, question: str, k: int, filters: Filters, mode: Mode, query_vector: np.ndarray | None,
+                fusion: Fusion | None, collapse: bool) -> list[Hit]:
+        """Candidates best first, before near-duplicates and max_per_doc are applied."""
         allowed = self._allowed(filters)
         depth = min(len(self.index.chunks), max(4 * k, 40)) if collapse or self.reranker else k
         if mode != "lexical" and query_vector is None:
@@ -133,9 +144,7 @@ class Retriever:
         else:
             assert query_vector is not None
             hits = self._hybrid(question, query_vector, allowed, fusion or self.fusion)
-        if self.reranker is not None:
-            hits = self._rerank(question, hits)
-        return self._select(hits, k, collapse, max_per_doc)
+        return self._rerank(question, hits) if self.reranker is not None else hits
 
     def validate(self, question: str, k: int, filters: Filters, mode: str, max_per_doc: int | None = None) -> None:
         if not question.strip():
@@ -146,10 +155,9 @@ class Retriever:
             raise BadQueryError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
         if max_per_doc is not None and max_per_doc < 1:
             raise BadQueryError(f"max_per_doc must be at least 1, got {max_per_doc}")
-        for name, values, known in (("doc_ids", filters.doc_ids, self.index.documents.keys()),
-                                    ("sources", filters.sources, set(self._source_of)),
-                                    ("sections", filters.sections, set(self._section_of) - {""})):
-            if unknown := sorted(set(values or ()) - set(known)):
+        for name, values in (("doc_ids", filters.doc_ids), ("sources", filters.sources),
+                             ("sections", filters.sections)):
+            if unknown := sorted(set(values or ()) - self._known[name]):
                 raise BadQueryError(f"unknown {name}: {', '.join(unknown)}")
 
     def best_cosine(self, query_vector: np.ndarray, filters: Filters = Filters()) -> float:
