@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from rag.retrieve import Filters, Mode, Reranker, Retriever
 from rag.schema import QueryResponse
 from rag.service import retriever_for
 from rag.settings import Settings
-from rag.store import Index, load_index
+from rag.store import load_index
 
 log = logging.getLogger("rag.engine")
 WARM_UP_QUESTION = "How do China and Russia cooperate?"
@@ -62,7 +63,7 @@ class Engine:
         self.retriever: Retriever | None = None
         self.not_ready: str | None = "starting: loading the model"
         self.reload_error: str | None = None
-        self.batch_sizes: list[int] = []  # recent batch sizes, for /metrics
+        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for /metrics
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")
         self._tasks: list[asyncio.Task[None]] = []
@@ -109,8 +110,8 @@ class Engine:
             if pointer is not None and pointer == self._current_pointer and self.retriever is not None:
                 return False
             loop = asyncio.get_running_loop()
-            try:
-                index = await loop.run_in_executor(None, self._load_index)
+            try:  # loading and preparing an index is CPU work: never on the event loop
+                retriever = await loop.run_in_executor(None, self._load_retriever)
             except RagError as exc:
                 self._current_pointer = pointer  # do not retry a broken build every poll
                 if self.retriever is None:
@@ -119,15 +120,16 @@ class Engine:
                     self.reload_error = str(exc)
                 log.warning("index not loaded: %s", exc)
                 return False
-            assert self.embedder is not None
-            self.retriever = retriever_for(self.settings, index, self.embedder, self.reranker)
+            self.retriever = retriever
             self._current_pointer = pointer
             self.not_ready = self.reload_error = None
-            log.info("serving index build %s (%d chunks)", index.build_id, len(index.chunks))
+            log.info("serving index build %s (%d chunks)", retriever.index.build_id, len(retriever.index.chunks))
             return True
 
-    def _load_index(self) -> Index:
-        return load_index(self.settings.index_dir, spec_of(self.settings))
+    def _load_retriever(self) -> Retriever:
+        assert self.embedder is not None
+        index = load_index(self.settings.index_dir, spec_of(self.settings))
+        return retriever_for(self.settings, index, self.embedder, self.reranker)
 
     async def _watch_loop(self) -> None:
         while True:
@@ -167,7 +169,7 @@ class Engine:
             live = [job for job in batch if not job.future.done()]  # skip cancelled clients
             if not live:
                 continue
-            self.batch_sizes = [*self.batch_sizes[-999:], len(live)]
+            self.batch_sizes.append(len(live))
             try:
                 results = await loop.run_in_executor(self._worker, self._answer, self.live(), live)
             except Exception as exc:  # a bug must fail these requests, not the loop
