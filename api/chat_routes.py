@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.routes import EngineDep, SettingsDep
+from api.routes import EngineDep, SettingsDep, check_question
 from rag.chat import (
     ChatCitation,
     Link,
@@ -31,7 +31,7 @@ from rag.chat import (
     sources_markdown,
 )
 from rag.context import ContextBlock, pack
-from rag.errors import BadQueryError, RagError
+from rag.errors import RagError
 from rag.retrieve import Filters, Mode
 from rag.settings import Settings
 
@@ -70,13 +70,6 @@ def link_for(request: Request) -> Link:
     """Passage links open the chat page's document view: /#cite=<doc_id>:<start>-<end>."""
     base = str(request.base_url).rstrip("/")
     return lambda doc_id, start, end: f"{base}/#cite={doc_id}:{start}-{end}"
-
-
-def check_question(question: str, settings: Settings) -> None:
-    if not question.strip():
-        raise BadQueryError("question must not be empty")
-    if len(question) > settings.max_question_chars:
-        raise BadQueryError(f"question is {len(question)} characters; the limit is {settings.max_question_chars}")
 
 
 @router.post("/context", tags=["chat"])

@@ -49,12 +49,16 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RetrieverDep = Annotated[Retriever, Depends(get_retriever)]
 
 
-async def answer(engine: Engine, settings: Settings, body: QueryRequest) -> Response:
-    if not body.question.strip():
+def check_question(question: str, settings: Settings) -> None:
+    """What the request models cannot say: not blank, and within the configured length."""
+    if not question.strip():
         raise BadQueryError("question must not be empty")
-    if len(body.question) > settings.max_question_chars:
-        raise BadQueryError(f"question is {len(body.question)} characters; the limit is "
-                            f"{settings.max_question_chars}")
+    if len(question) > settings.max_question_chars:
+        raise BadQueryError(f"question is {len(question)} characters; the limit is {settings.max_question_chars}")
+
+
+async def answer(engine: Engine, settings: Settings, body: QueryRequest) -> Response:
+    check_question(body.question, settings)
     filters = Filters(doc_ids=body.doc_ids, sources=body.sources, sections=body.sections)
     response = await engine.query(body.question, body.k, filters, body.mode, body.max_per_doc)
     # already a validated model: serialise it once instead of letting FastAPI re-validate it
