@@ -146,7 +146,7 @@ def build_index(
                 counts={"documents": len(records), "chunks": len(chunks)},
             ),
             documents={r.doc_id: r for r in records},
-            chunks=[_record(c, embedder) for c in chunks],
+            chunks=[_record(c) for c in chunks],
             vectors=flat,
             sentences=sentences,
             sentence_vectors=sentence_vectors,
@@ -205,11 +205,10 @@ def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _record(chunk: Chunk, embedder: Embedder) -> ChunkRecord:
+def _record(chunk: Chunk) -> ChunkRecord:
     return ChunkRecord(
         chunk.chunk_id, chunk.doc_id, chunk.section, chunk.char_start, chunk.char_end,
-        chunk.text, chunk.n_tokens, embedder.count_tokens(chunk.embed_input),
-        _hash(chunk.embed_input),
+        chunk.text, chunk.n_tokens, chunk.n_model_tokens, _hash(chunk.embed_input),
     )
 
 

@@ -60,6 +60,7 @@ class ChunkSpan:
     char_end: int
     text: str  # == the document's canonical text[char_start:char_end]
     n_tokens: int  # cl100k tokens of `text`
+    n_model_tokens: int  # model tokens of the embedding input, special tokens included
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,10 @@ def chunk_document(
             return model_tokens(embed_input(title, heading, doc.text[start:end]))
 
         sentences = _fit_sentences(doc.text, section.char_start, section.char_end, params, input_tokens)
-        for a, b in _pack(doc.text, sentences, params, input_tokens):
+        for a, b, n_model in _pack(doc.text, sentences, params, input_tokens):
             text = doc.text[a:b]
             chunk_id = _chunk_id(doc_id, text, seen_ids)
-            chunks.append(Chunk(chunk_id, doc_id, section.title, a, b, text, count_tokens(text),
+            chunks.append(Chunk(chunk_id, doc_id, section.title, a, b, text, count_tokens(text), n_model,
                                 embed_input(title, section.title, text)))
     return chunks
 
@@ -174,8 +175,9 @@ def _pack(
     sentences: list[tuple[int, int, int]],
     params: ChunkParams,
     model_tokens: Callable[[int, int], int],
-) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
+) -> list[tuple[int, int, int]]:
+    """(start, end, model tokens of the embedding input) of each chunk."""
+    spans: list[tuple[int, int, int]] = []
     i, n = 0, len(sentences)
     while i < n:
         j, total = i, 0
@@ -183,14 +185,14 @@ def _pack(
             total += sentences[j][2]
             j += 1
         # the model's tokenizer has the last word: shrink until the embedding input fits
-        while model_tokens(sentences[i][0], sentences[j - 1][1]) > params.max_model_tokens:
+        while (n_model := model_tokens(sentences[i][0], sentences[j - 1][1])) > params.max_model_tokens:
             if j - 1 == i:
                 raise SettingsError(  # a single word with the title and section does not fit
                     f"a {sentences[i][2]}-token piece of text does not fit the model's "
                     f"{params.max_model_tokens} tokens, even cut at words"
                 )
             j -= 1
-        spans.append((sentences[i][0], sentences[j - 1][1]))
+        spans.append((sentences[i][0], sentences[j - 1][1], n_model))
         if j >= n:
             break
         k, overlap = j, 0  # step back whole sentences to share about overlap_tokens

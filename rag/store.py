@@ -83,7 +83,6 @@ class DocumentRecord:
 class ChunkRecord(ChunkSpan):
     """A chunk as stored in chunks.jsonl."""
 
-    n_model_tokens: int  # model tokens of the embedding input, special tokens included
     embed_hash: str  # sha256 of the embedding input: equal hash, reusable vector
 
 
