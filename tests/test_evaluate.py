@@ -105,3 +105,8 @@ def test_cli_writes_reports_and_gates(built: Settings, tmp_path: Path, monkeypat
     assert gated.stderr.strip() == f"error: regression gate failed for mode lexical: recall@5 {recall:.3f} < 1.01"
     bad = runner.invoke(app, ["eval", "--mode", "fuzzy"])
     assert bad.exit_code == 2 and "unknown mode(s): fuzzy" in bad.stderr
+    one_mode = runner.invoke(app, ["eval", "--out-dir", str(out), "--mode", "lexical"])  # no gate: no gate mode
+    assert one_mode.exit_code == 0, one_mode.output
+    no_mode = runner.invoke(app, ["eval", "--out-dir", str(out), "--mode", "lexical", "--min-mrr-at-10", "0.1"])
+    assert no_mode.exit_code == 2
+    assert no_mode.stderr.strip() == "error: --gate-mode hybrid is not among the evaluated modes"
