@@ -36,7 +36,7 @@ from rag.errors import RagError
 from rag.evaluate import Variant
 from rag.ingest import SourceDocument
 from rag.lexical import LexicalIndex
-from rag.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
 from rag.retrieve import Hit, Retriever
 from rag.service import retriever_for
 from rag.settings import Settings
@@ -68,17 +68,16 @@ def load_beir(folder: Path) -> tuple[list[SourceDocument], dict[str, str], dict[
     qrels: dict[str, set[str]] = {}
     for number, line in enumerate((folder / "qrels/test.tsv").read_text().splitlines()[1:], start=2):
         parts = line.split("\t")
-        if len(parts) != 3:
-            raise RagError(f"{folder / 'qrels/test.tsv'}:{number}: expected 3 tab-separated fields")
+        if len(parts) != 3 or not parts[2].strip().lstrip("-").isdigit():
+            raise RagError(f"{folder / 'qrels/test.tsv'}:{number}: expected query-id, corpus-id and an "
+                           "integer score, tab-separated")
         if int(parts[2]) > 0:
             qrels.setdefault(parts[0], set()).add(parts[1])
     return documents, queries, qrels
 
 
 def cache_key(folder: Path, settings: Settings) -> str:
-    digest = hashlib.sha256()
-    for name in ("corpus.jsonl",):
-        digest.update((folder / name).read_bytes())
+    digest = hashlib.sha256((folder / "corpus.jsonl").read_bytes())
     digest.update(json.dumps([settings.model, settings.chunk_tokens, settings.chunk_overlap_tokens]).encode())
     return digest.hexdigest()[:16]
 
@@ -171,8 +170,7 @@ def evaluate_beir(folder: Path, settings: Settings, columns: list[Variant], limi
         result["modes"][variant.label] = {
             "overall": _scores(rows),
             # dense and hybrid searches reuse the batch-encoded question: search time only
-            "latency_ms": {"p50": round(statistics.median(times), 2),
-                           "p95": round(sorted(times)[round(0.95 * (len(times) - 1))], 2)},
+            "latency_ms": latency_summary(times),
         }
     return result
 

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from rag.embed import Embedder, load_embedder
+from rag.metrics import percentile
 from rag.settings import Settings
 
 ROUNDS = 10  # alternations of raw-encode and one-client blocks
@@ -45,11 +46,6 @@ QUESTIONS = [
     "How did the Wagner mutiny affect China's position?",
     "Which countries joined BRICS as of 2025?",
 ]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def encode_times_ms(embedder: Embedder, n: int) -> list[float]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from rag.errors import RagError
 from rag.fusion import Fusion
-from rag.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
 from rag.retrieve import MODES, Mode, Retriever
 from rag.store import Index
 
@@ -166,7 +166,7 @@ def evaluate(retriever: Retriever, questions: list[Question], columns: list[Vari
                               "build_id": retriever.index.build_id, "modes": {}}
     for variant in columns or variants(MODES):
         runs = {q.id: _scores(retriever, q, variant) for q in answerable}
-        times = sorted(r["ms"] for r in runs.values())
+        times = [r["ms"] for r in runs.values()]
         by_doc: dict[str, list[dict[str, float]]] = {}
         by_type: dict[str, list[dict[str, float]]] = {}
         for q in answerable:
@@ -177,8 +177,7 @@ def evaluate(retriever: Retriever, questions: list[Question], columns: list[Vari
             "overall": _mean([r["metrics"] for r in runs.values()]),
             "by_doc": {d: {"n": len(v), **_mean(v)} for d, v in sorted(by_doc.items())},
             "by_type": {t: {"n": len(v), **_mean(v)} for t, v in sorted(by_type.items())},
-            "latency_ms": {"p50": round(statistics.median(times), 2),
-                           "p95": round(times[min(len(times) - 1, round(0.95 * (len(times) - 1)))], 2)},
+            "latency_ms": latency_summary(times),
             "failures": [
                 {"id": q.id, "question": q.question, "gold": [g.quote for g in q.gold],
                  f"recall@{FAIL_AT}": runs[q.id]["metrics"][f"recall@{FAIL_AT}"],

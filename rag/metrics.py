@@ -13,6 +13,7 @@ Left out: graded relevance, and metrics that need judged non-relevant items (bpr
 """
 
 import math
+import statistics
 from collections.abc import Sequence
 
 
@@ -37,3 +38,14 @@ def recall_at_k(covered: Sequence[set[str]], n_targets: int, k: int) -> float:
         return 0.0
     found: set[str] = set().union(*covered[:k]) if covered[:k] else set()
     return len(found) / n_targets
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile, q in [0, 1]: percentile([1, 2, 3, 4, 5], 0.95) == 5."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def latency_summary(milliseconds: Sequence[float]) -> dict[str, float]:
+    """Median and nearest-rank 95th percentile, rounded to 0.01 ms."""
+    return {"p50": round(statistics.median(milliseconds), 2), "p95": round(percentile(milliseconds, 0.95), 2)}

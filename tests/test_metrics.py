@@ -38,6 +38,16 @@ def test_recall_by_hand():
     assert recall_at_k(covered, 2, 10) == 1.0
 
 
+def test_percentile_by_hand():
+    from rag.metrics import latency_summary, percentile
+
+    assert percentile([5, 1, 4, 2, 3], 0.95) == 5 and percentile([5, 1, 4, 2, 3], 0.5) == 3
+    # 20 values: p95 is the value at index round(0.95 * 19) = 18 of the sorted list
+    assert latency_summary([10.0] * 19 + [100.0]) == {"p50": 10.0, "p95": 10.0}
+    assert latency_summary([10.0] * 18 + [100.0, 100.0]) == {"p50": 10.0, "p95": 100.0}
+    assert latency_summary([1.0, 2.0, 3.0, 4.0])["p50"] == 2.5  # the median of an even count
+
+
 def test_agrees_with_ir_measures_on_random_rankings():
     rng = random.Random(7)
     qrels, run, ours = [], [], {"ndcg": [], "rr": [], "r10": [], "r3": []}
