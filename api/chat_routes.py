@@ -37,6 +37,7 @@ from rag.settings import Settings
 
 router = APIRouter()
 PAGE = Path(__file__).parent / "static" / "index.html"
+UPSTREAM_CUT = " […the language model stopped before finishing its answer]"
 
 
 class UpstreamError(RagError):
@@ -161,6 +162,8 @@ async def _upstream_deltas(upstream: httpx.Response, client: httpx.AsyncClient) 
                 continue
             if content:
                 yield content
+    except httpx.HTTPError:  # the model died mid-answer: say so, and the Sources still follow
+        yield UPSTREAM_CUT
     finally:
         await upstream.aclose()
         await client.aclose()

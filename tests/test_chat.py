@@ -133,8 +133,9 @@ def test_follow_up_questions_lean_on_the_previous_turn():
 # ------------------------------------------------------------------ upstream model
 
 
-def fake_upstream(seen: list[dict[str, Any]]) -> FastAPI:
-    """A tiny OpenAI-compatible server that answers from whatever context it was given."""
+def fake_upstream(seen: list[dict[str, Any]], die_after: int | None = None) -> FastAPI:
+    """A tiny OpenAI-compatible server that answers from whatever context it was given
+    (and, with `die_after`, drops the connection after that many streamed words)."""
     app = FastAPI()
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -149,6 +150,8 @@ def fake_upstream(seen: list[dict[str, Any]]) -> FastAPI:
 
         async def events() -> Any:
             for i, w in enumerate(words):
+                if die_after is not None and i == die_after:
+                    raise RuntimeError("upstream crashed")
                 chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
                          "choices": [{"index": 0, "delta": {"content": w + (" " if i < len(words) - 1 else "")},
                                       "finish_reason": None}]}
@@ -179,6 +182,20 @@ def test_upstream_model_answers_from_the_packed_context(built: Settings):
     assert seen[0]["body"]["messages"][1] == {"role": "user", "content": QUESTION}
     assert seen[0]["body"]["model"] == "tiny" and seen[0]["auth"] == "Bearer up-key"
     assert seen[1]["body"]["stream"] is True
+
+
+def test_upstream_dying_mid_stream_still_ends_with_sources(built: Settings):
+    from api.chat_routes import UPSTREAM_CUT
+
+    with running_server(fake_upstream([], die_after=2)) as upstream:
+        settings = built.model_copy(update={"llm_base_url": f"{upstream}/v1", "llm_model": "tiny"})
+        with running_server(app_for(settings)) as live, httpx.stream(
+                "POST", f"{live}/v1/chat/completions",
+                json={"model": "rag", "stream": True, "messages": [{"role": "user", "content": QUESTION}]}) as r:
+            lines = [line for line in r.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    text = "".join(json.loads(x[6:])["choices"][0]["delta"].get("content") or "" for x in lines[:-1])
+    assert text.startswith("China bought " + UPSTREAM_CUT + "\n\n**Sources**\n[1] ")
 
 
 def test_unreachable_upstream_is_a_502(built: Settings):
