@@ -135,7 +135,7 @@ def serve(
 @user_errors
 def bench(
     repeats: Annotated[int, typer.Option(help="single-client queries (and raw encodes) to time")] = 200,
-    queries: Annotated[int, typer.Option(help="queries per throughput run")] = 320,
+    queries: Annotated[int, typer.Option(help="queries per concurrency level, split over the rounds")] = 640,
     out: Annotated[Path, typer.Option(help="JSON results file")] = Path("eval/reports/bench.json"),
     index: IndexOpt = None,
 ) -> None:
