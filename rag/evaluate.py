@@ -113,21 +113,30 @@ def _locate(doc_id: str, quote: str, index: Index) -> GoldQuote:
     return GoldQuote(doc_id, quote, start, start + len(quote))
 
 
+def quotes_in(doc_id: str, start: int, end: int, gold: list[GoldQuote]) -> set[str]:
+    """Indices (as strings) of the gold quotes that span [start, end) of `doc_id` contains or
+    overlaps: quotes_in("d", 0, 10, [GoldQuote("d", "x", 9, 12)]) == {"0"}."""
+    return {str(i) for i, g in enumerate(gold) if g.doc_id == doc_id and start < g.char_end and g.char_start < end}
+
+
 def covered_quotes(index: Index, row: int, gold: list[GoldQuote]) -> set[str]:
-    """Indices (as strings) of the gold quotes that chunk `row` contains or overlaps."""
+    """Gold quotes that chunk `row` contains or overlaps."""
     chunk = index.chunks[row]
-    return {str(i) for i, g in enumerate(gold)
-            if g.doc_id == chunk.doc_id and chunk.char_start < g.char_end and g.char_start < chunk.char_end}
+    return quotes_in(chunk.doc_id, chunk.char_start, chunk.char_end, gold)
 
 
-def _scores(retriever: Retriever, question: Question, variant: Variant) -> dict[str, Any]:
+def relevant_chunks(index: Index, question: Question) -> int:
+    """How many chunks hold part of a gold quote: the ideal ranking's length for nDCG."""
+    return sum(1 for row in range(len(index.chunks)) if covered_quotes(index, row, question.gold))
+
+
+def _scores(retriever: Retriever, question: Question, variant: Variant, relevant_rows: int) -> dict[str, Any]:
     started = time.perf_counter()
     hits = retriever.search(question.question, DEPTH, mode=variant.mode, fusion=variant.fusion)
     ms = (time.perf_counter() - started) * 1000
     index = retriever.index
     covered = [covered_quotes(index, hit.row, question.gold) for hit in hits]
     flags = [bool(c) for c in covered]
-    relevant_rows = sum(1 for row in range(len(index.chunks)) if covered_quotes(index, row, question.gold))
     metrics = {f"recall@{k}": recall_at_k(covered, len(question.gold), k) for k in RECALL_KS}
     metrics["mrr@10"] = mrr_at_k(flags, DEPTH)
     metrics["ndcg@10"] = ndcg_at_k(flags, relevant_rows, DEPTH)
@@ -149,12 +158,11 @@ def highlight_hits(retriever: Retriever, questions: list[Question], k: int = 5) 
         if not q.answerable:
             continue
         for p in retriever.query(q.question, k).passages:
-            gold = [g for g in q.gold if g.doc_id == p.citation.doc_id
-                    and p.citation.char_start < g.char_end and g.char_start < p.citation.char_end]
-            if gold and p.highlights:
+            doc_id = p.citation.doc_id
+            if p.highlights and quotes_in(doc_id, p.citation.char_start, p.citation.char_end, q.gold):
                 total += 1
                 h = p.highlights[0]
-                hits += any(h.char_start < g.char_end and g.char_start < h.char_end for g in gold)
+                hits += bool(quotes_in(doc_id, h.char_start, h.char_end, q.gold))
     return {"relevant_passages": total, "first_highlight_on_gold": round(hits / total, 4) if total else None}
 
 
@@ -164,8 +172,9 @@ def evaluate(retriever: Retriever, questions: list[Question], columns: list[Vari
         raise RagError("the question set has no answerable question")
     report: dict[str, Any] = {"questions": len(questions), "answerable": len(answerable),
                               "build_id": retriever.index.build_id, "modes": {}}
+    relevant = {q.id: relevant_chunks(retriever.index, q) for q in answerable}  # the same for every variant
     for variant in columns or variants(MODES):
-        runs = {q.id: _scores(retriever, q, variant) for q in answerable}
+        runs = {q.id: _scores(retriever, q, variant, relevant[q.id]) for q in answerable}
         times = [r["ms"] for r in runs.values()]
         by_doc: dict[str, list[dict[str, float]]] = {}
         by_type: dict[str, list[dict[str, float]]] = {}

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -249,7 +248,6 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
 
 def load_index(index_dir: Path, spec: IndexSpec | None = None) -> Index:
     """Load the live build; refuse it if corrupt or built with other settings than `spec`."""
-    started = time.perf_counter()
     folder = current_build(index_dir)
     manifest = read_manifest(index_dir)
     if spec is not None and (diffs := spec.differences(manifest)):
@@ -278,7 +276,9 @@ def load_index(index_dir: Path, spec: IndexSpec | None = None) -> Index:
             f"index at {folder} holds {vectors.ntotal} vectors of dimension {vectors.d} for "
             f"{len(chunks)} chunks of a {manifest['model']['dimension']}-dimension model"
         )
-    manifest["load_seconds"] = round(time.perf_counter() - started, 3)
+    if sentence_vectors is not None and len(sentence_vectors) != len(sentences):
+        raise IndexCorruptError(
+            f"index at {folder} holds {len(sentence_vectors)} sentence vectors for {len(sentences)} sentences")
     return Index(manifest, {d.doc_id: d for d in documents}, chunks, vectors, lexical,
                  sentences, sentence_vectors, folder)
 

@@ -117,6 +117,19 @@ def test_damaged_file_is_detected(built: Settings):
         load_index(built.index_dir)
 
 
+def test_sentence_vectors_must_match_their_sentences(built: Settings):
+    import numpy as np
+
+    folder = store.current_build(built.index_dir)
+    vectors = np.load(folder / "sentence_vectors.npy")
+    np.save(folder / "sentence_vectors.npy", vectors[:-1], allow_pickle=False)
+    manifest = json.loads((folder / "manifest.json").read_text())  # a consistent checksum: not caught there
+    manifest["files"]["sentence_vectors.npy"] = store._sha256(folder / "sentence_vectors.npy")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexCorruptError, match=f"holds {len(vectors) - 1} sentence vectors for {len(vectors)} sentences"):
+        load_index(built.index_dir)
+
+
 def test_unreadable_manifest_is_detected(built: Settings):
     (store.current_build(built.index_dir) / "manifest.json").write_text("{not json")
     with pytest.raises(IndexCorruptError, match="cannot read"):
