@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rag.bench import free_port
 from rag.build import build_index
 from rag.settings import Settings
 
@@ -83,12 +83,6 @@ def built(settings: Settings, fake_embedder: FakeEmbedder) -> Settings:
     """Settings whose index has been built with the fake model."""
     build_index(settings, fake_embedder)
     return settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager
