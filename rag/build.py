@@ -37,7 +37,6 @@ from rag.store import (
     build_lock,
     load_index,
     new_manifest,
-    read_manifest,
     size_on_disk,
     write_index,
 )
@@ -159,10 +158,9 @@ def build_index(
 
 
 def _previous(index_dir: Path, spec: IndexSpec) -> Index | None:
-    """The live index if it was built with these settings and loads cleanly, else None."""
+    """The live index if it was built with these settings and loads cleanly, else None.
+    (load_index compares the settings before it reads anything but the manifest.)"""
     try:
-        if spec.differences(read_manifest(index_dir)):
-            return None
         return load_index(index_dir, spec)
     except RagError:
         return None

@@ -29,6 +29,14 @@ class IndexMismatchError(RagError):
     """The index was built with other settings (model, chunker) than the current ones."""
 
 
+class IndexBusyError(RagError):
+    """The index changed while it was being read (a newer build went live); retry."""
+
+
+class StorageError(RagError):
+    """The index folder cannot be written or read: disk full, no permission, read-only, I/O error."""
+
+
 class BadQueryError(RagError):
     """A query that cannot be answered as asked (empty question, k out of range, ...)."""
 
@@ -39,3 +47,26 @@ class SettingsError(RagError):
 
 class NotFoundError(RagError):
     """A document or chunk id that the index does not hold."""
+
+
+# ---- the service's own conditions (the HTTP boundary maps them to status codes)
+
+
+class NotReadyError(RagError):
+    """The service has no index (or model) to answer with yet."""
+
+
+class OverloadedError(RagError):
+    """More questions are queued than the service will hold; the client should retry later."""
+
+
+class DeadlineError(RagError):
+    """A request did not finish within its deadline."""
+
+
+class ReloadError(RagError):
+    """A new build exists but could not be loaded; the previous one keeps serving."""
+
+
+class UpstreamError(RagError):
+    """The configured upstream language model failed or could not be reached."""

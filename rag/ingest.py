@@ -8,7 +8,10 @@ Formats:
 
 Metadata for any file may also come from a sidecar `<stem>.meta.json`; it wins over
 front matter and over what trafilatura found. Recognised keys: doc_id, title, source,
-author, date, url; any other keys are kept and returned as they are.
+author, date, url. Their values become strings (title and source always, the others
+or None): a number -> "1984", a date -> "2024-01-01", a list -> "Ann, Bob"; a mapping
+is refused. Any other key is kept, made JSON-safe: dates inside it become ISO strings,
+and whatever JSON cannot hold (bytes, NaN) becomes its str().
 
 Example: `corpus/fp-axis.txt` + `corpus/fp-axis.meta.json` {"title": "The Axis"}
     -> SourceDocument(doc_id="fp-axis", metadata={"title": "The Axis", "source": "fp-axis.txt", ...})
@@ -17,8 +20,10 @@ Left out: PDF and DOCX; recursive folders (only the top level is read); encoding
 than UTF-8 (a file that is not UTF-8 is refused with its name).
 """
 
+import datetime as dt
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +34,7 @@ from rag.errors import CorpusError
 SUPPORTED_SUFFIXES = (".txt", ".md", ".html", ".htm")
 SIDECAR_SUFFIX = ".meta.json"
 DOC_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+TEXT_KEYS = ("title", "source", "author", "date", "url")  # the API serves these as strings
 
 
 @dataclass(frozen=True)
@@ -90,12 +96,46 @@ def load_document(path: Path) -> SourceDocument:
         raise CorpusError(
             f"{path.name}: doc_id '{doc_id}' must be 1-128 letters, digits, '.', '_' or '-'"
         )
-    metadata.setdefault("title", None)
+    metadata = _normalise(metadata, path)
     metadata["title"] = metadata["title"] or path.stem.replace("-", " ").replace("_", " ")
-    metadata["source"] = metadata.get("source") or path.name
-    for key in ("author", "date", "url"):
-        metadata.setdefault(key, None)
+    metadata["source"] = metadata["source"] or path.name
     return SourceDocument(doc_id=doc_id, path=path, text=text, metadata=metadata)
+
+
+def _normalise(metadata: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The known keys as str | None, every other value JSON-safe. YAML gives numbers,
+    dates and lists where users meant text; the index stores JSON and the API strings."""
+    known = {key: _as_text(metadata.get(key), path, key) for key in TEXT_KEYS}
+    return known | {str(key): _json_safe(value) for key, value in metadata.items() if key not in TEXT_KEYS}
+
+
+def _as_text(value: Any, path: Path, key: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple) and not any(isinstance(v, list | tuple | dict) for v in value):
+        return ", ".join(t for v in value if (t := _as_text(v, path, key))) or None  # ["Ann", "Bob"]
+    if isinstance(value, list | tuple | dict):
+        raise CorpusError(f"{path.name}: metadata '{key}' must be text, a number, a date or a list of "
+                          f"them, not {value!r}")
+    if isinstance(value, dt.date | dt.time):  # datetime is a date too
+        return value.isoformat()
+    return str(value)
+
+
+def _json_safe(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)  # NaN/Infinity are not JSON
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, set | frozenset):  # YAML !!set: a stable order keeps the content hash stable
+        return [_json_safe(v) for v in sorted(value, key=repr)]
+    return str(value)
 
 
 def _read_sidecar(path: Path) -> dict[str, Any]:
@@ -118,8 +158,7 @@ def _split_front_matter(raw: str, path: Path) -> tuple[str, dict[str, Any]]:
         post = frontmatter.loads(raw)
     except Exception as exc:  # yaml raises several unrelated types
         raise CorpusError(f"{path.name}: front matter is not valid YAML: {exc}") from exc
-    metadata = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in post.metadata.items()}
-    return post.content, metadata
+    return post.content, dict(post.metadata)
 
 
 def _extract_html(raw: str, path: Path) -> tuple[str, dict[str, Any]]:

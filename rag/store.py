@@ -2,6 +2,7 @@
 
     index/
       CURRENT                    one line: the name of the live build
+      HISTORY                    the builds kept, oldest first, one name a line (the live one last)
       builds/<build_id>/
         manifest.json            versions, parameters, corpus hash, file checksums
         documents.jsonl          metadata + canonical (cleaned) text + sections
@@ -10,27 +11,34 @@
         bm25/                    bm25s arrays (.npy) and vocabulary (.json)
         sentences.jsonl          sentence spans, and sentence_vectors.npy their vectors (highlights)
 
-A build is written into `builds/.tmp-<id>/`, fsynced, renamed to `builds/<id>/`, and
-only then made live by atomically replacing `CURRENT` (os.replace). A crash at any
-point leaves the previous CURRENT, and so the previous index, untouched. Readers hold a
-fully loaded copy in memory, so a later swap never disturbs a query in flight. The
-build before the live one is kept for readers that are half-way through loading it.
+A build is written into `builds/.tmp-<id>/`, every file and folder fsynced, renamed to
+`builds/<id>/`, and only then made live by atomically replacing `CURRENT` (os.replace,
+then fsync of the folder). A crash at any point leaves the previous CURRENT, and so the
+previous index, untouched; its debris (`.tmp-*` folders, `.*.tmp` files) is removed by the
+next build or by `clean_orphans`. Readers hold a fully loaded copy in memory, so a later
+swap never disturbs a query in flight. The build that was live before the current one is
+kept (by HISTORY, not by folder dates) for readers that are half-way through loading it.
 
-Loading verifies every file against its checksum and refuses an index built with another
-format, model or chunker than the settings ask for. Nothing is pickled.
+Loading reads CURRENT once and takes every file, manifest included, from the folder it
+names; it verifies each file against its checksum and refuses an index built with another
+format, model or chunker than the settings ask for. A load that fails after CURRENT moved
+on raises IndexBusyError (retry); an OSError while writing or reading raises StorageError.
+Nothing is pickled.
 
 Left out: memory-mapped or compressed vectors (IndexFlatIP is exact and fits easily at
-this corpus size); concurrent builders (a lock file makes the second one fail fast).
+this corpus size); concurrent builders (a lock file makes the second one fail fast);
+a reader lock (a reader that loses the race against two newer builds gets IndexBusyError).
 """
 
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +49,14 @@ import numpy as np
 
 from rag import __version__
 from rag.chunk import ChunkSpan
-from rag.errors import IndexCorruptError, IndexMismatchError, IndexMissingError, RagError
+from rag.errors import (
+    IndexBusyError,
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexMissingError,
+    RagError,
+    StorageError,
+)
 from rag.lexical import LexicalIndex
 
 # Exhaustive search over a few thousand vectors needs no threads, and FAISS's idle
@@ -51,6 +66,7 @@ faiss.omp_set_num_threads(1)
 FORMAT = "rag-index"
 FORMAT_VERSION = 1
 KEEP_BUILDS = 2  # the live build and the one before it
+BUILD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # what CURRENT may name: never a path
 
 
 @dataclass(frozen=True)
@@ -130,37 +146,104 @@ def new_manifest(**fields: Any) -> dict[str, Any]:
 @contextmanager
 def build_lock(index_dir: Path) -> Iterator[None]:
     """One builder at a time per index folder; a second one fails at once."""
-    index_dir.mkdir(parents=True, exist_ok=True)
-    with open(index_dir / ".lock", "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise RagError(f"another build is writing {index_dir}; try again when it ends") from exc
+    with _try_lock(index_dir) as held:
+        if not held:
+            raise RagError(f"another build is writing {index_dir}; try again when it ends")
         yield
 
 
-def write_index(index_dir: Path, index: Index) -> Path:
-    """Write `index` as a new build and make it live atomically. Call under build_lock."""
+@contextmanager
+def _try_lock(index_dir: Path) -> Iterator[bool]:
+    """The build lock without waiting: yields whether it was taken."""
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(index_dir / ".lock", os.O_WRONLY | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _storage_error("write", index_dir, exc) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held = True
+        except BlockingIOError:
+            held = False
+        yield held
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def clean_orphans(index_dir: Path) -> list[Path]:
+    """Remove what crashed builds left behind: `builds/.tmp-*` folders and `.*.tmp` files in
+    the index folder and in build folders. Returns what was removed.
+
+    Safe at any time (a service calls it on start): it only cleans when it can take the
+    build lock without waiting; while a build runs, those temp files are in use and it
+    removes nothing. Best effort: it never raises for I/O problems (a read-only index
+    folder, say), and does nothing for a folder that does not exist.
+    """
+    if not index_dir.is_dir():
+        return []
+    try:
+        with _try_lock(index_dir) as held:
+            return _remove_orphans(index_dir) if held else []
+    except (StorageError, OSError):
+        return []
+
+
+def _remove_orphans(index_dir: Path) -> list[Path]:
+    """Temp files and folders of crashed builds. Only under the build lock."""
     builds = index_dir / "builds"
-    builds.mkdir(parents=True, exist_ok=True)
-    for stale in builds.glob(".tmp-*"):  # left by a crashed build; we hold the lock
+    removed = []
+    for stale in sorted(builds.glob(".tmp-*")):
         shutil.rmtree(stale, ignore_errors=True)
+        removed.append(stale)
+    folders = [index_dir, *(p for p in builds.glob("*") if p.is_dir() and not p.name.startswith("."))]
+    for path in (p for folder in folders for p in sorted(folder.glob(".*.tmp"))):
+        with suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def write_index(index_dir: Path, index: Index) -> Path:
+    """Write `index` as a new build, make it live atomically and prune builds no longer kept.
+    Call under build_lock. An OSError (disk full, no permission, read-only) becomes a
+    StorageError, with the previous build still live and no temp folder left behind."""
+    builds = index_dir / "builds"
     build_id = index.build_id
-    tmp = builds / f".tmp-{build_id}"
-    tmp.mkdir()
-    _write_files(tmp, index)
-    final = builds / build_id
-    os.rename(tmp, final)
-    _fsync_dir(builds)
-    _replace_text(index_dir / "CURRENT", build_id + "\n")
-    _prune(builds, keep=build_id)
+    tmp, final = builds / f".tmp-{build_id}", builds / build_id
+    previous = _read_pointer(index_dir)
+    try:
+        _remove_orphans(index_dir)  # left by a crashed build; we hold the lock
+        if not builds.is_dir():
+            builds.mkdir(parents=True)
+            _fsync_dir(index_dir)
+        tmp.mkdir()
+        _write_files(tmp, index)
+        os.rename(tmp, final)
+        _fsync_dir(builds)
+        _replace_text(index_dir / "CURRENT", build_id + "\n")
+    except BaseException as exc:  # KeyboardInterrupt too: leave no half-written build behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _read_pointer(index_dir) != build_id:  # never live, so no reader can be loading it
+            shutil.rmtree(final, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _storage_error("write", index_dir, exc) from exc
+        raise
+    # the build is live: failing to record or prune is not a failed build, and the next
+    # build redoes both (it reads the previous live build from CURRENT, not only HISTORY)
+    kept = _kept_builds(index_dir, previous, build_id)
+    with suppress(OSError):
+        _replace_text(index_dir / "HISTORY", "".join(f"{b}\n" for b in kept))
+    with suppress(OSError):
+        _prune(builds, kept)
     return final
 
 
 def _write_files(folder: Path, index: Index) -> None:
     _write_jsonl(folder / "documents.jsonl", (asdict(d) for d in index.documents.values()))
     _write_jsonl(folder / "chunks.jsonl", (asdict(c) for c in index.chunks))
-    faiss.write_index(index.vectors, str(folder / "vectors.faiss"))
+    # serialised in memory and written by Python: a full disk is an OSError, not a FAISS RuntimeError
+    (folder / "vectors.faiss").write_bytes(faiss.serialize_index(index.vectors).tobytes())
     if index.sentence_vectors is not None:
         _write_jsonl(folder / "sentences.jsonl", ({"doc_id": d, "char_start": a, "char_end": b}
                                                   for d, a, b in index.sentences))
@@ -170,7 +253,9 @@ def _write_files(folder: Path, index: Index) -> None:
     manifest = {**index.manifest, "files": {str(p.relative_to(folder)): _sha256(p) for p in files}}
     for path in files:
         _fsync_file(path)
-    _replace_text(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
+    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):  # bm25/: its entries
+        _fsync_dir(sub)
+    _replace_text(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))  # fsyncs folder
     index.manifest = manifest
 
 
@@ -181,21 +266,39 @@ def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> None:
 
 
 def _replace_text(path: Path, text: str) -> None:
+    """Atomically replace `path` with `text`, durably (file and folder fsynced)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
     _fsync_dir(path.parent)
 
 
-def _prune(builds: Path, keep: str) -> None:
-    finished = sorted((p for p in builds.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                      key=lambda p: p.stat().st_mtime)
-    older = [p for p in finished if p.name != keep]
-    for old in older[: max(0, len(older) - (KEEP_BUILDS - 1))]:
-        shutil.rmtree(old, ignore_errors=True)
+def _kept_builds(index_dir: Path, previous: str | None, build_id: str) -> list[str]:
+    """The last KEEP_BUILDS builds that went live, oldest first. Ids alone cannot order
+    them (two in one second sort by random suffix), nor can folder mtimes (copies, clock
+    changes), so the order is the one recorded in HISTORY, and the build that was live
+    before this one counts even if a crash kept it out of HISTORY."""
+    try:
+        history = (index_dir / "HISTORY").read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError):
+        history = []  # first build, or an index from before HISTORY existed
+    went_live = [*history, *([previous] if previous else []), build_id]
+    latest_first = list(dict.fromkeys(reversed(went_live)))  # each build once, at its last time live
+    return latest_first[:KEEP_BUILDS][::-1]
+
+
+def _prune(builds: Path, kept: list[str]) -> None:
+    for folder in builds.iterdir():
+        if folder.is_dir() and not folder.name.startswith(".") and folder.name not in kept:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _fsync_file(path: Path) -> None:
@@ -218,26 +321,57 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _storage_error(doing: str, where: Path, exc: OSError) -> StorageError:
+    """One line, e.g. `cannot write index at /srv/index: No space left on device`."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename:
+        reason += f" ({exc.filename})"
+    return StorageError(f"cannot {doing} index at {where}: {reason}")
+
+
 # ------------------------------------------------------------------ reading
 
 
 def current_build(index_dir: Path) -> Path:
+    """The folder of the live build, from one read of CURRENT."""
     pointer = index_dir / "CURRENT"
-    if not pointer.exists():
-        raise IndexMissingError(f"no index at {index_dir}: run `rag build` first")
-    build_id = pointer.read_text().strip()
+    try:
+        build_id = pointer.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise IndexMissingError(f"no index at {index_dir}: run `rag build` first") from None
+    except UnicodeDecodeError as exc:
+        raise IndexCorruptError(f"{pointer} does not name a build: {exc}") from exc
+    except OSError as exc:
+        raise _storage_error("read", index_dir, exc) from exc
     folder = index_dir / "builds" / build_id
-    if not build_id or not folder.is_dir():
+    if not BUILD_NAME.fullmatch(build_id) or not folder.is_dir():
+        if _read_pointer(index_dir) != build_id:  # replaced, and that build pruned, since we read it
+            raise IndexBusyError(f"index at {index_dir} changed while it was being read: retry")
         raise IndexCorruptError(f"{pointer} names build '{build_id}', which does not exist")
     return folder
 
 
-def read_manifest(index_dir: Path) -> dict[str, Any]:
-    path = current_build(index_dir) / "manifest.json"
+def _read_pointer(index_dir: Path) -> str | None:
+    """What CURRENT names now, or None if it cannot be read."""
+    try:
+        return (index_dir / "CURRENT").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of one build folder (take the folder from current_build, once)."""
+    path = folder / "manifest.json"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except FileNotFoundError as exc:
+        raise IndexCorruptError(f"cannot read {path}: it is missing") from exc
+    except OSError as exc:
+        raise _storage_error("read", folder, exc) from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexCorruptError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise IndexCorruptError(f"cannot read {path}: it holds {type(manifest).__name__}, not an object")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
         raise IndexMismatchError(
             f"{path} is format {manifest.get('format')!r} v{manifest.get('format_version')}; "
@@ -247,34 +381,58 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
 
 
 def load_index(index_dir: Path, spec: IndexSpec | None = None) -> Index:
-    """Load the live build; refuse it if corrupt or built with other settings than `spec`."""
-    folder = current_build(index_dir)
-    manifest = read_manifest(index_dir)
-    if spec is not None and (diffs := spec.differences(manifest)):
-        raise IndexMismatchError(
-            f"index at {index_dir} was built with other settings ({'; '.join(diffs)}): "
-            "run `rag build` to rebuild it"
-        )
-    for name, expected in manifest.get("files", {}).items():
-        path = folder / name
-        if not path.is_file() or _sha256(path) != expected:
-            raise IndexCorruptError(f"index file {path} is missing or damaged: run `rag build --force`")
+    """Load the live build; refuse it if corrupt or built with other settings than `spec`.
+
+    Raises IndexMissingError (no build yet), IndexCorruptError (damaged or inconsistent
+    files), IndexMismatchError (other format or settings), StorageError (an OSError
+    reading it) and IndexBusyError when CURRENT moved on while the build was being read
+    (a newer build went live, and this one may have been pruned mid-read): retry.
+    The loaded build is `index.path`, and `index.build_id` equals its folder name.
+    """
+    folder = current_build(index_dir)  # CURRENT is read once: every file comes from this folder
     try:
+        return _load_build(folder, spec)
+    except RagError as exc:
+        if _read_pointer(index_dir) != folder.name:
+            raise IndexBusyError(
+                f"index at {index_dir} changed while build {folder.name} was being read ({exc}): retry"
+            ) from exc
+        raise
+
+
+def _load_build(folder: Path, spec: IndexSpec | None) -> Index:
+    manifest = read_manifest(folder)
+    if manifest.get("build_id") != folder.name:
+        raise IndexCorruptError(
+            f"{folder / 'manifest.json'} is the manifest of build {manifest.get('build_id')!r}, not of {folder.name!r}")
+    try:
+        if spec is not None and (diffs := spec.differences(manifest)):
+            raise IndexMismatchError(
+                f"index at {folder.parent.parent} was built with other settings ({'; '.join(diffs)}): "
+                "run `rag build` to rebuild it"
+            )
+        for name, expected in manifest.get("files", {}).items():
+            path = folder / name
+            if not path.is_file() or _sha256(path) != expected:
+                raise IndexCorruptError(f"index file {path} is missing or damaged: run `rag build --force`")
         documents = [DocumentRecord(**row) for row in _read_jsonl(folder / "documents.jsonl")]
         chunks = [ChunkRecord(**row) for row in _read_jsonl(folder / "chunks.jsonl")]
-        vectors = faiss.read_index(str(folder / "vectors.faiss"))
+        vectors = faiss.deserialize_index(np.fromfile(folder / "vectors.faiss", dtype=np.uint8))
         lexical = LexicalIndex.load(folder / "bm25", size=len(chunks))
         sentences: list[tuple[str, int, int]] = []
         sentence_vectors = None
         if (folder / "sentence_vectors.npy").exists():
             sentences = [(r["doc_id"], r["char_start"], r["char_end"]) for r in _read_jsonl(folder / "sentences.jsonl")]
             sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False)
-    except (OSError, TypeError, ValueError, RuntimeError) as exc:
-        raise IndexCorruptError(f"cannot load index at {folder}: {exc}") from exc
-    if vectors.ntotal != len(chunks) or vectors.d != manifest["model"]["dimension"]:
+        dimension = manifest["model"]["dimension"]
+    except OSError as exc:
+        raise _storage_error("read", folder, exc) from exc
+    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise IndexCorruptError(f"cannot load index at {folder}: {exc!r}") from exc
+    if vectors.ntotal != len(chunks) or vectors.d != dimension:
         raise IndexCorruptError(
             f"index at {folder} holds {vectors.ntotal} vectors of dimension {vectors.d} for "
-            f"{len(chunks)} chunks of a {manifest['model']['dimension']}-dimension model"
+            f"{len(chunks)} chunks of a {dimension}-dimension model"
         )
     if sentence_vectors is not None and len(sentence_vectors) != len(sentences):
         raise IndexCorruptError(

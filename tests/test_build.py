@@ -9,7 +9,14 @@ from conftest import FakeEmbedder
 
 from rag import store
 from rag.build import build_index
-from rag.errors import CorpusError, IndexCorruptError, IndexMismatchError, IndexMissingError, RagError
+from rag.errors import (
+    CorpusError,
+    IndexCorruptError,
+    IndexMismatchError,
+    IndexMissingError,
+    RagError,
+    StorageError,
+)
 from rag.settings import Settings
 from rag.store import load_index
 
@@ -74,15 +81,15 @@ def test_a_crash_while_writing_leaves_the_previous_index_loadable(built: Setting
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(store, "_write_files", crash_half_way)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(StorageError, match="simulated"):
         build_index(built, FakeEmbedder())
     after = load_index(built.index_dir)
     assert after.build_id == before.build_id and len(after.chunks) == len(before.chunks)
+    assert os.listdir(built.index_dir / "builds") == [before.build_id]  # no half-written build left
 
-    monkeypatch.undo()  # the next build cleans up the debris and succeeds
+    monkeypatch.undo()
     report = build_index(built, FakeEmbedder())
     assert not report.skipped and "new-article" in load_index(built.index_dir).documents
-    assert not list((built.index_dir / "builds").glob(".tmp-*"))
 
 
 def test_a_crash_while_embedding_leaves_the_previous_index(built: Settings):
@@ -101,7 +108,9 @@ def test_a_crash_while_embedding_leaves_the_previous_index(built: Settings):
 def test_only_the_live_and_previous_builds_are_kept(built: Settings):
     for _ in range(3):
         build_index(built, FakeEmbedder(), force=True)
-    assert len(list((built.index_dir / "builds").iterdir())) == 2
+    kept = (built.index_dir / "HISTORY").read_text().split()
+    assert sorted(os.listdir(built.index_dir / "builds")) == sorted(kept) and len(kept) == 2
+    assert kept[-1] == load_index(built.index_dir).build_id
 
 
 def test_missing_index(settings: Settings):
@@ -167,4 +176,4 @@ def test_empty_corpus_is_refused(tmp_path: Path):
 
 def test_build_writes_nothing_outside_the_index_folder(built: Settings, tmp_path: Path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "index"]
-    assert sorted(os.listdir(built.index_dir)) == [".lock", "CURRENT", "builds"]
+    assert sorted(os.listdir(built.index_dir)) == [".lock", "CURRENT", "HISTORY", "builds"]

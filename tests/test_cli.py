@@ -81,3 +81,23 @@ def test_missing_corpus(env: Settings, tmp_path):
     result = runner.invoke(app, ["build", "--corpus", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"error: corpus folder not found: {tmp_path / 'nowhere'}"
+
+
+def test_disk_full_is_one_line_and_exit_2(env: Settings, monkeypatch):
+    import errno
+
+    from rag import store
+
+    assert runner.invoke(app, ["build"]).exit_code == 0
+
+    def full_disk(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "_write_jsonl", full_disk)
+    result = runner.invoke(app, ["build", "--force"])
+    assert result.exit_code == 2
+    *progress, last = result.stderr.strip().splitlines()  # progress lines, then the one error line
+    assert last == f"error: cannot write index at {env.index_dir}: No space left on device"
+    assert not any(line.startswith("error") for line in progress)
+    assert "Traceback" not in result.output
+    assert not list((env.index_dir / "builds").glob(".tmp-*"))

@@ -76,3 +76,55 @@ def test_bad_doc_id_and_duplicates_are_refused(tmp_path: Path):
 def test_missing_folder(tmp_path: Path):
     with pytest.raises(CorpusError, match="corpus folder not found"):
         load_corpus(tmp_path / "nope")
+
+
+def test_metadata_of_any_type_becomes_text_or_json(tmp_path: Path):
+    """YAML and JSON give numbers, dates and lists where the API serves strings."""
+    import json
+
+    from conftest import FakeEmbedder
+
+    from rag.build import build_index
+    from rag.settings import Settings
+    from rag.store import load_index
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    body = "Orwell wrote the novel in 1948 on the island of Jura. It was published the next year. " * 3
+    (corpus / "novel.md").write_text(
+        "---\ntitle: 1984\ndate: 2024\nauthor: [Ann, Bob]\ntags: [2024-01-01]\nurl: 7\nsource: null\n"
+        "extra: {when: 2024-01-02T10:00:00Z, nested: [2024-01-03, {at: 2024-01-04}], none: null, ratio: .nan}\n"
+        f"---\n# The novel\n\n{body}")
+    (corpus / "essay.txt").write_text(body)
+    (corpus / "essay.meta.json").write_text(json.dumps(
+        {"title": 1984, "date": 2024.5, "author": ["Ann", None, 3], "url": 7, "tags": [1, "two"], "source": None}))
+
+    settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "index", model="fake")
+    build_index(settings, FakeEmbedder())
+    documents = load_index(settings.index_dir).documents
+    novel, essay = documents["novel"].metadata, documents["essay"].metadata
+    assert {k: novel[k] for k in ("title", "date", "author", "url", "source", "tags")} == {
+        "title": "1984", "date": "2024", "author": "Ann, Bob", "url": "7", "source": "novel.md",
+        "tags": ["2024-01-01"]}
+    assert novel["extra"] == {"when": "2024-01-02T10:00:00+00:00", "nested": ["2024-01-03", {"at": "2024-01-04"}],
+                              "none": None, "ratio": "nan"}
+    assert {k: essay[k] for k in ("title", "date", "author", "url", "source", "tags")} == {
+        "title": "1984", "date": "2024.5", "author": "Ann, 3", "url": "7", "source": "essay.txt",
+        "tags": [1, "two"]}
+    for metadata in (novel, essay):
+        json.dumps(metadata, allow_nan=False)  # strict JSON: what the API can serve
+        assert all(isinstance(metadata[k], str) for k in ("title", "source"))
+        assert all(isinstance(metadata[k], str | None) for k in ("author", "date", "url"))
+
+
+@pytest.mark.parametrize(("front_matter", "sidecar", "field"), [
+    ("title: {a: 1}", None, "title"),
+    ("title: ok", '{"author": [["Ann"]]}', "author"),
+    ("date: {year: 2024}", None, "date"),
+])
+def test_metadata_that_cannot_be_text_is_refused(tmp_path: Path, front_matter, sidecar, field):
+    (tmp_path / "a.md").write_text(f"---\n{front_matter}\n---\nBody.")
+    if sidecar:
+        (tmp_path / "a.meta.json").write_text(sidecar)
+    with pytest.raises(CorpusError, match=f"a.md: metadata '{field}' must be text"):
+        load_corpus(tmp_path)
