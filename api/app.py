@@ -6,6 +6,7 @@ status here and only here; request validation errors are rewritten into one read
 sentence; nothing answers with a traceback.
 """
 
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -13,36 +14,38 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from api.chat_routes import UpstreamError
 from api.chat_routes import router as chat_router
-from api.engine import Engine, NotReadyError
-from api.middleware import AccessLog, ApiKey, BodyGuard
+from api.engine import Engine
+from api.errors import error_bytes, retry_after, status_of
+from api.middleware import AccessLog, ApiKey, Deadline, HostGuard, RequestGuard
 from api.routes import router
 from rag import __version__
 from rag.embed import Embedder, load_embedder
-from rag.errors import (
-    BadQueryError,
-    IndexCorruptError,
-    IndexMismatchError,
-    IndexMissingError,
-    NotFoundError,
-    RagError,
-)
+from rag.errors import RagError
 from rag.settings import Settings
 
-STATUS_OF: list[tuple[type[RagError], int]] = [
-    (BadQueryError, 422),
-    (NotFoundError, 404),
-    (NotReadyError, 503),
-    (IndexMissingError, 503),
-    (IndexCorruptError, 503),
-    (IndexMismatchError, 503),
-    (UpstreamError, 502),
-]
-OPEN_PATHS = frozenset({"/health", "/"})  # the chat page asks for the key itself
+OPEN_PATHS = frozenset({"/health", "/"})  # the chat page holds no data and asks for the key itself
+LOOPBACK_NAMES = ["localhost", "127.0.0.1", "[::1]"]
+log = logging.getLogger("rag.api")
+
+
+def json_error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_bytes(request.url.path, status, message), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """RAG_ALLOWED_HOSTS, else the loopback names when bound to loopback, else any host."""
+    if settings.allowed_hosts:
+        return settings.allowed_hosts
+    try:
+        loopback = settings.host == "localhost" or ipaddress.ip_address(settings.host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = False
+    return LOOPBACK_NAMES if loopback else ["*"]
 
 
 class Metrics:
@@ -83,33 +86,44 @@ def create_app(settings: Settings | None = None,
     app.include_router(chat_router)
 
     @app.exception_handler(RagError)
-    async def domain_error(request: Request, exc: RagError) -> JSONResponse:
-        status = next((code for kind, code in STATUS_OF if isinstance(exc, kind)), 400)
-        body: dict[str, object] = {"detail": str(exc)}
-        if request.url.path.startswith("/v1/"):  # OpenAI clients read error.message
-            body["error"] = {"message": str(exc), "type": "invalid_request_error", "code": status}
-        return JSONResponse(body, status_code=status)
+    async def domain_error(request: Request, exc: RagError) -> Response:
+        status = status_of(exc)
+        if status >= 500:
+            log.warning("%s %s: %s", request.method, request.url.path, exc)  # whole, with paths
+        return json_error(request, status, str(exc), retry_after(exc))
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
         if any(e["type"] == "json_invalid" for e in errors):
-            return JSONResponse({"detail": "request body is not valid JSON"}, status_code=400)
+            return json_error(request, 400, "request body is not valid JSON")
         if any(e["loc"] == ("body",) and e["type"] in ("model_attributes_type", "dict_type") for e in errors):
-            return JSONResponse({"detail": "request body must be a JSON object"}, status_code=422)
+            return json_error(request, 422, "request body must be a JSON object")
         problems = []
         for e in errors:
             where = ".".join(str(p) for p in e["loc"][1:]) or e["loc"][0]
             problems.append(f"{where}: {e['msg']}" if e["type"] != "missing" else f"{where}: field required")
-        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+        return json_error(request, 422, "; ".join(problems))
 
-    # the last added runs first: log -> size limit -> CORS (answers preflights, which carry
-    # no key, and labels 401s so browsers can read them) -> API key -> routes
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> Response:  # logged whole, answered in one line
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return json_error(request, 500, "internal error; the server log has the details")
+
+    # the last added runs first: log -> CORS (so that every error below it, 401 and 413
+    # included, is readable by an allowed page; it answers preflights, which carry no key)
+    # -> Host allow-list -> URL, header and body limits -> deadline -> API key -> routes
     key = settings.api_key.get_secret_value() if settings.api_key else None
     app.add_middleware(ApiKey, key=key, open_paths=OPEN_PATHS)
+    # a non-streamed answer from an upstream model may take as long as a whole stream
+    app.add_middleware(Deadline, seconds=settings.request_timeout_seconds,
+                       slow_paths={"/v1/chat/completions": max(settings.request_timeout_seconds,
+                                                               settings.llm_total_seconds)})
+    app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes, body_seconds=settings.body_timeout_seconds,
+                       max_url_bytes=settings.max_url_bytes, max_header_bytes=settings.max_header_bytes)
+    app.add_middleware(HostGuard, allowed=allowed_hosts(settings))
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(BodyGuard, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLog, requests=metrics.requests, latency=metrics.latency)
     return app
 
@@ -118,5 +132,9 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                access_log=False, log_level="info")
+    # uvicorn's own limits: connections it takes on, idle keep-alive; the request limits
+    # (URL, headers, body size and time) are RequestGuard's, so they hold with any server
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False,
+                log_level="info", limit_concurrency=settings.limit_concurrency,
+                timeout_keep_alive=int(max(1, settings.keep_alive_seconds)),
+                h11_max_incomplete_event_size=settings.max_header_bytes + settings.max_url_bytes)

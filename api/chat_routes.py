@@ -8,16 +8,21 @@ WebUI `source` event per cited passage (each named "[n] title — section", so O
 keeps them apart), attached to chunks with an empty delta so strict clients skip them.
 """
 
+import asyncio
+import base64
+import hashlib
 import json
+import logging
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.routes import EngineDep, SettingsDep, check_question
@@ -28,20 +33,20 @@ from rag.chat import (
     extractive_answer,
     llm_messages,
     question_from,
+    source_name,
     sources_markdown,
 )
 from rag.context import ContextBlock, pack
-from rag.errors import RagError
+from rag.errors import UpstreamError
 from rag.retrieve import Filters, Mode
 from rag.settings import Settings
 
 router = APIRouter()
 PAGE = Path(__file__).parent / "static" / "index.html"
 UPSTREAM_CUT = " […the language model stopped before finishing its answer]"
-
-
-class UpstreamError(RagError):
-    """The configured upstream language model failed or could not be reached."""
+UPSTREAM_SLOW = " […the language model took longer than {seconds:g} s; the answer is cut here]"
+UPSTREAM_ERROR_BYTES = 2048  # of an upstream error body: enough for its message, never a flood
+log = logging.getLogger("rag.chat")
 
 
 class ContextRequest(BaseModel):
@@ -67,9 +72,10 @@ class ChatRequest(BaseModel):
     stream: bool = False
 
 
-def link_for(request: Request) -> Link:
-    """Passage links open the chat page's document view: /#cite=<doc_id>:<start>-<end>."""
-    base = str(request.base_url).rstrip("/")
+def link_for(request: Request, settings: Settings) -> Link:
+    """Passage links open the chat page's document view: /#cite=<doc_id>:<start>-<end>, on
+    RAG_PUBLIC_URL when set, else on the request's Host (checked against the allow-list)."""
+    base = (settings.public_url or str(request.base_url)).rstrip("/")
     return lambda doc_id, start, end: f"{base}/#cite={doc_id}:{start}-{end}"
 
 
@@ -78,7 +84,8 @@ async def context(body: ContextRequest, engine: EngineDep, settings: SettingsDep
     """The passages packed into one prompt-ready block under a token budget, numbered [n]."""
     check_question(body.question, settings)
     response = await engine.query(body.question, body.k, Filters(doc_ids=body.doc_ids), body.mode)
-    block = pack(response.passages, body.max_tokens)
+    # re-tokenising up to 50 passages for a small budget takes tens of ms: not on the loop
+    block = await asyncio.get_running_loop().run_in_executor(None, pack, response.passages, body.max_tokens)
     return ContextResponse(question=body.question, max_tokens=body.max_tokens, answerable=response.answerable,
                            confidence=response.confidence, **block.model_dump())
 
@@ -97,7 +104,7 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     question = question_from(body.messages)
     check_question(question, settings)
     response = await engine.query(question, settings.chat_k, Filters(), None)
-    link = link_for(request)
+    link = link_for(request, settings)
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
     frame = Frame(completion_id, created, settings.chat_model_name)
     if not settings.llm_base_url or not settings.llm_model or not response.answerable:
@@ -110,17 +117,7 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     citations = chat_citations(block, response.passages, link)
     payload = {"model": settings.llm_model, "messages": llm_messages(question, block), "stream": body.stream}
     client = httpx.AsyncClient(timeout=settings.llm_timeout_seconds)
-    try:
-        upstream = await client.send(client.build_request(
-            "POST", settings.llm_base_url.rstrip("/") + "/chat/completions", json=payload,
-            headers=_auth(settings)), stream=body.stream)
-    except httpx.HTTPError as exc:
-        await client.aclose()
-        raise UpstreamError(f"upstream model unreachable at {settings.llm_base_url}: {type(exc).__name__}") from exc
-    if upstream.status_code != 200:
-        detail = (await upstream.aread()).decode("utf-8", "replace")[:300]
-        await client.aclose()
-        raise UpstreamError(f"upstream model answered {upstream.status_code}: {detail}")
+    upstream = await _send_upstream(client, settings, payload, body.stream)
     if not body.stream:
         try:
             text = upstream.json()["choices"][0]["message"]["content"] or ""
@@ -129,8 +126,51 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
         finally:
             await client.aclose()
         return frame.completion(text + sources_markdown(citations), citations)
-    return sse(frame.stream_text([_upstream_deltas(upstream, client), _once(sources_markdown(citations))],
-                                 citations))
+
+    async def close_upstream() -> None:  # also when the client goes away mid-stream
+        await upstream.aclose()
+        await client.aclose()
+
+    deltas = _upstream_deltas(upstream, settings.llm_total_seconds)
+    return sse(frame.stream_text([deltas, _once(sources_markdown(citations))], citations), close_upstream)
+
+
+async def _send_upstream(client: httpx.AsyncClient, settings: Settings, payload: dict[str, Any],
+                         stream: bool) -> httpx.Response:
+    """The upstream response, status 200; else UpstreamError. Messages never name the
+    configured URL or key (the server log has the URL)."""
+    assert settings.llm_base_url is not None
+    url = settings.llm_base_url.rstrip("/") + "/chat/completions"
+    try:
+        upstream = await client.send(client.build_request("POST", url, json=payload, headers=_auth(settings)),
+                                     stream=stream)
+    except httpx.HTTPError as exc:
+        await client.aclose()
+        log.warning("upstream model at %s unreachable: %r", url, exc)
+        raise UpstreamError(f"upstream model unreachable ({type(exc).__name__})") from exc
+    if upstream.status_code == 200:
+        return upstream
+    try:
+        detail = bytearray()
+        async for part in upstream.aiter_bytes():
+            detail += part
+            if len(detail) >= UPSTREAM_ERROR_BYTES:
+                break
+        message = _redact(bytes(detail[:300]).decode("utf-8", "replace"), settings)
+    except httpx.HTTPError:
+        message = "(no readable body)"
+    finally:
+        await upstream.aclose()
+        await client.aclose()
+    raise UpstreamError(f"upstream model answered {upstream.status_code}: {message}")
+
+
+def _redact(text: str, settings: Settings) -> str:
+    """Upstream bodies may quote our URL or key back: never pass them on."""
+    secrets = [settings.llm_base_url or "", settings.llm_api_key.get_secret_value() if settings.llm_api_key else ""]
+    for secret in filter(None, secrets):
+        text = text.replace(secret, "[redacted]")
+    return re.sub(r"https?://\S+", "[url]", text)
 
 
 def _auth(settings: Settings) -> dict[str, str]:
@@ -150,30 +190,47 @@ async def _once(text: str) -> AsyncIterator[str]:
         yield text
 
 
-async def _upstream_deltas(upstream: httpx.Response, client: httpx.AsyncClient) -> AsyncIterator[str]:
-    try:
-        async for line in upstream.aiter_lines():
-            if not line.startswith("data:") or line.strip() == "data: [DONE]":
-                continue
-            try:
-                choices = json.loads(line[5:]).get("choices") or [{}]
-                content = (choices[0].get("delta") or {}).get("content")
-            except (ValueError, AttributeError):
-                continue
-            if content:
-                yield content
-    except httpx.HTTPError:  # the model died mid-answer: say so, and the Sources still follow
-        yield UPSTREAM_CUT
-    finally:
-        await upstream.aclose()
-        await client.aclose()
+async def _upstream_deltas(upstream: httpx.Response, total_seconds: float) -> AsyncIterator[str]:
+    """The content deltas of an upstream SSE stream, cut after `total_seconds` in all (a
+    per-read timeout alone lets a model that trickles bytes hold a stream forever)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + total_seconds
+    lines = upstream.aiter_lines()
+    while True:
+        try:
+            line = await asyncio.wait_for(anext(lines), max(0.0, deadline - loop.time()))
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            yield UPSTREAM_SLOW.format(seconds=total_seconds)
+            return
+        except httpx.HTTPError:  # the model died mid-answer: say so, and the Sources still follow
+            yield UPSTREAM_CUT
+            return
+        if not line.startswith("data:") or line.strip() == "data: [DONE]":
+            continue
+        try:
+            choices = json.loads(line[5:]).get("choices") or [{}]
+            content = (choices[0].get("delta") or {}).get("content")
+        except (ValueError, AttributeError, IndexError):
+            continue
+        if isinstance(content, str) and content:
+            yield content
 
 
-def sse(events: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
+def sse(events: AsyncIterator[dict[str, Any]],
+        on_close: Callable[[], Awaitable[None]] | None = None) -> StreamingResponse:
+    """Server-sent events, then [DONE]. `on_close` runs however the stream ends: finished,
+    failed, or the client gone (Starlette then cancels or drops this generator)."""
     async def body() -> AsyncIterator[str]:
-        async for event in events:
-            yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-        yield "data: [DONE]\n\n"
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
+            if on_close is not None:
+                await on_close()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -203,7 +260,7 @@ class Frame:
                           citations: list[ChatCitation]) -> AsyncIterator[dict[str, Any]]:
         yield self.chunk({"role": "assistant", "content": ""}, citations)
         for c in citations:
-            name = f"[{c.n}] {c.title}" + (f" — {c.section}" if c.section else "")
+            name = f"[{c.n}] {source_name(c)}"
             yield self.chunk({}, event={"type": "source", "data": {
                 "source": {"name": name, "url": c.url},
                 "document": [c.text],
@@ -216,8 +273,23 @@ class Frame:
         yield self.chunk({}, citations, finish="stop")
 
 
-@router.get("/", include_in_schema=False)
-def page() -> FileResponse:
-    """The chat page: no build step, plain HTML and JavaScript."""
-    return FileResponse(PAGE, media_type="text/html")
+def _csp(page: str) -> str:
+    """A Content-Security-Policy allowing exactly the page's own inline script and style."""
+    def digest(tag: str) -> str:
+        found = re.search(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+        code = found.group(1) if found else ""
+        return "'sha256-" + base64.b64encode(hashlib.sha256(code.encode()).digest()).decode() + "'"
 
+    return (f"default-src 'none'; script-src {digest('script')}; style-src {digest('style')}; "
+            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+PAGE_HTML = PAGE.read_bytes()
+PAGE_HEADERS = {"Content-Security-Policy": _csp(PAGE_HTML.decode()), "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+
+
+@router.get("/", include_in_schema=False)
+def page() -> Response:
+    """The chat page: no build step, plain HTML and JavaScript."""
+    return Response(PAGE_HTML, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)

@@ -1,19 +1,27 @@
 """What the service runs on: the model, the live index, micro-batching and hot reload.
 
-Micro-batching: questions wait in a queue; one worker thread takes everything queued,
-embeds it in one model call and searches each question. While a batch runs, new
+Micro-batching: questions wait in a bounded queue; one worker thread takes everything
+queued, embeds it in one model call and searches each question. While a batch runs, new
 questions queue up and form the next batch, so a lone client pays no waiting window and
 many clients share model calls. `batch_wait_ms` adds a fixed window for bigger batches.
 The event loop never runs model or search code.
 
+Isolation: a question the model rejects fails alone. When a batch's model call raises,
+each question is encoded on its own and only the ones that fail again get an error.
+A full queue answers at once (OverloadedError, 503 with Retry-After) instead of piling
+up work nobody will wait for, and every question has a deadline (`request_timeout_seconds`).
+The batch loop survives any exception; if it ever stops, /ready says so.
+
 Hot reload: a background task polls `index/CURRENT` (every `reload_poll_seconds`) and,
 when it names a new build, loads it in a thread and swaps the retriever reference.
 A request in flight keeps the retriever it started with, so nothing fails mid-swap.
-`POST /admin/reload` does the same at once. A build that fails to load is reported by
-/ready's `reload_error` while the previous one keeps serving.
+`POST /admin/reload` does the same at once. A build that fails to load, with any
+exception, is reported by /ready's `reload_error` while the previous one keeps serving;
+it is not retried every poll unless the failure was transient (the build changed while
+it was read), and the watcher itself never dies.
 
 Left out: several worker processes (one process with batching keeps one model copy in
-memory); GPU placement.
+memory); GPU placement; priorities between clients.
 """
 
 import asyncio
@@ -25,22 +33,28 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from rag.build import spec_of
 from rag.embed import Embedder, load_embedder
-from rag.errors import RagError
+from rag.errors import (
+    BadQueryError,
+    DeadlineError,
+    IndexBusyError,
+    NotReadyError,
+    OverloadedError,
+    RagError,
+    ReloadError,
+)
 from rag.rerank import load_reranker
 from rag.retrieve import Filters, Mode, Reranker, Retriever
 from rag.schema import QueryResponse
 from rag.service import retriever_for
 from rag.settings import Settings
-from rag.store import load_index
+from rag.store import clean_orphans, load_index
 
 log = logging.getLogger("rag.engine")
 WARM_UP_QUESTION = "How do China and Russia cooperate?"
-
-
-class NotReadyError(RagError):
-    """The service has no index (or model) to answer with yet."""
 
 
 @dataclass
@@ -63,20 +77,30 @@ class Engine:
         self.retriever: Retriever | None = None
         self.not_ready: str | None = "starting: loading the model"
         self.reload_error: str | None = None
+        self.worker_error: str | None = None  # set if the batch loop ever stops
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for /metrics
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.max_queue)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
-        self._current_pointer: str | None = None
+        self._failed_build: str | None = None  # a build that failed to load for good: not retried by polls
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.embedder = await loop.run_in_executor(self._worker, self._load_model)
-        await self.reload()
-        self._tasks.append(asyncio.create_task(self._batch_loop()))
+        await loop.run_in_executor(None, clean_orphans, self.settings.index_dir)
+        try:
+            self.embedder = await loop.run_in_executor(self._worker, self._load_model)
+        except Exception as exc:  # the process stays up and /ready says why
+            log.exception("model not loaded")
+            self.not_ready = f"model not loaded: {exc}"
+            return
+        with contextlib.suppress(RagError):
+            await self.reload()
+        batch = asyncio.create_task(self._batch_loop())
+        batch.add_done_callback(self._batch_loop_ended)
+        self._tasks.append(batch)
         if self.settings.reload_poll_seconds > 0:
             self._tasks.append(asyncio.create_task(self._watch_loop()))
 
@@ -84,7 +108,7 @@ class Engine:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):
                 await task
         self._worker.shutdown(wait=True, cancel_futures=True)
 
@@ -95,33 +119,51 @@ class Engine:
             self.reranker = load_reranker(self.settings.reranker)
         return embedder
 
+    def _batch_loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        self.worker_error = f"the query worker stopped: {task.exception()!r}"
+        log.error(self.worker_error)
+
     # ------------------------------------------------------------ reload
 
     def _pointer(self) -> str | None:
         try:
-            return (self.settings.index_dir / "CURRENT").read_text().strip()
-        except OSError:
+            return (self.settings.index_dir / "CURRENT").read_text().strip() or None
+        except (OSError, UnicodeDecodeError):
             return None
 
-    async def reload(self) -> bool:
-        """Load the live build if it differs from the one served. True if swapped."""
+    @property
+    def served_build(self) -> str | None:
+        return self.retriever.index.build_id if self.retriever is not None else None
+
+    async def reload(self, explicit: bool = False) -> bool:
+        """Load the live build if it differs from the one served. True if swapped.
+        With `explicit`, a build that fails to load raises ReloadError; otherwise the
+        failure is recorded for /ready."""
         async with self._reload_lock:
             pointer = self._pointer()
-            if pointer is not None and pointer == self._current_pointer and self.retriever is not None:
+            if pointer is not None and pointer == self.served_build:
                 return False
             loop = asyncio.get_running_loop()
             try:  # loading and preparing an index is CPU work: never on the event loop
                 retriever = await loop.run_in_executor(None, self._load_retriever)
-            except RagError as exc:
-                self._current_pointer = pointer  # do not retry a broken build every poll
+            except Exception as exc:  # any failure: keep serving, and say why
+                transient = isinstance(exc, IndexBusyError | OSError)
+                message = str(exc) if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
+                if not transient:
+                    self._failed_build = pointer
                 if self.retriever is None:
-                    self.not_ready = str(exc)
+                    self.not_ready = message
                 else:
-                    self.reload_error = str(exc)
-                log.warning("index not loaded: %s", exc)
+                    self.reload_error = message
+                log.warning("index not loaded: %s", message)
+                if explicit:
+                    serving = f"; still serving build {self.served_build}" if self.retriever else ""
+                    raise ReloadError(f"the new build could not be loaded: {message}{serving}") from exc
                 return False
             self.retriever = retriever
-            self._current_pointer = pointer
+            self._failed_build = None
             self.not_ready = self.reload_error = None
             log.info("serving index build %s (%d chunks)", retriever.index.build_id, len(retriever.index.chunks))
             return True
@@ -134,12 +176,18 @@ class Engine:
     async def _watch_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.reload_poll_seconds)
-            if self._pointer() != self._current_pointer:
-                await self.reload()
+            try:
+                pointer = self._pointer()
+                if pointer is not None and pointer not in (self.served_build, self._failed_build):
+                    await self.reload()
+            except Exception:  # the watcher must outlive anything a build can do to it
+                log.exception("index watcher: reload failed")
 
     # ------------------------------------------------------------ queries
 
     def live(self) -> Retriever:
+        if self.worker_error is not None:
+            raise NotReadyError(self.worker_error)
         if self.retriever is None:
             raise NotReadyError(self.not_ready or "no index loaded")
         return self.retriever
@@ -149,32 +197,47 @@ class Engine:
         retriever = self.live()
         retriever.validate(question, k, filters, mode or retriever.default_mode, max_per_doc)  # before queueing
         future: asyncio.Future[QueryResponse] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Job(question, k, filters, mode, max_per_doc, future))
-        return await future
+        try:
+            self._queue.put_nowait(_Job(question, k, filters, mode, max_per_doc, future))
+        except asyncio.QueueFull:
+            raise OverloadedError(f"{self.settings.max_queue} questions are already waiting; "
+                                  "retry in a moment") from None
+        try:  # a timed-out future is cancelled, and the batch loop skips it
+            return await asyncio.wait_for(future, self.settings.request_timeout_seconds)
+        except TimeoutError:
+            raise DeadlineError(f"no answer within {self.settings.request_timeout_seconds:g} s; "
+                                "the service is busy, retry in a moment") from None
+
+    async def _next_batch(self) -> list[_Job]:
+        loop = asyncio.get_running_loop()
+        wait = self.settings.batch_wait_ms / 1000
+        batch = [await self._queue.get()]
+        deadline = loop.time() + wait
+        while len(batch) < self.settings.max_batch:
+            try:
+                if wait and (left := deadline - loop.time()) > 0:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                else:
+                    batch.append(self._queue.get_nowait())
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+        return [job for job in batch if not job.future.done()]  # skip clients that gave up
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        wait = self.settings.batch_wait_ms / 1000
         while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + wait
-            while len(batch) < self.settings.max_batch:
-                try:
-                    if wait and (left := deadline - loop.time()) > 0:
-                        batch.append(await asyncio.wait_for(self._queue.get(), left))
-                    else:
-                        batch.append(self._queue.get_nowait())
-                except (asyncio.QueueEmpty, TimeoutError):
-                    break
-            live = [job for job in batch if not job.future.done()]  # skip cancelled clients
+            live = await self._next_batch()
             if not live:
                 continue
             self.batch_sizes.append(len(live))
+            results: list[QueryResponse | BaseException]
             try:
-                results = await loop.run_in_executor(self._worker, self._answer, self.live(), live)
-            except Exception as exc:  # a bug must fail these requests, not the loop
+                results = list(await loop.run_in_executor(self._worker, self._answer, self.live(), live))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a bug must fail these requests, never the loop
                 log.exception("batch of %d failed", len(live))
-                results = [exc] * len(live)
+                results = [exc if isinstance(exc, RagError) else RuntimeError("internal error")] * len(live)
             for job, result in zip(live, results):
                 if job.future.done():
                     continue
@@ -187,9 +250,12 @@ class Engine:
     def _answer(retriever: Retriever, jobs: list[_Job]) -> list[QueryResponse | Exception]:
         """Runs in the worker thread: one model call for the batch, then one search each.
         Every mode needs the question's vector: confidence and highlights use it."""
-        vectors = retriever.embedder.encode([j.question for j in jobs])
+        vectors = encode_each(retriever.embedder, [j.question for j in jobs])
         out: list[QueryResponse | Exception] = []
         for job, vector in zip(jobs, vectors):
+            if isinstance(vector, Exception):
+                out.append(vector)
+                continue
             try:
                 response = retriever.query(job.question, job.k, job.filters, job.mode, job.max_per_doc,
                                            query_vector=vector)
@@ -199,3 +265,24 @@ class Engine:
                 out.append(exc)
         return out
 
+
+def encode_each(embedder: Embedder, questions: list[str]) -> list[np.ndarray | Exception]:
+    """One model call for all; if it raises, one call per question, so that a question the
+    model rejects fails alone and the others are answered."""
+    try:
+        return list(embedder.encode(questions))
+    except Exception as exc:
+        if len(questions) == 1:
+            return [_rejected(exc)]
+    out: list[np.ndarray | Exception] = []
+    for question in questions:
+        try:
+            out.append(embedder.encode([question])[0])
+        except Exception as exc:
+            out.append(_rejected(exc))
+    return out
+
+
+def _rejected(exc: Exception) -> Exception:
+    log.warning("the model rejected a question: %r", exc)
+    return BadQueryError(f"the embedding model cannot encode this question ({type(exc).__name__})")

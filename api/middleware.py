@@ -1,60 +1,102 @@
-"""ASGI middleware: body size and encoding, API key, access log and request metrics.
+"""ASGI middleware: the host allow-list, request limits (URL, headers, body size, time and
+encoding), the per-request deadline, the API key, and the access log with metrics.
 
 They are middleware rather than route dependencies because they must also cover what
 FastAPI serves itself (/docs, /openapi.json) and requests that never reach a route.
 
-Left out: rate limiting (put a reverse proxy in front for that).
+Left out: rate limiting per client (put a reverse proxy in front for that), and slow
+clients that trickle their headers (uvicorn reads headers before any of this runs; its
+keep-alive timeout and `limit_concurrency` bound what they can hold).
 """
 
+import asyncio
 import hmac
 import json
 import logging
+import re
 import time
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import error_bytes
+
 access_log = logging.getLogger("rag.access")
+# a JSON \u escape of a UTF-16 surrogate: only then is the body parsed to look for lone ones
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = []) -> None:  # noqa: B006
-    payload = json.dumps(body).encode()
+async def send_error(scope: Scope, send: Send, status: int, message: str,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = error_bytes(scope.get("path", ""), status, message)
     await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *headers]})
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+        *(headers or [])]})
     await send({"type": "http.response.body", "body": payload})
 
 
-class BodyGuard:
-    """Refuse bodies over `max_bytes` with 413, whether or not Content-Length is given, and
-    bodies that are not UTF-8 with 400. Bodies are small (a question), so a body under the
-    limit is read whole, checked and replayed."""
+class HostGuard:
+    """Answer only to the allowed Host names. Bound to loopback, a page on another site
+    that rebinds its DNS name to 127.0.0.1 sends its own Host, and is refused; citation
+    links are built from a Host that passed this check."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, allowed: list[str]):
+        self.app = app
+        self.allowed = {h.lower() for h in allowed}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.allowed or "*" in self.allowed:
+            return await self.app(scope, receive, send)
+        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if name not in self.allowed and host not in self.allowed:
+            return await send_error(scope, send, 400, f"Host header '{host}' is not allowed "
+                                    "(set RAG_ALLOWED_HOSTS to serve other names)")
+        await self.app(scope, receive, send)
+
+
+class RequestGuard:
+    """Refuse what no route should see: a URL over `max_url_bytes` (414), headers over
+    `max_header_bytes` (431), a body over `max_bytes` with or without Content-Length (413),
+    a body that does not arrive within `body_seconds` (408), one that is not UTF-8 (400),
+    and JSON text holding a lone surrogate, which no model or response can carry (422).
+    Bodies are small (a question), so a body under the limit is read whole, checked and
+    replayed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, body_seconds: float, max_url_bytes: int,
+                 max_header_bytes: int):
+        self.app, self.max_bytes, self.body_seconds = app, max_bytes, body_seconds
+        self.max_url_bytes, self.max_header_bytes = max_url_bytes, max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_big = {"detail": f"request body is larger than the limit of {self.max_bytes} bytes"}
+        url_bytes = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+        if url_bytes > self.max_url_bytes:
+            return await send_error(scope, send, 414, f"URL is longer than the limit of {self.max_url_bytes} bytes")
+        if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
+            return await send_error(scope, send, 431, f"request headers are larger than the limit of "
+                                    f"{self.max_header_bytes} bytes")
+        too_big = f"request body is larger than the limit of {self.max_bytes} bytes"
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await send_json(send, 413, too_big)
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            more = message.get("more_body", False)
-            if size > self.max_bytes:
-                return await send_json(send, 413, too_big)
-        body, replayed = b"".join(chunks), False
+            return await send_error(scope, send, 413, too_big)
+        try:
+            async with asyncio.timeout(self.body_seconds):
+                body = await self._read(receive)
+        except TimeoutError:
+            return await send_error(scope, send, 408, f"request body did not arrive within {self.body_seconds:g} s")
+        if body is None:
+            return await send_error(scope, send, 413, too_big)
         try:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            return await send_json(send, 400, {"detail": f"request body is not valid UTF-8 (byte {exc.start})"})
+            return await send_error(scope, send, 400, f"request body is not valid UTF-8 (byte {exc.start})")
+        if SURROGATE_ESCAPE.search(body) and _holds_lone_surrogate(body):
+            return await send_error(scope, send, 422, "request body holds a lone UTF-16 surrogate (\\ud800-\\udfff "
+                                    "without its pair): send valid Unicode text")
+        replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
@@ -64,6 +106,74 @@ class BodyGuard:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The whole body, or None once it passes the limit."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                return None
+        return b"".join(chunks)
+
+
+def _holds_lone_surrogate(body: bytes) -> bool:
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return False  # not JSON: the route's own parsing says so
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+    return False
+
+
+class Deadline:
+    """A request that has not started its response within `seconds` (or its path's entry
+    in `slow_paths`) is cancelled and answered 503 with Retry-After. A response already
+    streaming is not cut here (a chat stream has its own total deadline)."""
+
+    def __init__(self, app: ASGIApp, seconds: float, slow_paths: dict[str, float] | None = None):
+        self.app, self.seconds, self.slow_paths = app, seconds, slow_paths or {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        seconds = self.slow_paths.get(scope["path"], self.seconds)
+        started = False
+        timer: asyncio.Timeout | None = None
+
+        async def mark_started(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if timer is not None:
+                    timer.reschedule(None)  # streaming: the route bounds itself from here
+            await send(message)
+
+        try:
+            async with asyncio.timeout(seconds) as timer:
+                await self.app(scope, receive, mark_started)
+            return
+        except TimeoutError:
+            if started or timer is None or not timer.expired():
+                raise
+        await send_error(scope, send, 503, f"no answer within {seconds:g} s; retry in a moment",
+                         [(b"retry-after", b"1")])
 
 
 class ApiKey:
@@ -75,12 +185,12 @@ class ApiKey:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.key or scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        scheme, _, token = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key.encode()):
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, token = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key.encode()):
             detail = "missing API key" if not given else "invalid API key"
-            return await send_json(send, 401, {"detail": f"{detail}: send 'Authorization: Bearer <key>'"},
-                                   [(b"www-authenticate", b"Bearer")])
+            return await send_error(scope, send, 401, f"{detail}: send 'Authorization: Bearer <key>'",
+                                    [(b"www-authenticate", b"Bearer")])
         await self.app(scope, receive, send)
 
 

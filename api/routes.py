@@ -8,6 +8,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import generate_latest
 
 from api.engine import Engine
+from api.errors import scrub_paths
 from api.schemas import (
     EXAMPLE_QUESTION,
     ChunkDetail,
@@ -27,7 +28,8 @@ from rag.settings import Settings
 from rag.store import DocumentRecord
 
 router = APIRouter()
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 404, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 404, 408, 413, 414, 422, 431, 503)}
 
 
 def get_engine(request: Request) -> Engine:
@@ -132,14 +134,15 @@ def health() -> Health:
 def ready(engine: EngineDep, settings: SettingsDep) -> Ready:
     """The index is loaded and the model warmed; 503 with the reason otherwise."""
     index = engine.live().index
+    reload_error = scrub_paths(engine.reload_error) if engine.reload_error else None
     return Ready(status="ready", build_id=index.build_id, model=settings.model,
-                 documents=len(index.documents), chunks=len(index.chunks), reload_error=engine.reload_error)
+                 documents=len(index.documents), chunks=len(index.chunks), reload_error=reload_error)
 
 
-@router.post("/admin/reload", responses=ERRORS, tags=["service"])
+@router.post("/admin/reload", responses={**ERRORS, 409: {"model": ErrorBody}}, tags=["service"])
 async def reload(engine: EngineDep) -> Reloaded:
     """Load the newest build now instead of at the next poll."""
-    swapped = await engine.reload()
+    swapped = await engine.reload(explicit=True)
     return Reloaded(reloaded=swapped, build_id=engine.live().index.build_id)
 
 

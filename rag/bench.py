@@ -125,7 +125,7 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        ready_s = _wait_ready(url, server, launched)
+        ready_s = wait_ready(url, server, launched)
         asyncio.run(one_client_latencies(url, 20))  # warm the connection path
         raw, latencies = [], []
         for _ in range(ROUNDS):
@@ -163,7 +163,7 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
     return result
 
 
-def _wait_ready(url: str, server: subprocess.Popen[bytes], launched: float) -> float:
+def wait_ready(url: str, server: subprocess.Popen[bytes], launched: float) -> float:
     with httpx.Client(base_url=url, timeout=5) as http:
         while time.perf_counter() - launched < 120:
             if server.poll() is not None:

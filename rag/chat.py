@@ -20,12 +20,14 @@ Left out: abstractive answers without an upstream model, and multi-turn rewritin
 a model (the heuristic above covers follow-ups that drop their subject).
 """
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
 from rag.context import ContextBlock
+from rag.errors import BadQueryError
 from rag.schema import Passage, QueryResponse
 
 NO_ANSWER = "I could not find an answer to that in the documents I have."
@@ -56,7 +58,7 @@ class ChatAnswer(BaseModel):
 
 
 def question_from(messages: Sequence[dict[str, Any]]) -> str:
-    users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+    users = [_text(m.get("content"), i) for i, m in enumerate(messages) if m.get("role") == "user"]
     users = [u for u in users if u.strip()]
     if not users:
         return ""
@@ -66,13 +68,39 @@ def question_from(messages: Sequence[dict[str, Any]]) -> str:
     return question
 
 
-def _text(content: Any) -> str:
-    """Message content is a string, or a list of parts of which the text ones count."""
+def _text(content: Any, at: int) -> str:
+    """Message content is a string, null, or a list of parts of which the text ones count;
+    anything else is refused, naming where it is."""
+    if content is None:
+        return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return ""
+    if not isinstance(content, list):
+        raise BadQueryError(f"messages[{at}].content must be a string or a list of content parts")
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise BadQueryError(f"messages[{at}].content[{j}] must be an object with a 'type'")
+        if part.get("type") == "text":
+            if not isinstance(part.get("text"), str):
+                raise BadQueryError(f"messages[{at}].content[{j}].text must be a string")
+            texts.append(part["text"])
+    return " ".join(texts)
+
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
+
+
+def plain(text: str) -> str:
+    """A title or section as inert Markdown text: one line, special characters escaped, so
+    a document titled '[x](javascript:...)' shows as text and never as a link or HTML."""
+    line = " ".join(text.split())
+    return MARKDOWN_SPECIAL.sub(r"\\\1", line)
+
+
+def source_name(c: "ChatCitation") -> str:
+    """'title — section', escaped: the Sources list and Open WebUI's source events use it."""
+    return plain(c.title) + (f" — {plain(c.section)}" if c.section else "")
 
 
 def cite(passages: Sequence[Passage], link: Link) -> list[ChatCitation]:
@@ -83,7 +111,7 @@ def cite(passages: Sequence[Passage], link: Link) -> list[ChatCitation]:
 
 
 def sources_markdown(citations: Sequence[ChatCitation]) -> str:
-    lines = [f"[{c.n}] {c.title}" + (f" — {c.section}" if c.section else "") + f" ({c.url})" for c in citations]
+    lines = [f"[{c.n}] {source_name(c)} ({c.url})" for c in citations]
     return "\n\n**Sources**\n" + "\n".join(lines) if lines else ""
 
 

@@ -136,7 +136,10 @@ def serve(
 def bench(
     repeats: Annotated[int, typer.Option(help="single-client queries (and raw encodes) to time")] = 200,
     queries: Annotated[int, typer.Option(help="queries per concurrency level, split over the rounds")] = 640,
-    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("eval/reports/bench.json"),
+    out: Annotated[Path | None, typer.Option(help="JSON results file [eval/reports/bench.json, "
+                                                 "or soak.json with --soak]")] = None,
+    soak: Annotated[float | None, typer.Option(help="instead: SECONDS of mixed load with index swaps; reports "
+                                               "failures, p99 and RSS growth", min=10)] = None,
     index: IndexOpt = None,
 ) -> None:
     """Benchmark the real server: latency vs raw model time, throughput at 1/8/32 clients, memory."""
@@ -145,6 +148,17 @@ def bench(
 
     settings = load_settings(index=index)
     build_index(settings, log=lambda m: typer.echo(m, err=True))  # no-op when up to date
+    if soak is not None:
+        from rag.soak import run_soak, soak_table
+
+        out = out or Path("eval/reports/soak.json")
+        soaked = run_soak(settings, soak, out=out)
+        typer.echo(soak_table(soaked))
+        typer.echo(f"\nwrote {out}")
+        if soaked["failed"]:
+            fail(f"{soaked['failed']} requests failed during the soak")
+        return
+    out = out or Path("eval/reports/bench.json")
     result = run_bench(settings, repeats=repeats, queries=queries, out=out)
     typer.echo(table(result))
     typer.echo(f"\nwrote {out}")

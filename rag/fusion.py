@@ -82,6 +82,8 @@ def fuse(dense: np.ndarray, lexical: np.ndarray, fusion: Fusion) -> tuple[np.nda
 
 def _minmax(values: np.ndarray) -> np.ndarray:
     values = np.where(np.isfinite(values), values, np.nan)
+    if not np.isfinite(values).any():  # no candidates, or all filtered out
+        return np.zeros(len(values))
     low, high = np.nanmin(values), np.nanmax(values)
     if not np.isfinite(low) or high <= low:
         return np.zeros(len(values))

@@ -149,6 +149,8 @@ class Retriever:
     def validate(self, question: str, k: int, filters: Filters, mode: str, max_per_doc: int | None = None) -> None:
         if not question.strip():
             raise BadQueryError("question must not be empty")
+        if not is_unicode_text(question):
+            raise BadQueryError("question is not valid Unicode text (it holds a lone surrogate)")
         if not 1 <= k <= self.max_k:
             raise BadQueryError(f"k must be between 1 and {self.max_k}, got {k}")
         if mode not in MODES:
@@ -157,6 +159,8 @@ class Retriever:
             raise BadQueryError(f"max_per_doc must be at least 1, got {max_per_doc}")
         for name, values in (("doc_ids", filters.doc_ids), ("sources", filters.sources),
                              ("sections", filters.sections)):
+            if values is not None and not len(values):  # "only these: none" is almost surely a client bug
+                raise BadQueryError(f"{name} is empty: leave it out (or null) to search everything")
             if unknown := sorted(set(values or ()) - self._known[name]):
                 raise BadQueryError(f"unknown {name}: {', '.join(unknown)}")
 
@@ -265,6 +269,15 @@ class Retriever:
 
     def chunk_count(self, doc_id: str) -> int:
         return int(np.count_nonzero(self._doc_of == doc_id))
+
+
+def is_unicode_text(text: str) -> bool:
+    """False for a str holding a lone surrogate, which JSON allows and no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def near_duplicates(a: ChunkRecord, b: ChunkRecord, min_share: float) -> bool:

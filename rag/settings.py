@@ -69,6 +69,20 @@ class Settings(BaseSettings):
         description="extra wait for more questions before embedding a batch; 0 batches only the "
         "questions that queued while the previous batch ran (no added latency)")
     max_batch: int = Field(64, ge=1, le=1024)
+    max_queue: int = Field(256, ge=1, description="questions waiting for the model; beyond it: 503 with Retry-After")
+    request_timeout_seconds: float = Field(30.0, gt=0, description="deadline of a request's answer (a stream's "
+                                           "first byte); past it: 503 with Retry-After")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description='Host header values accepted, e.g. ["rag.example.org"]; empty: the '
+        "loopback names when bound to a loopback address (blocks DNS rebinding), any host otherwise")
+    public_url: str | None = Field(None, description="base URL of citation links, e.g. https://rag.example.org; "
+                                   "unset: the request's own (checked) Host")
+    # uvicorn's limits against slow or greedy clients
+    limit_concurrency: int = Field(256, ge=1, description="open connections + tasks before uvicorn answers 503")
+    keep_alive_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
+    body_timeout_seconds: float = Field(10.0, gt=0, description="a request body must arrive within this")
+    max_url_bytes: int = Field(8192, ge=256, description="path + query string; longer: 414")
+    max_header_bytes: int = Field(16384, ge=1024, description="all request headers together; more: 431")
     reload_poll_seconds: float = Field(1.0, ge=0, description="how often to look for a new index; 0: never")
 
     # --- chat (/v1/chat/completions)
@@ -78,7 +92,8 @@ class Settings(BaseSettings):
     llm_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1")
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
-    llm_timeout_seconds: float = Field(60.0, gt=0)
+    llm_timeout_seconds: float = Field(60.0, gt=0, description="connect and per-read timeout of the upstream model")
+    llm_total_seconds: float = Field(300.0, gt=0, description="a streamed upstream answer is cut after this")
 
     @field_validator("fusion")
     @classmethod
@@ -86,6 +101,20 @@ class Settings(BaseSettings):
         from rag.fusion import Fusion
 
         Fusion.parse(value)  # raises ValueError with the accepted forms
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _usable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """An empty key must not silently turn auth off, and a header carries ASCII only."""
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if not key.strip():
+            raise ValueError("RAG_API_KEY is set but empty: unset it to serve without a key, or give a key")
+        if not key.isascii() or not key.isprintable() or key != key.strip():
+            raise ValueError("RAG_API_KEY must be printable ASCII without surrounding spaces "
+                             "(HTTP headers cannot carry other characters reliably)")
         return value
 
     @model_validator(mode="after")

@@ -17,11 +17,12 @@ from rag.build import build_index
 from rag.settings import Settings
 
 QUESTION = "What was the value of trade between China and Russia in 2024?"
+BASE_URL = "http://127.0.0.1"  # bound to loopback, the service answers only to loopback Host names
 
 
 def client_for(settings: Settings, embedder: FakeEmbedder | None = None) -> TestClient:
     fake = embedder or FakeEmbedder()
-    return TestClient(create_app(settings, embedder_factory=lambda name: fake))
+    return TestClient(create_app(settings, embedder_factory=lambda name: fake), base_url=BASE_URL)
 
 
 @pytest.fixture
@@ -180,7 +181,7 @@ def test_no_index_is_503_and_the_process_stays_up(settings: Settings, fake_embed
     with client_for(settings.model_copy(update={"reload_poll_seconds": 0}), fake_embedder) as c:
         r = c.get("/ready")
         assert r.status_code == 503
-        assert r.json() == {"detail": f"no index at {settings.index_dir}: run `rag build` first"}
+        assert r.json() == {"detail": "no index at …/index: run `rag build` first"}  # no server paths
         assert c.post("/query", json={"question": QUESTION}).status_code == 503
         assert c.get("/documents").status_code == 503
         assert c.get("/health").status_code == 200
@@ -211,7 +212,9 @@ def test_a_broken_new_build_keeps_the_old_one_serving(built: Settings):
         build_index(built, FakeEmbedder(), force=True)
         live = (built.index_dir / "CURRENT").read_text().strip()
         (built.index_dir / "builds" / live / "chunks.jsonl").write_text("damaged")
-        assert c.post("/admin/reload").json() == {"reloaded": False, "build_id": first}
+        r = c.post("/admin/reload")
+        assert r.status_code == 409 and r.json()["detail"].startswith("the new build could not be loaded: ")
+        assert r.json()["detail"].endswith(f"; still serving build {first}") and str(built.index_dir) not in r.text
         ready = c.get("/ready").json()
         assert ready["build_id"] == first and "missing or damaged" in ready["reload_error"]
         assert c.post("/query", json={"question": QUESTION}).status_code == 200

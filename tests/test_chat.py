@@ -24,6 +24,9 @@ from rag.settings import Settings
 QUESTION = "imports of Russian oil rose 49 percent to $76.4 billion"
 
 
+BASE_URL = "http://127.0.0.1"  # a loopback Host: the service bound to loopback refuses others
+
+
 def app_for(settings: Settings) -> Any:
     fake = FakeEmbedder()
     return create_app(settings, embedder_factory=lambda name: fake)
@@ -31,7 +34,7 @@ def app_for(settings: Settings) -> Any:
 
 @pytest.fixture
 def client(built: Settings) -> Iterator[TestClient]:
-    with TestClient(app_for(built)) as c:
+    with TestClient(app_for(built), base_url=BASE_URL) as c:
         yield c
 
 
@@ -202,17 +205,19 @@ def test_unreachable_upstream_is_a_502(built: Settings):
     from conftest import free_port
 
     settings = built.model_copy(update={"llm_base_url": f"http://127.0.0.1:{free_port()}/v1", "llm_model": "m"})
-    with TestClient(app_for(settings)) as c:
+    with TestClient(app_for(settings), base_url=BASE_URL) as c:
         r = c.post("/v1/chat/completions", json={"model": "rag", "messages": [{"role": "user", "content": QUESTION}]})
     assert r.status_code == 502
-    assert r.json()["detail"].startswith("upstream model unreachable at http://127.0.0.1:")
+    body = r.json()
+    assert body["detail"] == "upstream model unreachable (ConnectError)"  # never the configured URL
+    assert body["error"] == {"message": body["detail"], "type": "server_error", "code": 502}
 
 
 # ------------------------------------------------------------------ the chat page
 
 
 def test_page_is_served_without_a_key(built: Settings):
-    with TestClient(app_for(built.model_copy(update={"api_key": SecretStr("k")}))) as c:
+    with TestClient(app_for(built.model_copy(update={"api_key": SecretStr("k")})), base_url=BASE_URL) as c:
         r = c.get("/")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         assert 'id="question"' in r.text

@@ -59,3 +59,25 @@ def test_bad_model_path_is_a_clear_error(tmp_path: Path):
         load_embedder(str(tmp_path / "no-model"))
     with pytest.raises(ModelError, match="cannot load embedding model 'no-such/model-anywhere' offline"):
         load_embedder("no-such/model-anywhere")
+
+
+def test_the_real_tokenizer_rejects_a_lone_surrogate_and_only_that_question_fails(real: Retriever):
+    """The fake model takes any str; the real tokenizer does not. A batch holding one such
+    question still answers the others (the engine re-encodes one by one)."""
+    from api.engine import encode_each
+    from rag.errors import BadQueryError
+
+    with pytest.raises(Exception):  # noqa: B017 - whatever the tokenizer raises, it raises
+        real.embedder.encode(["trade \ud800", "oil"])
+    good, bad, other = encode_each(real.embedder, ["How much oil?", "trade \ud800", "Arctic shipping"])
+    assert isinstance(bad, BadQueryError)
+    assert good.shape == other.shape == (real.embedder.dimension,)
+    with pytest.raises(BadQueryError, match="lone surrogate"):
+        real.query("trade \ud800 in 2024")
+
+
+def test_hostile_text_through_the_real_model(real: Retriever):
+    """Control characters, NUL, bidi overrides, huge words, emoji: answered, not crashed."""
+    for question in ("\x00\x01\x7f trade", "\u202eatropsnart\u202c", "x" * 900, "🇨🇳🇷🇺 trade? 🤝", "\ufeff\u200b"):
+        response = real.query(question, k=2)
+        assert len(response.passages) <= 2
