@@ -23,7 +23,7 @@ from api.errors import error_bytes, retry_after, status_of
 from api.middleware import AccessLog, ApiKey, Deadline, HostGuard, RequestGuard
 from api.routes import router
 from rag import __version__
-from rag.embed import Embedder, load_embedder
+from rag.embed import Embedder
 from rag.errors import RagError
 from rag.settings import Settings
 
@@ -63,10 +63,12 @@ class Metrics:
                                      registry=self.registry)
         self.batch_size = Gauge("rag_last_batch_size", "questions in the latest model batch",
                                 registry=self.registry)
+        self.batch_sizes = Histogram("rag_batch_size", "questions per model call", registry=self.registry,
+                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
 
 def create_app(settings: Settings | None = None,
-               embedder_factory: Callable[[str], Embedder] = load_embedder) -> FastAPI:
+               embedder_factory: Callable[[str], Embedder] | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = Engine(settings, embedder_factory)
     metrics = Metrics()
@@ -82,6 +84,7 @@ def create_app(settings: Settings | None = None,
         description="Ranked passages with exact citations over a folder of articles.",
     )
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
+    engine.on_batch = metrics.batch_sizes.observe
     app.include_router(router)
     app.include_router(chat_router)
 

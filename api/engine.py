@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rag.build import spec_of
-from rag.embed import Embedder, load_embedder
+from rag.embed import Embedder, embedder_from
 from rag.errors import (
     BadQueryError,
     DeadlineError,
@@ -69,9 +69,9 @@ class _Job:
 
 
 class Engine:
-    def __init__(self, settings: Settings, embedder_factory: Callable[[str], Embedder] = load_embedder):
+    def __init__(self, settings: Settings, embedder_factory: Callable[[str], Embedder] | None = None):
         self.settings = settings
-        self._embedder_factory = embedder_factory
+        self._embedder_factory = embedder_factory or (lambda name: embedder_from(settings))
         self.embedder: Embedder | None = None
         self.reranker: Reranker | None = None
         self.retriever: Retriever | None = None
@@ -79,6 +79,7 @@ class Engine:
         self.reload_error: str | None = None
         self.worker_error: str | None = None  # set if the batch loop ever stops
         self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for /metrics
+        self.on_batch: Callable[[int], None] = lambda size: None  # the app counts them in a histogram
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.max_queue)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")
         self._tasks: list[asyncio.Task[None]] = []
@@ -230,6 +231,7 @@ class Engine:
             if not live:
                 continue
             self.batch_sizes.append(len(live))
+            self.on_batch(len(live))
             results: list[QueryResponse | BaseException]
             try:
                 results = list(await loop.run_in_executor(self._worker, self._answer, self.live(), live))

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from rag.build import build_index, spec_of
-from rag.embed import load_embedder
+from rag.embed import embedder_from
 from rag.errors import RagError
 from rag.evaluate import Variant
 from rag.ingest import SourceDocument
@@ -78,7 +78,8 @@ def load_beir(folder: Path) -> tuple[list[SourceDocument], dict[str, str], dict[
 
 def cache_key(folder: Path, settings: Settings) -> str:
     digest = hashlib.sha256((folder / "corpus.jsonl").read_bytes())
-    digest.update(json.dumps([settings.model, settings.chunk_tokens, settings.chunk_overlap_tokens]).encode())
+    digest.update(json.dumps([settings.model, settings.chunk_tokens, settings.chunk_overlap_tokens,
+                              settings.embed_backend]).encode())  # each backend embeds its own
     return digest.hexdigest()[:16]
 
 
@@ -117,7 +118,7 @@ def evaluate_whole_docs(folder: Path, settings: Settings, limit: int | None = No
     texts = [f"{d.metadata['title']} {d.text}".strip() for d in documents]
     ids = [d.doc_id for d in documents]
     cache = settings.cache_dir / "beir" / f"{folder.name}-{cache_key(folder, settings)}-whole.npy"
-    embedder = load_embedder(settings.model)
+    embedder = embedder_from(settings)
     if cache.exists():
         vectors = np.load(cache, allow_pickle=False)
     else:
@@ -145,7 +146,7 @@ def evaluate_beir(folder: Path, settings: Settings, columns: list[Variant], limi
     index_dir = settings.cache_dir / "beir" / f"{folder.name}-{cache_key(folder, settings)}"
     # highlights are not scored here: no sentence vectors, which would double the build
     local = settings.model_copy(update={"index_dir": index_dir, "highlights": False, "max_k": CHUNK_DEPTH})
-    embedder = load_embedder(settings.model)
+    embedder = embedder_from(settings)
     log(f"{folder.name}: {len(documents)} documents, {len(judged)} judged queries; index {index_dir}")
     started = time.perf_counter()
     report = build_index(local, embedder, rules=None, documents=documents, log=log)

@@ -24,7 +24,7 @@ import numpy as np
 from rag import __version__
 from rag.chunk import TIKTOKEN_ENCODING, Chunk, ChunkParams, chunk_document, embed_input, split_sentences
 from rag.clean import CleanDocument, CleanRules, Section, clean
-from rag.embed import Embedder, load_embedder
+from rag.embed import VECTOR_FAMILY, Embedder, embedder_from
 from rag.errors import RagError
 from rag.ingest import SourceDocument, load_corpus
 from rag.lexical import DEFAULT_B, DEFAULT_K1, LexicalIndex
@@ -56,7 +56,8 @@ class BuildReport:
 
 
 def spec_of(settings: Settings) -> IndexSpec:
-    return IndexSpec(settings.model, settings.chunk_tokens, settings.chunk_overlap_tokens)
+    return IndexSpec(settings.model, settings.chunk_tokens, settings.chunk_overlap_tokens,
+                     VECTOR_FAMILY[settings.embed_backend])
 
 
 def as_is(text: str) -> CleanDocument:
@@ -96,8 +97,8 @@ def build_index(
             return _report(previous, skipped=True, embedded=0, reused=0, started=started)
 
         if embedder is None:
-            log(f"loading model {settings.model}")
-            embedder = load_embedder(settings.model)
+            log(f"loading model {settings.model} ({settings.embed_backend})")
+            embedder = embedder_from(settings)
         params = ChunkParams(settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.max_tokens)
         records, chunks, sentences = [], [], []
         for doc in documents:
@@ -134,7 +135,8 @@ def build_index(
         index = Index(
             manifest=new_manifest(
                 model={"name": settings.model, "dimension": embedder.dimension,
-                       "max_tokens": embedder.max_tokens},
+                       "max_tokens": embedder.max_tokens, "backend": settings.embed_backend,
+                       "vectors": VECTOR_FAMILY[settings.embed_backend]},
                 chunker={"chunk_tokens": settings.chunk_tokens,
                          "chunk_overlap_tokens": settings.chunk_overlap_tokens,
                          "encoding": TIKTOKEN_ENCODING,
@@ -197,6 +199,11 @@ def _embed(
         log(f"embedding {len(todo)} {what} ({len(texts) - len(todo)} reused)")
         vectors[todo] = embedder.encode([texts[i] for i in todo], batch_size=batch_size)
     return vectors, len(texts) - len(todo)
+
+
+def embed_texts(texts: list[str], embedder: Embedder, batch_size: int) -> np.ndarray:
+    """What a build does to embed new texts (none reused), for `rag bench`."""
+    return _embed(texts, {}, embedder, batch_size, "passages", lambda message: None)[0]
 
 
 def _hash(text: str) -> str:

@@ -12,14 +12,18 @@ Vectors are float32 and L2-normalised, so inner product is cosine similarity.
 Left out: GPU selection and query/document prompts (`prompt_name`).
 """
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from rag.errors import ModelError
 from rag.settings import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from rag.settings import Settings
 
 # Long builds show a progress bar; a handful of texts (a query) never does.
 PROGRESS_BAR_MIN_TEXTS = 256
@@ -57,9 +61,41 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
-def load_embedder(name: str) -> Embedder:
-    from rag.encoders.sbert import SentenceTransformerEmbedder
+# vectors of one family are interchangeable (cosine >= 0.9999, `rag bench --backends`);
+# an index built with one family refuses queries encoded by another
+VECTOR_FAMILY = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
 
-    return SentenceTransformerEmbedder(name, resolve_model_path(name))
+
+def load_embedder(name: str, backend: str = "torch", cache_dir: Path | None = None, threads: int = 0) -> Embedder:
+    """The encoder of `name` on `backend`; `threads` 0: as many as there are cores."""
+    path = resolve_model_path(name)
+    if backend == "torch":
+        from rag.encoders.sbert import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder(name, path)
+    if backend not in VECTOR_FAMILY:
+        raise ModelError(f"unknown embedding backend '{backend}': choose {', '.join(VECTOR_FAMILY)}")
+    from rag.encoders.onnx import OnnxEmbedder
+    from rag.encoders.onnx_export import exported_model
+
+    folder = local_folder(name, path)
+    onnx_file = exported_model(folder, name, backend, cache_dir or Path.home() / ".cache" / "rag")
+    return OnnxEmbedder(name, folder, onnx_file, threads=threads or os.cpu_count() or 1)
 
 
+def embedder_from(settings: "Settings") -> Embedder:
+    return load_embedder(settings.model, settings.embed_backend, settings.cache_dir, settings.embed_threads)
+
+
+def local_folder(name: str, path: str) -> Path:
+    """The folder holding the model's files: `path` itself, or its snapshot in the local
+    Hugging Face cache (never downloaded)."""
+    if Path(path).is_dir():
+        return Path(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, local_files_only=True))
+    except Exception as exc:  # not cached, bad name: all mean "not here"
+        raise ModelError(f"model '{name}' is neither a folder nor in the local Hugging Face cache "
+                         f"({type(exc).__name__})") from exc

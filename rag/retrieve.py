@@ -80,6 +80,24 @@ class Hit:
     components: dict[str, float] = field(default_factory=dict)  # dense, lexical, fused, rerank
 
 
+class Laps:
+    """Milliseconds per named step: each `lap(name)` adds the time since the previous lap."""
+
+    def __init__(self) -> None:
+        self.ms: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.ms[name] = self.ms.get(name, 0.0) + (now - self._last) * 1000
+        self._last = now
+
+
+def _lap(laps: Laps | None, name: str) -> None:
+    if laps is not None:
+        laps.lap(name)
+
+
 class Retriever:
     def __init__(self, index: Index, embedder: Embedder, max_k: int = 50, default_mode: Mode = "hybrid",
                  fusion: Fusion = DEFAULT_FUSION, abstention: Abstention = Abstention(),
@@ -103,16 +121,20 @@ class Retriever:
     # ------------------------------------------------------------------ answers
 
     def query(self, question: str, k: int = 5, filters: Filters = Filters(), mode: Mode | None = None,
-              max_per_doc: int | None = None, query_vector: np.ndarray | None = None) -> QueryResponse:
+              max_per_doc: int | None = None, query_vector: np.ndarray | None = None,
+              laps: Laps | None = None) -> QueryResponse:
+        """`laps`, when given, collects the milliseconds of each step (`rag bench`)."""
         started = time.perf_counter()
         mode = mode or self.default_mode
         self.validate(question, k, filters, mode, max_per_doc)
         if query_vector is None:  # every mode needs it: confidence and highlights use it
             query_vector = self.embedder.encode([question])[0]
-        ranked = self._ranked(question, k, filters, mode, query_vector, None, True)
+            _lap(laps, "encode")
+        ranked = self._ranked(question, k, filters, mode, query_vector, None, True, laps)
         hits = self._select(ranked, k, True, max_per_doc)
         terms = set(tokenize(question))
         passages = [self.passage(rank, hit, query_vector, terms) for rank, hit in enumerate(hits, start=1)]
+        _lap(laps, "passages and highlights")
         # dense and hybrid rankings hold the best dense score already; lexical needs the product
         best = max((h.components["dense"] for h in ranked if "dense" in h.components), default=None)
         confidence = self.abstention.confidence(best if best is not None else self.best_cosine(query_vector, filters))
@@ -130,7 +152,7 @@ class Retriever:
                             k, collapse, max_per_doc)
 
     def _ranked(self, question: str, k: int, filters: Filters, mode: Mode, query_vector: np.ndarray | None,
-                fusion: Fusion | None, collapse: bool) -> list[Hit]:
+                fusion: Fusion | None, collapse: bool, laps: Laps | None = None) -> list[Hit]:
         """Candidates best first, before near-duplicates and max_per_doc are applied."""
         allowed = self._allowed(filters)
         depth = min(len(self.index.chunks), max(4 * k, 40)) if collapse or self.reranker else k
@@ -143,7 +165,7 @@ class Retriever:
             hits = self._dense(query_vector, depth, allowed)
         else:
             assert query_vector is not None
-            hits = self._hybrid(question, query_vector, allowed, fusion or self.fusion)
+            hits = self._hybrid(question, query_vector, allowed, fusion or self.fusion, laps)
         return self._rerank(question, hits) if self.reranker is not None else hits
 
     def validate(self, question: str, k: int, filters: Filters, mode: str, max_per_doc: int | None = None) -> None:
@@ -202,9 +224,15 @@ class Retriever:
         top = np.argsort(-scores, kind="stable")[:depth]
         return [Hit(int(i), float(scores[i]), {"lexical": float(scores[i])}) for i in top if scores[i] > 0]
 
-    def _hybrid(self, question: str, vector: np.ndarray, allowed: np.ndarray | None, fusion: Fusion) -> list[Hit]:
-        dense, lexical = self._dense_all(vector, allowed), self._lexical_all(question, allowed)
+    def _hybrid(self, question: str, vector: np.ndarray, allowed: np.ndarray | None, fusion: Fusion,
+                laps: Laps | None = None) -> list[Hit]:
+        _lap(laps, "other")
+        dense = self._dense_all(vector, allowed)
+        _lap(laps, "dense search")
+        lexical = self._lexical_all(question, allowed)
+        _lap(laps, "lexical search")
         rows, fused = fuse(dense, lexical, fusion)
+        _lap(laps, "fusion")
         return [Hit(int(r), float(f), {"dense": float(dense[r]), "lexical": float(lexical[r]), "fused": float(f)})
                 for r, f in zip(rows, fused)]
 

@@ -5,7 +5,7 @@ Left out: caching across calls (the HTTP service holds its own long-lived Retrie
 """
 
 from rag.build import spec_of
-from rag.embed import Embedder, load_embedder
+from rag.embed import Embedder, embedder_from
 from rag.fusion import Fusion
 from rag.rerank import load_reranker
 from rag.retrieve import Abstention, Reranker, Retriever
@@ -16,7 +16,7 @@ from rag.store import Index, load_index
 def open_retriever(settings: Settings) -> Retriever:
     """Load the index first (fast, and fails fast with a clear message), then the model."""
     index = load_index(settings.index_dir, spec_of(settings))
-    return retriever_for(settings, index, load_embedder(settings.model))
+    return retriever_for(settings, index, embedder_from(settings))
 
 
 def retriever_for(settings: Settings, index: Index, embedder: Embedder,

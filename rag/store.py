@@ -76,11 +76,15 @@ class IndexSpec:
     model: str
     chunk_tokens: int
     chunk_overlap_tokens: int
+    vectors: str = "fp32"  # the embedding backend's vector family (rag.embed.VECTOR_FAMILY)
 
     def differences(self, manifest: dict[str, Any]) -> list[str]:
-        built = {"model": manifest["model"]["name"], **manifest["chunker"]}
+        built = {"model": manifest["model"]["name"], "vectors": manifest["model"].get("vectors", "fp32"),
+                 **manifest["chunker"]}
         return [
             f"{key}: index has {built.get(key)!r}, settings ask for {value!r}"
+            + (f" (the index was embedded with backend {manifest['model'].get('backend', 'torch')!r}, whose "
+               "vectors differ beyond tolerance from RAG_EMBED_BACKEND's)" if key == "vectors" else "")
             for key, value in asdict(self).items() if built.get(key) != value
         ]
 

@@ -25,7 +25,7 @@ def write_beir(folder: Path, docs: dict[str, tuple[str, str]], queries: dict[str
 
 
 def test_tiny_collection_exact_scores(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(beir, "load_embedder", lambda name: FakeEmbedder())
+    monkeypatch.setattr(beir, "embedder_from", lambda settings: FakeEmbedder())
     folder = write_beir(tmp_path / "tiny", {
         "d1": ("Penguins", "Penguins live on Antarctic ice."),
         "d2": ("Camels", "Camels cross hot deserts."),
@@ -42,7 +42,7 @@ def test_tiny_collection_exact_scores(tmp_path: Path, monkeypatch):
 
 
 def test_whole_documents_mode(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(beir, "load_embedder", lambda name: FakeEmbedder())
+    monkeypatch.setattr(beir, "embedder_from", lambda settings: FakeEmbedder())
     folder = write_beir(tmp_path / "tiny", {"d1": ("Penguins", "Penguins live on ice."),
                                             "d2": ("Camels", "Camels cross deserts.")},
                         {"q1": "penguins ice", "q2": "camels deserts"}, [("q1", "d1"), ("q2", "d2")])

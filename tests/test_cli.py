@@ -20,8 +20,8 @@ def env(settings: Settings, monkeypatch):  # type: ignore[no-untyped-def]
     monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
     monkeypatch.setenv("RAG_MODEL", "fake")
     fake = FakeEmbedder()
-    monkeypatch.setattr(build_module, "load_embedder", lambda name: fake)
-    monkeypatch.setattr(service, "load_embedder", lambda name: fake)
+    monkeypatch.setattr(build_module, "embedder_from", lambda settings: fake)
+    monkeypatch.setattr(service, "embedder_from", lambda settings: fake)
     return settings
 
 

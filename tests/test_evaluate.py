@@ -89,7 +89,7 @@ def test_duplicate_ids_are_refused(retriever: Retriever, tmp_path: Path):
 def test_cli_writes_reports_and_gates(built: Settings, tmp_path: Path, monkeypatch):
     monkeypatch.setenv("RAG_INDEX_DIR", str(built.index_dir))
     monkeypatch.setenv("RAG_MODEL", "fake")
-    monkeypatch.setattr(service, "load_embedder", lambda name: FakeEmbedder())
+    monkeypatch.setattr(service, "embedder_from", lambda settings: FakeEmbedder())
     out = tmp_path / "reports"
     runner = CliRunner()
     ok = runner.invoke(app, ["eval", "--out-dir", str(out), "--mode", "lexical", "--gate-mode", "lexical",

@@ -1,0 +1,87 @@
+"""Where the time goes, for `rag bench`: the steps of one /query in this process, and
+chunk-embedding rates of the build against the raw model on the same passages.
+
+- `query_steps`: p50 milliseconds of encode, dense search, lexical search, fusion,
+  passages and highlights, and serialisation, from `Retriever.query(laps=...)`; the
+  service's HTTP round trip minus their sum is what HTTP, batching and the event loop cost.
+- `embed_rates`: passages/s of the raw model at its best batch size (the model call
+  alone, on batches already tokenised and sorted by length for the ONNX backend; the
+  sentence-transformers `encode` at that batch size for torch), against the build's own
+  path (`rag.build.embed_texts`: everything a build does to embed, tokenisation included).
+
+Left out: profiling inside the model call (ONNX Runtime's own profiler does that).
+"""
+
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rag.embed import Embedder
+from rag.retrieve import Laps, Retriever
+
+STEP_ORDER = ["encode", "dense search", "lexical search", "fusion", "passages and highlights", "serialisation"]
+BATCH_SIZES = (16, 32, 64)
+
+
+def query_steps(retriever: Retriever, questions: Sequence[str], repeats: int) -> dict[str, float]:
+    samples: dict[str, list[float]] = {}
+    for i in range(repeats):
+        laps = Laps()
+        response = retriever.query(questions[i % len(questions)], k=5, laps=laps)
+        response.model_dump_json()
+        laps.lap("serialisation")
+        for name, ms in laps.ms.items():
+            samples.setdefault(name, []).append(ms)
+    return {name: round(statistics.median(samples[name]), 3) for name in STEP_ORDER if name in samples}
+
+
+def sample_passages(limit: int, scifact: Path | None, fallback: Sequence[str],
+                    embedder: Embedder) -> tuple[list[str], str]:
+    """Up to `limit` real chunk texts (title, section, text as embedded) of SciFact when its
+    folder is there, else of the seed index."""
+    if scifact is None or not (scifact / "corpus.jsonl").is_file():
+        return list(fallback)[:limit], "seed corpus chunks"
+    from rag.beir import load_beir
+    from rag.build import as_is
+    from rag.chunk import ChunkParams, chunk_document
+
+    documents, _, _ = load_beir(scifact)
+    params = ChunkParams(180, 40, embedder.max_tokens)
+    texts: list[str] = []
+    for doc in documents:
+        chunks = chunk_document(doc.doc_id, str(doc.metadata["title"]), as_is(doc.text), params,
+                                embedder.count_tokens)
+        texts += [c.embed_input for c in chunks]
+        if len(texts) >= limit:
+            break
+    return texts[:limit], "SciFact chunks"
+
+
+def embed_rates(embedder: Embedder, texts: list[str], batch_size: int) -> dict[str, Any]:
+    """Passages/s: the raw model's best over BATCH_SIZES, and the build's path."""
+    from rag.build import embed_texts
+
+    raw = {b: len(texts) / _raw_model_call(embedder, texts, b) for b in BATCH_SIZES}
+    best = max(raw, key=lambda b: raw[b])
+    started = time.perf_counter()
+    embed_texts(texts, embedder, batch_size)
+    build = len(texts) / (time.perf_counter() - started)
+    return {"passages": len(texts), "raw_per_s": {str(b): round(r, 1) for b, r in raw.items()},
+            "raw_best_per_s": round(raw[best], 1), "raw_best_batch": best, "build_per_s": round(build, 1),
+            "build_over_raw_best": round(build / raw[best], 3)}
+
+
+def _raw_model_call(embedder: Any, texts: list[str], batch_size: int) -> float:
+    """The model alone; returns the seconds spent in it."""
+    if hasattr(embedder, "_session"):  # ONNX: tokenise and sort outside the clock
+        encodings = embedder._tokenizer.encode_batch(texts)
+        encodings.sort(key=lambda e: len(e.ids))
+        started = time.perf_counter()
+        for i in range(0, len(encodings), batch_size):
+            embedder._run(encodings[i:i + batch_size])
+        return time.perf_counter() - started
+    started = time.perf_counter()
+    embedder._model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    return time.perf_counter() - started
