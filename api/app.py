@@ -121,7 +121,8 @@ def create_app(settings: Settings | None = None,
     # a non-streamed answer from an upstream model may take as long as a whole stream
     app.add_middleware(Deadline, seconds=settings.request_timeout_seconds,
                        slow_paths={"/v1/chat/completions": max(settings.request_timeout_seconds,
-                                                               settings.llm_total_seconds)})
+                                                               settings.llm_total_seconds),
+                                   "/admin/reload": max(settings.request_timeout_seconds, 600.0)})
     app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes, body_seconds=settings.body_timeout_seconds,
                        max_url_bytes=settings.max_url_bytes, max_header_bytes=settings.max_header_bytes)
     app.add_middleware(HostGuard, allowed=allowed_hosts(settings))

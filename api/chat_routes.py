@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
@@ -46,6 +47,8 @@ PAGE = Path(__file__).parent / "static" / "index.html"
 UPSTREAM_CUT = " […the language model stopped before finishing its answer]"
 UPSTREAM_SLOW = " […the language model took longer than {seconds:g} s; the answer is cut here]"
 UPSTREAM_ERROR_BYTES = 2048  # of an upstream error body: enough for its message, never a flood
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+UPSTREAM_ANSWER_BYTES = 8 << 20  # of a non-streamed answer (8 MiB): far past any real completion
 log = logging.getLogger("rag.chat")
 
 
@@ -117,15 +120,12 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     citations = chat_citations(block, response.passages, link)
     payload = {"model": settings.llm_model, "messages": llm_messages(question, block), "stream": body.stream}
     client = httpx.AsyncClient(timeout=settings.llm_timeout_seconds)
-    upstream = await _send_upstream(client, settings, payload, body.stream)
     if not body.stream:
-        try:
-            text = upstream.json()["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise UpstreamError("upstream model sent an answer that is not a chat completion") from exc
-        finally:
-            await client.aclose()
+        async with client:  # closed however this ends: answered, failed, or cancelled
+            upstream = await _send_upstream(client, settings, payload)
+            text = _completion_text(await _read_capped(upstream, UPSTREAM_ANSWER_BYTES))
         return frame.completion(text + sources_markdown(citations), citations)
+    upstream = await _send_upstream(client, settings, payload)
 
     async def close_upstream() -> None:  # also when the client goes away mid-stream
         await upstream.aclose()
@@ -135,15 +135,15 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     return sse(frame.stream_text([deltas, _once(sources_markdown(citations))], citations), close_upstream)
 
 
-async def _send_upstream(client: httpx.AsyncClient, settings: Settings, payload: dict[str, Any],
-                         stream: bool) -> httpx.Response:
-    """The upstream response, status 200; else UpstreamError. Messages never name the
-    configured URL or key (the server log has the URL)."""
+async def _send_upstream(client: httpx.AsyncClient, settings: Settings, payload: dict[str, Any]) -> httpx.Response:
+    """The upstream response (streamed: its body is read by the caller, capped), status
+    200; else UpstreamError. Messages never name the configured URL or key (the server
+    log has the URL)."""
     assert settings.llm_base_url is not None
     url = settings.llm_base_url.rstrip("/") + "/chat/completions"
     try:
         upstream = await client.send(client.build_request("POST", url, json=payload, headers=_auth(settings)),
-                                     stream=stream)
+                                     stream=True)
     except httpx.HTTPError as exc:
         await client.aclose()
         log.warning("upstream model at %s unreachable: %r", url, exc)
@@ -151,18 +151,44 @@ async def _send_upstream(client: httpx.AsyncClient, settings: Settings, payload:
     if upstream.status_code == 200:
         return upstream
     try:
-        detail = bytearray()
-        async for part in upstream.aiter_bytes():
-            detail += part
-            if len(detail) >= UPSTREAM_ERROR_BYTES:
-                break
-        message = _redact(bytes(detail[:300]).decode("utf-8", "replace"), settings)
-    except httpx.HTTPError:
+        detail = await _read_capped(upstream, UPSTREAM_ERROR_BYTES)
+        message = _redact(detail[:300].decode("utf-8", "replace"), settings)
+    except UpstreamError:
         message = "(no readable body)"
     finally:
-        await upstream.aclose()
         await client.aclose()
     raise UpstreamError(f"upstream model answered {upstream.status_code}: {message}")
+
+
+async def _read_capped(upstream: httpx.Response, limit: int) -> bytes:
+    """At most `limit` bytes of the body; the response is closed after."""
+    body = bytearray()
+    try:
+        async for part in upstream.aiter_bytes():
+            body += part
+            if len(body) >= limit:
+                break
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"upstream model failed while answering ({type(exc).__name__})") from exc
+    finally:
+        await upstream.aclose()
+    return bytes(body[:limit])
+
+
+def _completion_text(body: bytes) -> str:
+    try:
+        text = json.loads(body)["choices"][0]["message"]["content"] or ""
+        if not isinstance(text, str):
+            raise TypeError(f"content is {type(text).__name__}")
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise UpstreamError("upstream model sent an answer that is not a chat completion") from exc
+    return valid_text(text)
+
+
+def valid_text(text: str) -> str:
+    """Upstream text as valid Unicode: a lone surrogate (an emoji split across frames by
+    some servers) becomes U+FFFD instead of failing the response."""
+    return LONE_SURROGATE.sub("\ufffd", text)  # a str holds pairs as one code point: any left is lone
 
 
 def _redact(text: str, settings: Settings) -> str:
@@ -212,10 +238,10 @@ async def _upstream_deltas(upstream: httpx.Response, total_seconds: float) -> As
         try:
             choices = json.loads(line[5:]).get("choices") or [{}]
             content = (choices[0].get("delta") or {}).get("content")
-        except (ValueError, AttributeError, IndexError):
-            continue
+        except (ValueError, AttributeError, IndexError, KeyError, TypeError):
+            continue  # not a chunk we understand: skip it, as OpenAI clients do
         if isinstance(content, str) and content:
-            yield content
+            yield valid_text(content)
 
 
 def sse(events: AsyncIterator[dict[str, Any]],
@@ -228,9 +254,12 @@ def sse(events: AsyncIterator[dict[str, Any]],
                 yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
-            if on_close is not None:
-                await on_close()
+            # Starlette cancels this task's scope when the client leaves: shield the
+            # cleanup, or its first await is cancelled too and the upstream stays open
+            with anyio.CancelScope(shield=True):
+                await events.aclose()  # type: ignore[attr-defined]
+                if on_close is not None:
+                    await on_close()
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 

@@ -142,6 +142,10 @@ class Engine:
         """Load the live build if it differs from the one served. True if swapped.
         With `explicit`, a build that fails to load raises ReloadError; otherwise the
         failure is recorded for /ready."""
+        if self.embedder is None:  # the model failed to load: nothing to serve an index with
+            if explicit:
+                raise NotReadyError(self.not_ready or "the model is not loaded")
+            return False
         async with self._reload_lock:
             pointer = self._pointer()
             if pointer is not None and pointer == self.served_build:
@@ -268,9 +272,14 @@ class Engine:
         return out
 
 
+INPUT_ERRORS = (TypeError, ValueError, UnicodeError)  # what tokenizers raise for text they cannot take
+
+
 def encode_each(embedder: Embedder, questions: list[str]) -> list[np.ndarray | Exception]:
     """One model call for all; if it raises, one call per question, so that a question the
-    model rejects fails alone and the others are answered."""
+    model rejects fails alone and the others are answered. A rejection of the text itself
+    (TypeError, ValueError, UnicodeError) is the question's fault: 422. Anything else (the
+    runtime out of memory, a broken model) is the server's, and stays a 500."""
     try:
         return list(embedder.encode(questions))
     except Exception as exc:
@@ -286,5 +295,8 @@ def encode_each(embedder: Embedder, questions: list[str]) -> list[np.ndarray | E
 
 
 def _rejected(exc: Exception) -> Exception:
+    if not isinstance(exc, INPUT_ERRORS):
+        log.error("the model failed on a question: %r", exc)
+        return exc
     log.warning("the model rejected a question: %r", exc)
     return BadQueryError(f"the embedding model cannot encode this question ({type(exc).__name__})")

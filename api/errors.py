@@ -21,11 +21,13 @@ from rag.errors import (
     IndexCorruptError,
     IndexMismatchError,
     IndexMissingError,
+    ModelError,
     NotFoundError,
     NotReadyError,
     OverloadedError,
     RagError,
     ReloadError,
+    StorageError,
     UpstreamError,
 )
 
@@ -40,6 +42,8 @@ STATUS_OF: list[tuple[type[RagError], int]] = [
     (IndexCorruptError, 503),
     (IndexMismatchError, 503),
     (IndexBusyError, 503),
+    (StorageError, 503),
+    (ModelError, 503),
     (UpstreamError, 502),
 ]
 RETRY_AFTER_SECONDS = {OverloadedError: 1, DeadlineError: 1, IndexBusyError: 1}

@@ -25,6 +25,7 @@ from api.errors import error_bytes
 access_log = logging.getLogger("rag.access")
 # a JSON \u escape of a UTF-16 surrogate: only then is the body parsed to look for lone ones
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+MAX_JSON_NESTING = 64  # no request of ours nests deeper than 4; json.loads recurses at ~1000
 
 
 async def send_error(scope: Scope, send: Send, status: int, message: str,
@@ -43,13 +44,16 @@ class HostGuard:
 
     def __init__(self, app: ASGIApp, allowed: list[str]):
         self.app = app
-        self.allowed = {h.lower() for h in allowed}
+        self.allowed = {h.lower().strip("[]") for h in allowed}  # "[::1]" and "::1" alike
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.allowed or "*" in self.allowed:
             return await self.app(scope, receive, send)
-        host = dict(scope["headers"]).get(b"host", b"").decode("latin-1").lower()
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        hosts = [v for k, v in scope["headers"] if k == b"host"]
+        if len(hosts) > 1:  # which one would a proxy, Starlette or a link builder believe?
+            return await send_error(scope, send, 400, "more than one Host header")
+        host = hosts[0].decode("latin-1").lower() if hosts else ""
+        name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
         if name not in self.allowed and host not in self.allowed:
             return await send_error(scope, send, 400, f"Host header '{host}' is not allowed "
                                     "(set RAG_ALLOWED_HOSTS to serve other names)")
@@ -93,6 +97,8 @@ class RequestGuard:
             body.decode("utf-8")
         except UnicodeDecodeError as exc:
             return await send_error(scope, send, 400, f"request body is not valid UTF-8 (byte {exc.start})")
+        if body.count(b"[") + body.count(b"{") > MAX_JSON_NESTING and _too_deep(body):
+            return await send_error(scope, send, 400, f"request body is nested deeper than {MAX_JSON_NESTING} levels")
         if SURROGATE_ESCAPE.search(body) and _holds_lone_surrogate(body):
             return await send_error(scope, send, 422, "request body holds a lone UTF-16 surrogate (\\ud800-\\udfff "
                                     "without its pair): send valid Unicode text")
@@ -120,6 +126,28 @@ class RequestGuard:
             if size > self.max_bytes:
                 return None
         return b"".join(chunks)
+
+
+def _too_deep(body: bytes) -> bool:
+    """Bracket depth outside strings, without parsing (a parser would recurse)."""
+    depth, in_string, escaped = 0, False, False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > MAX_JSON_NESTING:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
 
 
 def _holds_lone_surrogate(body: bytes) -> bool:

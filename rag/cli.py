@@ -139,7 +139,7 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="JSON results file [eval/reports/bench.json, "
                                                  "or soak.json with --soak]")] = None,
     soak: Annotated[float | None, typer.Option(help="instead: SECONDS of mixed load with index swaps; reports "
-                                               "failures, p99 and RSS growth", min=10)] = None,
+                                               "failures, p99 and RSS growth", min=40)] = None,
     index: IndexOpt = None,
 ) -> None:
     """Benchmark the real server: latency vs raw model time, throughput at 1/8/32 clients, memory."""

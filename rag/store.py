@@ -31,7 +31,6 @@ a reader lock (a reader that loses the race against two newer builds gets IndexB
 """
 
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -57,6 +56,7 @@ from rag.errors import (
     RagError,
     StorageError,
 )
+from rag.files import fsync_path, sha256_file
 from rag.lexical import LexicalIndex
 
 # Exhaustive search over a few thousand vectors needs no threads, and FAISS's idle
@@ -220,11 +220,11 @@ def write_index(index_dir: Path, index: Index) -> Path:
         _remove_orphans(index_dir)  # left by a crashed build; we hold the lock
         if not builds.is_dir():
             builds.mkdir(parents=True)
-            _fsync_dir(index_dir)
+            fsync_path(index_dir)
         tmp.mkdir()
         _write_files(tmp, index)
         os.rename(tmp, final)
-        _fsync_dir(builds)
+        fsync_path(builds)
         _replace_text(index_dir / "CURRENT", build_id + "\n")
     except BaseException as exc:  # KeyboardInterrupt too: leave no half-written build behind
         shutil.rmtree(tmp, ignore_errors=True)
@@ -254,11 +254,11 @@ def _write_files(folder: Path, index: Index) -> None:
         np.save(folder / "sentence_vectors.npy", index.sentence_vectors, allow_pickle=False)
     index.lexical.save(folder / "bm25")
     files = sorted(p for p in folder.rglob("*") if p.is_file())
-    manifest = {**index.manifest, "files": {str(p.relative_to(folder)): _sha256(p) for p in files}}
+    manifest = {**index.manifest, "files": {str(p.relative_to(folder)): sha256_file(p) for p in files}}
     for path in files:
-        _fsync_file(path)
+        fsync_path(path)
     for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):  # bm25/: its entries
-        _fsync_dir(sub)
+        fsync_path(sub)
     _replace_text(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))  # fsyncs folder
     index.manifest = manifest
 
@@ -282,7 +282,7 @@ def _replace_text(path: Path, text: str) -> None:
         with suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_path(path.parent)
 
 
 def _kept_builds(index_dir: Path, previous: str | None, build_id: str) -> list[str]:
@@ -303,26 +303,6 @@ def _prune(builds: Path, kept: list[str]) -> None:
     for folder in builds.iterdir():
         if folder.is_dir() and not folder.name.startswith(".") and folder.name not in kept:
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _storage_error(doing: str, where: Path, exc: OSError) -> StorageError:
@@ -417,7 +397,7 @@ def _load_build(folder: Path, spec: IndexSpec | None) -> Index:
             )
         for name, expected in manifest.get("files", {}).items():
             path = folder / name
-            if not path.is_file() or _sha256(path) != expected:
+            if not path.is_file() or sha256_file(path) != expected:
                 raise IndexCorruptError(f"index file {path} is missing or damaged: run `rag build --force`")
         documents = [DocumentRecord(**row) for row in _read_jsonl(folder / "documents.jsonl")]
         chunks = [ChunkRecord(**row) for row in _read_jsonl(folder / "chunks.jsonl")]

@@ -134,7 +134,7 @@ def test_sentence_vectors_must_match_their_sentences(built: Settings):
     vectors = np.load(folder / "sentence_vectors.npy")
     np.save(folder / "sentence_vectors.npy", vectors[:-1], allow_pickle=False)
     manifest = json.loads((folder / "manifest.json").read_text())  # a consistent checksum: not caught there
-    manifest["files"]["sentence_vectors.npy"] = store._sha256(folder / "sentence_vectors.npy")
+    manifest["files"]["sentence_vectors.npy"] = store.sha256_file(folder / "sentence_vectors.npy")
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexCorruptError, match=f"holds {len(vectors) - 1} sentence vectors for {len(vectors)} sentences"):
         load_index(built.index_dir)

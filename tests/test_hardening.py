@@ -6,6 +6,7 @@ messages without server paths. Fake model; TestClient unless a real socket matte
 import asyncio
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -259,22 +260,34 @@ def test_a_trickling_upstream_stream_is_cut_at_the_total_deadline(built: Setting
     assert "tick " in text and "took longer than 0.5 s; the answer is cut here" in text and "**Sources**" in text
 
 
-def test_a_closed_stream_closes_the_upstream():
+def test_a_stream_cancelled_as_starlette_does_still_closes_the_upstream():
+    """Starlette cancels the response's task group when the client leaves; anyio then
+    cancels every await in that scope, cleanup included, unless the cleanup is shielded."""
+    import anyio
+
     closed: list[str] = []
 
     async def events() -> Any:
-        for i in range(100):
+        for i in range(1000):
+            await anyio.sleep(0.01)
             yield {"i": i}
 
     async def on_close() -> None:
+        await anyio.sleep(0)  # closing an httpx response awaits too
         closed.append("upstream")
 
-    async def read_two_then_leave() -> None:
+    async def client_leaves() -> None:
         body = sse(events(), on_close).body_iterator
-        assert (await anext(body)).startswith("data: ")  # type: ignore[call-overload]
-        await body.aclose()  # type: ignore[attr-defined]  # what Starlette does when the client goes
+        async with anyio.create_task_group() as group:
+            async def consume() -> None:
+                async for _ in body:
+                    pass
 
-    asyncio.run(read_two_then_leave())
+            group.start_soon(consume)
+            await anyio.sleep(0.05)
+            group.cancel_scope.cancel()
+
+    anyio.run(client_leaves)
     assert closed == ["upstream"]
 
 
@@ -439,3 +452,110 @@ def test_v1_error_types_follow_the_status(built: Settings):
         auth = {"Authorization": "Bearer k"}
         r = c.post("/v1/chat/completions", json={"messages": []}, headers=auth)
         assert r.status_code == 422 and r.json()["error"]["type"] == "invalid_request_error"
+
+
+# ------------------------------------------------------------------ found in review
+
+
+def test_deeply_nested_json_is_a_400_not_a_recursion_error(client: TestClient):
+    body = b"[" * 5000 + b'"\\ud800"' + b"]" * 5000
+    r = client.post("/query", content=body, headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()) == (400, {"detail": "request body is nested deeper than 64 levels"})
+
+
+def test_two_host_headers_are_refused_and_ipv6_loopback_is_allowed(built: Settings):
+    with client_for(built) as c:
+        assert c.get("/health", headers={"host": "[::1]:8000"}).status_code == 200
+        r = c.get("/health", headers=[("host", "127.0.0.1"), ("host", "evil.example")])  # type: ignore[arg-type]
+        assert (r.status_code, r.json()["detail"]) == (400, "more than one Host header")
+
+
+def test_a_model_failure_that_is_not_the_questions_fault_is_not_a_422():
+    from api.engine import encode_each
+
+    class Broken(FakeEmbedder):
+        def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+            raise RuntimeError("onnxruntime: out of memory")
+
+    results = encode_each(Broken(), ["a", "b"])
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_admin_reload_keeps_the_real_reason_when_the_model_did_not_load(built: Settings):
+    def failing(name: str) -> Any:
+        raise RuntimeError("no model here")
+
+    with TestClient(create_app(built, embedder_factory=failing), base_url=BASE_URL) as c:
+        r = c.post("/admin/reload")
+        assert (r.status_code, r.json()) == (503, {"detail": "model not loaded: no model here"})
+
+
+def upstream_sending(chunks: list[str]) -> FastAPI:
+    """An upstream that streams these raw SSE data lines, or answers them joined when not streaming."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        if not (await request.json()).get("stream"):
+            return Response(chunks[0], media_type="application/json")
+
+        async def lines() -> Any:
+            for chunk in chunks:
+                yield f"data: {chunk}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(lines(), media_type="text/event-stream")
+
+    return app
+
+
+def test_bad_upstream_chunks_are_skipped_and_lone_surrogates_replaced(built: Settings):
+    chunks = ['{"choices": 5}', '{"choices": {}}', '{"choices": [{"delta": {"content": "half \\ud83d"}}]}',
+              '{"choices": [{"delta": {"content": " end"}}]}']
+    with running_server(upstream_sending(chunks)) as up:
+        settings = built.model_copy(update={"llm_base_url": f"{up}/v1", "llm_model": "m", "abstain_offset": 50.0})
+        with client_for(settings) as c, c.stream("POST", "/v1/chat/completions", json={
+                "stream": True, "messages": [{"role": "user", "content": QUESTION}]}) as r:
+            lines = [line for line in r.iter_lines() if line]
+    assert r.status_code == 200 and lines[-1] == "data: [DONE]"
+    text = "".join(json.loads(x[6:])["choices"][0]["delta"].get("content") or "" for x in lines[:-1])
+    assert text.startswith("half \ufffd end")
+
+
+def test_a_non_streamed_upstream_answer_with_a_lone_surrogate_is_repaired(built: Settings):
+    answer = '{"choices": [{"message": {"content": "x \\udc80 y"}}]}'
+    with running_server(upstream_sending([answer])) as up:
+        settings = built.model_copy(update={"llm_base_url": f"{up}/v1", "llm_model": "m", "abstain_offset": 50.0})
+        with client_for(settings) as c:
+            r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": QUESTION}]})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].startswith("x \ufffd y")
+
+
+def test_a_client_leaving_mid_stream_closes_the_upstream_connection(built: Settings):
+    """End to end over real sockets (the mechanism is tested above)."""
+    import httpx
+
+    gone = threading.Event()
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        async def forever() -> Any:
+            try:
+                while True:
+                    yield 'data: {"choices": [{"delta": {"content": "tick "}}]}\n\n'
+                    await asyncio.sleep(0.05)
+            finally:
+                gone.set()  # Starlette stops this generator when our service hangs up
+
+        return StreamingResponse(forever(), media_type="text/event-stream")
+
+    with running_server(app) as up:
+        settings = built.model_copy(update={"llm_base_url": f"{up}/v1", "llm_model": "m", "abstain_offset": 50.0})
+        with running_server(create_app(settings, embedder_factory=lambda name: FakeEmbedder())) as live:
+            with httpx.stream("POST", f"{live}/v1/chat/completions", timeout=10, json={
+                    "stream": True, "messages": [{"role": "user", "content": QUESTION}]}) as r:
+                for n, _ in enumerate(r.iter_lines()):
+                    if n > 10:
+                        break  # the client leaves
+            assert gone.wait(5), "the upstream stream was not closed after the client left"

@@ -1,15 +1,15 @@
 """Export a sentence-transformers model to ONNX once, into a verified local cache.
 
-    <cache_dir>/onnx/<model>-<key>/
-        model.onnx          the transformer, fp32 (torch.onnx.export, opset 17)
-        model-int8.onnx     the same, weights dynamically quantised to int8 (onnx-int8 only)
-        export.json         written last: what was exported, from what, and each file's sha256
+    <cache_dir>/onnx/<model>-<key>-onnx/model.onnx            fp32 (torch.onnx.export, opset 17)
+    <cache_dir>/onnx/<model>-<key>-onnx-int8/model-int8.onnx  weights dynamically quantised to int8
+    each folder's export.json, written last: what was exported, from what, each file's sha256
 
 `key` hashes the model folder's identity (its config files, and size and mtime of its
 weight files), the torch and onnx versions, and FORMAT: another model, another copy of
 it or another exporter gets another folder. An export is written into a temporary
 folder and renamed into place, and `export.json` is checked on every load, so a run
-killed mid-export leaves nothing that is ever loaded: the next run exports again.
+killed mid-export leaves nothing that is ever loaded: the next run exports again. One
+process exports at a time (a lock file in `onnx/`); one that waited finds the export done.
 
 Why not sentence-transformers' own ONNX backend: it needs `optimum-onnx`, which pins
 transformers < 4.58 and so sentence-transformers 5.x (ours is 6.x); through it, a loaded
@@ -21,6 +21,7 @@ Left out: graph optimisation passes beyond ONNX Runtime's own at load (O2/O3 mea
 no faster for this model), fp16, and static (calibrated) quantisation.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import ModelError
+from rag.files import fsync_path, sha256_file
 
 FORMAT = 1
 FALLBACK = "or set RAG_EMBED_BACKEND=torch"
@@ -41,10 +43,22 @@ INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
 def exported_model(model_dir: Path, name: str, backend: str, cache_dir: Path) -> Path:
     """The verified ONNX file for `backend` ("onnx" or "onnx-int8"), exporting it first if
     the cache does not hold a complete one."""
-    folder = cache_dir / "onnx" / f"{_slug(name)}-{_key(model_dir)}"
+    folder = cache_dir / "onnx" / f"{_slug(name)}-{_key(model_dir)}-{backend}"
     if (path := _verified(folder, backend)) is not None:
         return path
-    _export(model_dir, folder, backend)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(folder.parent / ".lock", "w")  # noqa: SIM115 - held across the export below
+    except OSError as exc:
+        raise ModelError(f"cannot write the ONNX export under {folder.parent} ({exc.strerror}): set "
+                         f"RAG_CACHE_DIR to a writable folder, {FALLBACK}") from exc
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process exporting: wait for it
+        if (path := _verified(folder, backend)) is not None:
+            return path
+        for stale in folder.parent.glob(".tmp-*"):  # killed exports; nobody else writes while we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        _export(model_dir, folder, backend)
     if (path := _verified(folder, backend)) is None:
         raise ModelError(f"the ONNX export in {folder} does not verify after writing it; {FALLBACK}")
     return path
@@ -56,14 +70,14 @@ def _verified(folder: Path, backend: str) -> Path | None:
         record = json.loads((folder / "export.json").read_text())
         expected = record["files"][FILES[backend]]
         path = folder / FILES[backend]
-        return path if record.get("format") == FORMAT and _sha256(path) == expected else None
+        return path if record.get("format") == FORMAT and sha256_file(path) == expected else None
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
 def _export(model_dir: Path, folder: Path, backend: str) -> None:
+    """Write the export for `backend` into `folder`. Call holding the lock."""
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
     except OSError as exc:
         raise ModelError(f"cannot write the ONNX export under {folder.parent} ({exc.strerror}): set "
@@ -71,15 +85,16 @@ def _export(model_dir: Path, folder: Path, backend: str) -> None:
     try:
         files = {"model.onnx": _export_fp32(model_dir, tmp / "model.onnx")}
         if backend == "onnx-int8":
-            files["model-int8.onnx"] = _quantize(tmp / "model.onnx", tmp / "model-int8.onnx")
+            files = {"model-int8.onnx": _quantize(tmp / "model.onnx", tmp / "model-int8.onnx")}
+            (tmp / "model.onnx").unlink()  # the int8 folder keeps what it serves, not the fp32 step
         record = {"format": FORMAT, "model_dir": str(model_dir), "files": files, **_versions()}
         (tmp / "export.json").write_text(json.dumps(record, indent=2))
         for path in tmp.iterdir():
-            _fsync(path)
-        if folder.exists():  # incomplete, or holds fp32 only and int8 is wanted: replace it whole
+            fsync_path(path)
+        if folder.exists():  # there but not verified (checked under the lock): broken, replace it
             shutil.rmtree(folder)
         os.rename(tmp, folder)
-        _fsync(folder.parent)
+        fsync_path(folder.parent)
     except OSError as exc:
         raise ModelError(f"cannot write the ONNX export to {folder} ({exc.strerror}): set RAG_CACHE_DIR "
                          f"to a writable folder with space, {FALLBACK}") from exc
@@ -122,7 +137,7 @@ def _export_fp32(model_dir: Path, out: Path) -> str:
         raise
     except Exception as exc:  # an architecture the exporter cannot trace
         raise ModelError(f"cannot export {model_dir} to ONNX ({type(exc).__name__}: {exc}); {FALLBACK}") from exc
-    return _sha256(out)
+    return sha256_file(out)
 
 
 def _quantize(fp32: Path, out: Path) -> str:
@@ -133,8 +148,14 @@ def _quantize(fp32: Path, out: Path) -> str:
         raise ModelError(f"int8 quantisation needs onnxruntime and onnx ({exc}); use RAG_EMBED_BACKEND=onnx "
                          f"{FALLBACK.removeprefix('or ')}") from exc
     # per channel: min cosine to fp32 0.979 on the seed corpus, against 0.602 per tensor
-    quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
-    return _sha256(out)
+    try:
+        quantize_dynamic(str(fp32), str(out), weight_type=QuantType.QInt8, per_channel=True)
+    except OSError:
+        raise
+    except Exception as exc:  # an operator the quantiser does not know
+        raise ModelError(f"cannot quantise the ONNX export to int8 ({type(exc).__name__}: {exc}); use "
+                         f"RAG_EMBED_BACKEND=onnx {FALLBACK.removeprefix('or ')}") from exc
+    return sha256_file(out)
 
 
 def _key(model_dir: Path) -> str:
@@ -165,19 +186,3 @@ def _versions() -> dict[str, str]:
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/").split("/")[-1])[:60] or "model"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
