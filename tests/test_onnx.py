@@ -125,3 +125,19 @@ def test_a_failed_export_shows_in_ready_in_one_line(built: Settings):
     assert r.status_code == 503
     assert r.json() == {"detail": "model not loaded: cannot export x to ONNX (RuntimeError: unsupported op); "
                                   "set RAG_EMBED_BACKEND=torch"}
+
+
+def test_pooling_must_be_mean_or_cls_alone_and_lowercasing_is_read(tmp_path: Path):
+    from rag.encoders.onnx import _pipeline
+
+    (tmp_path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (tmp_path / "sentence_bert_config.json").write_text('{"max_seq_length": 128, "do_lower_case": true}')
+    (tmp_path / "1_Pooling").mkdir()
+    pooling = tmp_path / "1_Pooling" / "config.json"
+    pooling.write_text('{"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": false}')
+    assert _pipeline(tmp_path) == (128, "cls", True)
+    pooling.write_text('{"pooling_mode_mean_tokens": true, "pooling_mode_max_tokens": true}')
+    with pytest.raises(ModelError, match="pools by mean_tokens \\+ max_tokens: set RAG_EMBED_BACKEND=torch"):
+        _pipeline(tmp_path)

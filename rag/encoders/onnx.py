@@ -42,7 +42,7 @@ class OnnxEmbedder:
             raise ModelError(f"the onnx backend needs onnxruntime and tokenizers ({exc}); pip install "
                              f"onnxruntime, or {FALLBACK}") from exc
         self.name = name
-        self.max_tokens, self._pooling = _pipeline(model_dir)
+        self.max_tokens, self._pooling, self._lowercase = _pipeline(model_dir)
         try:
             self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
             self._counter = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
@@ -68,10 +68,16 @@ class OnnxEmbedder:
 
     def count_tokens(self, text: str) -> int:
         """Model tokens including [CLS]/[SEP], untruncated."""
-        return len(self._counter.encode(text).ids)
+        return len(self._counter.encode(self._prepare(text)).ids)
+
+    def _prepare(self, text: str) -> str:
+        """What sentence-transformers does before its tokenizer: strip, and lowercase when
+        the model's sentence_bert_config says so."""
+        text = text.strip()
+        return text.lower() if self._lowercase else text
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(list(texts))
+        encodings = self._tokenizer.encode_batch([self._prepare(t) for t in texts])
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))  # shortest first
         out = np.empty((len(encodings), self.dimension), dtype=np.float32)
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
@@ -99,8 +105,8 @@ class OnnxEmbedder:
         return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def _pipeline(model_dir: Path) -> tuple[int, str]:
-    """(max_seq_length, pooling) from the sentence-transformers files of the folder."""
+def _pipeline(model_dir: Path) -> tuple[int, str, bool]:
+    """(max_seq_length, pooling, lowercase) from the sentence-transformers files of the folder."""
     try:
         modules = json.loads((model_dir / "modules.json").read_text())
         config = json.loads((model_dir / "sentence_bert_config.json").read_text())
@@ -113,13 +119,12 @@ def _pipeline(model_dir: Path) -> tuple[int, str]:
     if unsupported := [k for k in kinds if k not in SUPPORTED_MODULES]:
         raise ModelError(f"the onnx backend runs Transformer, Pooling and Normalize only; this model also has "
                          f"{', '.join(unsupported)}: {FALLBACK}")
-    if pooling.get("pooling_mode_mean_tokens"):
-        mode = "mean"
-    elif pooling.get("pooling_mode_cls_token"):
-        mode = "cls"
-    else:
-        raise ModelError(f"the onnx backend pools by mean or CLS token; this model pools otherwise: {FALLBACK}")
-    return int(config.get("max_seq_length") or 512), mode
+    modes = [k.removeprefix("pooling_mode_") for k, v in pooling.items() if k.startswith("pooling_mode_") and v]
+    if modes not in (["mean_tokens"], ["cls_token"]):
+        raise ModelError(f"the onnx backend pools by mean or by CLS token alone; this model pools by "
+                         f"{' + '.join(modes) or 'nothing it names'}: {FALLBACK}")
+    mode = "mean" if modes == ["mean_tokens"] else "cls"
+    return int(config.get("max_seq_length") or 512), mode, bool(config.get("do_lower_case"))
 
 
 def _progress(batches: list[list[int]], total: int) -> Any:

@@ -23,6 +23,7 @@ no faster for this model), fp16, and static (calibrated) quantisation.
 
 import fcntl
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ from typing import Any
 from rag.errors import ModelError
 from rag.files import fsync_path, sha256_file
 
-FORMAT = 1
+FORMAT = 2  # 2: inputs follow the model (no token_type_ids for DistilBERT, MPNet)
 FALLBACK = "or set RAG_EMBED_BACKEND=torch"
 FILES = {"onnx": "model.onnx", "onnx-int8": "model-int8.onnx"}
 INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
@@ -114,6 +115,9 @@ def _export_fp32(model_dir: Path, out: Path) -> str:
         raise ModelError(f"cannot load {model_dir} for the ONNX export ({type(exc).__name__}: {exc}); "
                          f"{FALLBACK}") from exc
 
+    # DistilBERT, MPNet take no token_type_ids; RoBERTa takes them but knows only type 0
+    inputs = [n for n in INPUTS if n in inspect.signature(model.forward).parameters]
+
     class LastHiddenState(torch.nn.Module):
         """Positional inputs, one output: what the ONNX graph exposes."""
 
@@ -121,16 +125,15 @@ def _export_fp32(model_dir: Path, out: Path) -> str:
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+        def forward(self, *tensors: Any) -> Any:
+            return self.inner(**dict(zip(inputs, tensors))).last_hidden_state
 
-    example = tuple(torch.ones(1, 8, dtype=torch.long) for _ in INPUTS)
-    axes = {name: {0: "batch", 1: "tokens"} for name in [*INPUTS, "last_hidden_state"]}
+    example = tuple((torch.zeros if n == "token_type_ids" else torch.ones)(1, 8, dtype=torch.long) for n in inputs)
+    axes = {name: {0: "batch", 1: "tokens"} for name in [*inputs, "last_hidden_state"]}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notes about Python bools: shapes are dynamic axes here
-            torch.onnx.export(LastHiddenState(model), example, str(out), input_names=INPUTS,
+            torch.onnx.export(LastHiddenState(model), example, str(out), input_names=inputs,
                               output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17,
                               dynamo=False)
     except OSError:
