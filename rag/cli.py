@@ -140,6 +140,8 @@ def bench(
                                                  "or soak.json with --soak]")] = None,
     soak: Annotated[float | None, typer.Option(help="instead: SECONDS of mixed load with index swaps; reports "
                                                "failures, p99 and RSS growth", min=40)] = None,
+    backends: Annotated[bool, typer.Option("--backends", help="instead: cosine of every vector of each encoder "
+                                           "backend to torch's, on the seed corpus and cached SciFact")] = False,
     index: IndexOpt = None,
 ) -> None:
     """Benchmark the real server: latency vs raw model time, throughput at 1/8/32 clients, memory."""
@@ -147,6 +149,15 @@ def bench(
     from rag.build import build_index
 
     settings = load_settings(index=index)
+    if backends:
+        from rag.bench import DEFAULT_SCIFACT
+        from rag.profile import compare_backends
+
+        for backend, sets in compare_backends(settings, DEFAULT_SCIFACT).items():
+            for name, c in sets.items():
+                typer.echo(f"{backend:<10} {name:<16} {c['vectors']:>6} vectors  cosine to torch: "
+                           f"min {c['min']:.7f}, mean {c['mean']:.7f}")
+        return
     build_index(settings, log=lambda m: typer.echo(m, err=True))  # no-op when up to date
     if soak is not None:
         from rag.soak import run_soak, soak_table

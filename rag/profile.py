@@ -20,6 +20,7 @@ from typing import Any
 
 from rag.embed import Embedder
 from rag.retrieve import Laps, Retriever
+from rag.settings import Settings
 
 STEP_ORDER = ["encode", "dense search", "lexical search", "fusion", "passages and highlights", "serialisation"]
 BATCH_SIZES = (16, 32, 64)
@@ -85,3 +86,46 @@ def _raw_model_call(embedder: Any, texts: list[str], batch_size: int) -> float:
     started = time.perf_counter()
     embedder._model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
     return time.perf_counter() - started
+
+
+def compare_backends(settings: Settings, scifact: Path | None) -> dict[str, Any]:
+    """Cosine of every vector of each backend to torch's: the seed corpus's chunks and
+    sentences (indexes built here, in a temporary folder), and SciFact's chunks when
+    `rag eval --beir` has cached its index for every backend."""
+    import tempfile
+
+    import numpy as np
+
+    from rag.beir import cache_key
+    from rag.build import build_index, spec_of
+    from rag.embed import VECTOR_FAMILY
+    from rag.store import load_index
+
+    def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+        c = (a * b).sum(axis=1)
+        return {"min": round(float(c.min()), 7), "mean": round(float(c.mean()), 7), "vectors": len(c)}
+
+    backends = list(VECTOR_FAMILY)
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="rag-backends-") as tmp:
+        seed = {}
+        for backend in backends:
+            local = settings.model_copy(update={"embed_backend": backend, "index_dir": Path(tmp) / backend})
+            build_index(local)
+            seed[backend] = load_index(local.index_dir, spec_of(local))
+        for backend in backends[1:]:
+            out[backend] = {"seed chunks": cosines(seed["torch"].vector_matrix(), seed[backend].vector_matrix())}
+            reference, other = seed["torch"].sentence_vectors, seed[backend].sentence_vectors
+            if reference is not None and other is not None:
+                out[backend]["seed sentences"] = cosines(reference, other)
+    if scifact is not None and (scifact / "corpus.jsonl").is_file():
+        cached = {}
+        for backend in backends:
+            local = settings.model_copy(update={"embed_backend": backend, "highlights": False})
+            folder = settings.cache_dir / "beir" / f"{scifact.name}-{cache_key(scifact, local)}"
+            if (folder / "CURRENT").exists():
+                cached[backend] = load_index(folder).vector_matrix()
+        for backend in backends[1:]:
+            if "torch" in cached and backend in cached:
+                out[backend]["SciFact chunks"] = cosines(cached["torch"], cached[backend])
+    return out
