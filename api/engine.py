@@ -17,8 +17,8 @@ when it names a new build, loads it in a thread and swaps the retriever referenc
 A request in flight keeps the retriever it started with, so nothing fails mid-swap.
 `POST /admin/reload` does the same at once. A build that fails to load, with any
 exception, is reported by /ready's `reload_error` while the previous one keeps serving;
-it is not retried every poll unless the failure was transient (the build changed while
-it was read), and the watcher itself never dies.
+it is not retried every poll unless the failure may pass (the build changed while it was
+read, or reading it failed: EIO, EMFILE), and the watcher itself never dies.
 
 Left out: several worker processes (one process with batching keeps one model copy in
 memory); GPU placement; priorities between clients.
@@ -45,13 +45,15 @@ from rag.errors import (
     OverloadedError,
     RagError,
     ReloadError,
+    StorageError,
 )
 from rag.rerank import load_reranker
-from rag.retrieve import Filters, Mode, Reranker, Retriever
+from rag.retrieve import Reranker, Retriever
 from rag.schema import QueryResponse
 from rag.service import retriever_for
 from rag.settings import Settings
 from rag.store import clean_orphans, load_index
+from rag.types import Filters, Mode
 
 log = logging.getLogger("rag.engine")
 WARM_UP_QUESTION = "How do China and Russia cooperate?"
@@ -154,7 +156,8 @@ class Engine:
             try:  # loading and preparing an index is CPU work: never on the event loop
                 retriever = await loop.run_in_executor(None, self._load_retriever)
             except Exception as exc:  # any failure: keep serving, and say why
-                transient = isinstance(exc, IndexBusyError | OSError)
+                # the build moved, or the disk hiccupped (EIO, EMFILE): a later poll may load it
+                transient = isinstance(exc, IndexBusyError | StorageError | OSError)
                 message = str(exc) if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
                 if not transient:
                     self._failed_build = pointer

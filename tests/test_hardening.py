@@ -185,8 +185,9 @@ def test_start_up_survives_a_loader_crash(built: Settings, monkeypatch):
         assert c.get("/health").status_code == 200
 
 
-def test_a_transient_load_error_is_retried_by_the_next_poll(built: Settings, monkeypatch):
-    from rag.errors import IndexBusyError
+@pytest.mark.parametrize("error", ["busy", "storage"])
+def test_a_transient_load_error_is_retried_by_the_next_poll(built: Settings, monkeypatch, error: str):
+    from rag.errors import IndexBusyError, StorageError
 
     real_load = rag.store.load_index
     calls = {"n": 0}
@@ -194,7 +195,9 @@ def test_a_transient_load_error_is_retried_by_the_next_poll(built: Settings, mon
     def busy_once(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 2:
-            raise IndexBusyError("the index changed while it was being read; retry")
+            if error == "busy":
+                raise IndexBusyError("the index changed while it was being read; retry")
+            raise StorageError("cannot read index at x: Too many open files")
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr("api.engine.load_index", busy_once)
