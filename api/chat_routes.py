@@ -39,8 +39,8 @@ from rag.chat import (
 )
 from rag.context import ContextBlock, pack
 from rag.errors import UpstreamError
-from rag.retrieve import Filters, Mode
 from rag.settings import Settings
+from rag.types import Filters, Mode
 
 router = APIRouter()
 PAGE = Path(__file__).parent / "static" / "index.html"

@@ -22,10 +22,11 @@ from api.schemas import (
     Reloaded,
 )
 from rag.errors import BadQueryError, NotFoundError
-from rag.retrieve import Filters, Mode, Retriever
+from rag.retrieve import Retriever
 from rag.schema import QueryResponse
 from rag.settings import Settings
 from rag.store import DocumentRecord
+from rag.types import Filters, Mode
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -5,8 +5,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rag.retrieve import Mode
 from rag.schema import Citation
+from rag.types import Mode
 
 EXAMPLE_QUESTION = "What was the value of trade between China and Russia in 2024?"
 

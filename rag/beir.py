@@ -37,10 +37,11 @@ from rag.evaluate import Variant
 from rag.ingest import SourceDocument
 from rag.lexical import LexicalIndex
 from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
-from rag.retrieve import Hit, Retriever
+from rag.retrieve import Retriever
 from rag.service import retriever_for
 from rag.settings import Settings
 from rag.store import load_index
+from rag.types import Hit
 
 CHUNK_DEPTH = 1000  # chunks retrieved per query, enough for 100 distinct documents
 

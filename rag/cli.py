@@ -100,7 +100,7 @@ def query(
 
     settings = load_settings(index=index)
     retriever = open_retriever(settings)
-    from rag.retrieve import Filters
+    from rag.types import Filters
 
     filters = Filters(doc_ids=doc_id, sources=source, sections=section)
     response = retriever.query(question, k=k, filters=filters, mode=mode, max_per_doc=max_per_doc)  # type: ignore[arg-type]
@@ -199,7 +199,7 @@ def eval_command(
     """Measure retrieval (Recall@k, MRR@10, nDCG@10, latency) per mode; gate on thresholds."""
     from rag.evaluate import SWEEP, variants
     from rag.report import terminal_summary, write_reports
-    from rag.retrieve import MODES
+    from rag.types import MODES
 
     if unknown := [m for m in mode or () if m not in MODES]:
         fail(f"unknown mode(s): {', '.join(unknown)}; choose from {', '.join(MODES)}")

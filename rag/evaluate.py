@@ -28,8 +28,9 @@ from typing import Any
 from rag.errors import RagError
 from rag.fusion import Fusion
 from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
-from rag.retrieve import MODES, Mode, Retriever
+from rag.retrieve import Retriever
 from rag.store import Index
+from rag.types import MODES, Mode
 
 RECALL_KS = (1, 3, 5, 10)
 DEPTH = 10

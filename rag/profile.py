@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from rag.embed import Embedder
-from rag.retrieve import Laps, Retriever
+from rag.retrieve import Retriever
 from rag.settings import Settings
+from rag.types import Laps
 
 STEP_ORDER = ["encode", "dense search", "lexical search", "fusion", "passages and highlights", "serialisation"]
 BATCH_SIZES = (16, 32, 64)

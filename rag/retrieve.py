@@ -31,8 +31,8 @@ Left out: query expansion, and highlights below sentence level.
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import faiss
 import numpy as np
@@ -43,9 +43,8 @@ from rag.fusion import DEFAULT_FUSION, Fusion, fuse
 from rag.lexical import tokenize
 from rag.schema import Citation, Passage, QueryResponse, Span
 from rag.store import ChunkRecord, Index
+from rag.types import MODES, Filters, Hit, Laps, Mode
 
-Mode = Literal["dense", "lexical", "hybrid"]
-MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
 HIGHLIGHT_NEAR = 0.9  # a second sentence is highlighted too if it scores >= 90% of the best
 
 
@@ -64,33 +63,6 @@ class Abstention:
 
     def confidence(self, best_cosine: float) -> float:
         return 1.0 / (1.0 + math.exp(-(self.slope * best_cosine + self.offset)))
-
-
-@dataclass(frozen=True)
-class Filters:
-    doc_ids: Sequence[str] | None = None
-    sources: Sequence[str] | None = None
-    sections: Sequence[str] | None = None
-
-
-@dataclass(frozen=True)
-class Hit:
-    row: int  # chunk row in the index
-    score: float  # what the result is ranked by
-    components: dict[str, float] = field(default_factory=dict)  # dense, lexical, fused, rerank
-
-
-class Laps:
-    """Milliseconds per named step: each `lap(name)` adds the time since the previous lap."""
-
-    def __init__(self) -> None:
-        self.ms: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.ms[name] = self.ms.get(name, 0.0) + (now - self._last) * 1000
-        self._last = now
 
 
 def _lap(laps: Laps | None, name: str) -> None:

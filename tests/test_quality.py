@@ -10,9 +10,10 @@ from conftest import FakeEmbedder
 from rag.abstain import fit_logistic, held_back, rates
 from rag.errors import BadQueryError
 from rag.fusion import Fusion, fuse, top_rows
-from rag.retrieve import Abstention, Filters, Retriever, near_duplicates
+from rag.retrieve import Abstention, Retriever, near_duplicates
 from rag.settings import Settings
 from rag.store import ChunkRecord, load_index
+from rag.types import Filters
 
 INF = -np.inf
 
