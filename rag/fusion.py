@@ -1,17 +1,18 @@
 """Fusing a dense and a lexical ranking into one.
 
-Both take full score arrays (one score per chunk, -inf for chunks filtered out) and the
-candidate rows: the union of each ranking's top `depth`.
+Both take each side's ranking, its top `depth` rows with their scores (not a score per
+chunk: an ANN index or a remote engine gives no more), and fuse the union of the two.
 - RRF (reciprocal rank fusion, Cormack et al. 2009): sum of 1 / (k + rank) over the
   rankings where the chunk is in the top `depth`; only ranks matter.
 - convex: alpha * dense' + (1 - alpha) * lexical', each min-max normalised over the
-  candidates (Bruch et al. 2023 found this beats RRF when alpha is tuned).
+  candidates (Bruch et al. 2023 found this beats RRF when alpha is tuned); a candidate
+  one side did not retrieve scores 0 there, the floor of BM25 and of cosine.
 
 Example, three chunks, dense [0.9, 0.5, 0.1], lexical [0.0, 4.0, 2.0], all candidates:
     rrf:    chunk 1 = 1/(60+2) + 1/(60+1) = 0.03252, chunk 2 = 1/63 + 1/62 = 0.03200,
             chunk 0 = 1/61 = 0.01639 (no query term in it: it is in the dense ranking only)
-    convex(alpha=0.5): chunk 1 = 0.5*0.5 + 0.5*1 = 0.75, chunk 0 = 0.5*1 + 0.5*0 = 0.5,
-            chunk 2 = 0.5*0 + 0.5*0.5 = 0.25
+    convex(alpha=0.5): chunk 1 = 0.5*0.5 + 0.5*1 = 0.75, chunk 0 = 0.5*1 + 0.5*0 = 0.5
+            (not retrieved lexically: 0 there), chunk 2 = 0.5*0 + 0.5*0.5 = 0.25
 
 Left out: learned fusion and more than two rankings.
 """
@@ -64,20 +65,47 @@ def top_rows(scores: np.ndarray, depth: int) -> np.ndarray:
     return finite[np.lexsort((finite, -scores[finite]))]
 
 
-def fuse(dense: np.ndarray, lexical: np.ndarray, fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate rows and their fused scores, best first."""
-    dense_top = top_rows(dense, fusion.depth)
-    lexical_top = top_rows(np.where(lexical > 0, lexical, -np.inf), fusion.depth)  # no term matched: not retrieved
-    candidates = np.union1d(dense_top, lexical_top)
+Ranking = tuple[np.ndarray, np.ndarray]  # rows and their scores, best first
+# What a side did not retrieve scores in convex fusion: the natural floor of both BM25
+# (no query term) and cosine (unrelated text). Measured on SciFact against fusing full
+# score arrays (nDCG@10 0.736, MRR@10 0.703): this floor 0.735 / 0.701; the side's lowest
+# retrieved score instead 0.728 / 0.689. The seed set is unchanged either way.
+MISSING_SCORE = 0.0
+
+
+def ranking(scores: np.ndarray, depth: int) -> Ranking:
+    """The top `depth` of a full score array as a ranking; -inf and, for BM25, 0 (no term
+    matched) mean not retrieved."""
+    rows = top_rows(scores, depth)
+    return rows, scores[rows]
+
+
+def fuse(dense: Ranking, lexical: Ranking, fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate rows (the union of both rankings) and their fused scores, best first.
+
+    Each side knows only its own candidates' scores, as an ANN index or a remote engine
+    would: in convex fusion a candidate missing from one side gets that side's floor
+    (MISSING_SCORE)."""
+    (dense_rows, dense_scores), (lexical_rows, lexical_scores) = dense, lexical
+    candidates = np.union1d(dense_rows, lexical_rows)
     if fusion.method == "rrf":
         fused = np.zeros(len(candidates))
-        for top in (dense_top, lexical_top):
-            rank_of = {int(row): rank for rank, row in enumerate(top, start=1)}
+        for rows in (dense_rows, lexical_rows):
+            rank_of = {int(row): rank for rank, row in enumerate(rows, start=1)}
             fused += [1.0 / (fusion.rrf_k + rank_of[int(r)]) if int(r) in rank_of else 0.0 for r in candidates]
     else:
-        fused = fusion.alpha * _minmax(dense[candidates]) + (1 - fusion.alpha) * _minmax(lexical[candidates])
+        fused = (fusion.alpha * _minmax(_aligned(candidates, dense_rows, dense_scores))
+                 + (1 - fusion.alpha) * _minmax(_aligned(candidates, lexical_rows, lexical_scores)))
     order = np.lexsort((candidates, -fused))
     return candidates[order], fused[order]
+
+
+def _aligned(candidates: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Scores for `candidates` (sorted): the ranking's own, else MISSING_SCORE."""
+    out = np.full(len(candidates), MISSING_SCORE, dtype=np.float64)
+    if len(rows):
+        out[np.searchsorted(candidates, rows)] = scores
+    return out
 
 
 def _minmax(values: np.ndarray) -> np.ndarray:

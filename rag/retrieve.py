@@ -39,7 +39,7 @@ import numpy as np
 
 from rag.embed import Embedder
 from rag.errors import BadQueryError
-from rag.fusion import DEFAULT_FUSION, Fusion, fuse
+from rag.fusion import DEFAULT_FUSION, Fusion, fuse, ranking
 from rag.lexical import tokenize
 from rag.schema import Citation, Passage, QueryResponse, Span
 from rag.store import ChunkRecord, Index
@@ -199,14 +199,18 @@ class Retriever:
     def _hybrid(self, question: str, vector: np.ndarray, allowed: np.ndarray | None, fusion: Fusion,
                 laps: Laps | None = None) -> list[Hit]:
         _lap(laps, "other")
-        dense = self._dense_all(vector, allowed)
+        dense = ranking(self._dense_all(vector, allowed), fusion.depth)
         _lap(laps, "dense search")
-        lexical = self._lexical_all(question, allowed)
+        lexical_all = self._lexical_all(question, allowed)
+        lexical = ranking(np.where(lexical_all > 0, lexical_all, -np.inf), fusion.depth)  # no term: not retrieved
         _lap(laps, "lexical search")
         rows, fused = fuse(dense, lexical, fusion)
+        known = {"dense": dict(zip(dense[0].tolist(), dense[1].tolist())),
+                 "lexical": dict(zip(lexical[0].tolist(), lexical[1].tolist()))}
         _lap(laps, "fusion")
-        return [Hit(int(r), float(f), {"dense": float(dense[r]), "lexical": float(lexical[r]), "fused": float(f)})
-                for r, f in zip(rows, fused)]
+        return [Hit(int(r), float(f), {**{side: float(scores[r]) for side, scores in known.items() if r in scores},
+                                       "fused": float(f)})
+                for r, f in zip(rows.tolist(), fused)]
 
     def _rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
         assert self.reranker is not None

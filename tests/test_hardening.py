@@ -116,9 +116,10 @@ def test_an_empty_doc_filter_on_context_is_a_422(client: TestClient):
 
 
 def test_fusion_of_no_candidates_is_empty():
-    from rag.fusion import DEFAULT_FUSION, fuse
+    from rag.fusion import DEFAULT_FUSION, fuse, ranking
 
-    rows, fused = fuse(np.full(3, -np.inf), np.full(3, -np.inf), DEFAULT_FUSION)
+    nothing = ranking(np.full(3, -np.inf), 10)  # every chunk filtered out
+    rows, fused = fuse(nothing, nothing, DEFAULT_FUSION)
     assert len(rows) == len(fused) == 0
 
 

@@ -9,7 +9,7 @@ from conftest import FakeEmbedder
 
 from rag.abstain import fit_logistic, held_back, rates
 from rag.errors import BadQueryError
-from rag.fusion import Fusion, fuse, top_rows
+from rag.fusion import Fusion, Ranking, fuse, ranking, top_rows
 from rag.retrieve import Abstention, Retriever, near_duplicates
 from rag.settings import Settings
 from rag.store import ChunkRecord, load_index
@@ -21,24 +21,39 @@ INF = -np.inf
 # ------------------------------------------------------------------ fusion
 
 
+def rankings(dense: np.ndarray, lexical: np.ndarray, depth: int = 1000) -> tuple[Ranking, Ranking]:
+    """Each side's top `depth`, as the retriever hands them to fusion (BM25 0: not retrieved)."""
+    return ranking(dense, depth), ranking(np.where(lexical > 0, lexical, INF), depth)
+
+
 def test_rrf_by_hand():
-    rows, fused = fuse(np.array([0.9, 0.5, 0.1]), np.array([0.0, 4.0, 2.0]), Fusion("rrf", rrf_k=60))
+    rows, fused = fuse(*rankings(np.array([0.9, 0.5, 0.1]), np.array([0.0, 4.0, 2.0])), Fusion("rrf", rrf_k=60))
     assert rows.tolist() == [1, 2, 0]
     assert fused.tolist() == pytest.approx([1 / 62 + 1 / 61, 1 / 63 + 1 / 62, 1 / 61])
 
 
 def test_convex_by_hand():
-    rows, fused = fuse(np.array([0.9, 0.5, 0.1]), np.array([0.0, 4.0, 2.0]), Fusion("convex", alpha=0.5))
-    assert rows.tolist() == [1, 0, 2]
+    dense, lexical = np.array([0.9, 0.5, 0.1]), np.array([0.0, 4.0, 2.0])
+    rows, fused = fuse(*rankings(dense, lexical), Fusion("convex", alpha=0.5))
+    assert rows.tolist() == [1, 0, 2]  # row 0, no lexical match, scores the floor 0 there
     assert fused.tolist() == pytest.approx([0.75, 0.5, 0.25])
-    rows, fused = fuse(np.array([0.9, 0.5, 0.1]), np.array([0.0, 4.0, 2.0]), Fusion("convex", alpha=1.0))
+    rows, fused = fuse(*rankings(dense, lexical), Fusion("convex", alpha=1.0))
     assert rows.tolist() == [0, 1, 2]  # alpha 1 is dense alone
+
+
+def test_a_candidate_missing_from_one_side_scores_the_floor_there():
+    dense = (np.array([4, 7]), np.array([0.9, 0.6]))  # row 2 is lexical only, row 7 dense only
+    lexical = (np.array([2, 4]), np.array([8.0, 2.0]))
+    rows, fused = fuse(dense, lexical, Fusion("convex", alpha=0.5))
+    by_row = dict(zip(rows.tolist(), fused.tolist()))
+    # dense over the candidates [2, 4, 7] is [0, 0.9, 0.6] -> [0, 1, 2/3]; lexical [8, 2, 0] -> [1, 0.25, 0]
+    assert by_row == pytest.approx({4: 0.5 * 1 + 0.5 * 0.25, 2: 0.5 * 0 + 0.5 * 1, 7: 0.5 * (2 / 3) + 0.5 * 0})
 
 
 def test_fusion_depth_and_filtered_rows():
     dense = np.array([0.9, 0.8, 0.7, INF])  # row 3 filtered out
     lexical = np.array([0.0, 0.0, 5.0, INF])
-    rows, _ = fuse(dense, lexical, Fusion("rrf", depth=1))
+    rows, _ = fuse(*rankings(dense, lexical, depth=1), Fusion("rrf", depth=1))
     assert rows.tolist() == [0, 2]  # each ranking's top 1 only; row 3 never appears
 
 
