@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from rag import __version__
@@ -35,6 +34,7 @@ from rag.store import (
     Index,
     IndexSpec,
     build_lock,
+    exact_vector_index,
     load_index,
     new_manifest,
     size_on_disk,
@@ -129,9 +129,6 @@ def build_index(
                 _hash(ix.documents[d].text[a:b]) for d, a, b in ix.sentences], lambda ix: ix.sentence_vectors)
             sentence_vectors, _ = _embed([texts[d][a:b] for d, a, b in sentences], old_sentences, embedder,
                                          settings.embed_batch_size, "sentences", log)
-        flat = faiss.IndexFlatIP(embedder.dimension)
-        if len(chunks):
-            flat.add(vectors)
         index = Index(
             manifest=new_manifest(
                 model={"name": settings.model, "dimension": embedder.dimension,
@@ -148,7 +145,7 @@ def build_index(
             ),
             documents={r.doc_id: r for r in records},
             chunks=[_record(c) for c in chunks],
-            vectors=flat,
+            vectors=exact_vector_index(vectors, embedder.dimension),
             sentences=sentences,
             sentence_vectors=sentence_vectors,
             # BM25 sees what the model sees: title, section and text (BEIR: title + text)

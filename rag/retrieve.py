@@ -1,9 +1,11 @@
 """Answer a question with ranked, cited passages from a loaded index.
 
-Modes:
-- "dense": cosine similarity of the question's embedding to every chunk (exact, FAISS);
+The searching is the store's (`rag.stores`: rankings with filters pushed down); this
+module turns rankings into passages. Modes:
+- "dense": cosine similarity of the question's embedding to the chunks';
 - "lexical": BM25;
-- "hybrid": both fused (`rag.fusion`; RRF or a convex combination, set by `fusion`).
+- "hybrid": each side's top `fusion.depth` fused (`rag.fusion`; RRF or a convex
+  combination, set by `fusion`); only the top few become hits.
 Each passage reports the component scores its mode computed (`scores`).
 
 A result never holds two near-duplicates: chunks of one document whose shared span is at
@@ -34,15 +36,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-import faiss
 import numpy as np
 
 from rag.embed import Embedder
 from rag.errors import BadQueryError
-from rag.fusion import DEFAULT_FUSION, Fusion, fuse, ranking
+from rag.fusion import DEFAULT_FUSION, Fusion, Ranking, fuse
 from rag.lexical import tokenize
 from rag.schema import Citation, Passage, QueryResponse, Span
 from rag.store import ChunkRecord, Index
+from rag.stores.base import ChunkStore
+from rag.stores.local import LocalStore
 from rag.types import MODES, Filters, Hit, Laps, Mode
 
 HIGHLIGHT_NEAR = 0.9  # a second sentence is highlighted too if it scores >= 90% of the best
@@ -80,12 +83,7 @@ class Retriever:
         self.reranker, self.rerank_depth = reranker, rerank_depth
         self.collapse_overlap = collapse_overlap
         self.highlight_lexical_weight = highlight_lexical_weight
-        self._matrix = index.vector_matrix()
-        self._doc_of = np.array([c.doc_id for c in index.chunks], dtype=object)
-        self._section_of = np.array([c.section or "" for c in index.chunks], dtype=object)
-        self._source_of = np.array([index.documents[c.doc_id].metadata["source"] for c in index.chunks], dtype=object)
-        self._known = {"doc_ids": set(index.documents), "sources": set(self._source_of),
-                       "sections": set(self._section_of) - {""}}
+        self.store: ChunkStore = LocalStore(index)
         self._sentences = _sentences_by_chunk(index)
         # each sentence's BM25 terms, once: highlights compare them with the question's
         self._sentence_terms = [frozenset(tokenize(index.documents[d].text[a:b])) for d, a, b in index.sentences]
@@ -102,13 +100,12 @@ class Retriever:
         if query_vector is None:  # every mode needs it: confidence and highlights use it
             query_vector = self.embedder.encode([question])[0]
             _lap(laps, "encode")
-        ranked = self._ranked(question, k, filters, mode, query_vector, None, True, laps)
+        ranked, best = self._ranked(question, k, filters, mode, query_vector, None, True, laps)
         hits = self._select(ranked, k, True, max_per_doc)
         terms = set(tokenize(question))
         passages = [self.passage(rank, hit, query_vector, terms) for rank, hit in enumerate(hits, start=1)]
         _lap(laps, "passages and highlights")
         # dense and hybrid rankings hold the best dense score already; lexical needs the product
-        best = max((h.components["dense"] for h in ranked if "dense" in h.components), default=None)
         confidence = self.abstention.confidence(best if best is not None else self.best_cosine(query_vector, filters))
         took_ms = (time.perf_counter() - started) * 1000
         return QueryResponse(question=question, mode=mode, answerable=confidence >= 0.5,
@@ -120,25 +117,29 @@ class Retriever:
         """Top-k chunks, best first. `query_vector` lets a batching caller pass its own."""
         mode = mode or self.default_mode
         self.validate(question, k, filters, mode, max_per_doc)
-        return self._select(self._ranked(question, k, filters, mode, query_vector, fusion, collapse),
+        return self._select(self._ranked(question, k, filters, mode, query_vector, fusion, collapse)[0],
                             k, collapse, max_per_doc)
 
     def _ranked(self, question: str, k: int, filters: Filters, mode: Mode, query_vector: np.ndarray | None,
-                fusion: Fusion | None, collapse: bool, laps: Laps | None = None) -> list[Hit]:
-        """Candidates best first, before near-duplicates and max_per_doc are applied."""
-        allowed = self._allowed(filters)
-        depth = min(len(self.index.chunks), max(4 * k, 40)) if collapse or self.reranker else k
+                fusion: Fusion | None, collapse: bool, laps: Laps | None = None) -> tuple[list[Hit], float | None]:
+        """Candidates best first, before near-duplicates and max_per_doc are applied, and
+        the best dense score when the mode computed one. Only the top `depth` become hits:
+        enough for near-duplicates and max_per_doc to drop some, and for the reranker."""
+        depth = min(self.store.count(), max(4 * k, 40, self.rerank_depth if self.reranker else 0)) \
+            if collapse or self.reranker else k
         if mode != "lexical" and query_vector is None:
             query_vector = self.embedder.encode([question])[0]
+        best: float | None = None
         if mode == "lexical":
-            hits = self._lexical(question, depth, allowed)
+            hits = _hits("lexical", self.store.lexical(question, depth, filters))
         elif mode == "dense":
             assert query_vector is not None
-            hits = self._dense(query_vector, depth, allowed)
+            hits = _hits("dense", self.store.dense(query_vector, depth, filters))
+            best = hits[0].score if hits else None
         else:
             assert query_vector is not None
-            hits = self._hybrid(question, query_vector, allowed, fusion or self.fusion, laps)
-        return self._rerank(question, hits) if self.reranker is not None else hits
+            hits, best = self._hybrid(question, query_vector, filters, fusion or self.fusion, depth, laps)
+        return (self._rerank(question, hits) if self.reranker is not None else hits), best
 
     def validate(self, question: str, k: int, filters: Filters, mode: str, max_per_doc: int | None = None) -> None:
         if not question.strip():
@@ -155,62 +156,30 @@ class Retriever:
                              ("sections", filters.sections)):
             if values is not None and not len(values):  # "only these: none" is almost surely a client bug
                 raise BadQueryError(f"{name} is empty: leave it out (or null) to search everything")
-            if unknown := sorted(set(values or ()) - self._known[name]):
+            if unknown := sorted(set(values or ()) - self.store.known(name)):
                 raise BadQueryError(f"unknown {name}: {', '.join(unknown)}")
 
     def best_cosine(self, query_vector: np.ndarray, filters: Filters = Filters()) -> float:
-        scores = self._dense_all(query_vector, self._allowed(filters))
-        return float(scores.max()) if len(scores) and np.isfinite(scores.max()) else -1.0
+        _, scores = self.store.dense(query_vector, 1, filters)
+        return float(scores[0]) if len(scores) else -1.0
 
     # ------------------------------------------------------------------ rankings
 
-    def _allowed(self, filters: Filters) -> np.ndarray | None:
-        mask = None
-        for values, column in ((filters.doc_ids, self._doc_of), (filters.sources, self._source_of),
-                               (filters.sections, self._section_of)):
-            if values is not None:
-                this = np.isin(column, list(values))
-                mask = this if mask is None else mask & this
-        return mask
-
-    def _dense_all(self, vector: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
-        scores = self._matrix @ vector
-        return scores if allowed is None else np.where(allowed, scores, -np.inf)
-
-    def _lexical_all(self, question: str, allowed: np.ndarray | None) -> np.ndarray:
-        scores = self.index.lexical.scores(question)
-        return scores if allowed is None else np.where(allowed, scores, -np.inf)
-
-    def _dense(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None) -> list[Hit]:
-        params = None
-        if allowed is not None:
-            rows = np.flatnonzero(allowed)
-            if not len(rows):
-                return []
-            params = faiss.SearchParameters(sel=faiss.IDSelectorBatch(rows))  # type: ignore[call-arg]
-        scores, ids = self.index.vectors.search(vector.reshape(1, -1), depth, params=params)
-        return [Hit(int(i), float(s), {"dense": float(s)}) for i, s in zip(ids[0], scores[0]) if i >= 0]
-
-    def _lexical(self, question: str, depth: int, allowed: np.ndarray | None) -> list[Hit]:
-        scores = self._lexical_all(question, allowed)
-        top = np.argsort(-scores, kind="stable")[:depth]
-        return [Hit(int(i), float(scores[i]), {"lexical": float(scores[i])}) for i in top if scores[i] > 0]
-
-    def _hybrid(self, question: str, vector: np.ndarray, allowed: np.ndarray | None, fusion: Fusion,
-                laps: Laps | None = None) -> list[Hit]:
+    def _hybrid(self, question: str, vector: np.ndarray, filters: Filters, fusion: Fusion, depth: int,
+                laps: Laps | None = None) -> tuple[list[Hit], float | None]:
         _lap(laps, "other")
-        dense = ranking(self._dense_all(vector, allowed), fusion.depth)
+        dense = self.store.dense(vector, fusion.depth, filters)
         _lap(laps, "dense search")
-        lexical_all = self._lexical_all(question, allowed)
-        lexical = ranking(np.where(lexical_all > 0, lexical_all, -np.inf), fusion.depth)  # no term: not retrieved
+        lexical = self.store.lexical(question, fusion.depth, filters)
         _lap(laps, "lexical search")
         rows, fused = fuse(dense, lexical, fusion)
-        known = {"dense": dict(zip(dense[0].tolist(), dense[1].tolist())),
-                 "lexical": dict(zip(lexical[0].tolist(), lexical[1].tolist()))}
+        rows, fused = rows[:depth], fused[:depth]
+        known = {side: dict(zip(found[0].tolist(), found[1].tolist())) for side, found in
+                 (("dense", dense), ("lexical", lexical))}
+        hits = [Hit(r, f, {**{side: scores[r] for side, scores in known.items() if r in scores}, "fused": f})
+                for r, f in zip(rows.tolist(), fused.tolist())]
         _lap(laps, "fusion")
-        return [Hit(int(r), float(f), {**{side: float(scores[r]) for side, scores in known.items() if r in scores},
-                                       "fused": float(f)})
-                for r, f in zip(rows.tolist(), fused)]
+        return hits, float(dense[1][0]) if len(dense[1]) else None
 
     def _rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
         assert self.reranker is not None
@@ -272,7 +241,12 @@ class Retriever:
         )
 
     def chunk_count(self, doc_id: str) -> int:
-        return int(np.count_nonzero(self._doc_of == doc_id))
+        return self.store.chunk_count(doc_id)
+
+
+def _hits(side: str, found: Ranking) -> list[Hit]:
+    rows, scores = found
+    return [Hit(r, s, {side: s}) for r, s in zip(rows.tolist(), scores.tolist())]
 
 
 def is_unicode_text(text: str) -> bool:
