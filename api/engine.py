@@ -26,6 +26,7 @@ memory); GPU placement; priorities between clients.
 
 import asyncio
 import contextlib
+import errno
 import logging
 import time
 from collections import deque
@@ -156,8 +157,7 @@ class Engine:
             try:  # loading and preparing an index is CPU work: never on the event loop
                 retriever = await loop.run_in_executor(None, self._load_retriever)
             except Exception as exc:  # any failure: keep serving, and say why
-                # the build moved, or the disk hiccupped (EIO, EMFILE): a later poll may load it
-                transient = isinstance(exc, IndexBusyError | StorageError | OSError)
+                transient = _may_pass(exc)
                 message = str(exc) if isinstance(exc, RagError) else f"{type(exc).__name__}: {exc}"
                 if not transient:
                     self._failed_build = pointer
@@ -273,6 +273,18 @@ class Engine:
             except Exception as exc:
                 out.append(exc)
         return out
+
+
+PASSING_ERRNOS = {errno.EIO, errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.EINTR}
+
+
+def _may_pass(exc: Exception) -> bool:
+    """A load failure a later poll may not repeat: the build moved while it was read, or
+    reading it hit EIO or ran out of file handles. Permission denied does not pass."""
+    if isinstance(exc, IndexBusyError):
+        return True
+    cause = exc if isinstance(exc, OSError) else exc.__cause__ if isinstance(exc, StorageError) else None
+    return isinstance(cause, OSError) and cause.errno in PASSING_ERRNOS
 
 
 INPUT_ERRORS = (TypeError, ValueError, UnicodeError)  # what tokenizers raise for text they cannot take

@@ -32,15 +32,16 @@ Left out: query expansion, and highlights below sentence level.
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import chain, islice
 from typing import Protocol
 
 import numpy as np
 
 from rag.embed import Embedder
 from rag.errors import BadQueryError
-from rag.fusion import DEFAULT_FUSION, Fusion, Ranking, fuse
+from rag.fusion import DEFAULT_FUSION, MISSING_SCORE, Fusion, Ranking, fuse
 from rag.lexical import tokenize
 from rag.schema import Citation, Passage, QueryResponse, Span
 from rag.store import ChunkRecord, Index
@@ -77,13 +78,13 @@ class Retriever:
     def __init__(self, index: Index, embedder: Embedder, max_k: int = 50, default_mode: Mode = "hybrid",
                  fusion: Fusion = DEFAULT_FUSION, abstention: Abstention = Abstention(),
                  reranker: Reranker | None = None, rerank_depth: int = 20, collapse_overlap: float = 0.5,
-                 highlight_lexical_weight: float = 0.3):
+                 highlight_lexical_weight: float = 0.3, store: ChunkStore | None = None):
         self.index, self.embedder, self.max_k = index, embedder, max_k
         self.default_mode, self.fusion, self.abstention = default_mode, fusion, abstention
         self.reranker, self.rerank_depth = reranker, rerank_depth
         self.collapse_overlap = collapse_overlap
         self.highlight_lexical_weight = highlight_lexical_weight
-        self.store: ChunkStore = LocalStore(index)
+        self.store: ChunkStore = store or LocalStore(index)
         self._sentences = _sentences_by_chunk(index)
         # each sentence's BM25 terms, once: highlights compare them with the question's
         self._sentence_terms = [frozenset(tokenize(index.documents[d].text[a:b])) for d, a, b in index.sentences]
@@ -121,24 +122,26 @@ class Retriever:
                             k, collapse, max_per_doc)
 
     def _ranked(self, question: str, k: int, filters: Filters, mode: Mode, query_vector: np.ndarray | None,
-                fusion: Fusion | None, collapse: bool, laps: Laps | None = None) -> tuple[list[Hit], float | None]:
+                fusion: Fusion | None, collapse: bool, laps: Laps | None = None) -> tuple[Iterable[Hit], float | None]:
         """Candidates best first, before near-duplicates and max_per_doc are applied, and
-        the best dense score when the mode computed one. Only the top `depth` become hits:
-        enough for near-duplicates and max_per_doc to drop some, and for the reranker."""
+        the best dense score when the mode computed one. Dense and lexical search their top
+        `depth` (enough for near-duplicates and max_per_doc to drop some, and for the
+        reranker); hybrid fuses each side's `fusion.depth` and makes hits as they are read."""
         depth = min(self.store.count(), max(4 * k, 40, self.rerank_depth if self.reranker else 0)) \
             if collapse or self.reranker else k
         if mode != "lexical" and query_vector is None:
             query_vector = self.embedder.encode([question])[0]
         best: float | None = None
+        hits: Iterable[Hit]
         if mode == "lexical":
             hits = _hits("lexical", self.store.lexical(question, depth, filters))
         elif mode == "dense":
             assert query_vector is not None
-            hits = _hits("dense", self.store.dense(query_vector, depth, filters))
-            best = hits[0].score if hits else None
+            found = self.store.dense(query_vector, depth, filters)
+            hits, best = _hits("dense", found), (float(found[1][0]) if len(found[1]) else None)
         else:
             assert query_vector is not None
-            hits, best = self._hybrid(question, query_vector, filters, fusion or self.fusion, depth, laps)
+            hits, best = self._hybrid(question, query_vector, filters, fusion or self.fusion, laps)
         return (self._rerank(question, hits) if self.reranker is not None else hits), best
 
     def validate(self, question: str, k: int, filters: Filters, mode: str, max_per_doc: int | None = None) -> None:
@@ -165,31 +168,27 @@ class Retriever:
 
     # ------------------------------------------------------------------ rankings
 
-    def _hybrid(self, question: str, vector: np.ndarray, filters: Filters, fusion: Fusion, depth: int,
-                laps: Laps | None = None) -> tuple[list[Hit], float | None]:
+    def _hybrid(self, question: str, vector: np.ndarray, filters: Filters, fusion: Fusion,
+                laps: Laps | None = None) -> tuple[Iterator[Hit], float | None]:
         _lap(laps, "other")
         dense = self.store.dense(vector, fusion.depth, filters)
         _lap(laps, "dense search")
         lexical = self.store.lexical(question, fusion.depth, filters)
         _lap(laps, "lexical search")
         rows, fused = fuse(dense, lexical, fusion)
-        rows, fused = rows[:depth], fused[:depth]
-        known = {side: dict(zip(found[0].tolist(), found[1].tolist())) for side, found in
-                 (("dense", dense), ("lexical", lexical))}
-        hits = [Hit(r, f, {**{side: scores[r] for side, scores in known.items() if r in scores}, "fused": f})
-                for r, f in zip(rows.tolist(), fused.tolist())]
         _lap(laps, "fusion")
-        return hits, float(dense[1][0]) if len(dense[1]) else None
+        return _fused_hits(rows, fused, dense, lexical), float(dense[1][0]) if len(dense[1]) else None
 
-    def _rerank(self, question: str, hits: list[Hit]) -> list[Hit]:
+    def _rerank(self, question: str, hits: Iterable[Hit]) -> Iterable[Hit]:
         assert self.reranker is not None
-        head, tail = hits[: self.rerank_depth], hits[self.rerank_depth:]
+        rest = iter(hits)
+        head = list(islice(rest, self.rerank_depth))
         scores = self.reranker.score(question, [self.index.chunks[h.row].text for h in head])
         reranked = [replace(h, score=float(s), components={**h.components, "rerank": float(s)})
                     for h, s in zip(head, scores)]
-        return sorted(reranked, key=lambda h: -h.score) + tail
+        return chain(sorted(reranked, key=lambda h: -h.score), rest)
 
-    def _select(self, hits: list[Hit], k: int, collapse: bool, max_per_doc: int | None) -> list[Hit]:
+    def _select(self, hits: Iterable[Hit], k: int, collapse: bool, max_per_doc: int | None) -> list[Hit]:
         """Best first; drop a chunk overlapping a better one; at most max_per_doc per document."""
         kept: list[Hit] = []
         per_doc: dict[str, int] = {}
@@ -242,6 +241,17 @@ class Retriever:
 
     def chunk_count(self, doc_id: str) -> int:
         return self.store.chunk_count(doc_id)
+
+
+def _fused_hits(rows: np.ndarray, fused: np.ndarray, dense: Ranking, lexical: Ranking) -> Iterator[Hit]:
+    """Hits in fused order, made only as far as they are read (a query reads a few of the
+    up to 2 x fusion.depth candidates). A side that did not retrieve a chunk reports
+    MISSING_SCORE for it, as fusion counted it."""
+    known = {side: dict(zip(found[0].tolist(), found[1].tolist())) for side, found in
+             (("dense", dense), ("lexical", lexical))}
+    for row, score in zip(rows.tolist(), fused.tolist()):
+        yield Hit(row, score, {"dense": known["dense"].get(row, MISSING_SCORE),
+                               "lexical": known["lexical"].get(row, MISSING_SCORE), "fused": score})
 
 
 def _hits(side: str, found: Ranking) -> list[Hit]:

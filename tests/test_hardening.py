@@ -198,7 +198,7 @@ def test_a_transient_load_error_is_retried_by_the_next_poll(built: Settings, mon
         if calls["n"] == 2:
             if error == "busy":
                 raise IndexBusyError("the index changed while it was being read; retry")
-            raise StorageError("cannot read index at x: Too many open files")
+            raise StorageError("cannot read index at x: Too many open files") from OSError(24, "EMFILE")
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr("api.engine.load_index", busy_once)
@@ -563,3 +563,20 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_connection(built: Setti
                     if n > 10:
                         break  # the client leaves
             assert gone.wait(5), "the upstream stream was not closed after the client left"
+
+
+def test_which_load_failures_a_later_poll_retries():
+    import errno as errnos
+
+    from api.engine import _may_pass
+    from rag.errors import IndexBusyError, IndexCorruptError, StorageError
+
+    def storage(code: int) -> StorageError:
+        try:
+            raise StorageError("cannot read index") from OSError(code, "x")
+        except StorageError as exc:
+            return exc
+
+    assert _may_pass(IndexBusyError("moved")) and _may_pass(storage(errnos.EIO)) and _may_pass(storage(errnos.EMFILE))
+    assert not _may_pass(storage(errnos.EACCES)) and not _may_pass(IndexCorruptError("bad checksum"))
+    assert not _may_pass(ValueError("a bug"))

@@ -59,6 +59,8 @@ def test_fusion_depth_and_filtered_rows():
 
 def test_top_rows_breaks_ties_by_row():
     assert top_rows(np.array([1.0, 3.0, 3.0, INF, 2.0]), 3).tolist() == [1, 2, 4]
+    tied = np.array([1.0] * 10 + [2.0] + [1.0] * 50)  # ties at the cut go to the lower rows
+    assert top_rows(tied, 5).tolist() == [10, 0, 1, 2, 3]
 
 
 @pytest.mark.parametrize(("name", "fusion"), [("rrf60", Fusion("rrf", rrf_k=60)), ("convex0.7", Fusion("convex", alpha=0.7))])

@@ -1,2 +1,2 @@
 """Where chunks are searched: the `ChunkStore` interface (`base`) and its backends
-(`local`: FAISS and BM25 over a loaded index)."""
+(`local`: an exact scan and BM25 over an index loaded in memory)."""

@@ -3,7 +3,8 @@
 A store answers rankings, never score arrays: each search returns its top `depth` chunk
 keys with their scores (`rag.fusion.Ranking`), filters applied inside the search (pushed
 down, not after it), so that an ANN index or a remote engine can serve it as well as an
-exact local scan. Keys are integers the store defines (rows of a local index).
+exact local scan. Keys are the rows of the loaded index (`Index.chunks`), which the
+retriever still reads chunk text from; a remote store will need its own keys and a fetch.
 
 Left out, for the stores to come (an on-disk local store at a million chunks, Milvus):
 adding and deleting chunks, and fetching chunk text and metadata by key; the retriever
