@@ -106,7 +106,13 @@ def _normalise(metadata: dict[str, Any], path: Path) -> dict[str, Any]:
     """The known keys as str | None, every other value JSON-safe. YAML gives numbers,
     dates and lists where users meant text; the index stores JSON and the API strings."""
     known = {key: _as_text(metadata.get(key), path, key) for key in TEXT_KEYS}
-    return known | {str(key): _json_safe(value) for key, value in metadata.items() if key not in TEXT_KEYS}
+    out = known | {str(key): _json_safe(value) for key, value in metadata.items() if key not in TEXT_KEYS}
+    try:  # a JSON sidecar may escape a lone surrogate ("\ud800"): no response could carry it
+        json.dumps(out, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CorpusError(f"{path.name}: metadata holds text that is not valid Unicode (a lone surrogate "
+                          f"at character {exc.start})") from exc
+    return out
 
 
 def _as_text(value: Any, path: Path, key: str) -> str | None:

@@ -128,3 +128,13 @@ def test_metadata_that_cannot_be_text_is_refused(tmp_path: Path, front_matter, s
         (tmp_path / "a.meta.json").write_text(sidecar)
     with pytest.raises(CorpusError, match=f"a.md: metadata '{field}' must be text"):
         load_corpus(tmp_path)
+
+
+def test_metadata_with_a_lone_surrogate_is_refused(tmp_path):
+    from rag.errors import CorpusError
+    from rag.ingest import load_document
+
+    (tmp_path / "a.txt").write_text("Some text.")
+    (tmp_path / "a.meta.json").write_text('{"title": "bad \\ud800 title"}')
+    with pytest.raises(CorpusError, match="a.txt: metadata holds text that is not valid Unicode"):
+        load_document(tmp_path / "a.txt")
