@@ -126,13 +126,8 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
     served = torch_model if settings.embed_backend == "torch" else embedder_from(settings)
     for model in (torch_model, served):
         encode_times_ms(model, 20)  # warm up
-    port = free_port()
-    env = {**os.environ, "RAG_PORT": str(port), "RAG_INDEX_DIR": str(settings.index_dir),
-           "RAG_RELOAD_POLL_SECONDS": "0"}
     launched = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(settings.index_dir, reload_poll_seconds=0)
     try:
         ready_s = wait_ready(url, server, launched)
         asyncio.run(one_client_latencies(url, 20))  # warm the connection path
@@ -193,6 +188,16 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2))
     return result
+
+
+def start_server(index_dir: Path, reload_poll_seconds: float) -> tuple[subprocess.Popen[bytes], str]:
+    """`rag serve` on `index_dir` in a subprocess on a free port; the process and its URL."""
+    port = free_port()
+    env = {**os.environ, "RAG_PORT": str(port), "RAG_INDEX_DIR": str(index_dir),
+           "RAG_RELOAD_POLL_SECONDS": str(reload_poll_seconds)}
+    server = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return server, f"http://127.0.0.1:{port}"
 
 
 def batch_histogram(url: str) -> dict[str, float]:

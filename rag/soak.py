@@ -20,11 +20,8 @@ Left out: uploads and deletes (the live knowledge base does not exist yet).
 
 import asyncio
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from rag.bench import QUESTIONS, free_port, rss_mb, wait_ready
+from rag.bench import QUESTIONS, rss_mb, start_server, wait_ready
 from rag.metrics import percentile
 from rag.settings import Settings
 
@@ -104,11 +101,7 @@ def run_soak(settings: Settings, seconds: float, clients: int = 8, swap_seconds:
         index_dir = Path(tmp) / "index"
         shutil.copytree(settings.index_dir, index_dir, ignore=shutil.ignore_patterns(".lock"))
         private = settings.model_copy(update={"index_dir": index_dir})
-        port = free_port()
-        env = {**os.environ, "RAG_PORT": str(port), "RAG_INDEX_DIR": str(index_dir), "RAG_RELOAD_POLL_SECONDS": "1"}
-        server = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
+        server, url = start_server(index_dir, reload_poll_seconds=1)
         record: dict[str, Any] = {"failures": [], "latency": defaultdict(list)}
         stop, swaps, swap_errors = threading.Event(), list[str](), list[str]()
         swapper = threading.Thread(target=_swapper, args=(private, swap_seconds, stop, swaps, swap_errors),
