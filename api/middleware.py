@@ -21,6 +21,7 @@ from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_bytes
+from rag.text import is_unicode_text
 
 access_log = logging.getLogger("rag.access")
 # a JSON \u escape of a UTF-16 surrogate: only then is the body parsed to look for lone ones
@@ -159,9 +160,7 @@ def _holds_lone_surrogate(body: bytes) -> bool:
     while stack:
         item = stack.pop()
         if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
+            if not is_unicode_text(item):
                 return True
         elif isinstance(item, dict):
             stack += [*item.keys(), *item.values()]

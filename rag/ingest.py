@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import CorpusError
+from rag.text import is_unicode_text
 
 SUPPORTED_SUFFIXES = (".txt", ".md", ".html", ".htm")
 SIDECAR_SUFFIX = ".meta.json"
@@ -107,11 +108,9 @@ def _normalise(metadata: dict[str, Any], path: Path) -> dict[str, Any]:
     dates and lists where users meant text; the index stores JSON and the API strings."""
     known = {key: _as_text(metadata.get(key), path, key) for key in TEXT_KEYS}
     out = known | {str(key): _json_safe(value) for key, value in metadata.items() if key not in TEXT_KEYS}
-    try:  # a JSON sidecar may escape a lone surrogate ("\ud800"): no response could carry it
-        json.dumps(out, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise CorpusError(f"{path.name}: metadata holds text that is not valid Unicode (a lone surrogate "
-                          f"at character {exc.start})") from exc
+    # a JSON sidecar may escape a lone surrogate ("\ud800"): no response could carry it
+    if not is_unicode_text(json.dumps(out, ensure_ascii=False)):
+        raise CorpusError(f"{path.name}: metadata holds text that is not valid Unicode (a lone surrogate)")
     return out
 
 

@@ -47,6 +47,7 @@ from rag.schema import Citation, Passage, QueryResponse, Span
 from rag.store import ChunkRecord, Index
 from rag.stores.base import ChunkStore
 from rag.stores.local import LocalStore
+from rag.text import is_unicode_text
 from rag.types import MODES, Filters, Hit, Laps, Mode
 
 HIGHLIGHT_NEAR = 0.9  # a second sentence is highlighted too if it scores >= 90% of the best
@@ -257,15 +258,6 @@ def _fused_hits(rows: np.ndarray, fused: np.ndarray, dense: Ranking, lexical: Ra
 def _hits(side: str, found: Ranking) -> list[Hit]:
     rows, scores = found
     return [Hit(r, s, {side: s}) for r, s in zip(rows.tolist(), scores.tolist())]
-
-
-def is_unicode_text(text: str) -> bool:
-    """False for a str holding a lone surrogate, which JSON allows and no tokenizer takes."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def near_duplicates(a: ChunkRecord, b: ChunkRecord, min_share: float) -> bool:
