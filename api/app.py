@@ -66,6 +66,10 @@ class Metrics:
         self.batch_sizes = Histogram("rag_batch_size", "questions per model call", registry=self.registry,
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.set(size)
+        self.batch_sizes.observe(size)
+
 
 def create_app(settings: Settings | None = None,
                embedder_factory: Callable[[str], Embedder] | None = None) -> FastAPI:
@@ -84,7 +88,7 @@ def create_app(settings: Settings | None = None,
         description="Ranked passages with exact citations over a folder of articles.",
     )
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
-    engine.on_batch = metrics.batch_sizes.observe
+    engine.on_batch = metrics.observe_batch
     app.include_router(router)
     app.include_router(chat_router)
 

@@ -29,7 +29,6 @@ import contextlib
 import errno
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,8 +80,7 @@ class Engine:
         self.not_ready: str | None = "starting: loading the model"
         self.reload_error: str | None = None
         self.worker_error: str | None = None  # set if the batch loop ever stops
-        self.batch_sizes: deque[int] = deque(maxlen=1000)  # recent batch sizes, for /metrics
-        self.on_batch: Callable[[int], None] = lambda size: None  # the app counts them in a histogram
+        self.on_batch: Callable[[int], None] = lambda size: None  # the app counts batch sizes for /metrics
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.max_queue)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")
         self._tasks: list[asyncio.Task[None]] = []
@@ -237,7 +235,6 @@ class Engine:
             live = await self._next_batch()
             if not live:
                 continue
-            self.batch_sizes.append(len(live))
             self.on_batch(len(live))
             results: list[QueryResponse | BaseException]
             try:

@@ -154,7 +154,5 @@ def metrics(request: Request, engine: EngineDep) -> PlainTextResponse:
     if engine.retriever is not None:
         m.index_chunks.set(len(engine.retriever.index.chunks))
         m.index_documents.set(len(engine.retriever.index.documents))
-    if engine.batch_sizes:
-        m.batch_size.set(engine.batch_sizes[-1])
     return PlainTextResponse(generate_latest(m.registry), media_type="text/plain; version=0.0.4")
 
