@@ -158,7 +158,7 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
     steps = query_steps(retriever, QUESTIONS, repeats)
     index = retriever.index
     seed = [embed_input(str(index.documents[c.doc_id].metadata["title"]), c.section, c.text) for c in index.chunks]
-    texts, passages_from = sample_passages(EMBED_SAMPLE, scifact, seed, torch_model)
+    texts, passages_from = sample_passages(EMBED_SAMPLE, scifact, seed, torch_model, settings)
     rates = {"torch": embed_rates(torch_model, texts, settings.embed_batch_size)}
     if served is not torch_model:
         rates[settings.embed_backend] = embed_rates(served, texts, settings.embed_batch_size)

@@ -39,10 +39,10 @@ def query_steps(retriever: Retriever, questions: Sequence[str], repeats: int) ->
     return {name: round(statistics.median(samples[name]), 3) for name in STEP_ORDER if name in samples}
 
 
-def sample_passages(limit: int, scifact: Path | None, fallback: Sequence[str],
-                    embedder: Embedder) -> tuple[list[str], str]:
-    """Up to `limit` real chunk texts (title, section, text as embedded) of SciFact when its
-    folder is there, else of the seed index."""
+def sample_passages(limit: int, scifact: Path | None, fallback: Sequence[str], embedder: Embedder,
+                    settings: Settings) -> tuple[list[str], str]:
+    """Up to `limit` real chunk texts (title, section, text as embedded) of SciFact, chunked
+    as `settings` say, when its folder is there, else of the seed index."""
     if scifact is None or not (scifact / "corpus.jsonl").is_file():
         return list(fallback)[:limit], "seed corpus chunks"
     from rag.beir import load_beir
@@ -50,7 +50,7 @@ def sample_passages(limit: int, scifact: Path | None, fallback: Sequence[str],
     from rag.chunk import ChunkParams, chunk_document
 
     documents, _, _ = load_beir(scifact)
-    params = ChunkParams(180, 40, embedder.max_tokens)
+    params = ChunkParams(settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.max_tokens)
     texts: list[str] = []
     for doc in documents:
         chunks = chunk_document(doc.doc_id, str(doc.metadata["title"]), as_is(doc.text), params,
