@@ -52,7 +52,8 @@ from rag.retrieve import Reranker, Retriever
 from rag.schema import QueryResponse
 from rag.service import retriever_for
 from rag.settings import Settings
-from rag.store import clean_orphans, load_index
+from rag.store import clean_orphans
+from rag.stores import open_store
 from rag.types import Filters, Mode
 
 log = logging.getLogger("rag.engine")
@@ -137,7 +138,7 @@ class Engine:
 
     @property
     def served_build(self) -> str | None:
-        return self.retriever.index.build_id if self.retriever is not None else None
+        return self.retriever.store.build_id if self.retriever is not None else None
 
     async def reload(self, explicit: bool = False) -> bool:
         """Load the live build if it differs from the one served. True if swapped.
@@ -171,13 +172,13 @@ class Engine:
             self.retriever = retriever
             self._failed_build = None
             self.not_ready = self.reload_error = None
-            log.info("serving index build %s (%d chunks)", retriever.index.build_id, len(retriever.index.chunks))
+            log.info("serving index build %s (%d chunks)", retriever.store.build_id, retriever.store.count())
             return True
 
     def _load_retriever(self) -> Retriever:
         assert self.embedder is not None
-        index = load_index(self.settings.index_dir, spec_of(self.settings))
-        return retriever_for(self.settings, index, self.embedder, self.reranker)
+        store = open_store(self.settings, spec_of(self.settings))
+        return retriever_for(self.settings, store, self.embedder, self.reranker)
 
     async def _watch_loop(self) -> None:
         while True:

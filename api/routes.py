@@ -22,10 +22,10 @@ from api.schemas import (
     Reloaded,
 )
 from rag.errors import BadQueryError, NotFoundError
+from rag.records import DocumentRecord
 from rag.retrieve import Retriever
 from rag.schema import QueryResponse
 from rag.settings import Settings
-from rag.store import DocumentRecord
 from rag.types import Filters, Mode
 
 router = APIRouter()
@@ -100,14 +100,14 @@ def summary(retriever: Retriever, doc: DocumentRecord) -> dict[str, object]:
 @router.get("/documents", responses=ERRORS, tags=["documents"])
 def documents(retriever: RetrieverDep) -> DocumentList:
     """Every document with its metadata and chunk count."""
-    docs = retriever.index.documents.values()
+    docs = retriever.store.documents.values()
     return DocumentList(documents=[DocumentSummary.model_validate(summary(retriever, d)) for d in docs])
 
 
 @router.get("/documents/{doc_id}", responses=ERRORS, tags=["documents"])
 def document(doc_id: str, retriever: RetrieverDep) -> DocumentDetail:
     """Metadata plus the cleaned text that citation offsets point into."""
-    doc = retriever.index.documents.get(doc_id)
+    doc = retriever.store.documents.get(doc_id)
     if doc is None:
         raise NotFoundError(f"no document with doc_id '{doc_id}'")
     return DocumentDetail.model_validate(
@@ -117,10 +117,10 @@ def document(doc_id: str, retriever: RetrieverDep) -> DocumentDetail:
 @router.get("/chunks/{chunk_id}", responses=ERRORS, tags=["documents"])
 def chunk(chunk_id: str, retriever: RetrieverDep) -> ChunkDetail:
     """One chunk with its citation."""
-    row = retriever.index.row_of(chunk_id)
+    row = retriever.store.row_of(chunk_id)
     if row is None:
         raise NotFoundError(f"no chunk with chunk_id '{chunk_id}'")
-    record = retriever.index.chunks[row]
+    record = retriever.store.chunks[row]
     return ChunkDetail(chunk_id=chunk_id, text=record.text, n_tokens=record.n_tokens,
                        citation=retriever.citation(row))
 
@@ -134,17 +134,17 @@ def health() -> Health:
 @router.get("/ready", responses={503: {"model": ErrorBody}}, tags=["service"])
 def ready(engine: EngineDep, settings: SettingsDep) -> Ready:
     """The index is loaded and the model warmed; 503 with the reason otherwise."""
-    index = engine.live().index
+    store = engine.live().store
     reload_error = scrub_paths(engine.reload_error) if engine.reload_error else None
-    return Ready(status="ready", build_id=index.build_id, model=settings.model,
-                 documents=len(index.documents), chunks=len(index.chunks), reload_error=reload_error)
+    return Ready(status="ready", build_id=store.build_id, model=settings.model,
+                 documents=len(store.documents), chunks=store.count(), reload_error=reload_error)
 
 
 @router.post("/admin/reload", responses={**ERRORS, 409: {"model": ErrorBody}}, tags=["service"])
 async def reload(engine: EngineDep) -> Reloaded:
     """Load the newest build now instead of at the next poll."""
     swapped = await engine.reload(explicit=True)
-    return Reloaded(reloaded=swapped, build_id=engine.live().index.build_id)
+    return Reloaded(reloaded=swapped, build_id=engine.live().store.build_id)
 
 
 @router.get("/metrics", tags=["service"], response_class=PlainTextResponse)
@@ -152,7 +152,7 @@ def metrics(request: Request, engine: EngineDep) -> PlainTextResponse:
     """Prometheus text format: request counts, latency histograms, index size."""
     m = request.app.state.metrics
     if engine.retriever is not None:
-        m.index_chunks.set(len(engine.retriever.index.chunks))
-        m.index_documents.set(len(engine.retriever.index.documents))
+        m.index_chunks.set(engine.retriever.store.count())
+        m.index_documents.set(len(engine.retriever.store.documents))
     return PlainTextResponse(generate_latest(m.registry), media_type="text/plain; version=0.0.4")
 

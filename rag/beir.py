@@ -40,7 +40,7 @@ from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
 from rag.retrieve import Retriever
 from rag.service import retriever_for
 from rag.settings import Settings
-from rag.store import load_index
+from rag.stores import open_store
 from rag.types import Hit
 
 CHUNK_DEPTH = 1000  # chunks retrieved per query, enough for 100 distinct documents
@@ -88,7 +88,7 @@ def doc_ranking(retriever: Retriever, hits: list[Hit]) -> list[str]:
     """Documents in the order of their best chunk."""
     seen: dict[str, None] = {}
     for hit in hits:
-        seen.setdefault(retriever.index.chunks[hit.row].doc_id, None)
+        seen.setdefault(retriever.store.chunks[hit.row].doc_id, None)
     return list(seen)
 
 
@@ -153,11 +153,11 @@ def evaluate_beir(folder: Path, settings: Settings, columns: list[Variant], limi
     report = build_index(local, embedder, rules=None, documents=documents, log=log)
     log(f"index {'reused' if report.skipped else 'built'}: {report.chunks} chunks "
         f"in {time.perf_counter() - started:.0f} s")
-    retriever = retriever_for(local, load_index(index_dir, spec_of(local)), embedder)
+    retriever = retriever_for(local, open_store(local, spec_of(local)), embedder)
 
     vectors = embedder.encode([queries[q] for q in judged], batch_size=settings.embed_batch_size)
     result: dict[str, Any] = {"dataset": folder.name, "queries": len(judged), "documents": len(documents),
-                              "chunks": len(retriever.index.chunks), "build_id": retriever.index.build_id,
+                              "chunks": retriever.store.count(), "build_id": retriever.store.build_id,
                               "modes": {}}
     for variant in columns:
         base = variant.fusion or retriever.fusion

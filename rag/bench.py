@@ -152,12 +152,12 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
         server.wait(timeout=30)
     from rag.profile import embed_rates, query_steps, sample_passages
     from rag.service import retriever_for
-    from rag.store import load_index
+    from rag.stores import open_store
 
-    retriever = retriever_for(settings, load_index(settings.index_dir, spec_of(settings)), served)
+    retriever = retriever_for(settings, open_store(settings, spec_of(settings)), served)
     steps = query_steps(retriever, QUESTIONS, repeats)
-    index = retriever.index
-    seed = [embed_input(str(index.documents[c.doc_id].metadata["title"]), c.section, c.text) for c in index.chunks]
+    store = retriever.store
+    seed = [embed_input(str(store.documents[c.doc_id].metadata["title"]), c.section, c.text) for c in store.chunks]
     texts, passages_from = sample_passages(EMBED_SAMPLE, scifact, seed, torch_model, settings)
     rates = {"torch": embed_rates(torch_model, texts, settings.embed_batch_size)}
     if served is not torch_model:

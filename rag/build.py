@@ -1,24 +1,32 @@
-"""Build (or refresh) the index: ingest -> clean -> chunk -> embed -> write atomically.
+"""Build (or refresh) the index: ingest -> clean -> chunk -> embed -> store, atomically.
 
 `build_index` does no work when nothing changed: the corpus hash (raw text + metadata of
 every document, plus the cleaning rules and the package version) and the model and
 chunker settings are compared with the live manifest first, before the model is even
 loaded. When something changed, every document is re-cleaned and re-chunked (cheap), and
 only chunks whose embedding input is new are embedded; the others reuse their vectors
-from the live build. So editing one article re-embeds that article's changed chunks.
+from the live build, looked up by hash. So editing one article re-embeds that article's
+changed chunks.
 
-Left out: deleting vectors in place (the FAISS index is rewritten whole each build,
-which takes milliseconds at this size).
+The build streams: documents go through in batches of `BATCH_DOCUMENTS`, each batch
+cleaned, chunked, embedded and handed to the store's writer (`rag.stores.open_writer`),
+which commits the new build atomically at the end; a progress bar shows documents, rate
+and time left. Memory holds one batch, not the corpus's chunks or vectors.
+
+Left out: reading the corpus folder in a stream (`load_corpus` reads every file's text
+first, to hash the corpus before deciding whether to build).
 """
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from rag import __version__
 from rag.chunk import TIKTOKEN_ENCODING, Chunk, ChunkParams, chunk_document, embed_input, split_sentences
@@ -26,32 +34,26 @@ from rag.clean import CleanDocument, CleanRules, Section, clean
 from rag.embed import VECTOR_FAMILY, Embedder, embedder_from
 from rag.errors import RagError
 from rag.ingest import SourceDocument, load_corpus
-from rag.lexical import DEFAULT_B, DEFAULT_K1, LexicalIndex
+from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.settings import Settings
-from rag.store import (
-    ChunkRecord,
-    DocumentRecord,
-    Index,
-    IndexSpec,
-    build_lock,
-    exact_vector_index,
-    load_index,
-    new_manifest,
-    size_on_disk,
-    write_index,
-)
+from rag.store import IndexSpec, new_manifest, size_on_disk
+from rag.stores import open_store, open_writer
+from rag.stores.base import ChunkStore, StoreWriter
+
+BATCH_DOCUMENTS = 64  # documents per writer batch: bounded memory, batches big enough to embed well
 
 
 @dataclass(frozen=True)
 class BuildReport:
     skipped: bool  # True: the live index was already up to date
-    build_path: Path
+    build_id: str
+    location: str  # the build's folder (local) or collection (milvus)
     documents: int
     chunks: int
     embedded: int  # chunks embedded in this run
     reused: int  # chunks whose vector came from the previous build
     seconds: float
-    bytes_on_disk: int
+    bytes_on_disk: int | None  # None where the store does not say (milvus)
     token_counts: list[int]  # cl100k tokens per chunk
 
 
@@ -84,26 +86,74 @@ def build_index(
     rules: CleanRules | None = CleanRules(),
     documents: list[SourceDocument] | None = None,
     log: Callable[[str], None] = lambda message: None,
+    progress: bool = False,
 ) -> BuildReport:
     """Index `documents` (default: the corpus folder). `rules=None` skips cleaning, for
-    text that is already clean (benchmark abstracts): each document is one section."""
+    text that is already clean (benchmark abstracts): each document is one section.
+    `progress` shows a progress bar on stderr."""
     started = time.perf_counter()
     documents = load_corpus(settings.corpus_dir) if documents is None else documents
     spec = spec_of(settings)
     digest = corpus_hash(documents, rules, settings.highlights)
-    with build_lock(settings.index_dir):
-        previous = _previous(settings.index_dir, spec)
+    previous = _previous(settings, spec)
+    try:
         if previous is not None and not force and previous.manifest["corpus"]["hash"] == digest:
-            return _report(previous, skipped=True, embedded=0, reused=0, started=started)
-
+            return _report(previous, skipped=True, embedded=0, started=started)
         if embedder is None:
             log(f"loading model {settings.model} ({settings.embed_backend})")
             embedder = embedder_from(settings)
-        params = ChunkParams(settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.max_tokens)
+        with open_writer(settings, embedder.dimension, log) as writer:
+            batches = _Batches(settings, embedder, rules, previous)
+            bar = tqdm(total=len(documents), unit="doc", desc="indexing", disable=not progress, file=sys.stderr)
+            for start in range(0, len(documents), BATCH_DOCUMENTS):
+                batches.write(documents[start:start + BATCH_DOCUMENTS], writer)
+                bar.update(min(BATCH_DOCUMENTS, len(documents) - start))
+            bar.close()
+            log(f"{len(documents)} documents -> {batches.chunks} chunks "
+                f"(embedded {batches.embedded}, reused {batches.chunks - batches.embedded})")
+            manifest = new_manifest(
+                model={"name": settings.model, "dimension": embedder.dimension,
+                       "max_tokens": embedder.max_tokens, "backend": settings.embed_backend,
+                       "vectors": VECTOR_FAMILY[settings.embed_backend]},
+                chunker={"chunk_tokens": settings.chunk_tokens,
+                         "chunk_overlap_tokens": settings.chunk_overlap_tokens,
+                         "encoding": TIKTOKEN_ENCODING,
+                         "embed_input": embed_input("<title>", "<section>", "<text>")},
+                lexical={"tokenizer": "lowercase \\w+, English stopwords, Snowball stemmer",
+                         "indexes": "title, section and chunk text (what the model sees)"},
+                corpus={"hash": digest, "documents": {d.doc_id: d.content_hash for d in documents}},
+                counts={"documents": len(documents), "chunks": batches.chunks},
+            )
+            location = writer.commit(manifest)
+    finally:
+        if previous is not None:
+            previous.close()
+    seconds = time.perf_counter() - started
+    path = Path(str(location))
+    return BuildReport(skipped=False, build_id=manifest["build_id"], location=str(location),
+                       documents=len(documents), chunks=batches.chunks, embedded=batches.embedded,
+                       reused=batches.chunks - batches.embedded, seconds=seconds,
+                       bytes_on_disk=size_on_disk(path) if path.is_dir() else None,
+                       token_counts=batches.token_counts)
+
+
+class _Batches:
+    """Cleans, chunks and embeds one batch of documents at a time into a writer."""
+
+    def __init__(self, settings: Settings, embedder: Embedder, rules: CleanRules | None,
+                 previous: ChunkStore | None):
+        self.settings, self.embedder, self.rules, self.previous = settings, embedder, rules, previous
+        self.params = ChunkParams(settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.max_tokens)
+        same_model = previous is not None and previous.manifest["model"]["dimension"] == embedder.dimension
+        self.reusable = previous if same_model else None
+        self.chunks = self.embedded = 0
+        self.token_counts: list[int] = []
+
+    def write(self, documents: list[SourceDocument], writer: StoreWriter) -> None:
         records, chunks, sentences = [], [], []
         for doc in documents:
             title = str(doc.metadata["title"])
-            cleaned = clean(doc.text, title=title, rules=rules) if rules else as_is(doc.text)
+            cleaned = clean(doc.text, title=title, rules=self.rules) if self.rules else as_is(doc.text)
             if not cleaned.text:
                 raise RagError(f"{doc.path.name}: nothing is left after cleaning")
             records.append(DocumentRecord(
@@ -112,95 +162,54 @@ def build_index(
                  for s in cleaned.sections],
                 doc.content_hash,
             ))
-            chunks += chunk_document(doc.doc_id, title, cleaned, params, embedder.count_tokens)
-            if settings.highlights:
-                sentences += [(doc.doc_id, a, b) for section in cleaned.sections
+            chunks += chunk_document(doc.doc_id, title, cleaned, self.params, self.embedder.count_tokens)
+            if self.settings.highlights:
+                sentences += [SentenceRecord(doc.doc_id, a, b, _hash(cleaned.text[a:b]))
+                              for section in cleaned.sections
                               for a, b in split_sentences(cleaned.text, section.char_start, section.char_end)]
-        log(f"{len(documents)} documents -> {len(chunks)} chunks")
-
-        old_chunks = _old_vectors(previous, embedder, lambda ix: [c.embed_hash for c in ix.chunks],
-                                  lambda ix: ix.vector_matrix())
-        vectors, reused = _embed([c.embed_input for c in chunks], old_chunks, embedder,
-                                 settings.embed_batch_size, "chunks", log)
-        sentence_vectors = None
-        if settings.highlights:
+        writer.add_documents(records)
+        inputs = [c.embed_input for c in chunks]
+        vectors, reused = self._embed(inputs, sentences=False)
+        # BM25 sees what the model sees: title, section and text (BEIR: title + text)
+        writer.add_chunks([_record(c) for c in chunks], vectors, lexical_texts=inputs)
+        self.chunks += len(chunks)
+        self.embedded += len(chunks) - reused
+        self.token_counts += [c.n_tokens for c in chunks]
+        if sentences:
             texts = {d.doc_id: d.text for d in records}
-            old_sentences = _old_vectors(previous, embedder, lambda ix: [
-                _hash(ix.documents[d].text[a:b]) for d, a, b in ix.sentences], lambda ix: ix.sentence_vectors)
-            sentence_vectors, _ = _embed([texts[d][a:b] for d, a, b in sentences], old_sentences, embedder,
-                                         settings.embed_batch_size, "sentences", log)
-        index = Index(
-            manifest=new_manifest(
-                model={"name": settings.model, "dimension": embedder.dimension,
-                       "max_tokens": embedder.max_tokens, "backend": settings.embed_backend,
-                       "vectors": VECTOR_FAMILY[settings.embed_backend]},
-                chunker={"chunk_tokens": settings.chunk_tokens,
-                         "chunk_overlap_tokens": settings.chunk_overlap_tokens,
-                         "encoding": TIKTOKEN_ENCODING,
-                         "embed_input": embed_input("<title>", "<section>", "<text>")},
-                lexical={"library": "bm25s", "k1": DEFAULT_K1, "b": DEFAULT_B,
-                         "tokenizer": "lowercase \\w+, English stopwords, Snowball stemmer"},
-                corpus={"hash": digest, "documents": {d.doc_id: d.content_hash for d in documents}},
-                counts={"documents": len(records), "chunks": len(chunks)},
-            ),
-            documents={r.doc_id: r for r in records},
-            chunks=[_record(c) for c in chunks],
-            vectors=exact_vector_index(vectors, embedder.dimension),
-            sentences=sentences,
-            sentence_vectors=sentence_vectors,
-            # BM25 sees what the model sees: title, section and text (BEIR: title + text)
-            lexical=LexicalIndex.build([c.embed_input for c in chunks]),
-        )
-        index.path = write_index(settings.index_dir, index)
-        return _report(index, skipped=False, embedded=len(chunks) - reused, reused=reused,
-                       started=started)
+            sentence_vectors, _ = self._embed([texts[s.doc_id][s.char_start:s.char_end] for s in sentences],
+                                              sentences=True)
+            writer.add_sentences(sentences, sentence_vectors)
+
+    def _embed(self, texts: list[str], sentences: bool) -> tuple[np.ndarray, int]:
+        """Vectors for `texts`, taken from the previous build where the text is unchanged;
+        returns them and how many were reused."""
+        hashes = [_hash(t) for t in texts]
+        known = self.reusable.vectors_by_hash(hashes, sentences) if self.reusable is not None else {}
+        vectors = np.zeros((len(texts), self.embedder.dimension), dtype=np.float32)
+        todo = []
+        for i, digest in enumerate(hashes):
+            old = known.get(digest)
+            if old is not None:
+                vectors[i] = old
+            else:
+                todo.append(i)
+        if todo:
+            vectors[todo] = self.embedder.encode([texts[i] for i in todo], batch_size=self.settings.embed_batch_size)
+        return vectors, len(texts) - len(todo)
 
 
-def _previous(index_dir: Path, spec: IndexSpec) -> Index | None:
-    """The live index if it was built with these settings and loads cleanly, else None.
-    (load_index compares the settings before it reads anything but the manifest.)"""
+def _previous(settings: Settings, spec: IndexSpec) -> ChunkStore | None:
+    """The live build if it was built with these settings and opens cleanly, else None."""
     try:
-        return load_index(index_dir, spec)
+        return open_store(settings, spec)
     except RagError:
         return None
 
 
-def _old_vectors(
-    previous: Index | None, embedder: Embedder,
-    hashes: Callable[[Index], list[str]], matrix: Callable[[Index], np.ndarray | None],
-) -> dict[str, np.ndarray]:
-    """Vectors of the live build by the hash of the text they embed (same model only)."""
-    if previous is None or previous.manifest["model"]["dimension"] != embedder.dimension:
-        return {}
-    vectors = matrix(previous)
-    if vectors is None:
-        return {}
-    return dict(zip(hashes(previous), vectors))
-
-
-def _embed(
-    texts: list[str], known: dict[str, np.ndarray], embedder: Embedder, batch_size: int, what: str,
-    log: Callable[[str], None],
-) -> tuple[np.ndarray, int]:
-    """Vectors for `texts`, taken from `known` where the text is unchanged; returns them and
-    how many were reused."""
-    vectors = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
-    todo = []
-    for i, text in enumerate(texts):
-        old = known.get(_hash(text))
-        if old is not None:
-            vectors[i] = old
-        else:
-            todo.append(i)
-    if todo:
-        log(f"embedding {len(todo)} {what} ({len(texts) - len(todo)} reused)")
-        vectors[todo] = embedder.encode([texts[i] for i in todo], batch_size=batch_size)
-    return vectors, len(texts) - len(todo)
-
-
 def embed_texts(texts: list[str], embedder: Embedder, batch_size: int) -> np.ndarray:
     """What a build does to embed new texts (none reused), for `rag bench`."""
-    return _embed(texts, {}, embedder, batch_size, "passages", lambda message: None)[0]
+    return embedder.encode(texts, batch_size=batch_size)
 
 
 def _hash(text: str) -> str:
@@ -214,11 +223,12 @@ def _record(chunk: Chunk) -> ChunkRecord:
     )
 
 
-def _report(index: Index, *, skipped: bool, embedded: int, reused: int, started: float) -> BuildReport:
-    assert index.path is not None
+def _report(store: ChunkStore, *, skipped: bool, embedded: int, started: float) -> BuildReport:
+    folder = getattr(store, "folder", None)
     return BuildReport(
-        skipped=skipped, build_path=index.path, documents=len(index.documents),
-        chunks=len(index.chunks), embedded=embedded, reused=reused,
-        seconds=time.perf_counter() - started, bytes_on_disk=size_on_disk(index.path),
-        token_counts=[c.n_tokens for c in index.chunks],
+        skipped=skipped, build_id=store.build_id, location=str(folder or store.build_id),
+        documents=len(store.documents), chunks=store.count(), embedded=embedded,
+        reused=store.count() - embedded, seconds=time.perf_counter() - started,
+        bytes_on_disk=size_on_disk(folder) if folder is not None else None,
+        token_counts=[c.n_tokens for c in store.chunks],
     )

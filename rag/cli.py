@@ -66,19 +66,21 @@ def build(
     from rag.build import build_index
 
     settings = load_settings(corpus, index)
-    report = build_index(settings, force=force, log=lambda m: typer.echo(m, err=True))
+    report = build_index(settings, force=force, log=lambda m: typer.echo(m, err=True),
+                         progress=sys.stderr.isatty())
     if report.skipped:
         typer.echo(f"index is up to date: {report.chunks} chunks from {report.documents} "
-                   f"documents ({report.build_path})")
+                   f"documents ({report.location})")
         return
     tokens = sorted(report.token_counts) or [0]
     typer.echo(
-        f"built {report.build_path}\n"
+        f"built {report.location}\n"
         f"  documents {report.documents}, chunks {report.chunks} "
         f"(embedded {report.embedded}, reused {report.reused})\n"
         f"  chunk tokens (cl100k): min {tokens[0]}, median {statistics.median(tokens):g}, "
         f"max {tokens[-1]}\n"
-        f"  {report.seconds:.1f} s, {report.bytes_on_disk / 1024:.0f} KiB on disk"
+        f"  {report.seconds:.1f} s"
+        + (f", {report.bytes_on_disk / 1024:.0f} KiB on disk" if report.bytes_on_disk is not None else "")
     )
 
 
@@ -230,7 +232,7 @@ def eval_command(
         from rag.service import open_retriever
 
         retriever = open_retriever(settings)
-        question_set = load_questions(questions, retriever.index)
+        question_set = load_questions(questions, retriever.store)
         report = evaluate(retriever, question_set, columns)
         report["abstention"] = fit_abstention(retriever, question_set)
         report["highlights"] = highlight_hits(retriever, question_set)

@@ -11,7 +11,7 @@ and the same broken down per document and per question type, plus query latency
 in its top 5; failures are listed with what came back instead.
 
 Example:
-    report = evaluate(retriever, load_questions(Path("eval/questions.jsonl"), index))
+    report = evaluate(retriever, load_questions(Path("eval/questions.jsonl"), store))
     report["modes"]["dense"]["overall"]["recall@5"]
 
 Left out: judging answerable=false questions (nothing to retrieve; abstention is scored
@@ -29,7 +29,7 @@ from rag.errors import RagError
 from rag.fusion import Fusion
 from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
 from rag.retrieve import Retriever
-from rag.store import Index
+from rag.stores.base import ChunkStore
 from rag.types import MODES, Mode
 
 RECALL_KS = (1, 3, 5, 10)
@@ -77,7 +77,7 @@ class Question:
     gold: list[GoldQuote]
 
 
-def load_questions(path: Path, index: Index) -> list[Question]:
+def load_questions(path: Path, store: ChunkStore) -> list[Question]:
     """Read the JSONL set and locate each gold quote in its document's cleaned text."""
     questions, seen = [], set()
     try:
@@ -90,7 +90,7 @@ def load_questions(path: Path, index: Index) -> list[Question]:
         try:
             row = json.loads(line)
             qid = str(row["id"])
-            gold = [_locate(g["doc_id"], g["quote"], index) for g in row.get("gold_quotes", [])]
+            gold = [_locate(g["doc_id"], g["quote"], store) for g in row.get("gold_quotes", [])]
             question = Question(qid, row["question"], row["type"], bool(row["answerable"]),
                                 list(row.get("doc_ids", [])), gold)
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -104,8 +104,8 @@ def load_questions(path: Path, index: Index) -> list[Question]:
     return questions
 
 
-def _locate(doc_id: str, quote: str, index: Index) -> GoldQuote:
-    document = index.documents.get(doc_id)
+def _locate(doc_id: str, quote: str, store: ChunkStore) -> GoldQuote:
+    document = store.documents.get(doc_id)
     if document is None:
         raise RagError(f"gold quote cites unknown document '{doc_id}'")
     start = document.text.find(quote)
@@ -120,30 +120,30 @@ def quotes_in(doc_id: str, start: int, end: int, gold: list[GoldQuote]) -> set[s
     return {str(i) for i, g in enumerate(gold) if g.doc_id == doc_id and start < g.char_end and g.char_start < end}
 
 
-def covered_quotes(index: Index, row: int, gold: list[GoldQuote]) -> set[str]:
+def covered_quotes(store: ChunkStore, row: int, gold: list[GoldQuote]) -> set[str]:
     """Gold quotes that chunk `row` contains or overlaps."""
-    chunk = index.chunks[row]
+    chunk = store.chunks[row]
     return quotes_in(chunk.doc_id, chunk.char_start, chunk.char_end, gold)
 
 
-def relevant_chunks(index: Index, question: Question) -> int:
+def relevant_chunks(store: ChunkStore, question: Question) -> int:
     """How many chunks hold part of a gold quote: the ideal ranking's length for nDCG."""
-    return sum(1 for row in range(len(index.chunks)) if covered_quotes(index, row, question.gold))
+    cited = {g.doc_id for g in question.gold}
+    return sum(1 for doc_id in cited for row in store.rows_of(doc_id) if covered_quotes(store, row, question.gold))
 
 
 def _scores(retriever: Retriever, question: Question, variant: Variant, relevant_rows: int) -> dict[str, Any]:
     started = time.perf_counter()
     hits = retriever.search(question.question, DEPTH, mode=variant.mode, fusion=variant.fusion)
     ms = (time.perf_counter() - started) * 1000
-    index = retriever.index
-    covered = [covered_quotes(index, hit.row, question.gold) for hit in hits]
+    store = retriever.store
+    covered = [covered_quotes(store, hit.row, question.gold) for hit in hits]
     flags = [bool(c) for c in covered]
     metrics = {f"recall@{k}": recall_at_k(covered, len(question.gold), k) for k in RECALL_KS}
     metrics["mrr@10"] = mrr_at_k(flags, DEPTH)
     metrics["ndcg@10"] = ndcg_at_k(flags, relevant_rows, DEPTH)
-    returned = [{"chunk_id": index.chunks[h.row].chunk_id, "doc_id": index.chunks[h.row].doc_id,
-                 "section": index.chunks[h.row].section, "relevant": f,
-                 "text": index.chunks[h.row].text[:160]} for h, f in zip(hits[:3], flags[:3])]
+    returned = [{"chunk_id": c.chunk_id, "doc_id": c.doc_id, "section": c.section, "relevant": f, "text": c.text[:160]}
+                for c, f in zip((store.chunks[h.row] for h in hits[:3]), flags[:3])]
     return {"metrics": metrics, "ms": ms, "returned": returned}
 
 
@@ -172,8 +172,8 @@ def evaluate(retriever: Retriever, questions: list[Question], columns: list[Vari
     if not answerable:
         raise RagError("the question set has no answerable question")
     report: dict[str, Any] = {"questions": len(questions), "answerable": len(answerable),
-                              "build_id": retriever.index.build_id, "modes": {}}
-    relevant = {q.id: relevant_chunks(retriever.index, q) for q in answerable}  # the same for every variant
+                              "build_id": retriever.store.build_id, "modes": {}}
+    relevant = {q.id: relevant_chunks(retriever.store, q) for q in answerable}  # the same for every variant
     for variant in columns or variants(MODES):
         runs = {q.id: _scores(retriever, q, variant, relevant[q.id]) for q in answerable}
         times = [r["ms"] for r in runs.values()]

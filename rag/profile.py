@@ -100,7 +100,7 @@ def compare_backends(settings: Settings, scifact: Path | None) -> dict[str, Any]
     from rag.beir import cache_key
     from rag.build import build_index, spec_of
     from rag.embed import VECTOR_FAMILY
-    from rag.store import load_index
+    from rag.stores.local import open_local
 
     def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         c = (a * b).sum(axis=1)
@@ -113,11 +113,11 @@ def compare_backends(settings: Settings, scifact: Path | None) -> dict[str, Any]
         for backend in backends:
             local = settings.model_copy(update={"embed_backend": backend, "index_dir": Path(tmp) / backend})
             build_index(local)
-            seed[backend] = load_index(local.index_dir, spec_of(local))
+            seed[backend] = open_local(local.index_dir, spec_of(local))
         for backend in backends[1:]:
-            out[backend] = {"seed chunks": cosines(seed["torch"].vector_matrix(), seed[backend].vector_matrix())}
-            reference, other = seed["torch"].sentence_vectors, seed[backend].sentence_vectors
-            if reference is not None and other is not None:
+            out[backend] = {"seed chunks": cosines(seed["torch"].matrix(), seed[backend].matrix())}
+            reference, other = seed["torch"].matrix(sentences=True), seed[backend].matrix(sentences=True)
+            if len(reference) and len(other):
                 out[backend]["seed sentences"] = cosines(reference, other)
     if scifact is not None and (scifact / "corpus.jsonl").is_file():
         cached = {}
@@ -125,7 +125,7 @@ def compare_backends(settings: Settings, scifact: Path | None) -> dict[str, Any]
             local = settings.model_copy(update={"embed_backend": backend, "highlights": False})
             folder = settings.cache_dir / "beir" / f"{scifact.name}-{cache_key(scifact, local)}"
             if (folder / "CURRENT").exists():
-                cached[backend] = load_index(folder).vector_matrix()
+                cached[backend] = open_local(folder).matrix()
         for backend in backends[1:]:
             if "torch" in cached and backend in cached:
                 out[backend]["SciFact chunks"] = cosines(cached["torch"], cached[backend])

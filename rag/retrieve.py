@@ -24,7 +24,7 @@ passage sentence(s) that best match the question: cosine similarity plus
 (0.3: top highlight on the gold quote for 81% of relevant seed passages, 76% without).
 
 Example:
-    retriever = Retriever(load_index(Path("index")), load_embedder("all-MiniLM-L6-v2"))
+    retriever = Retriever(open_local(Path("index")), load_embedder("all-MiniLM-L6-v2"))
     retriever.query("What was China-Russia trade worth in 2024?", k=3).passages[0].highlights
 
 Left out: query expansion, and highlights below sentence level.
@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from itertools import chain, islice
 from typing import Protocol
 
@@ -43,10 +44,9 @@ from rag.embed import Embedder
 from rag.errors import BadQueryError
 from rag.fusion import DEFAULT_FUSION, MISSING_SCORE, Fusion, Ranking, fuse
 from rag.lexical import tokenize
+from rag.records import ChunkRecord
 from rag.schema import Citation, Passage, QueryResponse, Span
-from rag.store import ChunkRecord, Index
-from rag.stores.base import ChunkStore
-from rag.stores.local import LocalStore
+from rag.stores.base import FILTER_FIELDS, ChunkStore
 from rag.text import is_unicode_text
 from rag.types import MODES, Filters, Hit, Laps, Mode
 
@@ -76,19 +76,17 @@ def _lap(laps: Laps | None, name: str) -> None:
 
 
 class Retriever:
-    def __init__(self, index: Index, embedder: Embedder, max_k: int = 50, default_mode: Mode = "hybrid",
+    def __init__(self, store: ChunkStore, embedder: Embedder, max_k: int = 50, default_mode: Mode = "hybrid",
                  fusion: Fusion = DEFAULT_FUSION, abstention: Abstention = Abstention(),
                  reranker: Reranker | None = None, rerank_depth: int = 20, collapse_overlap: float = 0.5,
-                 highlight_lexical_weight: float = 0.3, store: ChunkStore | None = None):
-        self.index, self.embedder, self.max_k = index, embedder, max_k
+                 highlight_lexical_weight: float = 0.3):
+        self.store, self.embedder, self.max_k = store, embedder, max_k
         self.default_mode, self.fusion, self.abstention = default_mode, fusion, abstention
         self.reranker, self.rerank_depth = reranker, rerank_depth
         self.collapse_overlap = collapse_overlap
         self.highlight_lexical_weight = highlight_lexical_weight
-        self.store: ChunkStore = store or LocalStore(index)
-        self._sentences = _sentences_by_chunk(index)
-        # each sentence's BM25 terms, once: highlights compare them with the question's
-        self._sentence_terms = [frozenset(tokenize(index.documents[d].text[a:b])) for d, a, b in index.sentences]
+        # citations read a document's metadata, not its text: keep the recent ones
+        self._metadata = lru_cache(maxsize=4096)(lambda doc_id: self.store.documents[doc_id].metadata)
 
     # ------------------------------------------------------------------ answers
 
@@ -156,11 +154,13 @@ class Retriever:
             raise BadQueryError(f"mode must be one of {', '.join(MODES)}, got '{mode}'")
         if max_per_doc is not None and max_per_doc < 1:
             raise BadQueryError(f"max_per_doc must be at least 1, got {max_per_doc}")
-        for name, values in (("doc_ids", filters.doc_ids), ("sources", filters.sources),
-                             ("sections", filters.sections)):
-            if values is not None and not len(values):  # "only these: none" is almost surely a client bug
+        for name in FILTER_FIELDS:
+            values = getattr(filters, name)
+            if values is None:
+                continue
+            if not len(values):  # "only these: none" is almost surely a client bug
                 raise BadQueryError(f"{name} is empty: leave it out (or null) to search everything")
-            if unknown := sorted(set(values or ()) - self.store.known(name)):
+            if unknown := self.store.unknown(name, list(values)):
                 raise BadQueryError(f"unknown {name}: {', '.join(unknown)}")
 
     def best_cosine(self, query_vector: np.ndarray, filters: Filters = Filters()) -> float:
@@ -184,7 +184,7 @@ class Retriever:
         assert self.reranker is not None
         rest = iter(hits)
         head = list(islice(rest, self.rerank_depth))
-        scores = self.reranker.score(question, [self.index.chunks[h.row].text for h in head])
+        scores = self.reranker.score(question, [self.store.chunks[h.row].text for h in head])
         reranked = [replace(h, score=float(s), components={**h.components, "rerank": float(s)})
                     for h, s in zip(head, scores)]
         return chain(sorted(reranked, key=lambda h: -h.score), rest)
@@ -194,10 +194,10 @@ class Retriever:
         kept: list[Hit] = []
         per_doc: dict[str, int] = {}
         for hit in hits:
-            chunk = self.index.chunks[hit.row]
+            chunk = self.store.chunks[hit.row]
             if max_per_doc is not None and per_doc.get(chunk.doc_id, 0) >= max_per_doc:
                 continue
-            if collapse and any(near_duplicates(chunk, self.index.chunks[h.row], self.collapse_overlap) for h in kept):
+            if collapse and any(near_duplicates(chunk, self.store.chunks[h.row], self.collapse_overlap) for h in kept):
                 continue
             kept.append(hit)
             per_doc[chunk.doc_id] = per_doc.get(chunk.doc_id, 0) + 1
@@ -209,7 +209,7 @@ class Retriever:
 
     def passage(self, rank: int, hit: Hit, query_vector: np.ndarray | None = None,
                 terms: set[str] | None = None) -> Passage:
-        chunk = self.index.chunks[hit.row]
+        chunk = self.store.chunks[hit.row]
         return Passage(rank=rank, chunk_id=chunk.chunk_id, text=chunk.text, score=round(hit.score, 6),
                        scores={k: round(v, 6) for k, v in hit.components.items()},
                        highlights=self.highlights(hit.row, query_vector, terms or set())
@@ -220,12 +220,14 @@ class Retriever:
         """The sentence of chunk `row` that best matches the question (`terms`: its BM25
         tokens), and a second one if it scores nearly as well; document offsets, clipped
         to the chunk, best first."""
-        sentence_rows, spans = self._sentences.get(row, (np.empty(0, dtype=np.int64), []))
-        if not len(sentence_rows) or self.index.sentence_vectors is None:
+        spans, vectors = self.store.sentences(row)
+        if not spans:
             return []
-        scores = self.index.sentence_vectors[sentence_rows] @ query_vector
+        scores = vectors @ query_vector
         if terms and self.highlight_lexical_weight:
-            shares = [len(terms & self._sentence_terms[r]) / len(terms) for r in sentence_rows]
+            start = self.store.chunks[row].char_start
+            text = self.store.chunks[row].text
+            shares = [len(terms & _terms(text[a - start:b - start])) / len(terms) for a, b in spans]
             scores = scores + self.highlight_lexical_weight * np.asarray(shares)
         order = np.argsort(-scores)
         chosen = [order[0]] + [i for i in order[1:2] if scores[i] >= HIGHLIGHT_NEAR * scores[order[0]] > 0]
@@ -233,8 +235,8 @@ class Retriever:
                 for i in chosen]
 
     def citation(self, row: int) -> Citation:
-        chunk = self.index.chunks[row]
-        meta = self.index.documents[chunk.doc_id].metadata
+        chunk = self.store.chunks[row]
+        meta = self._metadata(chunk.doc_id)
         return Citation(
             doc_id=chunk.doc_id, title=str(meta["title"]), source=str(meta["source"]),
             url=meta.get("url"), section=chunk.section, char_start=chunk.char_start, char_end=chunk.char_end,
@@ -268,17 +270,7 @@ def near_duplicates(a: ChunkRecord, b: ChunkRecord, min_share: float) -> bool:
     return a.doc_id == b.doc_id and shared > 0 and shared >= min_share * shorter
 
 
-def _sentences_by_chunk(index: Index) -> dict[int, tuple[np.ndarray, list[tuple[int, int]]]]:
-    """For each chunk row: its sentences' rows in index.sentence_vectors and their spans,
-    clipped to the chunk."""
-    out: dict[int, tuple[np.ndarray, list[tuple[int, int]]]] = {}
-    if index.sentence_vectors is None:
-        return out
-    by_doc: dict[str, list[tuple[int, int, int]]] = {}
-    for row, (doc_id, start, end) in enumerate(index.sentences):
-        by_doc.setdefault(doc_id, []).append((start, end, row))
-    for row, chunk in enumerate(index.chunks):
-        inside = [(max(s, chunk.char_start), min(e, chunk.char_end), r) for s, e, r in by_doc.get(chunk.doc_id, [])
-                  if s < chunk.char_end and chunk.char_start < e]
-        out[row] = (np.array([r for _, _, r in inside], dtype=np.int64), [(s, e) for s, e, _ in inside])
-    return out
+@lru_cache(maxsize=65536)
+def _terms(sentence: str) -> frozenset[str]:
+    """A sentence's BM25 terms (highlights compare them with the question's), computed once."""
+    return frozenset(tokenize(sentence))

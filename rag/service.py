@@ -10,23 +10,24 @@ from rag.fusion import Fusion
 from rag.rerank import load_reranker
 from rag.retrieve import Abstention, Reranker, Retriever
 from rag.settings import Settings
-from rag.store import Index, load_index
+from rag.stores import open_store
+from rag.stores.base import ChunkStore
 
 
 def open_retriever(settings: Settings) -> Retriever:
-    """Load the index first (fast, and fails fast with a clear message), then the model."""
-    index = load_index(settings.index_dir, spec_of(settings))
-    return retriever_for(settings, index, embedder_from(settings))
+    """Open the index first (fast, and fails fast with a clear message), then the model."""
+    store = open_store(settings, spec_of(settings))
+    return retriever_for(settings, store, embedder_from(settings))
 
 
-def retriever_for(settings: Settings, index: Index, embedder: Embedder,
+def retriever_for(settings: Settings, store: ChunkStore, embedder: Embedder,
                   reranker: Reranker | None = None) -> Retriever:
     """A retriever configured by `settings` over an index and models already loaded
     (the reranker is loaded here if the settings name one and none is given)."""
     if reranker is None and settings.reranker:
         reranker = load_reranker(settings.reranker)
     return Retriever(
-        index, embedder, max_k=settings.max_k, default_mode=settings.default_mode,
+        store, embedder, max_k=settings.max_k, default_mode=settings.default_mode,
         fusion=Fusion.parse(settings.fusion, depth=settings.fusion_depth),
         abstention=Abstention(settings.abstain_slope, settings.abstain_offset),
         reranker=reranker,

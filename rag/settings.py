@@ -38,6 +38,14 @@ class Settings(BaseSettings):
         "(same vectors, cosine >= 0.9999); onnx-int8: weights quantised to int8 (other vectors: rebuild)")
     embed_threads: int = Field(0, ge=0, le=256, description="ONNX Runtime intra-op threads; 0: one per core")
 
+    # --- where the index lives
+    vector_store: Literal["local", "milvus"] = Field(
+        "local", description="local: files under index_dir (FAISS, SQLite, BM25 arrays); milvus: a Milvus "
+        "server or cluster, or Milvus Lite in-process (pip install '.[milvus]')")
+    milvus_uri: str = Field("index/milvus.db", description="a file path runs Milvus Lite in-process; "
+                            "http://host:19530 talks to Milvus standalone or a cluster")
+    milvus_token: SecretStr | None = Field(None, description="Milvus credentials, 'user:password' or a token")
+
     # --- chunking (sizes in cl100k tokens, counted with tiktoken)
     chunk_tokens: int = Field(180, ge=16, le=8192, description="target chunk size")
     chunk_overlap_tokens: int = Field(40, ge=0, description="tokens shared by consecutive chunks")

@@ -90,7 +90,7 @@ def _swapper(settings: Settings, every: float, stop: threading.Event, swaps: lis
     try:
         embedder = embedder_from(settings)
         while not stop.wait(every):
-            swaps.append(build_index(settings, embedder, force=True).build_path.name)
+            swaps.append(build_index(settings, embedder, force=True).build_id)
     except Exception as exc:  # reported with the results: a soak without swaps is not the soak asked for
         errors.append(f"index swaps stopped: {exc!r}")
 

@@ -1,33 +1,29 @@
-"""The index on disk: plain files, a JSON manifest, atomic replacement.
+"""Build folders on disk: a JSON manifest, file checksums, atomic replacement.
 
     index/
       CURRENT                    one line: the name of the live build
       HISTORY                    the builds kept, oldest first, one name a line (the live one last)
       builds/<build_id>/
         manifest.json            versions, parameters, corpus hash, file checksums
-        documents.jsonl          metadata + canonical (cleaned) text + sections
-        chunks.jsonl             chunk text, citation offsets, token counts
-        vectors.faiss            FAISS IndexFlatIP of the normalised chunk vectors
-        bm25/                    bm25s arrays (.npy) and vocabulary (.json)
-        sentences.jsonl          sentence spans, and sentence_vectors.npy their vectors (highlights)
+        ...                      the store's own files (rag.stores.local)
 
-A build is written into `builds/.tmp-<id>/`, every file and folder fsynced, renamed to
-`builds/<id>/`, and only then made live by atomically replacing `CURRENT` (os.replace,
-then fsync of the folder). A crash at any point leaves the previous CURRENT, and so the
-previous index, untouched; its debris (`.tmp-*` folders, `.*.tmp` files) is removed by the
-next build or by `clean_orphans`. Readers hold a fully loaded copy in memory, so a later
-swap never disturbs a query in flight. The build that was live before the current one is
-kept (by HISTORY, not by folder dates) for readers that are half-way through loading it.
+A build is written into `builds/.tmp-<random>/` (rag.stores.local_writer), every file and
+folder fsynced, renamed to `builds/<id>/`, and only then made live by atomically replacing
+`CURRENT` (os.replace, then fsync of the folder): `publish_build`. A crash at any point
+leaves the previous CURRENT, and so the previous index, untouched; its debris (`.tmp-*`
+folders, `.*.tmp` files) is removed by the next build or by `clean_orphans`. A build folder
+is never changed once live, so a later swap never disturbs a reader of an older one. The
+build that was live before the current one is kept (by HISTORY, not by folder dates) for
+readers that are half-way through loading it.
 
-Loading reads CURRENT once and takes every file, manifest included, from the folder it
-names; it verifies each file against its checksum and refuses an index built with another
-format, model or chunker than the settings ask for. A load that fails after CURRENT moved
-on raises IndexBusyError (retry); an OSError while writing or reading raises StorageError.
-Nothing is pickled.
+Opening (`open_build`) reads CURRENT once and takes every file, manifest included, from
+the folder it names; it verifies each file against its checksum and refuses a build with
+another format, model or chunker than the settings ask for. An open that fails after
+CURRENT moved on raises IndexBusyError (retry); an OSError while writing or reading raises
+StorageError. Nothing is pickled.
 
-Left out: memory-mapped or compressed vectors (IndexFlatIP is exact and fits easily at
-this corpus size); concurrent builders (a lock file makes the second one fail fast);
-a reader lock (a reader that loses the race against two newer builds gets IndexBusyError).
+Left out: concurrent builders (a lock file makes the second one fail fast); a reader lock
+(a reader that loses the race against two newer builds gets IndexBusyError).
 """
 
 import fcntl
@@ -35,19 +31,16 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import faiss
-import numpy as np
+from typing import Any, TypeVar
 
 from rag import __version__
-from rag.chunk import ChunkSpan
 from rag.errors import (
     IndexBusyError,
     IndexCorruptError,
@@ -57,11 +50,11 @@ from rag.errors import (
     StorageError,
 )
 from rag.files import fsync_path, sha256_file
-from rag.lexical import LexicalIndex
 
 FORMAT = "rag-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: SQLite chunks, raw vectors, own BM25 arrays, IVF above a size
 KEEP_BUILDS = 2  # the live build and the one before it
+T = TypeVar("T")
 BUILD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # what CURRENT may name: never a path
 
 
@@ -85,63 +78,11 @@ class IndexSpec:
         ]
 
 
-@dataclass(frozen=True)
-class DocumentRecord:
-    doc_id: str
-    metadata: dict[str, Any]
-    text: str  # canonical cleaned text: citation offsets point here
-    sections: list[dict[str, Any]]  # {"title", "char_start", "char_end"}
-    content_hash: str
-
-
-@dataclass(frozen=True)
-class ChunkRecord(ChunkSpan):
-    """A chunk as stored in chunks.jsonl."""
-
-    embed_hash: str  # sha256 of the embedding input: equal hash, reusable vector
-
-
-@dataclass
-class Index:
-    manifest: dict[str, Any]
-    documents: dict[str, DocumentRecord]
-    chunks: list[ChunkRecord]
-    vectors: faiss.Index
-    lexical: LexicalIndex
-    # sentences of every document (doc_id, char_start, char_end) and their vectors, for highlights
-    sentences: list[tuple[str, int, int]] = field(default_factory=list)
-    sentence_vectors: np.ndarray | None = None
-    path: Path | None = None
-    _by_id: dict[str, int] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self._by_id = {c.chunk_id: i for i, c in enumerate(self.chunks)}
-
-    def row_of(self, chunk_id: str) -> int | None:
-        return self._by_id.get(chunk_id)
-
-    def vector_matrix(self) -> np.ndarray:
-        return self.vectors.reconstruct_n(0, self.vectors.ntotal)
-
-    @property
-    def build_id(self) -> str:
-        return str(self.manifest["build_id"])
-
-
-def exact_vector_index(vectors: np.ndarray, dimension: int) -> faiss.Index:
-    """The FAISS index of a build: exact inner product over the normalised vectors."""
-    flat = faiss.IndexFlatIP(dimension)
-    if len(vectors):
-        flat.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    return flat
-
-
 def new_manifest(**fields: Any) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
-        "faiss_version": faiss.__version__,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_id": datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
         **fields,
@@ -167,7 +108,7 @@ def _try_lock(index_dir: Path) -> Iterator[bool]:
         index_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(index_dir / ".lock", os.O_WRONLY | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise _storage_error("write", index_dir, exc) from exc
+        raise storage_error("write", index_dir, exc) from exc
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -192,12 +133,12 @@ def clean_orphans(index_dir: Path) -> list[Path]:
         return []
     try:
         with _try_lock(index_dir) as held:
-            return _remove_orphans(index_dir) if held else []
+            return remove_orphans(index_dir) if held else []
     except (StorageError, OSError):
         return []
 
 
-def _remove_orphans(index_dir: Path) -> list[Path]:
+def remove_orphans(index_dir: Path) -> list[Path]:
     """Temp files and folders of crashed builds. Only under the build lock."""
     builds = index_dir / "builds"
     removed = []
@@ -212,30 +153,33 @@ def _remove_orphans(index_dir: Path) -> list[Path]:
     return removed
 
 
-def write_index(index_dir: Path, index: Index) -> Path:
-    """Write `index` as a new build, make it live atomically and prune builds no longer kept.
-    Call under build_lock. An OSError (disk full, no permission, read-only) becomes a
-    StorageError, with the previous build still live and no temp folder left behind."""
+def publish_build(index_dir: Path, folder: Path, manifest: dict[str, Any]) -> Path:
+    """Make the written build in `folder` (a `.tmp-*` folder under builds/) live: checksum
+    and fsync every file, write the manifest, rename the folder to the build id, replace
+    CURRENT, and prune builds no longer kept. Call under build_lock. An OSError (disk full,
+    no permission, read-only) becomes a StorageError, with the previous build still live
+    and nothing of this one left behind. Returns the build's folder."""
     builds = index_dir / "builds"
-    build_id = index.build_id
-    tmp, final = builds / f".tmp-{build_id}", builds / build_id
+    build_id = str(manifest["build_id"])
+    final = builds / build_id
     previous = _read_pointer(index_dir)
     try:
-        _remove_orphans(index_dir)  # left by a crashed build; we hold the lock
-        if not builds.is_dir():
-            builds.mkdir(parents=True)
-            fsync_path(index_dir)
-        tmp.mkdir()
-        _write_files(tmp, index)
-        os.rename(tmp, final)
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        manifest["files"] = {str(p.relative_to(folder)): sha256_file(p) for p in files}
+        for path in files:
+            fsync_path(path)
+        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):  # bm25/: its entries
+            fsync_path(sub)
+        _replace_text(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))  # fsyncs folder
+        os.rename(folder, final)
         fsync_path(builds)
         _replace_text(index_dir / "CURRENT", build_id + "\n")
     except BaseException as exc:  # KeyboardInterrupt too: leave no half-written build behind
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
         if _read_pointer(index_dir) != build_id:  # never live, so no reader can be loading it
             shutil.rmtree(final, ignore_errors=True)
         if isinstance(exc, OSError):
-            raise _storage_error("write", index_dir, exc) from exc
+            raise storage_error("write", index_dir, exc) from exc
         raise
     # the build is live: failing to record or prune is not a failed build, and the next
     # build redoes both (it reads the previous live build from CURRENT, not only HISTORY)
@@ -245,32 +189,6 @@ def write_index(index_dir: Path, index: Index) -> Path:
     with suppress(OSError):
         _prune(builds, kept)
     return final
-
-
-def _write_files(folder: Path, index: Index) -> None:
-    _write_jsonl(folder / "documents.jsonl", (asdict(d) for d in index.documents.values()))
-    _write_jsonl(folder / "chunks.jsonl", (asdict(c) for c in index.chunks))
-    # serialised in memory and written by Python: a full disk is an OSError, not a FAISS RuntimeError
-    (folder / "vectors.faiss").write_bytes(faiss.serialize_index(index.vectors).tobytes())
-    if index.sentence_vectors is not None:
-        _write_jsonl(folder / "sentences.jsonl", ({"doc_id": d, "char_start": a, "char_end": b}
-                                                  for d, a, b in index.sentences))
-        np.save(folder / "sentence_vectors.npy", index.sentence_vectors, allow_pickle=False)
-    index.lexical.save(folder / "bm25")
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    manifest = {**index.manifest, "files": {str(p.relative_to(folder)): sha256_file(p) for p in files}}
-    for path in files:
-        fsync_path(path)
-    for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):  # bm25/: its entries
-        fsync_path(sub)
-    _replace_text(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))  # fsyncs folder
-    index.manifest = manifest
-
-
-def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _replace_text(path: Path, text: str) -> None:
@@ -309,7 +227,7 @@ def _prune(builds: Path, kept: list[str]) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def _storage_error(doing: str, where: Path, exc: OSError) -> StorageError:
+def storage_error(doing: str, where: Path, exc: OSError) -> StorageError:
     """One line, e.g. `cannot write index at /srv/index: No space left on device`."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     if exc.filename:
@@ -330,7 +248,7 @@ def current_build(index_dir: Path) -> Path:
     except UnicodeDecodeError as exc:
         raise IndexCorruptError(f"{pointer} does not name a build: {exc}") from exc
     except OSError as exc:
-        raise _storage_error("read", index_dir, exc) from exc
+        raise storage_error("read", index_dir, exc) from exc
     folder = index_dir / "builds" / build_id
     if not BUILD_NAME.fullmatch(build_id) or not folder.is_dir():
         if _read_pointer(index_dir) != build_id:  # replaced, and that build pruned, since we read it
@@ -355,7 +273,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise IndexCorruptError(f"cannot read {path}: it is missing") from exc
     except OSError as exc:
-        raise _storage_error("read", folder, exc) from exc
+        raise storage_error("read", folder, exc) from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexCorruptError(f"cannot read {path}: {exc}") from exc
     if not isinstance(manifest, dict):
@@ -368,70 +286,40 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def load_index(index_dir: Path, spec: IndexSpec | None = None) -> Index:
-    """Load the live build; refuse it if corrupt or built with other settings than `spec`.
+def open_build(index_dir: Path, spec: IndexSpec | None, opener: Callable[[Path, dict[str, Any]], T]) -> T:
+    """Open the live build with `opener(folder, manifest)`; refuse it if corrupt or built with
+    other settings than `spec`.
 
     Raises IndexMissingError (no build yet), IndexCorruptError (damaged or inconsistent
-    files), IndexMismatchError (other format or settings), StorageError (an OSError
-    reading it) and IndexBusyError when CURRENT moved on while the build was being read
-    (a newer build went live, and this one may have been pruned mid-read): retry.
-    The loaded build is `index.path`, and `index.build_id` equals its folder name.
+    files, each named), IndexMismatchError (other format or settings), StorageError (an
+    OSError reading it) and IndexBusyError when CURRENT moved on while the build was being
+    read (a newer build went live, and this one may have been pruned mid-read): retry.
     """
     folder = current_build(index_dir)  # CURRENT is read once: every file comes from this folder
     try:
-        return _load_build(folder, spec)
+        manifest = read_manifest(folder)
+        if manifest.get("build_id") != folder.name:
+            raise IndexCorruptError(f"{folder / 'manifest.json'} is the manifest of build "
+                                    f"{manifest.get('build_id')!r}, not of {folder.name!r}")
+        if spec is not None and (diffs := spec.differences(manifest)):
+            raise IndexMismatchError(f"index at {index_dir} was built with other settings ({'; '.join(diffs)}): "
+                                     "run `rag build` to rebuild it")
+        try:
+            for name, expected in manifest.get("files", {}).items():
+                path = folder / name
+                if not path.is_file() or sha256_file(path) != expected:
+                    raise IndexCorruptError(f"index file {path} is missing or damaged: run `rag build --force`")
+            return opener(folder, manifest)
+        except OSError as exc:
+            raise storage_error("read", folder, exc) from exc
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError, sqlite3.DatabaseError) as exc:
+            raise IndexCorruptError(f"cannot load index at {folder}: {exc!r}") from exc
     except RagError as exc:
         if _read_pointer(index_dir) != folder.name:
             raise IndexBusyError(
                 f"index at {index_dir} changed while build {folder.name} was being read ({exc}): retry"
             ) from exc
         raise
-
-
-def _load_build(folder: Path, spec: IndexSpec | None) -> Index:
-    manifest = read_manifest(folder)
-    if manifest.get("build_id") != folder.name:
-        raise IndexCorruptError(
-            f"{folder / 'manifest.json'} is the manifest of build {manifest.get('build_id')!r}, not of {folder.name!r}")
-    try:
-        if spec is not None and (diffs := spec.differences(manifest)):
-            raise IndexMismatchError(
-                f"index at {folder.parent.parent} was built with other settings ({'; '.join(diffs)}): "
-                "run `rag build` to rebuild it"
-            )
-        for name, expected in manifest.get("files", {}).items():
-            path = folder / name
-            if not path.is_file() or sha256_file(path) != expected:
-                raise IndexCorruptError(f"index file {path} is missing or damaged: run `rag build --force`")
-        documents = [DocumentRecord(**row) for row in _read_jsonl(folder / "documents.jsonl")]
-        chunks = [ChunkRecord(**row) for row in _read_jsonl(folder / "chunks.jsonl")]
-        vectors = faiss.deserialize_index(np.fromfile(folder / "vectors.faiss", dtype=np.uint8))
-        lexical = LexicalIndex.load(folder / "bm25", size=len(chunks))
-        sentences: list[tuple[str, int, int]] = []
-        sentence_vectors = None
-        if (folder / "sentence_vectors.npy").exists():
-            sentences = [(r["doc_id"], r["char_start"], r["char_end"]) for r in _read_jsonl(folder / "sentences.jsonl")]
-            sentence_vectors = np.load(folder / "sentence_vectors.npy", allow_pickle=False)
-        dimension = manifest["model"]["dimension"]
-    except OSError as exc:
-        raise _storage_error("read", folder, exc) from exc
-    except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise IndexCorruptError(f"cannot load index at {folder}: {exc!r}") from exc
-    if vectors.ntotal != len(chunks) or vectors.d != dimension:
-        raise IndexCorruptError(
-            f"index at {folder} holds {vectors.ntotal} vectors of dimension {vectors.d} for "
-            f"{len(chunks)} chunks of a {dimension}-dimension model"
-        )
-    if sentence_vectors is not None and len(sentence_vectors) != len(sentences):
-        raise IndexCorruptError(
-            f"index at {folder} holds {len(sentence_vectors)} sentence vectors for {len(sentences)} sentences")
-    return Index(manifest, {d.doc_id: d for d in documents}, chunks, vectors, lexical,
-                 sentences, sentence_vectors, folder)
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def size_on_disk(folder: Path) -> int:

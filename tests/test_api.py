@@ -211,7 +211,7 @@ def test_a_broken_new_build_keeps_the_old_one_serving(built: Settings):
         first = c.get("/ready").json()["build_id"]
         build_index(built, FakeEmbedder(), force=True)
         live = (built.index_dir / "CURRENT").read_text().strip()
-        (built.index_dir / "builds" / live / "chunks.jsonl").write_text("damaged")
+        (built.index_dir / "builds" / live / "chunks.sqlite").write_text("damaged")
         r = c.post("/admin/reload")
         assert r.status_code == 409 and r.json()["detail"].startswith("the new build could not be loaded: ")
         assert r.json()["detail"].endswith(f"; still serving build {first}") and str(built.index_dir) not in r.text

@@ -86,14 +86,14 @@ def test_missing_corpus(env: Settings, tmp_path):
 def test_disk_full_is_one_line_and_exit_2(env: Settings, monkeypatch):
     import errno
 
-    from rag import store
+    from rag.stores import tables
 
     assert runner.invoke(app, ["build"]).exit_code == 0
 
     def full_disk(*args, **kwargs):  # type: ignore[no-untyped-def]
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store, "_write_jsonl", full_disk)
+    monkeypatch.setattr(tables.TableWriter, "add_chunks", full_disk)
     result = runner.invoke(app, ["build", "--force"])
     assert result.exit_code == 2
     *progress, last = result.stderr.strip().splitlines()  # progress lines, then the one error line

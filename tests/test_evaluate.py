@@ -14,18 +14,18 @@ from rag.errors import RagError
 from rag.evaluate import evaluate, load_questions, variants
 from rag.retrieve import Retriever
 from rag.settings import Settings
-from rag.store import load_index
+from rag.stores.local import open_local
 
 QUESTIONS = REPO / "eval" / "questions.jsonl"
 
 
 @pytest.fixture
 def retriever(built: Settings) -> Retriever:
-    return Retriever(load_index(built.index_dir), FakeEmbedder())
+    return Retriever(open_local(built.index_dir), FakeEmbedder())
 
 
 def test_report_shape_over_every_mode(retriever: Retriever):
-    report = evaluate(retriever, load_questions(QUESTIONS, retriever.index))
+    report = evaluate(retriever, load_questions(QUESTIONS, retriever.store))
     assert report["answerable"] == 70 and report["questions"] == 87
     assert list(report["modes"]) == ["dense", "lexical", "hybrid"]
     for result in report["modes"].values():
@@ -33,12 +33,12 @@ def test_report_shape_over_every_mode(retriever: Retriever):
         assert all(0 <= v <= 1 for v in result["overall"].values())
         assert result["overall"]["recall@1"] <= result["overall"]["recall@5"] <= result["overall"]["recall@10"]
         assert sum(v["n"] for v in result["by_type"].values()) == 70
-        assert set(result["by_doc"]) == set(retriever.index.documents)
+        assert set(result["by_doc"]) == set(retriever.store.documents)
         assert result["latency_ms"]["p50"] <= result["latency_ms"]["p95"]
 
 
 def test_exact_values_on_a_hand_built_question(retriever: Retriever, tmp_path: Path):
-    index = retriever.index
+    index = retriever.store
     chunk = index.chunks[0]
     quote = chunk.text[10:60]
     row = {"id": "own", "question": chunk.text, "type": "fact/number", "answerable": True,
@@ -59,7 +59,7 @@ def test_failures_show_what_came_back(retriever: Retriever, tmp_path: Path):
            "doc_ids": [doc_id], "gold_quotes": [{"doc_id": doc_id, "quote": "Serbia sits on Europe’s periphery."}]}
     path = tmp_path / "q.jsonl"
     path.write_text(json.dumps(row) + "\n")
-    failures = evaluate(retriever, load_questions(path, retriever.index), variants(("dense",)))["modes"]["dense"]["failures"]
+    failures = evaluate(retriever, load_questions(path, retriever.store), variants(("dense",)))["modes"]["dense"]["failures"]
     assert [f["id"] for f in failures] == ["miss"]
     assert len(failures[0]["returned"]) == 3 and {"doc_id", "section", "text", "relevant"} <= set(failures[0]["returned"][0])
 
@@ -76,14 +76,14 @@ def test_bad_question_files_are_refused(retriever: Retriever, tmp_path: Path, li
     path = tmp_path / "q.jsonl"
     path.write_text(line + "\n")
     with pytest.raises(RagError, match=message):
-        load_questions(path, retriever.index)
+        load_questions(path, retriever.store)
 
 
 def test_duplicate_ids_are_refused(retriever: Retriever, tmp_path: Path):
     row = '{"id": "a", "question": "q", "type": "unanswerable", "answerable": false}\n'
     (tmp_path / "q.jsonl").write_text(row * 2)
     with pytest.raises(RagError, match="duplicate question id 'a'"):
-        load_questions(tmp_path / "q.jsonl", retriever.index)
+        load_questions(tmp_path / "q.jsonl", retriever.store)
 
 
 def test_cli_writes_reports_and_gates(built: Settings, tmp_path: Path, monkeypatch):

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
 import rag.store
+import rag.stores
 from api.app import create_app
 from api.chat_routes import sse
 from rag.build import build_index
@@ -93,9 +94,9 @@ def test_lone_surrogate_in_a_chat_message_is_a_422(client: TestClient):
 def test_library_refuses_a_lone_surrogate_too(built: Settings):
     from rag.errors import BadQueryError
     from rag.service import retriever_for
-    from rag.store import load_index
+    from rag.stores.local import open_local
 
-    retriever = retriever_for(built, load_index(built.index_dir), FakeEmbedder())
+    retriever = retriever_for(built, open_local(built.index_dir), FakeEmbedder())
     with pytest.raises(BadQueryError, match="lone surrogate"):
         retriever.query("trade \ud800")
 
@@ -148,7 +149,7 @@ def test_good_content_parts_still_work(client: TestClient):
 
 
 def test_any_load_failure_is_reported_and_the_watcher_survives(built: Settings, monkeypatch):
-    real_load = rag.store.load_index
+    real_load = rag.stores.open_store
     calls = {"n": 0}
 
     def flaky_load(*args: Any, **kwargs: Any) -> Any:
@@ -157,7 +158,7 @@ def test_any_load_failure_is_reported_and_the_watcher_survives(built: Settings, 
             raise ValueError("a bug in the loader")
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr("api.engine.load_index", flaky_load)
+    monkeypatch.setattr("api.engine.open_store", flaky_load)
     with client_for(built.model_copy(update={"reload_poll_seconds": 0.05})) as c:
         first = c.get("/ready").json()["build_id"]
         build_index(built, FakeEmbedder(), force=True)
@@ -171,7 +172,7 @@ def test_any_load_failure_is_reported_and_the_watcher_survives(built: Settings, 
 
 def test_admin_reload_of_a_failing_build_is_a_clean_409(built: Settings, monkeypatch):
     with client_for(built.model_copy(update={"reload_poll_seconds": 0})) as c:
-        monkeypatch.setattr("api.engine.load_index", lambda *a, **k: (_ for _ in ()).throw(MemoryError("boom")))
+        monkeypatch.setattr("api.engine.open_store", lambda *a, **k: (_ for _ in ()).throw(MemoryError("boom")))
         build_index(built, FakeEmbedder(), force=True)
         r = c.post("/admin/reload")
         assert r.status_code == 409 and "MemoryError: boom" in r.json()["detail"]
@@ -179,7 +180,7 @@ def test_admin_reload_of_a_failing_build_is_a_clean_409(built: Settings, monkeyp
 
 
 def test_start_up_survives_a_loader_crash(built: Settings, monkeypatch):
-    monkeypatch.setattr("api.engine.load_index", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    monkeypatch.setattr("api.engine.open_store", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
     with client_for(built.model_copy(update={"reload_poll_seconds": 0})) as c:
         r = c.get("/ready")
         assert (r.status_code, r.json()) == (503, {"detail": "RuntimeError: no"})
@@ -190,7 +191,7 @@ def test_start_up_survives_a_loader_crash(built: Settings, monkeypatch):
 def test_a_transient_load_error_is_retried_by_the_next_poll(built: Settings, monkeypatch, error: str):
     from rag.errors import IndexBusyError, StorageError
 
-    real_load = rag.store.load_index
+    real_load = rag.stores.open_store
     calls = {"n": 0}
 
     def busy_once(*args: Any, **kwargs: Any) -> Any:
@@ -201,7 +202,7 @@ def test_a_transient_load_error_is_retried_by_the_next_poll(built: Settings, mon
             raise StorageError("cannot read index at x: Too many open files") from OSError(24, "EMFILE")
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr("api.engine.load_index", busy_once)
+    monkeypatch.setattr("api.engine.open_store", busy_once)
     with client_for(built.model_copy(update={"reload_poll_seconds": 0.05})) as c:
         first = c.get("/ready").json()["build_id"]
         build_index(built, FakeEmbedder(), force=True)  # one build only: a retry must load it

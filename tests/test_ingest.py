@@ -86,7 +86,7 @@ def test_metadata_of_any_type_becomes_text_or_json(tmp_path: Path):
 
     from rag.build import build_index
     from rag.settings import Settings
-    from rag.store import load_index
+    from rag.stores.local import open_local
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -101,7 +101,7 @@ def test_metadata_of_any_type_becomes_text_or_json(tmp_path: Path):
 
     settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "index", model="fake")
     build_index(settings, FakeEmbedder())
-    documents = load_index(settings.index_dir).documents
+    documents = open_local(settings.index_dir).documents
     novel, essay = documents["novel"].metadata, documents["essay"].metadata
     assert {k: novel[k] for k in ("title", "date", "author", "url", "source", "tags")} == {
         "title": "1984", "date": "2024", "author": "Ann, Bob", "url": "7", "source": "novel.md",

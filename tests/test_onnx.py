@@ -18,7 +18,7 @@ from rag.embed import load_embedder, local_folder, resolve_model_path
 from rag.encoders import onnx_export
 from rag.errors import IndexMismatchError, ModelError
 from rag.settings import DEFAULT_MODEL, Settings
-from rag.store import load_index
+from rag.stores.local import open_local
 
 TEXTS = ["What was the value of trade between China and Russia in 2024?", "x", "Arctic " * 400,
          "Xi Jinping and Vladimir Putin have met more than 40 times.", "🇨🇳 \x00 é"]
@@ -104,16 +104,16 @@ def test_an_index_refuses_a_backend_whose_vectors_differ(settings: Settings, fak
     built = settings.model_copy(update={"embed_backend": "onnx-int8"})
     build_index(built, fake_embedder)
     for same_family in ("onnx-int8",):
-        load_index(built.index_dir, spec_of(built.model_copy(update={"embed_backend": same_family})))
+        open_local(built.index_dir, spec_of(built.model_copy(update={"embed_backend": same_family})))
     for other in ("torch", "onnx"):
         with pytest.raises(IndexMismatchError, match="vectors: index has 'int8', settings ask for 'fp32' "
                                                      r"\(the index was embedded with backend 'onnx-int8'"):
-            load_index(built.index_dir, spec_of(built.model_copy(update={"embed_backend": other})))
+            open_local(built.index_dir, spec_of(built.model_copy(update={"embed_backend": other})))
 
 
 def test_torch_and_onnx_share_an_index(settings: Settings, fake_embedder: FakeEmbedder):
     build_index(settings.model_copy(update={"embed_backend": "torch"}), fake_embedder)
-    load_index(settings.index_dir, spec_of(settings.model_copy(update={"embed_backend": "onnx"})))
+    open_local(settings.index_dir, spec_of(settings.model_copy(update={"embed_backend": "onnx"})))
 
 
 def test_a_failed_export_shows_in_ready_in_one_line(built: Settings):

@@ -10,9 +10,10 @@ from conftest import FakeEmbedder
 from rag.abstain import fit_logistic, held_back, rates
 from rag.errors import BadQueryError
 from rag.fusion import Fusion, Ranking, fuse, ranking, top_rows
+from rag.records import ChunkRecord
 from rag.retrieve import Abstention, Retriever, near_duplicates
 from rag.settings import Settings
-from rag.store import ChunkRecord, load_index
+from rag.stores.local import open_local
 from rag.types import Filters
 
 INF = -np.inf
@@ -95,13 +96,13 @@ def test_near_duplicates_by_hand():
 
 @pytest.fixture
 def retriever(built: Settings) -> Retriever:
-    return Retriever(load_index(built.index_dir), FakeEmbedder())
+    return Retriever(open_local(built.index_dir), FakeEmbedder())
 
 
 def test_results_never_hold_near_duplicates(retriever: Retriever):
     for mode in ("dense", "lexical", "hybrid"):
         hits = retriever.search("Russia China oil trade Arctic", 20, mode=mode)
-        chunks = [retriever.index.chunks[h.row] for h in hits]
+        chunks = [retriever.store.chunks[h.row] for h in hits]
         assert not [(a.chunk_id, b.chunk_id) for i, a in enumerate(chunks) for b in chunks[i + 1:]
                     if near_duplicates(a, b, 0.5)]
 
@@ -110,14 +111,14 @@ def test_collapse_keeps_the_better_of_two_near_duplicates(retriever: Retriever):
     retriever.collapse_overlap = 0.01  # every overlap counts: adjacent chunks collapse
     hits = retriever.search("Russia China oil trade", 10, mode="dense", collapse=False)
     kept = retriever.search("Russia China oil trade", 10, mode="dense")
-    first = retriever.index.chunks[hits[0].row]
+    first = retriever.store.chunks[hits[0].row]
     assert kept[0].row == hits[0].row
-    assert all(not near_duplicates(first, retriever.index.chunks[h.row], 0.01) for h in kept[1:])
+    assert all(not near_duplicates(first, retriever.store.chunks[h.row], 0.01) for h in kept[1:])
 
 
 def test_max_per_doc(retriever: Retriever):
     hits = retriever.search("Russia China", 9, mode="hybrid", max_per_doc=2)
-    docs = [retriever.index.chunks[h.row].doc_id for h in hits]
+    docs = [retriever.store.chunks[h.row].doc_id for h in hits]
     assert len(hits) == 6 and all(docs.count(d) == 2 for d in set(docs))
     with pytest.raises(BadQueryError, match="max_per_doc must be at least 1, got 0"):
         retriever.search("x", 3, max_per_doc=0)
@@ -125,9 +126,9 @@ def test_max_per_doc(retriever: Retriever):
 
 def test_source_and_section_filters(retriever: Retriever):
     hits = retriever.search("oil", 5, Filters(sources=["Foreign Policy"]), mode="hybrid")
-    assert hits and {retriever.index.chunks[h.row].doc_id for h in hits} == {"fp-china-russia-axis"}
+    assert hits and {retriever.store.chunks[h.row].doc_id for h in hits} == {"fp-china-russia-axis"}
     hits = retriever.search("oil", 5, Filters(sections=["The Arctic", "North Korea"]), mode="dense")
-    assert hits and {retriever.index.chunks[h.row].section for h in hits} <= {"The Arctic", "North Korea"}
+    assert hits and {retriever.store.chunks[h.row].section for h in hits} <= {"The Arctic", "North Korea"}
     with pytest.raises(BadQueryError, match="unknown sources: Nope"):
         retriever.search("oil", 5, Filters(sources=["Nope"]))
     with pytest.raises(BadQueryError, match="unknown sections: Nowhere"):
@@ -152,7 +153,7 @@ def test_highlights_are_sentences_inside_the_passage(retriever: Retriever):
     holding = 0
     for p in response.passages:
         assert 1 <= len(p.highlights) <= 2
-        text = retriever.index.documents[p.citation.doc_id].text
+        text = retriever.store.documents[p.citation.doc_id].text
         for h in p.highlights:
             assert p.citation.char_start <= h.char_start < h.char_end <= p.citation.char_end
             assert text[h.char_start:h.char_end] in p.text
@@ -177,11 +178,11 @@ class ShortestFirst:
 
 
 def test_reranker_reorders_the_head(built: Settings):
-    plain = Retriever(load_index(built.index_dir), FakeEmbedder())
-    reranked = Retriever(load_index(built.index_dir), FakeEmbedder(), reranker=ShortestFirst(), rerank_depth=10)
+    plain = Retriever(open_local(built.index_dir), FakeEmbedder())
+    reranked = Retriever(open_local(built.index_dir), FakeEmbedder(), reranker=ShortestFirst(), rerank_depth=10)
     head = plain.search("Russia China oil", 10, mode="hybrid", collapse=False)
     after = reranked.search("Russia China oil", 5, mode="hybrid", collapse=False)
-    lengths = {h.row: len(plain.index.chunks[h.row].text) for h in head}
+    lengths = {h.row: len(plain.store.chunks[h.row].text) for h in head}
     assert [h.row for h in after] == sorted(lengths, key=lambda r: (lengths[r], head.index(next(x for x in head if x.row == r))))[:5]
     assert all(h.components["rerank"] == -lengths[h.row] and "fused" in h.components for h in after)
 

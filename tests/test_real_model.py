@@ -11,7 +11,7 @@ from rag.chunk import embed_input
 from rag.embed import load_embedder
 from rag.retrieve import Retriever
 from rag.settings import Settings
-from rag.store import load_index
+from rag.stores.local import open_local
 
 pytestmark = pytest.mark.model
 
@@ -21,7 +21,7 @@ def real(tmp_path_factory) -> Retriever:  # type: ignore[no-untyped-def]
     settings = Settings(corpus_dir=CORPUS, index_dir=tmp_path_factory.mktemp("real") / "index")
     embedder = load_embedder(settings.model)
     build_index(settings, embedder)
-    return Retriever(load_index(settings.index_dir, spec_of(settings)), embedder)
+    return Retriever(open_local(settings.index_dir, spec_of(settings)), embedder)
 
 
 def test_trade_question_finds_245_billion_in_top_3(real: Retriever):
@@ -30,8 +30,8 @@ def test_trade_question_finds_245_billion_in_top_3(real: Retriever):
 
 
 def test_citation_invariant_over_the_whole_index(real: Retriever):
-    for chunk in real.index.chunks:
-        assert real.index.documents[chunk.doc_id].text[chunk.char_start:chunk.char_end] == chunk.text
+    for chunk in real.store.chunks:
+        assert real.store.documents[chunk.doc_id].text[chunk.char_start:chunk.char_end] == chunk.text
 
 
 def test_no_chunk_exceeds_the_model_max_sequence_length(real: Retriever):
@@ -39,17 +39,17 @@ def test_no_chunk_exceeds_the_model_max_sequence_length(real: Retriever):
     assert limit == 256
     counts = [
         real.embedder.count_tokens(
-            embed_input(real.index.documents[c.doc_id].metadata["title"], c.section, c.text))
-        for c in real.index.chunks
+            embed_input(real.store.documents[c.doc_id].metadata["title"], c.section, c.text))
+        for c in real.store.chunks
     ]
     assert max(counts) <= limit
-    assert counts == [c.n_model_tokens for c in real.index.chunks]
+    assert counts == [c.n_model_tokens for c in real.store.chunks]
 
 
 def test_no_chunk_carries_promo_text(real: Retriever):
     for phrase in ("More From Our Experts", "Join the Conversation", "Related Publications",
                    "Subscribe now"):
-        assert not [c.chunk_id for c in real.index.chunks if phrase.casefold() in c.text.casefold()]
+        assert not [c.chunk_id for c in real.store.chunks if phrase.casefold() in c.text.casefold()]
 
 
 def test_bad_model_path_is_a_clear_error(tmp_path: Path):

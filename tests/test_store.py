@@ -5,21 +5,25 @@ import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import FakeEmbedder
 
+import rag.stores.local
+import rag.stores.local_writer
 from rag import build as build_module
 from rag import store
 from rag.build import build_index
 from rag.errors import IndexBusyError, IndexCorruptError, StorageError
 from rag.settings import Settings
-from rag.store import clean_orphans, load_index
+from rag.store import clean_orphans
+from rag.stores.local import open_local
 
 
 def _rebuild(settings: Settings) -> str:
     build_index(settings, FakeEmbedder(), force=True)
-    return load_index(settings.index_dir).build_id
+    return open_local(settings.index_dir).build_id
 
 
 def _builds(settings: Settings) -> list[str]:
@@ -30,7 +34,7 @@ def _builds(settings: Settings) -> list[str]:
 
 
 def test_load_takes_the_manifest_from_the_build_it_read(built: Settings, monkeypatch):
-    older = load_index(built.index_dir).build_id
+    older = open_local(built.index_dir).build_id
     live = _rebuild(built)
     real = store.read_manifest
 
@@ -39,9 +43,9 @@ def test_load_takes_the_manifest_from_the_build_it_read(built: Settings, monkeyp
         return real(folder)
 
     monkeypatch.setattr(store, "read_manifest", current_moves_meanwhile)
-    index = load_index(built.index_dir)  # one build's files with its own manifest, not the other's
-    assert index.build_id == live == index.path.name  # type: ignore[union-attr]
-    assert index.manifest["files"] == real(index.path)["files"]  # type: ignore[arg-type]
+    index = open_local(built.index_dir)  # one build's files with its own manifest, not the other's
+    assert index.build_id == live == index.folder.name
+    assert index.manifest["files"] == real(index.folder)["files"]
 
 
 def test_a_manifest_of_another_build_is_refused(built: Settings):
@@ -49,42 +53,42 @@ def test_a_manifest_of_another_build_is_refused(built: Settings):
     live = store.current_build(built.index_dir).parent / _rebuild(built)
     shutil.copy(older / "manifest.json", live / "manifest.json")
     with pytest.raises(IndexCorruptError, match=f"manifest of build '{older.name}', not of '{live.name}'"):
-        load_index(built.index_dir)
+        open_local(built.index_dir)
 
 
 def test_a_build_pruned_mid_read_is_transient(built: Settings, monkeypatch):
     reading = store.current_build(built.index_dir)
     newer = _rebuild(built)
     (built.index_dir / "CURRENT").write_text(reading.name + "\n")
-    real = store._read_jsonl
+    real = rag.stores.local.Tables
 
-    def pruned_meanwhile(path: Path) -> list:
+    def pruned_meanwhile(path: Path) -> Any:
         (built.index_dir / "CURRENT").write_text(newer + "\n")
         shutil.rmtree(reading)
         return real(path)
 
-    monkeypatch.setattr(store, "_read_jsonl", pruned_meanwhile)
+    monkeypatch.setattr(rag.stores.local, "Tables", pruned_meanwhile)
     with pytest.raises(IndexBusyError, match="retry") as info:
-        load_index(built.index_dir)
+        open_local(built.index_dir)
     assert not isinstance(info.value, IndexCorruptError)
     monkeypatch.undo()
-    assert load_index(built.index_dir).build_id == newer
+    assert open_local(built.index_dir).build_id == newer
 
 
 def test_an_os_error_on_the_live_build_is_a_storage_error(built: Settings, monkeypatch):
-    def denied(path: Path) -> list:
+    def denied(self: Any, path: Path, rows: int) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(store, "_read_jsonl", denied)
+    monkeypatch.setattr(rag.stores.local.Bm25Index, "__init__", denied)
     with pytest.raises(StorageError, match="cannot read index at .*: Permission denied"):
-        load_index(built.index_dir)
+        open_local(built.index_dir)
 
 
 # ------------------------------------------------------------------ pruning
 
 
 def test_pruning_keeps_the_live_and_previous_live_builds_whatever_the_mtimes(built: Settings):
-    ids = [load_index(built.index_dir).build_id, _rebuild(built)]
+    ids = [open_local(built.index_dir).build_id, _rebuild(built)]
     builds = built.index_dir / "builds"
     os.utime(builds / ids[1], (1, 1))  # the live build looks oldest
     os.utime(builds / ids[0], (4_000_000_000, 4_000_000_000))
@@ -104,7 +108,7 @@ def test_pruning_follows_history_not_build_id_order(built: Settings, monkeypatch
 
 
 def test_an_index_without_history_keeps_its_live_build(built: Settings):
-    live = load_index(built.index_dir).build_id
+    live = open_local(built.index_dir).build_id
     (built.index_dir / "HISTORY").unlink()  # written by an older version, or a crash before HISTORY
     os.utime(built.index_dir / "builds" / live, (1, 1))
     newer = _rebuild(built)
@@ -118,7 +122,7 @@ def _debris(index_dir: Path) -> list[Path]:
     live = store.current_build(index_dir)
     tmp_build = index_dir / "builds" / ".tmp-20240101T000000-abcdef"
     (tmp_build / "bm25").mkdir(parents=True)
-    (tmp_build / "chunks.jsonl").write_text("{ half")
+    (tmp_build / "chunks.sqlite").write_text("{ half")
     paths = [tmp_build, index_dir / ".CURRENT.4242.tmp", index_dir / ".HISTORY.4242.tmp",
              live / ".manifest.json.4242.tmp"]
     for path in paths[1:]:
@@ -128,10 +132,10 @@ def _debris(index_dir: Path) -> list[Path]:
 
 def test_clean_orphans_removes_crash_debris(built: Settings):
     debris = _debris(built.index_dir)
-    live = load_index(built.index_dir).build_id
+    live = open_local(built.index_dir).build_id
     assert sorted(clean_orphans(built.index_dir)) == sorted(debris)
     assert not any(p.exists() for p in debris)
-    assert load_index(built.index_dir).build_id == live
+    assert open_local(built.index_dir).build_id == live
 
 
 def test_clean_orphans_leaves_a_running_build_alone(built: Settings):
@@ -155,22 +159,21 @@ def test_a_build_removes_crash_debris(built: Settings):
 
 
 def _assert_untouched(settings: Settings, live: str, builds: list[str]) -> None:
-    assert load_index(settings.index_dir).build_id == live
+    assert open_local(settings.index_dir).build_id == live
     assert _builds(settings) == builds  # no .tmp-* and no half-made build
     assert not list(settings.index_dir.rglob("*.tmp"))
 
 
 def test_disk_full_is_a_storage_error_and_keeps_the_live_index(built: Settings, monkeypatch):
-    live, builds = load_index(built.index_dir).build_id, _builds(built)
-    real = store._write_jsonl
+    live, builds = open_local(built.index_dir).build_id, _builds(built)
+    real = rag.stores.local_writer.Bm25Writer.add
 
-    def full_disk(path: Path, rows) -> None:  # type: ignore[no-untyped-def]
-        if path.name == "chunks.jsonl":
-            path.write_text("{ half")
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, rows)
+    def full_disk(self: Any, texts: Any) -> None:
+        real(self, texts)
+        (self.folder / "docs.npy").write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store, "_write_jsonl", full_disk)
+    monkeypatch.setattr(rag.stores.local_writer.Bm25Writer, "add", full_disk)
     with pytest.raises(StorageError) as info:
         build_index(built, FakeEmbedder(), force=True)
     assert str(info.value) == f"cannot write index at {built.index_dir}: No space left on device"
@@ -178,7 +181,7 @@ def test_disk_full_is_a_storage_error_and_keeps_the_live_index(built: Settings, 
 
 
 def test_no_permission_to_make_a_build_live(built: Settings, monkeypatch):
-    live, builds = load_index(built.index_dir).build_id, _builds(built)
+    live, builds = open_local(built.index_dir).build_id, _builds(built)
     real = store._replace_text
 
     def denied(path: Path, text: str) -> None:
@@ -194,7 +197,7 @@ def test_no_permission_to_make_a_build_live(built: Settings, monkeypatch):
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
 def test_a_read_only_index_folder(built: Settings):
-    live, builds = load_index(built.index_dir).build_id, _builds(built)
+    live, builds = open_local(built.index_dir).build_id, _builds(built)
     folders = [built.index_dir, built.index_dir / "builds"]
     for folder in folders:
         folder.chmod(0o555)

@@ -1,2 +1,35 @@
-"""Where chunks are searched: the `ChunkStore` interface (`base`) and its backends
-(`local`: an exact scan and BM25 over an index loaded in memory)."""
+"""Where chunks live: the store interface (`base`) and its backends, chosen by
+`RAG_VECTOR_STORE`: `local` (files under the index folder: `local`, `local_writer`) or
+`milvus` (a Milvus server, cluster or Milvus Lite file: `milvus`, an optional extra)."""
+
+from typing import Any
+
+from rag.settings import Settings
+from rag.store import IndexSpec
+from rag.stores.base import ChunkStore, StoreWriter
+
+
+def open_store(settings: Settings, spec: IndexSpec | None) -> ChunkStore:
+    """The live build of the configured store, checked against `spec`."""
+    if settings.vector_store == "milvus":
+        from rag.stores.milvus import open_milvus
+
+        return open_milvus(settings.milvus_uri, spec, token=_token(settings))
+    from rag.stores.local import open_local
+
+    return open_local(settings.index_dir, spec)
+
+
+def open_writer(settings: Settings, dimension: int, log: Any = None) -> StoreWriter:
+    """A writer for a new build of the configured store (use it as a context manager)."""
+    if settings.vector_store == "milvus":
+        from rag.stores.milvus import milvus_writer
+
+        return milvus_writer(settings.milvus_uri, dimension, token=_token(settings))
+    from rag.stores.local_writer import LocalWriter
+
+    return LocalWriter(settings.index_dir, dimension, log)
+
+
+def _token(settings: Settings) -> str | None:
+    return settings.milvus_token.get_secret_value() if settings.milvus_token else None

@@ -1,41 +1,118 @@
-"""The store interface: what retrieval needs from wherever the chunks live.
+"""The store interface: everything retrieval, evaluation and the service read from an
+index, and everything a build writes into one, whatever holds it (local files, Milvus).
 
-A store answers rankings, never score arrays: each search returns its top `depth` chunk
-keys with their scores (`rag.fusion.Ranking`), filters applied inside the search (pushed
-down, not after it), so that an ANN index or a remote engine can serve it as well as an
-exact local scan. Keys are the rows of the loaded index (`Index.chunks`), which the
-retriever still reads chunk text from; a remote store will need its own keys and a fetch.
+Keys: every chunk has a row, an int from 0 to count() - 1 given at build time in chunk
+order; every backend uses the same rows, so rankings, fusion and hits are backend-neutral.
 
-Left out, for the stores to come (an on-disk local store at a million chunks, Milvus):
-adding and deleting chunks, and fetching chunk text and metadata by key; the retriever
-still reads those from the loaded index.
+Reading (`ChunkStore`):
+- searches return rankings, never score arrays: each side's top `depth` rows with their
+  scores (`rag.fusion.Ranking`), filters applied inside the search (pushed down), so an
+  ANN index or a remote engine serves it as well as an exact scan;
+- chunk text, documents and sentences are fetched by key, only for the hits a response
+  returns (`chunks`, `documents`, `sentences`); nothing requires the whole corpus in memory.
+
+Writing (`StoreWriter`): a build streams documents, chunks with their vectors, and
+sentences with theirs into a writer, then commits; the new build goes live atomically at
+commit, and a writer closed without commit (an exception, a kill) leaves the live build
+serving and removes what it wrote.
+
+Left out: in-place updates of a live build (a build writes a whole new one).
 """
 
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol
 
 import numpy as np
 
 from rag.fusion import Ranking
+from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.types import Filters
+
+FILTER_FIELDS = ("doc_ids", "sources", "sections")
 
 
 class ChunkStore(Protocol):
+    manifest: dict[str, Any]  # versions, parameters, counts and the build id of what is loaded
+
+    @property
+    def build_id(self) -> str: ...
+
+    @property
+    def chunks(self) -> Sequence[ChunkRecord]:
+        """Chunks by row, read on demand (len, [row], iteration)."""
+        ...
+
+    @property
+    def documents(self) -> Mapping[str, DocumentRecord]:
+        """Documents by id, read on demand (len, .get, iteration)."""
+        ...
+
     def count(self) -> int:
         """Chunks in the store."""
         ...
 
-    def known(self, field: str) -> set[str]:
-        """The values a filter on `field` (doc_ids, sources, sections) can match."""
+    def row_of(self, chunk_id: str) -> int | None: ...
+
+    def unknown(self, field: str, values: Sequence[str]) -> list[str]:
+        """Those of `values` that a filter on `field` (doc_ids, sources, sections) can never match."""
         ...
 
     def dense(self, vector: np.ndarray, depth: int, filters: Filters) -> Ranking:
-        """The `depth` chunks closest to `vector` (cosine, best first) among those the filters allow."""
+        """The `depth` chunks closest to `vector` (inner product of normalised vectors, best
+        first) among those the filters allow."""
         ...
 
     def lexical(self, text: str, depth: int, filters: Filters) -> Ranking:
         """The `depth` best BM25 matches of `text`; chunks with no query term are not retrieved."""
         ...
 
+    def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """The sentences of chunk `row` (document offsets clipped to the chunk) and their
+        vectors, one row each; empty when the build has no sentences."""
+        ...
+
     def chunk_count(self, doc_id: str) -> int:
         """Chunks of one document."""
         ...
+
+    def rows_of(self, doc_id: str) -> list[int]:
+        """Rows of one document's chunks, in document order."""
+        ...
+
+    def vectors_by_hash(self, hashes: Iterable[str], sentences: bool = False) -> dict[str, np.ndarray]:
+        """Stored vectors of chunks (or sentences) by the hash of the text they embed: a
+        rebuild reuses them instead of embedding again. Hashes the store lacks are left out."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class StoreWriter(Protocol):
+    """Streams one build into a store; use as a context manager and call `commit`."""
+
+    def add_documents(self, documents: Iterable[DocumentRecord]) -> None: ...
+
+    def add_chunks(self, chunks: Sequence[ChunkRecord], vectors: np.ndarray,
+                   lexical_texts: Sequence[str] | None = None) -> None:
+        """Append chunks (after their documents; rows continue from those added before) with
+        their vectors; `lexical_texts` is what BM25 indexes for each (default: the chunk text)."""
+        ...
+
+    def add_sentences(self, sentences: Sequence[SentenceRecord], vectors: np.ndarray) -> None: ...
+
+    def commit(self, manifest: dict[str, Any]) -> str:
+        """Finish the indexes, record `manifest` (plus what the store adds) and make the build
+        live atomically; returns where it lives (a folder or a collection name)."""
+        ...
+
+    def __enter__(self) -> "StoreWriter": ...
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        """Without a commit: remove what was written; the live build stays."""
+        ...
+
+
+def iter_rows(store: ChunkStore) -> Iterator[tuple[int, ChunkRecord]]:
+    return enumerate(store.chunks)

@@ -1,0 +1,135 @@
+"""BM25 postings on disk, written in a stream: the local store's lexical index.
+
+The index is plain arrays plus a JSON vocabulary (no pickle), in the layout bm25s uses:
+for term t, `docs[ptr[t]:ptr[t+1]]` are the rows that hold it (ascending) and
+`weights[...]` their precomputed BM25 term weights, Lucene's variant:
+
+    idf(t)     = ln(1 + (N - df + 0.5) / (df + 0.5))
+    weight     = idf(t) * tf / (tf + k1 * (1 - b + b * doc_len / avg_doc_len))
+
+(Lucene 8+ and bm25s drop the classic constant factor k1 + 1, which changes no ranking)
+    score(q,d) = sum of weight(t, d) over the query's tokens (a repeated token counts again)
+
+so a query adds a few slices of memory-mapped arrays into one score per row (tested equal
+to bm25s's scores). Why not bm25s itself: its `index()` takes every document's tokens in
+memory at once (several GB of Python lists at a million chunks); this writer holds one
+batch of postings (`spill_postings`, ~24 MB) and spills it to disk, then places the
+spills into the final arrays by term with a counting sort, so memory stays bounded by
+the vocabulary and the batch, whatever the corpus size.
+
+Tokens: `rag.lexical.tokenize` (lowercase words, English stopwords, Snowball stemmer).
+
+Left out: deleting or updating rows in place (a build writes new arrays), phrase queries.
+"""
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from rag.lexical import DEFAULT_B, DEFAULT_K1, tokenize
+
+FILES = ("ptr.npy", "docs.npy", "weights.npy", "vocab.json")
+
+
+class Bm25Writer:
+    def __init__(self, folder: Path, k1: float = DEFAULT_K1, b: float = DEFAULT_B, spill_postings: int = 2_000_000):
+        self.folder, self.k1, self.b, self.spill_postings = folder, k1, b, spill_postings
+        folder.mkdir(parents=True, exist_ok=True)
+        self.vocab: dict[str, int] = {}
+        self.df: list[int] = []
+        self.doc_lens: list[int] = []
+        self._terms: list[int] = []
+        self._docs: list[int] = []
+        self._tfs: list[int] = []
+        self._spills: list[Path] = []
+
+    def add(self, texts: Iterable[str]) -> None:
+        """Index the next texts; their rows continue from the texts added before."""
+        for text in texts:
+            counts = Counter(tokenize(text))
+            row = len(self.doc_lens)
+            self.doc_lens.append(sum(counts.values()))
+            for term, tf in counts.items():
+                term_id = self.vocab.get(term)
+                if term_id is None:
+                    term_id = self.vocab[term] = len(self.df)
+                    self.df.append(0)
+                self.df[term_id] += 1
+                self._terms.append(term_id)
+                self._docs.append(row)
+                self._tfs.append(tf)
+            if len(self._terms) >= self.spill_postings:
+                self._spill()
+
+    def _spill(self) -> None:
+        if not self._terms:
+            return
+        terms = np.asarray(self._terms, dtype=np.int32)
+        order = np.argsort(terms, kind="stable")  # by term; rows stay ascending within a term
+        path = self.folder / f".spill-{len(self._spills)}.npz"
+        np.savez(path, terms=terms[order], docs=np.asarray(self._docs, dtype=np.int32)[order],
+                 tfs=np.asarray(self._tfs, dtype=np.float32)[order])
+        self._spills.append(path)
+        self._terms, self._docs, self._tfs = [], [], []
+
+    def finish(self) -> dict[str, float | int]:
+        """Write the final arrays; returns the parameters for the manifest."""
+        self._spill()
+        n_docs = len(self.doc_lens)
+        df = np.asarray(self.df, dtype=np.int64)
+        idf = np.log1p((n_docs - df + 0.5) / (df + 0.5)).astype(np.float32)
+        doc_lens = np.asarray(self.doc_lens, dtype=np.float32)
+        avg_len = float(doc_lens.mean()) if n_docs else 0.0
+        norms = self.k1 * (1 - self.b + self.b * doc_lens / (avg_len or 1.0))  # per row
+        ptr = np.zeros(len(df) + 1, dtype=np.int64)
+        np.cumsum(df, out=ptr[1:])
+        total = int(ptr[-1])
+        docs = np.lib.format.open_memmap(self.folder / "docs.npy", mode="w+", dtype=np.int32, shape=(total,))
+        weights = np.lib.format.open_memmap(self.folder / "weights.npy", mode="w+", dtype=np.float32, shape=(total,))
+        cursor = ptr[:-1].copy()
+        for path in self._spills:  # in row order: each term's rows stay ascending
+            with np.load(path) as spill:
+                terms, rows, tfs = spill["terms"], spill["docs"], spill["tfs"]
+            unique, first, counts = np.unique(terms, return_index=True, return_counts=True)
+            offsets = np.arange(len(terms)) - np.repeat(first, counts)
+            at = cursor[terms] + offsets
+            docs[at] = rows
+            weights[at] = idf[terms] * tfs / (tfs + norms[rows])
+            cursor[unique] += counts
+            path.unlink()
+        docs.flush()
+        weights.flush()
+        del docs, weights
+        np.save(self.folder / "ptr.npy", ptr, allow_pickle=False)
+        vocab = sorted(self.vocab, key=self.vocab.__getitem__)  # position = term id
+        (self.folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        return {"k1": self.k1, "b": self.b, "documents": n_docs, "terms": len(vocab), "postings": total,
+                "avg_doc_tokens": round(avg_len, 3)}
+
+
+class Bm25Index:
+    """Scores of every row for a query, from the memory-mapped arrays."""
+
+    def __init__(self, folder: Path, rows: int):
+        self.rows = rows
+        self._ptr = np.load(folder / "ptr.npy", allow_pickle=False)
+        self._docs = np.load(folder / "docs.npy", mmap_mode="r", allow_pickle=False)
+        self._weights = np.load(folder / "weights.npy", mmap_mode="r", allow_pickle=False)
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        self._vocab = {term: i for i, term in enumerate(vocab)}
+        if len(self._ptr) != len(vocab) + 1 or self._ptr[-1] != len(self._docs) or len(self._docs) != len(
+                self._weights):
+            raise ValueError(f"BM25 arrays in {folder} disagree in length")
+
+    def scores(self, query: str) -> np.ndarray:
+        """BM25 score of every row (float32; 0 where no query term occurs)."""
+        scores = np.zeros(self.rows, dtype=np.float32)
+        for token in tokenize(query):
+            term = self._vocab.get(token)
+            if term is not None:
+                start, end = self._ptr[term], self._ptr[term + 1]
+                scores[self._docs[start:end]] += self._weights[start:end]  # a term's rows are distinct
+        return scores
