@@ -35,12 +35,12 @@ from rag.embed import embedder_from
 from rag.errors import RagError
 from rag.evaluate import Variant
 from rag.ingest import SourceDocument
-from rag.lexical import LexicalIndex
 from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
 from rag.retrieve import Retriever
 from rag.service import retriever_for
 from rag.settings import Settings
 from rag.stores import open_store
+from rag.stores.bm25 import bm25_scorer
 from rag.types import Hit
 
 CHUNK_DEPTH = 1000  # chunks retrieved per query, enough for 100 distinct documents
@@ -127,7 +127,7 @@ def evaluate_whole_docs(folder: Path, settings: Settings, limit: int | None = No
         vectors = embedder.encode(texts, batch_size=settings.embed_batch_size)
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.save(cache, vectors, allow_pickle=False)
-    lexical = LexicalIndex.build(texts)
+    lexical = bm25_scorer(texts)
     question_vectors = embedder.encode([queries[q] for q in judged], batch_size=settings.embed_batch_size)
     result: dict[str, Any] = {"dataset": folder.name, "queries": len(judged), "documents": len(documents),
                               "setting": "whole documents, title + ' ' + text, truncated by the model", "modes": {}}

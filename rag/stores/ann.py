@@ -47,7 +47,7 @@ def build_ann(vectors: np.ndarray, folder: Path, log: Any = None, exact_limit: i
     the collection is big enough to need one; returns its manifest entry."""
     n, dimension = vectors.shape
     if n <= exact_limit:
-        return {"type": "exact"}
+        return {"type": "exact", "exact_limit": exact_limit}
     rng = np.random.default_rng(seed)
     nlist = 2 ** round(math.log2(4 * math.sqrt(n)))
     sample = np.sort(rng.choice(n, size=min(n, 64 * nlist), replace=False))
@@ -61,7 +61,7 @@ def build_ann(vectors: np.ndarray, folder: Path, log: Any = None, exact_limit: i
         ivf.add(np.ascontiguousarray(vectors[start:start + step], dtype=np.float32))
     nprobe, recall = _calibrate(ivf, vectors, rng, log)
     faiss.write_index(ivf, str(folder / FILE))
-    return {"type": "ivf_flat", "metric": "inner_product", "nlist": nlist, "nprobe": nprobe,
+    return {"type": "ivf_flat", "exact_limit": exact_limit, "metric": "inner_product", "nlist": nlist, "nprobe": nprobe,
             "calibration": {"queries": CALIBRATION_QUERIES, "recall_at_10": recall, "target": RECALL_TARGET}}
 
 
@@ -118,6 +118,7 @@ class DenseIndex:
     def __init__(self, vectors: np.ndarray, folder: Path, entry: dict[str, Any]):
         self.vectors = vectors  # exact collections: in memory; IVF: memory-mapped, read for filtered subsets
         self.kind = entry["type"]
+        self.exact_limit = int(entry.get("exact_limit", EXACT_LIMIT))  # filtered subsets up to it: exact
         self._ivf: Any = None  # faiss.IndexIVFFlat (SWIG: untyped attributes)
         if self.kind == "ivf_flat":
             self._ivf = faiss.read_index(str(folder / FILE))
@@ -130,7 +131,7 @@ class DenseIndex:
     def search(self, vector: np.ndarray, depth: int, allowed: np.ndarray | None) -> Ranking:
         """Top `depth` rows by inner product; `allowed` (a boolean row mask) pushed into the search."""
         rows = None if allowed is None else np.flatnonzero(allowed)
-        if rows is not None and (self._ivf is None or len(rows) <= EXACT_LIMIT):
+        if rows is not None and (self._ivf is None or len(rows) <= self.exact_limit):
             ranked, scores = ranking(np.asarray(self.vectors[rows]) @ vector, depth)
             return rows[ranked], scores
         if self._ivf is None:

@@ -23,6 +23,7 @@ Left out: deleting or updating rows in place (a build writes new arrays), phrase
 """
 
 import json
+import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -110,14 +111,24 @@ class Bm25Writer:
                 "avg_doc_tokens": round(avg_len, 3)}
 
 
+def bm25_scorer(texts: list[str]) -> "Bm25Index":
+    """A throw-away index of `texts` (its files in a temporary folder, read into memory)."""
+    with tempfile.TemporaryDirectory(prefix="rag-bm25-") as folder:
+        writer = Bm25Writer(Path(folder))
+        writer.add(texts)
+        writer.finish()
+        return Bm25Index(Path(folder), len(texts), in_memory=True)
+
+
 class Bm25Index:
     """Scores of every row for a query, from the memory-mapped arrays."""
 
-    def __init__(self, folder: Path, rows: int):
+    def __init__(self, folder: Path, rows: int, in_memory: bool = False):
         self.rows = rows
+        mmap = None if in_memory else "r"
         self._ptr = np.load(folder / "ptr.npy", allow_pickle=False)
-        self._docs = np.load(folder / "docs.npy", mmap_mode="r", allow_pickle=False)
-        self._weights = np.load(folder / "weights.npy", mmap_mode="r", allow_pickle=False)
+        self._docs = np.load(folder / "docs.npy", mmap_mode=mmap, allow_pickle=False)
+        self._weights = np.load(folder / "weights.npy", mmap_mode=mmap, allow_pickle=False)
         vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
         self._vocab = {term: i for i, term in enumerate(vocab)}
         if len(self._ptr) != len(vocab) + 1 or self._ptr[-1] != len(self._docs) or len(self._docs) != len(

@@ -35,8 +35,8 @@ from rag.records import ChunkRecord
 from rag.store import IndexSpec, open_build
 from rag.stores import ann
 from rag.stores.bm25 import Bm25Index
+from rag.stores.tables import CACHE_ROWS, ChunkTable, DocumentTable, Tables
 from rag.stores.tables import FILE as TABLES
-from rag.stores.tables import ChunkTable, DocumentTable, Tables
 from rag.types import Filters
 
 VECTORS, SENTENCE_VECTORS, FILTER_CODES, FILTER_NAMES = "vectors.f32", "sentence_vectors.f32", "filters.i32", \
@@ -76,8 +76,10 @@ class LocalStore:
         n = self._tables.chunk_total
         vectors = read_vectors(folder / VECTORS, dimension, in_memory=entry["type"] == "exact")
         self._dense = ann.DenseIndex(vectors, folder, entry)
-        self._lexical = Bm25Index(folder / "bm25", n)
-        self._sentence_vectors = read_vectors(folder / SENTENCE_VECTORS, dimension, in_memory=n <= ann.EXACT_LIMIT)
+        small = n <= ann.EXACT_LIMIT  # a small collection is read into memory: no page faults on the first queries
+        self._lexical = Bm25Index(folder / "bm25", n, in_memory=small)
+        self._sentence_vectors = read_vectors(folder / SENTENCE_VECTORS, dimension, in_memory=small)
+        self._sentences: dict[int, tuple[list[tuple[int, int]], np.ndarray]] = {}
         self._codes = np.fromfile(folder / FILTER_CODES, dtype=np.int32).reshape(-1, len(CODED))
         names = json.loads((folder / FILTER_NAMES).read_text(encoding="utf-8"))
         self._names = {field: {name: code for code, name in enumerate(names[field])} for field in CODED}
@@ -116,6 +118,14 @@ class LocalStore:
         return matched[rows], found
 
     def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+        found = self._sentences.get(row)
+        if found is None:
+            if len(self._sentences) >= CACHE_ROWS:  # a bound, not an LRU: cheap, and hot rows come back
+                self._sentences.clear()
+            found = self._sentences[row] = self._read_sentences(row)
+        return found
+
+    def _read_sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:
         chunk = self.chunks[row]
         found = self._tables.all(
             "SELECT row, char_start, char_end FROM sentences WHERE doc_id = ? AND char_start < ? AND char_end > ? "

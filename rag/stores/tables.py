@@ -112,6 +112,7 @@ class ChunkTable(Sequence[ChunkRecord]):
     def __getitem__(self, row: int | slice) -> ChunkRecord | list[ChunkRecord]:
         if isinstance(row, slice):
             return [self[i] for i in range(*row.indices(len(self)))]
+        row = int(row)  # a numpy integer would bind as a blob and match nothing
         if row < 0:
             row += len(self)
         cached = self._cache.get(row)
