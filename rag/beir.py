@@ -21,6 +21,7 @@ Left out: graded relevance, and BEIR's other splits (train/dev).
 
 import hashlib
 import json
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from rag.build import build_index, spec_of
-from rag.embed import embedder_from
+from rag.embed import Embedder, embedder_from
 from rag.errors import RagError
 from rag.evaluate import Variant
 from rag.ingest import SourceDocument
@@ -40,6 +41,7 @@ from rag.retrieve import Retriever
 from rag.service import retriever_for
 from rag.settings import Settings
 from rag.stores import open_store
+from rag.stores.base import ChunkStore
 from rag.stores.bm25 import bm25_scorer
 from rag.types import Hit
 
@@ -141,19 +143,30 @@ def evaluate_whole_docs(folder: Path, settings: Settings, limit: int | None = No
     return result
 
 
+def beir_store(folder: Path, settings: Settings, embedder: Embedder, documents: list[SourceDocument],
+               log: Callable[[str], None]) -> tuple[Settings, ChunkStore]:
+    """The dataset's index in the configured store, built if missing or stale, and the
+    settings it was opened with. A local index is cached under RAG_CACHE_DIR."""
+    key = cache_key(folder, settings)
+    index_dir = settings.cache_dir / "beir" / f"{folder.name}-{key}"
+    # highlights are not scored here: no sentence vectors, which would double the build
+    local = settings.model_copy(update={"index_dir": index_dir, "highlights": False, "max_k": CHUNK_DEPTH,
+                                        "milvus_collection": "beir_" + re.sub(r"\W", "_", folder.name)[:16]
+                                        + "_" + key[:8]})
+    started = time.perf_counter()
+    report = build_index(local, embedder, rules=None, documents=documents, log=log)
+    log(f"index {'reused' if report.skipped else 'built'} ({local.vector_store}, {report.location}): "
+        f"{report.chunks} chunks in {time.perf_counter() - started:.0f} s")
+    return local, open_store(local, spec_of(local))
+
+
 def evaluate_beir(folder: Path, settings: Settings, columns: list[Variant], limit: int | None = None,
                   log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     documents, queries, qrels, judged = _judged(folder, limit)
-    index_dir = settings.cache_dir / "beir" / f"{folder.name}-{cache_key(folder, settings)}"
-    # highlights are not scored here: no sentence vectors, which would double the build
-    local = settings.model_copy(update={"index_dir": index_dir, "highlights": False, "max_k": CHUNK_DEPTH})
     embedder = embedder_from(settings)
-    log(f"{folder.name}: {len(documents)} documents, {len(judged)} judged queries; index {index_dir}")
-    started = time.perf_counter()
-    report = build_index(local, embedder, rules=None, documents=documents, log=log)
-    log(f"index {'reused' if report.skipped else 'built'}: {report.chunks} chunks "
-        f"in {time.perf_counter() - started:.0f} s")
-    retriever = retriever_for(local, open_store(local, spec_of(local)), embedder)
+    log(f"{folder.name}: {len(documents)} documents, {len(judged)} judged queries")
+    local, store = beir_store(folder, settings, embedder, documents, log)
+    retriever = retriever_for(local, store, embedder)
 
     vectors = embedder.encode([queries[q] for q in judged], batch_size=settings.embed_batch_size)
     result: dict[str, Any] = {"dataset": folder.name, "queries": len(judged), "documents": len(documents),

@@ -190,11 +190,13 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
     return result
 
 
-def start_server(index_dir: Path, reload_poll_seconds: float) -> tuple[subprocess.Popen[bytes], str]:
-    """`rag serve` on `index_dir` in a subprocess on a free port; the process and its URL."""
+def start_server(index_dir: Path, reload_poll_seconds: float,
+                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """`rag serve` on `index_dir` in a subprocess on a free port, with `env` added to the
+    environment; the process and its URL."""
     port = free_port()
     env = {**os.environ, "RAG_PORT": str(port), "RAG_INDEX_DIR": str(index_dir),
-           "RAG_RELOAD_POLL_SECONDS": str(reload_poll_seconds)}
+           "RAG_RELOAD_POLL_SECONDS": str(reload_poll_seconds), **(env or {})}
     server = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return server, f"http://127.0.0.1:{port}"

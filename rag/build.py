@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -111,16 +112,8 @@ def build_index(
             bar.close()
             log(f"{len(documents)} documents -> {batches.chunks} chunks "
                 f"(embedded {batches.embedded}, reused {batches.chunks - batches.embedded})")
-            manifest = new_manifest(
-                model={"name": settings.model, "dimension": embedder.dimension,
-                       "max_tokens": embedder.max_tokens, "backend": settings.embed_backend,
-                       "vectors": VECTOR_FAMILY[settings.embed_backend]},
-                chunker={"chunk_tokens": settings.chunk_tokens,
-                         "chunk_overlap_tokens": settings.chunk_overlap_tokens,
-                         "encoding": TIKTOKEN_ENCODING,
-                         "embed_input": embed_input("<title>", "<section>", "<text>")},
-                lexical={"tokenizer": "lowercase \\w+, English stopwords, Snowball stemmer",
-                         "indexes": "title, section and chunk text (what the model sees)"},
+            manifest = build_manifest(
+                settings, embedder.dimension, embedder.max_tokens,
                 corpus={"hash": digest, "documents": {d.doc_id: d.content_hash for d in documents}},
                 counts={"documents": len(documents), "chunks": batches.chunks},
             )
@@ -135,6 +128,22 @@ def build_index(
                        reused=batches.chunks - batches.embedded, seconds=seconds,
                        bytes_on_disk=size_on_disk(path) if path.is_dir() else None,
                        token_counts=batches.token_counts)
+
+
+def build_manifest(settings: Settings, dimension: int, max_tokens: int, **fields: Any) -> dict[str, Any]:
+    """The manifest of a build with these settings and model (`open_store` checks it), plus `fields`."""
+    return new_manifest(
+        model={"name": settings.model, "dimension": dimension,
+               "max_tokens": max_tokens, "backend": settings.embed_backend,
+               "vectors": VECTOR_FAMILY[settings.embed_backend]},
+        chunker={"chunk_tokens": settings.chunk_tokens,
+                 "chunk_overlap_tokens": settings.chunk_overlap_tokens,
+                 "encoding": TIKTOKEN_ENCODING,
+                 "embed_input": embed_input("<title>", "<section>", "<text>")},
+        lexical={"tokenizer": "lowercase \\w+, English stopwords, Snowball stemmer",
+                 "indexes": "title, section and chunk text (what the model sees)"},
+        **fields,
+    )
 
 
 class _Batches:

@@ -4,6 +4,7 @@ Domain errors (`rag.errors`) and invalid settings become one line on stderr and 
 status 2; nothing prints a traceback for a mistake the user can fix.
 """
 
+import json
 import statistics
 import sys
 from collections.abc import Callable
@@ -86,6 +87,22 @@ def build(
 
 @app.command()
 @user_errors
+def migrate(
+    to: Annotated[str, typer.Option(help="the store to copy the live local index into (milvus)")] = "milvus",
+    index: IndexOpt = None,
+) -> None:
+    """Copy the live local index into Milvus (RAG_MILVUS_URI) without embedding again."""
+    from rag.migrate import migrate_to_milvus
+
+    if to != "milvus":
+        fail(f"--to must be milvus (to go back, rebuild with RAG_VECTOR_STORE=local rag build), got {to!r}")
+    settings = load_settings(index=index)
+    built = migrate_to_milvus(settings, log=lambda m: typer.echo(m, err=True), progress=sys.stderr.isatty())
+    typer.echo(f"copied into Milvus at {settings.milvus_uri}: build {built}; serve it with RAG_VECTOR_STORE=milvus")
+
+
+@app.command()
+@user_errors
 def query(
     question: Annotated[str, typer.Argument(help="the question to answer")],
     k: Annotated[int, typer.Option("-k", "--k", help="passages to return")] = 5,
@@ -144,6 +161,11 @@ def bench(
                                                "failures, p99 and RSS growth", min=40)] = None,
     backends: Annotated[bool, typer.Option("--backends", help="instead: cosine of every vector of each encoder "
                                            "backend to torch's, on the seed corpus and cached SciFact")] = False,
+    scale: Annotated[int | None, typer.Option(help="instead: build an N-chunk collection from SciFact's real "
+                                              "embeddings and time its searches, recall, build and memory",
+                                              min=1000, max=100_000_000)] = None,
+    backend: Annotated[str | None, typer.Option(help="with --scale: local or milvus [RAG_VECTOR_STORE]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="with --scale: print one JSON object")] = False,
     index: IndexOpt = None,
 ) -> None:
     """Benchmark the real server: latency vs raw model time, throughput at 1/8/32 clients, memory."""
@@ -151,6 +173,16 @@ def bench(
     from rag.build import build_index
 
     settings = load_settings(index=index)
+    if scale is not None:
+        from rag.bench import DEFAULT_SCIFACT
+        from rag.scale import run_scale, scale_table
+
+        if backend not in (None, "local", "milvus"):
+            fail(f"--backend must be local or milvus, got {backend!r}")
+        measured = run_scale(settings, scale, backend or settings.vector_store, DEFAULT_SCIFACT,
+                             log=lambda m: typer.echo(m, err=True))
+        typer.echo(json.dumps(measured) if as_json else scale_table(measured))
+        return
     if backends:
         from rag.bench import DEFAULT_SCIFACT
         from rag.profile import compare_backends

@@ -191,6 +191,8 @@ class Retriever:
 
     def _select(self, hits: Iterable[Hit], k: int, collapse: bool, max_per_doc: int | None) -> list[Hit]:
         """Best first; drop a chunk overlapping a better one; at most max_per_doc per document."""
+        if not collapse and max_per_doc is None:  # nothing to check: no chunk needs reading
+            return list(islice(hits, k))
         kept: list[Hit] = []
         per_doc: dict[str, int] = {}
         for hit in hits:

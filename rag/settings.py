@@ -44,6 +44,8 @@ class Settings(BaseSettings):
         "server or cluster, or Milvus Lite in-process (pip install '.[milvus]')")
     milvus_uri: str = Field("index/milvus.db", description="a file path runs Milvus Lite in-process; "
                             "http://host:19530 talks to Milvus standalone or a cluster")
+    milvus_collection: str = Field("rag", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,30}$",
+                                   description="prefix of this index's Milvus collections")
     milvus_token: SecretStr | None = Field(None, description="Milvus credentials, 'user:password' or a token")
 
     # --- chunking (sizes in cl100k tokens, counted with tiktoken)

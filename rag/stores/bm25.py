@@ -27,6 +27,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -125,7 +126,7 @@ class Bm25Index:
 
     def __init__(self, folder: Path, rows: int, in_memory: bool = False):
         self.rows = rows
-        mmap = None if in_memory else "r"
+        mmap: Literal["r"] | None = None if in_memory else "r"
         self._ptr = np.load(folder / "ptr.npy", allow_pickle=False)
         self._docs = np.load(folder / "docs.npy", mmap_mode=mmap, allow_pickle=False)
         self._weights = np.load(folder / "weights.npy", mmap_mode=mmap, allow_pickle=False)

@@ -23,7 +23,7 @@ Left out: updating a live build in place (each build is written whole, then swap
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ import numpy as np
 
 from rag.errors import IndexCorruptError
 from rag.fusion import Ranking, ranking
-from rag.records import ChunkRecord
+from rag.records import ChunkRecord, SentenceRecord
 from rag.store import IndexSpec, open_build
 from rag.stores import ann
 from rag.stores.bm25 import Bm25Index
@@ -150,6 +150,13 @@ class LocalStore:
                     f"GROUP BY {column}", *part):
                 out[digest] = np.asarray(vectors[row])
         return out
+
+    def sentence_records(self) -> Iterator[SentenceRecord]:
+        """Every sentence in row order (`rag migrate`)."""
+        for start in range(0, len(self._sentence_vectors), 10_000):
+            yield from (SentenceRecord(*r) for r in self._tables.all(
+                "SELECT doc_id, char_start, char_end, text_hash FROM sentences WHERE row >= ? AND row < ? "
+                "ORDER BY row", start, start + 10_000))
 
     def matrix(self, sentences: bool = False) -> np.ndarray:
         """Every chunk's (or sentence's) vector, one row each (for comparisons, not for serving)."""
