@@ -24,6 +24,7 @@ Left out: deleting or updating rows in place (a build writes new arrays), phrase
 
 import json
 import tempfile
+from array import array
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -41,11 +42,10 @@ class Bm25Writer:
         self.folder, self.k1, self.b, self.spill_postings = folder, k1, b, spill_postings
         folder.mkdir(parents=True, exist_ok=True)
         self.vocab: dict[str, int] = {}
-        self.df: list[int] = []
-        self.doc_lens: list[int] = []
-        self._terms: list[int] = []
-        self._docs: list[int] = []
-        self._tfs: list[int] = []
+        self.df = array("q")  # documents holding each term, by term id
+        self.doc_lens = array("i")  # tokens of each row
+        # the batch's postings as C arrays: 4 bytes each, not a Python int's 36
+        self._terms, self._docs, self._tfs = array("i"), array("i"), array("f")
         self._spills: list[Path] = []
 
     def add(self, texts: Iterable[str]) -> None:
@@ -69,13 +69,13 @@ class Bm25Writer:
     def _spill(self) -> None:
         if not self._terms:
             return
-        terms = np.asarray(self._terms, dtype=np.int32)
+        terms = np.frombuffer(self._terms, dtype=np.int32)
         order = np.argsort(terms, kind="stable")  # by term; rows stay ascending within a term
         path = self.folder / f".spill-{len(self._spills)}.npz"
-        np.savez(path, terms=terms[order], docs=np.asarray(self._docs, dtype=np.int32)[order],
-                 tfs=np.asarray(self._tfs, dtype=np.float32)[order])
+        np.savez(path, terms=terms[order], docs=np.frombuffer(self._docs, dtype=np.int32)[order],
+                 tfs=np.frombuffer(self._tfs, dtype=np.float32)[order])
         self._spills.append(path)
-        self._terms, self._docs, self._tfs = [], [], []
+        self._terms, self._docs, self._tfs = array("i"), array("i"), array("f")
 
     def finish(self) -> dict[str, float | int]:
         """Write the final arrays; returns the parameters for the manifest."""
