@@ -234,9 +234,10 @@ def test_builds_go_live_at_commit_and_old_ones_are_dropped(tmp_path: Path) -> No
     second = build(uri, manifest={**MANIFEST, "build_id": "second"})
     assert open_milvus(uri, SPEC).build_id == "second"
     assert {first, second} <= collections(uri) and reader.count() == 11  # the previous build stays for its readers
-    third = build(uri, manifest={**MANIFEST, "build_id": "third", "note": "3"})
+    big = {f"doc-{i}": "f" * 64 for i in range(5000)}  # a real corpus's manifest lists every document's hash
+    third = build(uri, manifest={**MANIFEST, "build_id": "third", "note": "3", "corpus": {"documents": big}})
     live = open_milvus(uri, SPEC)
-    assert live.build_id == "third" and live.manifest["note"] == "3"
+    assert live.build_id == "third" and live.manifest["note"] == "3" and live.manifest["corpus"]["documents"] == big
     names = collections(uri)
     assert first not in names and {second, third} <= names and len(names) == 2 * 4 + 1  # two builds and the meta
     with pytest.raises(IndexBusyError):  # the build it read was dropped under it

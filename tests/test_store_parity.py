@@ -49,6 +49,18 @@ def test_both_stores_give_the_same_answers_and_metrics(both: tuple[Settings, Set
         assert abs(first[metric] - second[metric]) <= 0.01, metric
 
 
+def test_a_restarted_milvus_is_read_again(both: tuple[Settings, Settings]):
+    """After a restart (for Milvus Lite: any new process) every collection is released."""
+    from pymilvus import MilvusClient
+
+    _, milvus = both
+    client = MilvusClient(uri=milvus.milvus_uri)
+    for name in client.list_collections():
+        client.release_collection(name)
+    client.close()
+    assert retriever(milvus).query("Arctic shipping routes", k=3).passages
+
+
 def test_filters_and_documents_read_alike(both: tuple[Settings, Settings]):
     local, milvus = (retriever(s) for s in both)
     doc_id = next(iter(local.store.documents))

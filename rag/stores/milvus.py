@@ -12,7 +12,9 @@ build id comes with the manifest, at commit, as a local build's folder gets its 
   metadata, sections and text as one JSON text in PART_CHARS pieces (a VARCHAR holds
   65,535 bytes, a JSON field 65,536: a long text or many sections need more);
 - sentences: spans, text hashes, vectors.
-`<prefix>_meta` holds one row, "current": the live build's id, tag and manifest, and the tags kept.
+`<prefix>_meta` holds one row, "current": the live build's id and tag, and the tags kept; the
+manifest (hundreds of KB for a big corpus: it lists every document's hash) is stored in the
+build's parts collection like a document, under the doc_id "" that no document can have.
 Commit flushes the build, then upserts that row (one row: atomic), then drops all builds
 but the live one and the one before it. Collections read with Strong consistency; Milvus
 wants a vector in every collection, hence the 2-dimension `_` placeholders.
@@ -28,6 +30,7 @@ before `__exit__`, and collection tuning (shards, partitions, mmap).
 """
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -67,6 +70,7 @@ CHUNK_COLUMNS = ["chunk_id", "doc_id", "section", "char_start", "char_end", "tex
                  "embed_hash"]
 BM25 = {"bm25_k1": DEFAULT_K1, "bm25_b": DEFAULT_B}  # the local store's
 NO_VECTOR = [0.0, 0.0]
+MANIFEST = ""  # the doc_id of the manifest's pieces: no document has an empty id
 Field = tuple[str, dict[str, Any]]  # a DataType name and add_field's parameters
 
 
@@ -84,7 +88,8 @@ def open_milvus(uri: str, spec: IndexSpec | None, prefix: str = "rag", *, token:
         if current is None:
             raise IndexMissingError(f"no index in Milvus at {where}: run `rag build` first")
         try:
-            manifest = json.loads(current["manifest"])
+            with _errors("read", where):
+                manifest = _read_manifest(client, _names(prefix, current["tag"])["parts"])
             diffs = spec.differences(manifest) if spec is not None else []
         except (KeyError, TypeError, ValueError) as exc:
             raise IndexCorruptError(f"the manifest in Milvus at {where} is unreadable: {exc!r}") from exc
@@ -364,11 +369,17 @@ class MilvusWriter:
                                              **{f: ("VARCHAR", {"max_length": 65_535})
                                                 for f in ("build_id", "tag", "manifest", "history")},
                                              "_": ("FLOAT_VECTOR", {"dim": 2})}, PLACEHOLDER_INDEX)
+            blob = json.dumps(manifest, ensure_ascii=False)
+            pieces = [blob[i:i + PART_CHARS] for i in range(0, len(blob), PART_CHARS)]
+            first = self._next("parts", len(pieces))
+            self._insert("parts", [{"id": first + k, "doc_id": MANIFEST, "part": k, "text": p, "_": NO_VECTOR}
+                                   for k, p in enumerate(pieces)], per=64)
+            self._client.flush(self._names["parts"])
             current = _current(self._client, self._prefix)
             history = json.loads(current["history"]) if current else []
             kept = [*history, self.tag][-KEEP_BUILDS:]
             self._client.upsert(meta, [{"key": "current", "build_id": build_id, "tag": self.tag,
-                                        "manifest": json.dumps(manifest, ensure_ascii=False),
+                                        "manifest": json.dumps({"parts": len(pieces)}),
                                         "history": json.dumps(kept), "_": NO_VECTOR}])
             self._committed = True
             self._client.flush(meta)
@@ -453,6 +464,8 @@ def _connect(uri: str, prefix: str, token: str | None, timeout: float) -> Any:
         from pymilvus import MilvusClient
     except ImportError as exc:
         raise StorageError("the milvus store needs pymilvus: pip install '.[milvus]'") from exc
+    # pymilvus logs every failed call with a traceback; the failure reaches the user as one line instead
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     with _errors("connect to", _public(uri)):
         return MilvusClient(uri=uri, token=token or "", timeout=timeout)
 
@@ -481,8 +494,20 @@ def _current(client: Any, prefix: str) -> dict[str, Any] | None:
     """The meta row naming the live build; None before the first commit."""
     if not client.has_collection(f"{prefix}_meta"):
         return None
+    client.load_collection(f"{prefix}_meta")  # released after a restart (Milvus Lite: every new process)
     found = client.get(f"{prefix}_meta", ids=["current"], output_fields=["build_id", "tag", "manifest", "history"])
     return dict(found[0]) if found else None
+
+
+def _read_manifest(client: Any, parts: str) -> dict[str, Any]:
+    """A build's manifest, from its pieces in the parts collection."""
+    client.load_collection(parts)
+    found = sorted(client.query(parts, filter=f"doc_id == {_quote(MANIFEST)}", output_fields=["part", "text"]),
+                   key=lambda p: p["part"])
+    manifest = json.loads("".join(p["text"] for p in found))
+    if not isinstance(manifest, dict):
+        raise ValueError("the manifest is not an object")
+    return manifest
 
 
 def _names(prefix: str, tag: str) -> dict[str, str]:
