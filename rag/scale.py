@@ -15,7 +15,7 @@ Measured, per backend (`local`, `milvus`):
 - search p50/p99 over the 300 questions, each side alone (top 10) and hybrid (each
   side's top `fusion_depth`, fused, top 10), after one warm-up pass;
 - dense recall@10 against an exact scan of the same N vectors (regenerated in blocks);
-- size on disk, and the RSS of a real `rag serve` on the collection after 50 queries.
+- size on disk, and a real `rag serve` on the collection: seconds until /ready, RSS after 50 queries.
 
 Left out: sentences (highlights) in the synthetic collection, and concurrent load (that
 is `rag bench` on the seed corpus).
@@ -112,7 +112,10 @@ def run_scale(settings: Settings, n: int, backend: str, scifact: Path, log: Call
             "vector_store": backend, "index_dir": Path(tmp) / "index", "milvus_uri": str(Path(tmp) / "milvus.db"),
             "highlights": False})
         build_s, peak_rss_mb = _build_in_child(target, n, source_store.folder)
-        log(f"built {n} chunks in {build_s:.0f} s (peak RSS {peak_rss_mb:.0f} MB); measuring searches")
+        log(f"built {n} chunks in {build_s:.0f} s (peak RSS {peak_rss_mb:.0f} MB); starting rag serve on it")
+        # first, and alone: a Milvus Lite file serves one process at a time
+        served = _serve(target, questions)
+        log("measuring searches")
         store = open_store(target, spec_of(target))
         try:
             timings = _search_timings(store, questions, question_vectors, Fusion.parse(settings.fusion,
@@ -122,10 +125,9 @@ def run_scale(settings: Settings, n: int, backend: str, scifact: Path, log: Call
         finally:
             store.close()
         disk_mb = size_on_disk(Path(tmp)) / 2**20
-        serve_rss = _serve_rss(target, questions)
     timings["dense"]["recall_at_10"] = round(recall, 4)
     return {"backend": backend, "chunks": n, "index": index, **timings, "build_s": round(build_s, 1),
-            "peak_rss_mb": round(peak_rss_mb, 1), "disk_mb": round(disk_mb, 1), "serve_rss_mb": serve_rss,
+            "peak_rss_mb": round(peak_rss_mb, 1), "disk_mb": round(disk_mb, 1), **served,
             "source": f"{scifact.name}: {len(source.chunks)} chunks embedded by {settings.model} "
                       f"({settings.embed_backend}), mixed and noised to {n}; {len(questions)} test questions"}
 
@@ -212,12 +214,14 @@ def _recall(store: Any, source: Source, n: int, vectors: np.ndarray) -> float:
     return recall_at(found, best_rows)
 
 
-def _serve_rss(target: Settings, questions: list[str]) -> float | None:
-    """RSS (MB) of `rag serve` on the collection after 50 queries; None if it never got ready."""
+def _serve(target: Settings, questions: list[str]) -> dict[str, float | None]:
+    """Seconds until `rag serve` on the collection is ready (model, index, checksums) and its
+    RSS (MB) after 50 queries; None where it never got ready."""
     from rag.bench import rss_mb, start_server
 
     env = {"RAG_VECTOR_STORE": target.vector_store, "RAG_MILVUS_URI": target.milvus_uri,
            "RAG_HIGHLIGHTS": "false"}
+    started = time.monotonic()
     server, url = start_server(target.index_dir, reload_poll_seconds=3600, env=env)
     try:
         deadline = time.monotonic() + 600
@@ -229,10 +233,11 @@ def _serve_rss(target: Settings, questions: list[str]) -> float | None:
                 pass
             time.sleep(0.5)
         else:
-            return None
+            return {"serve_ready_s": None, "serve_rss_mb": None}
+        ready_s = time.monotonic() - started
         for question in questions[:50]:
             httpx.post(url + "/query", json={"question": question, "k": 5}, timeout=60).raise_for_status()
-        return round(rss_mb(server.pid)["VmRSS"], 1)
+        return {"serve_ready_s": round(ready_s, 1), "serve_rss_mb": round(rss_mb(server.pid)["VmRSS"], 1)}
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -241,7 +246,7 @@ def _serve_rss(target: Settings, questions: list[str]) -> float | None:
 def scale_table(result: dict[str, Any]) -> str:
     lines = [f"{result['backend']} store, {result['chunks']:,} chunks, index {json.dumps(result['index'])}",
              f"  build {result['build_s']} s, peak RSS {result['peak_rss_mb']} MB, {result['disk_mb']} MB on disk, "
-             f"rag serve RSS {result['serve_rss_mb']} MB"]
+             f"rag serve ready in {result['serve_ready_s']} s, RSS {result['serve_rss_mb']} MB"]
     for side in ("dense", "lexical", "hybrid"):
         row = result[side]
         extra = f", recall@10 {row['recall_at_10']}" if "recall_at_10" in row else ""
