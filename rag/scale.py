@@ -26,6 +26,7 @@ import math
 import multiprocessing
 import resource
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -164,7 +165,7 @@ def build_synthetic(target: Settings, n: int, source_folder: Path) -> float:
     model = read_manifest(source_folder)["model"]
     source = Source(LocalStore(source_folder, read_manifest(source_folder)))
     started = time.perf_counter()
-    with open_writer(target, model["dimension"], log=lambda m: tqdm.write(m)) as writer:
+    with open_writer(target, model["dimension"], log=lambda m: tqdm.write(m, file=sys.stderr)) as writer:
         with tqdm(total=n, unit="chunk", desc="writing", unit_scale=True) as bar:
             for rows, vectors in source.blocks(n):
                 documents, chunks, texts = source.records(rows)
