@@ -2,10 +2,10 @@
 
 - `question_from(messages)`: the last user message is the question; when it is short
   and leans on earlier turns ("and in 2023?"), the previous user message is prepended.
-- `extractive_answer(response, link)`: no language model needed. The highlighted
-  sentences of the top passages, in rank order and without repeats, each followed by
-  its passage's marker [n]; then a Markdown "Sources" list with title, section and a
-  link to the passage on this service. When the retriever abstains (`answerable` false)
+- `extractive_answer(response, link)`: no language model needed. The answer sentences
+  (`rag.answer`: the sentence that answers the question first), each followed by its
+  passage's marker [n]; then a Markdown "Sources" list with title, section and a link to
+  the passage on this service. When the retriever abstains (`answerable` false)
   the answer says so plainly and cites nothing.
 - `llm_messages(question, block)`: the prompt for an upstream OpenAI-compatible model,
   told to answer only from the numbered context and to cite [n].
@@ -116,8 +116,26 @@ def sources_markdown(citations: Sequence[ChatCitation]) -> str:
 
 
 def extractive_answer(response: QueryResponse, link: Link) -> ChatAnswer:
+    """The answer sentences (rag.answer), the one answering the question first, each
+    followed by its passage's marker; passages numbered in the order the answer cites them.
+    A response without answer sentences (an index built without sentences) falls back to
+    the highlights of the top passages."""
     if not response.answerable or not response.passages:
         return ChatAnswer(text=NO_ANSWER, citations=[])
+    if response.answer:
+        used: list[Passage] = []
+        parts = []
+        for sentence in response.answer:
+            passage = response.passages[sentence.passage - 1]
+            if passage not in used:
+                used.append(passage)
+            parts.append(f"{sentence.text} [{used.index(passage) + 1}]")
+        citations = cite(used, link)
+        return ChatAnswer(text=" ".join(parts) + sources_markdown(citations), citations=citations)
+    return _highlights_answer(response, link)
+
+
+def _highlights_answer(response: QueryResponse, link: Link) -> ChatAnswer:
     top = _best_sentence_score(response.passages[0])
     passages = [p for i, p in enumerate(response.passages[:ANSWER_PASSAGES])
                 if i == 0 or top is None or (_best_sentence_score(p) or 0.0) >= ANSWER_NEAR * top]

@@ -226,6 +226,8 @@ def eval_command(
     min_ndcg_at_10: Annotated[float | None, typer.Option(help="fail below this nDCG@10")] = None,
     limit: Annotated[int | None, typer.Option(help="BEIR: only the first N queries (quick runs)")] = None,
     calibrate: Annotated[bool, typer.Option(help="print the abstention settings fitted on this set")] = False,
+    min_answer: Annotated[float | None, typer.Option(help="fail below this share of answerable questions whose "
+                                                     "extractive answer holds a gold quote")] = None,
     whole_docs: Annotated[bool, typer.Option(help="BEIR: the published setting, one truncated vector per "
                                              "document, instead of chunks")] = False,
     index: IndexOpt = None,
@@ -260,7 +262,7 @@ def eval_command(
             name, title = f"beir-{beir.name}", f"BEIR {beir.name}"
     else:
         from rag.abstain import calibrate as fit_abstention
-        from rag.evaluate import evaluate, highlight_hits, load_questions
+        from rag.evaluate import answer_hits, evaluate, highlight_hits, load_questions
         from rag.service import open_retriever
 
         retriever = open_retriever(settings)
@@ -268,11 +270,18 @@ def eval_command(
         report = evaluate(retriever, question_set, columns)
         report["abstention"] = fit_abstention(retriever, question_set)
         report["highlights"] = highlight_hits(retriever, question_set)
+        report["answer"] = answer_hits(retriever, question_set)
         name, title = "seed", f"Seed questions ({questions.name})"
     typer.echo(terminal_summary(report))
     if highlights := report.get("highlights"):
         typer.echo(f"\nhighlights: first highlight on the gold quote in {highlights['first_highlight_on_gold']:.0%} "
                    f"of {highlights['relevant_passages']} relevant top-5 passages")
+    if answer := report.get("answer"):
+        typer.echo(f"answer: the extractive answer holds a gold quote for {answer['contains_gold']:.0%} of "
+                   f"{answer['questions']} answerable questions (its first sentence: "
+                   f"{answer['first_sentence_gold']:.0%})")
+        for miss in answer["misses"]:
+            typer.echo(f"  [answer] missed {miss['id']}: {miss['question']}  -> {miss['answer'][:120]}")
     if abstention := report.get("abstention"):
         back = abstention["held_back"]["configured"]
         typer.echo(f"\nabstention (held-back third, configured settings): {back['unanswerable_flagged']:.0%} of "
@@ -289,6 +298,8 @@ def eval_command(
     paths = write_reports(report, out_dir, name, title)
     typer.echo("reports: " + ", ".join(str(p) for p in paths))
 
+    if min_answer is not None and (answer := report.get("answer")) and answer["contains_gold"] < min_answer:
+        fail(f"answer gate failed: {answer['contains_gold']:.3f} of answers hold a gold quote < {min_answer}")
     if not gated:
         return
     overall = report["modes"][gate_mode]["overall"]

@@ -167,6 +167,35 @@ def highlight_hits(retriever: Retriever, questions: list[Question], k: int = 5) 
     return {"relevant_passages": total, "first_highlight_on_gold": round(hits / total, 4) if total else None}
 
 
+def covers_quote(spans: list[tuple[str, int, int]], gold: list[GoldQuote], share: float = 0.5) -> bool:
+    """Whether (doc_id, start, end) spans cover at least `share` of some gold quote's characters."""
+    for g in gold:
+        covered = sum(max(0, min(end, g.char_end) - max(start, g.char_start))
+                      for doc_id, start, end in spans if doc_id == g.doc_id)
+        if covered >= share * (g.char_end - g.char_start):
+            return True
+    return False
+
+
+def answer_hits(retriever: Retriever, questions: list[Question], k: int = 5) -> dict[str, Any]:
+    """Over the answerable questions (default mode, top k): the share whose answer sentences
+    (`QueryResponse.answer`, what the extractive chat answer says) cover half of a gold
+    quote or more, and the share whose first sentence does."""
+    answered = first = 0
+    misses = []
+    answerable = [q for q in questions if q.answerable]
+    for q in answerable:
+        answer = retriever.query(q.question, k).answer
+        spans = [(s.doc_id, s.char_start, s.char_end) for s in answer]
+        answered += covers_quote(spans, q.gold)
+        first += covers_quote(spans[:1], q.gold)
+        if not covers_quote(spans, q.gold):
+            misses.append({"id": q.id, "question": q.question, "answer": " ".join(s.text for s in answer)[:300]})
+    n = len(answerable)
+    return {"questions": n, "contains_gold": round(answered / n, 4) if n else None,
+            "first_sentence_gold": round(first / n, 4) if n else None, "misses": misses}
+
+
 def evaluate(retriever: Retriever, questions: list[Question], columns: list[Variant] | None = None) -> dict[str, Any]:
     answerable = [q for q in questions if q.answerable]
     if not answerable:

@@ -40,12 +40,13 @@ from typing import Protocol
 
 import numpy as np
 
+from rag import answer as answers
 from rag.embed import Embedder
 from rag.errors import BadQueryError
 from rag.fusion import DEFAULT_FUSION, MISSING_SCORE, Fusion, Ranking, fuse
 from rag.lexical import tokenize
 from rag.records import ChunkRecord
-from rag.schema import Citation, Passage, QueryResponse, Span
+from rag.schema import AnswerSentence, Citation, Passage, QueryResponse, Span
 from rag.stores.base import FILTER_FIELDS, ChunkStore
 from rag.text import is_unicode_text
 from rag.types import MODES, Filters, Hit, Laps, Mode
@@ -105,11 +106,14 @@ class Retriever:
         terms = set(tokenize(question))
         passages = [self.passage(rank, hit, query_vector, terms) for rank, hit in enumerate(hits, start=1)]
         _lap(laps, "passages and highlights")
+        answer = self.answer(question, query_vector, hits)
+        _lap(laps, "answer sentences")
         # dense and hybrid rankings hold the best dense score already; lexical needs the product
         confidence = self.abstention.confidence(best if best is not None else self.best_cosine(query_vector, filters))
         took_ms = (time.perf_counter() - started) * 1000
         return QueryResponse(question=question, mode=mode, answerable=confidence >= 0.5,
-                             confidence=round(confidence, 4), passages=passages, took_ms=round(took_ms, 3))
+                             confidence=round(confidence, 4), passages=passages, took_ms=round(took_ms, 3),
+                             answer=answer)
 
     def search(self, question: str, k: int = 5, filters: Filters = Filters(), mode: Mode | None = None,
                query_vector: np.ndarray | None = None, max_per_doc: int | None = None,
@@ -235,6 +239,19 @@ class Retriever:
         chosen = [order[0]] + [i for i in order[1:2] if scores[i] >= HIGHLIGHT_NEAR * scores[order[0]] > 0]
         return [Span(char_start=spans[i][0], char_end=spans[i][1], score=round(float(scores[i]), 4))
                 for i in chosen]
+
+    def answer(self, question: str, query_vector: np.ndarray, hits: list[Hit]) -> list[AnswerSentence]:
+        """The sentences of the top passages that answer the question, best first (rag.answer)."""
+        candidates = []
+        for rank, hit in enumerate(hits[:answers.ANSWER_PASSAGES], start=1):
+            chunk = self.store.chunks[hit.row]
+            spans, vectors = self.store.sentences(hit.row)
+            offset = chunk.char_start
+            candidates += [answers.Candidate(rank, chunk.doc_id, a, b, chunk.text[a - offset:b - offset], vector)
+                           for (a, b), vector in zip(spans, vectors)]
+        return [AnswerSentence(text=c.text, passage=c.rank, doc_id=c.doc_id, char_start=c.char_start,
+                               char_end=c.char_end, score=c.score)
+                for c in answers.choose(question, query_vector, candidates)]
 
     def citation(self, row: int) -> Citation:
         chunk = self.store.chunks[row]

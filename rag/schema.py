@@ -38,6 +38,15 @@ class Passage(BaseModel):
         "document offsets inside the passage's citation span, best first")
 
 
+class AnswerSentence(BaseModel):
+    text: str = Field(description="a sentence of a returned passage: document text [char_start:char_end]")
+    passage: int = Field(ge=1, description="the rank of the passage it comes from")
+    doc_id: str
+    char_start: int = Field(ge=0)
+    char_end: int = Field(ge=0)
+    score: float = Field(description="how well it answers the question (rag.answer)")
+
+
 class QueryResponse(BaseModel):
     question: str
     passages: list[Passage]
@@ -45,3 +54,6 @@ class QueryResponse(BaseModel):
     mode: str = Field("dense", description="the retrieval mode that answered")
     answerable: bool = Field(True, description="false when the corpus seems to hold no answer")
     confidence: float = Field(1.0, ge=0, le=1, description="calibrated probability that an answer is in the passages")
+    answer: list[AnswerSentence] = Field(
+        default_factory=list, description="the sentences of the top passages that answer the question, best "
+        "first: what an extractive answer says")

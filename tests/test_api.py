@@ -38,7 +38,10 @@ def test_post_query_returns_cited_passages(client: TestClient):
     r = client.post("/query", json={"question": QUESTION, "k": 3})
     assert r.status_code == 200
     body = r.json()
-    assert set(body) == {"question", "passages", "took_ms", "mode", "answerable", "confidence"}
+    assert set(body) == {"question", "passages", "took_ms", "mode", "answerable", "confidence", "answer"}
+    for sentence in body["answer"]:  # each answer sentence is a span of the passage it names
+        cited = body["passages"][sentence["passage"] - 1]["citation"]
+        assert cited["char_start"] <= sentence["char_start"] < sentence["char_end"] <= cited["char_end"]
     assert body["question"] == QUESTION and body["mode"] == "hybrid"
     assert [p["rank"] for p in body["passages"]] == [1, 2, 3]
     scores = [p["score"] for p in body["passages"]]

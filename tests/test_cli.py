@@ -35,7 +35,7 @@ def test_build_then_skip_then_query_json(env: Settings):
     result = runner.invoke(app, ["query", "Russian oil imports", "-k", "2", "--json"])
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
-    assert set(body) == {"question", "passages", "took_ms", "mode", "answerable", "confidence"}
+    assert set(body) == {"question", "passages", "took_ms", "mode", "answerable", "confidence", "answer"}
     assert body["question"] == "Russian oil imports"
     assert [p["rank"] for p in body["passages"]] == [1, 2]
     assert set(body["passages"][0]["citation"]) == {
