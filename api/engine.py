@@ -29,13 +29,14 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from rag.build import spec_of
+from rag.conversation import trim_history
 from rag.embed import Embedder, embedder_from
 from rag.errors import (
     BadQueryError,
@@ -68,6 +69,7 @@ class _Job:
     mode: Mode | None
     max_per_doc: int | None
     future: asyncio.Future[QueryResponse] = field(repr=False)
+    history: tuple[str, ...] = ()  # earlier user turns, oldest first
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -200,12 +202,14 @@ class Engine:
         return self.retriever
 
     async def query(self, question: str, k: int, filters: Filters, mode: Mode | None,
-                    max_per_doc: int | None = None) -> QueryResponse:
+                    max_per_doc: int | None = None, history: Sequence[str] = ()) -> QueryResponse:
         retriever = self.live()
-        retriever.validate(question, k, filters, mode or retriever.default_mode, max_per_doc)  # before queueing
+        history = tuple(trim_history(history, self.settings.max_history_turns, self.settings.max_history_chars))
+        # checked before queueing
+        retriever.validate(question, k, filters, mode or retriever.default_mode, max_per_doc, history)
         future: asyncio.Future[QueryResponse] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Job(question, k, filters, mode, max_per_doc, future))
+            self._queue.put_nowait(_Job(question, k, filters, mode, max_per_doc, future, history=history))
         except asyncio.QueueFull:
             raise OverloadedError(f"{self.settings.max_queue} questions are already waiting; "
                                   "retry in a moment") from None
@@ -265,7 +269,7 @@ class Engine:
                 continue
             try:
                 response = retriever.query(job.question, job.k, job.filters, job.mode, job.max_per_doc,
-                                           query_vector=vector)
+                                           query_vector=vector, history=job.history)
                 took_ms = round((time.perf_counter() - job.queued_at) * 1000, 3)
                 out.append(response.model_copy(update={"took_ms": took_ms}))
             except Exception as exc:

@@ -23,6 +23,9 @@ class QueryRequest(BaseModel):
     mode: Mode | None = Field(None, description="dense (embeddings), lexical (BM25) or hybrid (both, fused); "
                               "default RAG_DEFAULT_MODE")
     max_per_doc: int | None = Field(None, ge=1, description="at most this many passages per document")
+    history: list[str] | None = Field(None, description="earlier user turns of the conversation, oldest first: a "
+                                      "follow-up ('And in 2023?') is searched with them; beyond "
+                                      "RAG_MAX_HISTORY_TURNS / RAG_MAX_HISTORY_CHARS the oldest are dropped")
 
 
 class DocumentSummary(BaseModel):

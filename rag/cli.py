@@ -226,6 +226,9 @@ def eval_command(
     min_ndcg_at_10: Annotated[float | None, typer.Option(help="fail below this nDCG@10")] = None,
     limit: Annotated[int | None, typer.Option(help="BEIR: only the first N queries (quick runs)")] = None,
     calibrate: Annotated[bool, typer.Option(help="print the abstention settings fitted on this set")] = False,
+    conversations: Annotated[Path, typer.Option(help="multi-turn chats whose later turns are scored with and "
+                                               "without the conversation (skipped if missing)")] = Path(
+        "eval/conversations.jsonl"),
     min_answer: Annotated[float | None, typer.Option(help="fail below this share of answerable questions whose "
                                                      "extractive answer holds a gold quote")] = None,
     whole_docs: Annotated[bool, typer.Option(help="BEIR: the published setting, one truncated vector per "
@@ -271,6 +274,10 @@ def eval_command(
         report["abstention"] = fit_abstention(retriever, question_set)
         report["highlights"] = highlight_hits(retriever, question_set)
         report["answer"] = answer_hits(retriever, question_set)
+        if conversations.is_file():
+            from rag.conversations import follow_up_recall, load_conversations
+
+            report["conversations"] = follow_up_recall(retriever, load_conversations(conversations, retriever.store))
         name, title = "seed", f"Seed questions ({questions.name})"
     typer.echo(terminal_summary(report))
     if highlights := report.get("highlights"):
@@ -282,6 +289,11 @@ def eval_command(
                    f"{answer['first_sentence_gold']:.0%})")
         for miss in answer["misses"]:
             typer.echo(f"  [answer] missed {miss['id']}: {miss['question']}  -> {miss['answer'][:120]}")
+    if chats := report.get("conversations"):
+        typer.echo("\nlater turns of conversations, Recall@5   with the conversation   the turn alone")
+        for kind, row in chats.items():
+            typer.echo(f"  {kind:<13} ({row['turns']:>3} turns)         {row['with_history']:>5.3f}"
+                       f"                   {row['alone']:>5.3f}")
     if abstention := report.get("abstention"):
         back = abstention["held_back"]["configured"]
         typer.echo(f"\nabstention (held-back third, configured settings): {back['unanswerable_flagged']:.0%} of "

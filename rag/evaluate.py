@@ -90,7 +90,7 @@ def load_questions(path: Path, store: ChunkStore) -> list[Question]:
         try:
             row = json.loads(line)
             qid = str(row["id"])
-            gold = [_locate(g["doc_id"], g["quote"], store) for g in row.get("gold_quotes", [])]
+            gold = [locate(g["doc_id"], g["quote"], store) for g in row.get("gold_quotes", [])]
             question = Question(qid, row["question"], row["type"], bool(row["answerable"]),
                                 list(row.get("doc_ids", [])), gold)
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
@@ -104,7 +104,7 @@ def load_questions(path: Path, store: ChunkStore) -> list[Question]:
     return questions
 
 
-def _locate(doc_id: str, quote: str, store: ChunkStore) -> GoldQuote:
+def locate(doc_id: str, quote: str, store: ChunkStore) -> GoldQuote:
     document = store.documents.get(doc_id)
     if document is None:
         raise RagError(f"gold quote cites unknown document '{doc_id}'")

@@ -41,6 +41,7 @@ from typing import Protocol
 import numpy as np
 
 from rag import answer as answers
+from rag import conversation
 from rag.embed import Embedder
 from rag.errors import BadQueryError
 from rag.fusion import DEFAULT_FUSION, MISSING_SCORE, Fusion, Ranking, fuse
@@ -93,15 +94,18 @@ class Retriever:
 
     def query(self, question: str, k: int = 5, filters: Filters = Filters(), mode: Mode | None = None,
               max_per_doc: int | None = None, query_vector: np.ndarray | None = None,
-              laps: Laps | None = None) -> QueryResponse:
-        """`laps`, when given, collects the milliseconds of each step (`rag bench`)."""
+              laps: Laps | None = None, history: Sequence[str] = ()) -> QueryResponse:
+        """`history`: the earlier user turns, oldest first (a follow-up is read with them,
+        rag.conversation). `laps`, when given, collects the milliseconds of each step (`rag bench`)."""
         started = time.perf_counter()
         mode = mode or self.default_mode
-        self.validate(question, k, filters, mode, max_per_doc)
+        self.validate(question, k, filters, mode, max_per_doc, history)
         if query_vector is None:  # every mode needs it: confidence and highlights use it
             query_vector = self.embedder.encode([question])[0]
             _lap(laps, "encode")
-        ranked, best = self._ranked(question, k, filters, mode, query_vector, None, True, laps)
+        turn = conversation.resolve(question, query_vector, history, self._encode)
+        query_vector = turn.vector
+        ranked, best = self._ranked(turn.text, k, filters, mode, query_vector, None, True, laps)
         hits = self._select(ranked, k, True, max_per_doc)
         terms = set(tokenize(question))
         passages = [self.passage(rank, hit, query_vector, terms) for rank, hit in enumerate(hits, start=1)]
@@ -117,12 +121,20 @@ class Retriever:
 
     def search(self, question: str, k: int = 5, filters: Filters = Filters(), mode: Mode | None = None,
                query_vector: np.ndarray | None = None, max_per_doc: int | None = None,
-               fusion: Fusion | None = None, collapse: bool = True) -> list[Hit]:
+               fusion: Fusion | None = None, collapse: bool = True, history: Sequence[str] = ()) -> list[Hit]:
         """Top-k chunks, best first. `query_vector` lets a batching caller pass its own."""
         mode = mode or self.default_mode
-        self.validate(question, k, filters, mode, max_per_doc)
+        self.validate(question, k, filters, mode, max_per_doc, history)
+        if history:
+            if query_vector is None:
+                query_vector = self.embedder.encode([question])[0]
+            turn = conversation.resolve(question, query_vector, history, self._encode)
+            question, query_vector = turn.text, turn.vector
         return self._select(self._ranked(question, k, filters, mode, query_vector, fusion, collapse)[0],
                             k, collapse, max_per_doc)
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        return self.embedder.encode(texts)
 
     def _ranked(self, question: str, k: int, filters: Filters, mode: Mode, query_vector: np.ndarray | None,
                 fusion: Fusion | None, collapse: bool, laps: Laps | None = None) -> tuple[Iterable[Hit], float | None]:
@@ -147,11 +159,17 @@ class Retriever:
             hits, best = self._hybrid(question, query_vector, filters, fusion or self.fusion, laps)
         return (self._rerank(question, hits) if self.reranker is not None else hits), best
 
-    def validate(self, question: str, k: int, filters: Filters, mode: str, max_per_doc: int | None = None) -> None:
+    def validate(self, question: str, k: int, filters: Filters, mode: str, max_per_doc: int | None = None,
+                 history: Sequence[str] = ()) -> None:
         if not question.strip():
             raise BadQueryError("question must not be empty")
         if not is_unicode_text(question):
             raise BadQueryError("question is not valid Unicode text (it holds a lone surrogate)")
+        for i, turn in enumerate(history):
+            if not isinstance(turn, str) or not turn.strip():
+                raise BadQueryError(f"history[{i}] must be a non-empty string (an earlier user turn)")
+            if not is_unicode_text(turn):
+                raise BadQueryError(f"history[{i}] is not valid Unicode text (it holds a lone surrogate)")
         if not 1 <= k <= self.max_k:
             raise BadQueryError(f"k must be between 1 and {self.max_k}, got {k}")
         if mode not in MODES:

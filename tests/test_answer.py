@@ -45,3 +45,36 @@ def test_the_next_sentence_follows_and_nothing_is_said_twice():
                                            "They saw it as a precursor to intervention."]
     assert len({(c.doc_id, c.char_start) for c in found}) == len(found)
     assert choose(question, np.zeros(64, dtype=np.float32), []) == []
+
+
+# ------------------------------------------------------------------ conversations
+
+from rag.conversation import is_follow_up, resolve, trim_history  # noqa: E402
+
+
+def test_follow_ups_are_told_from_new_topics():
+    assert is_follow_up("Which countries have joined it recently?", "What is the BRICS group?")
+    assert is_follow_up("And in 2023?", "How much oil did China buy in 2022?")
+    assert is_follow_up("Why?", "Did China and Russia veto the resolution?")
+    assert not is_follow_up("What is the Polar Silk Road in the Arctic?", "What is the BRICS group?")
+    assert not is_follow_up("Which countries joined it?", None)  # nothing to lean on
+
+
+def test_a_follow_up_is_searched_with_the_previous_turn_and_a_new_topic_alone():
+    encoded: list[list[str]] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        encoded.append(texts)
+        return np.stack([FAKE.vector(t) for t in texts])
+
+    history = ["What is the BRICS group?"]
+    follow = resolve("Which countries joined it?", FAKE.vector("Which countries joined it?"), history, encode)
+    assert "BRICS" in follow.text and float(follow.vector @ FAKE.vector("BRICS group")) > 0
+    alone = resolve("What is the Polar Silk Road in the Arctic?", FAKE.vector("polar"), history, encode)
+    assert alone.text == "What is the Polar Silk Road in the Arctic?" and len(encoded) == 1  # no encode for it
+
+
+def test_history_is_trimmed_to_the_newest_turns_that_fit():
+    assert trim_history(["a" * 10, "b" * 10, "c" * 10], max_turns=2, max_chars=100) == ["b" * 10, "c" * 10]
+    assert trim_history(["a" * 10, "b" * 10, "c" * 10], max_turns=5, max_chars=25) == ["b" * 10, "c" * 10]
+    assert trim_history(["a"], max_turns=0, max_chars=100) == []

@@ -300,3 +300,20 @@ def test_access_log_has_one_line_per_request_and_never_the_key(locked: TestClien
         ("GET", "/documents", 200), ("GET", "/documents", 401)]
     assert all(x["ms"] >= 0 for x in lines)
     assert "s3cret" not in caplog.text
+
+
+def test_query_history_reads_a_follow_up_with_the_conversation(client: TestClient):
+    alone = client.post("/query", json={"question": "Which countries have joined it?", "k": 3}).json()
+    followed = client.post("/query", json={"question": "Which countries have joined it?", "k": 3,
+                                           "history": ["What is the BRICS grouping?"]}).json()
+    assert any("BRICS" in p["text"] for p in followed["passages"])
+    assert [p["chunk_id"] for p in followed["passages"]] != [p["chunk_id"] for p in alone["passages"]]
+
+
+def test_query_history_too_long_is_trimmed_and_bad_entries_are_refused(client: TestClient):
+    long = ["What is the BRICS grouping?" * 40] * 30  # over both limits: trimmed, not refused
+    assert client.post("/query", json={"question": "Which countries joined it?", "history": long}).status_code == 200
+    for bad, where in (([""], "history[0]"), (["ok", "  "], "history[1]")):
+        r = client.post("/query", json={"question": "Which countries joined it?", "history": bad})
+        assert r.status_code == 422 and where in r.json()["detail"]
+    assert client.post("/query", json={"question": "x", "history": [3]}).status_code == 422

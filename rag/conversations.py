@@ -1,0 +1,70 @@
+"""`rag eval`: retrieval for the later turns of conversations (eval/conversations.jsonl).
+
+Each line is a chat: `{"id", "turns": [{"question", "kind"?, "gold_quotes": [{"doc_id",
+"quote"}]}]}`. The first turn opens it; each later turn is a "follow-up" (it leans on the
+earlier turns) or a "topic-change" (it stands alone on another subject). For every later
+turn, Recall@5 of its gold quotes (default mode, as the seed set scores it) is measured
+twice: with the earlier user turns as history, and the turn alone. Follow-ups should gain;
+topic changes should lose nothing (they must not be dragged back to the old topic).
+
+Left out: scoring the answers' text, and conversations longer than three turns.
+"""
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rag.errors import RagError
+from rag.evaluate import GoldQuote, covered_quotes, locate
+from rag.metrics import recall_at_k
+from rag.retrieve import Retriever
+from rag.stores.base import ChunkStore
+
+KINDS = ("follow-up", "topic-change")
+K = 5
+
+
+@dataclass(frozen=True)
+class Chat:
+    id: str
+    turns: list[tuple[str, str, list[GoldQuote]]]  # question, kind, gold quotes
+
+
+def load_conversations(path: Path, store: ChunkStore) -> list[Chat]:
+    chats = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise RagError(f"cannot read conversations {path}: {exc.strerror or exc}") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            turns = [(t["question"], t.get("kind", "opening"),
+                      [locate(g["doc_id"], g["quote"], store) for g in t["gold_quotes"]]) for t in row["turns"]]
+            chats.append(Chat(row["id"], turns))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise RagError(f"{path}:{number}: not a valid conversation ({exc})") from exc
+        if any(kind not in ("opening", *KINDS) for _, kind, _ in turns):
+            raise RagError(f"{path}:{number}: a turn's kind must be opening, follow-up or topic-change")
+    return chats
+
+
+def follow_up_recall(retriever: Retriever, chats: list[Chat]) -> dict[str, Any]:
+    """Recall@5 of the later turns, by kind, with the conversation and alone."""
+    rows: dict[str, dict[str, list[float]]] = {kind: {"with_history": [], "alone": []} for kind in KINDS}
+    for chat in chats:
+        history: list[str] = []
+        for question, kind, gold in chat.turns:
+            if kind in KINDS:
+                for label, earlier in (("with_history", history), ("alone", [])):
+                    hits = retriever.search(question, K, history=earlier)
+                    covered = [covered_quotes(retriever.store, h.row, gold) for h in hits]
+                    rows[kind][label].append(recall_at_k(covered, len(gold), K))
+            history = [*history, question]
+    return {kind: {"turns": len(r["alone"]), **{label: round(statistics.fmean(v), 4) if v else None
+                                                  for label, v in r.items()}}
+            for kind, r in rows.items()}
