@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description='browser origins allowed to call us, e.g. ["http://localhost:3000"]')
     max_question_chars: int = Field(1000, ge=1)
+    max_history_turns: int = Field(4, ge=0, le=50, description="earlier user turns a follow-up is read with; "
+                                   "more are trimmed, oldest first")
+    max_history_chars: int = Field(4000, ge=0, description="characters of earlier user turns kept, newest first")
     max_body_bytes: int = Field(65536, ge=1024)
     batch_wait_ms: float = Field(
         0.0, ge=0, le=100,
@@ -105,6 +108,9 @@ class Settings(BaseSettings):
     chat_model_name: str = Field("rag", description="the model id /v1/models lists")
     chat_k: int = Field(5, ge=1, le=50, description="passages retrieved per chat question")
     chat_max_context_tokens: int = Field(1500, ge=64, description="context budget sent to an upstream model")
+    chat_sources: Literal["auto", "always", "never"] = Field(
+        "auto", description="whether the answer text ends with a Markdown Sources list; auto: not in streams "
+        "to Open WebUI, which shows our source events as chips (citations are always sent)")
     llm_base_url: str | None = Field(None, description="OpenAI-compatible server, e.g. http://127.0.0.1:11434/v1")
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
