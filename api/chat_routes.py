@@ -3,9 +3,12 @@
 /v1/chat/completions answers with extractive sentences and [n] markers (no model needed),
 or, when RAG_LLM_BASE_URL and RAG_LLM_MODEL are set, streams an upstream
 OpenAI-compatible model's answer over the packed context. Either way the Sources list
-ends the text, every response carries `citations`, and a stream also carries one Open
-WebUI `source` event per cited passage (each named "[n] title — section", so Open WebUI
-keeps them apart), attached to chunks with an empty delta so strict clients skip them.
+ends the text (RAG_CHAT_SOURCES: auto leaves it out of streams to Open WebUI, which shows
+the source events instead), every response carries `citations`, and a stream also carries
+one Open WebUI `source` event per cited passage (each named "[n] title — section", so Open
+WebUI keeps them apart), attached to chunks with an empty delta so strict clients skip
+them. Open WebUI's background task prompts get their JSON reply without retrieval
+(rag/webui.py).
 """
 
 import asyncio
@@ -41,6 +44,7 @@ from rag.context import ContextBlock, pack
 from rag.errors import UpstreamError
 from rag.settings import Settings
 from rag.types import Filters, Mode
+from rag.webui import sources_in_text, task_reply
 
 router = APIRouter()
 PAGE = Path(__file__).parent / "static" / "index.html"
@@ -49,6 +53,7 @@ UPSTREAM_SLOW = " […the language model took longer than {seconds:g} s; the ans
 UPSTREAM_ERROR_BYTES = 2048  # of an upstream error body: enough for its message, never a flood
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 UPSTREAM_ANSWER_BYTES = 8 << 20  # of a non-streamed answer (8 MiB): far past any real completion
+SOURCES_HEADING = "\n\n**Sources**\n"
 log = logging.getLogger("rag.chat")
 
 
@@ -103,18 +108,26 @@ def models(settings: SettingsDep) -> dict[str, Any]:
 @router.post("/v1/chat/completions", tags=["chat"], response_model=None)
 async def chat_completions(body: ChatRequest, request: Request, engine: EngineDep,
                            settings: SettingsDep) -> dict[str, Any] | StreamingResponse:
-    """OpenAI Chat Completions, streaming or not, with citations."""
+    """OpenAI Chat Completions, streaming or not, with citations. Open WebUI's background
+    tasks (title, tags, follow-ups, ...) are answered without retrieval (rag.webui)."""
+    completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+    frame = Frame(completion_id, created, settings.chat_model_name)
+    task = task_reply(body.messages)
+    if task is not None:
+        if body.stream:
+            return sse(frame.stream_text([_once(task)], []))
+        return frame.completion(task, [])
     question = question_from(body.messages)
     check_question(question, settings)
     response = await engine.query(question, settings.chat_k, Filters(), None)
     link = link_for(request, settings)
-    completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    frame = Frame(completion_id, created, settings.chat_model_name)
+    with_sources = sources_in_text(settings.chat_sources, body.stream, request.headers, body.model_extra or {})
     if not settings.llm_base_url or not settings.llm_model or not response.answerable:
         answer = extractive_answer(response, link)
+        text = answer.text if with_sources else without_sources(answer.text, answer.citations)
         if body.stream:
-            return sse(frame.stream_text([_split(answer.text)], answer.citations))
-        return frame.completion(answer.text, answer.citations)
+            return sse(frame.stream_text([_split(text)], answer.citations))
+        return frame.completion(text, answer.citations)
 
     block = pack(response.passages, settings.chat_max_context_tokens)
     citations = chat_citations(block, response.passages, link)
@@ -124,7 +137,7 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
         async with client:  # closed however this ends: answered, failed, or cancelled
             upstream = await _send_upstream(client, settings, payload)
             text = _completion_text(await _read_capped(upstream, UPSTREAM_ANSWER_BYTES))
-        return frame.completion(text + sources_markdown(citations), citations)
+        return frame.completion(text + (sources_markdown(citations) if with_sources else ""), citations)
     upstream = await _send_upstream(client, settings, payload)
 
     async def close_upstream() -> None:  # also when the client goes away mid-stream
@@ -132,7 +145,16 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
         await client.aclose()
 
     deltas = _upstream_deltas(upstream, settings.llm_total_seconds)
-    return sse(frame.stream_text([deltas, _once(sources_markdown(citations))], citations), close_upstream)
+    tail = sources_markdown(citations) if with_sources else ""
+    return sse(frame.stream_text([deltas, _once(tail)], citations), close_upstream)
+
+
+def without_sources(text: str, citations: list[ChatCitation]) -> str:
+    """An extractive answer's text without its trailing Markdown Sources list."""
+    listed = sources_markdown(citations)
+    if listed and text.endswith(listed):
+        return text[:-len(listed)]
+    return text.rsplit(SOURCES_HEADING, 1)[0]
 
 
 async def _send_upstream(client: httpx.AsyncClient, settings: Settings, payload: dict[str, Any]) -> httpx.Response:

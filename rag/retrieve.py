@@ -46,12 +46,14 @@ from rag.embed import Embedder
 from rag.errors import BadQueryError
 from rag.fusion import DEFAULT_FUSION, MISSING_SCORE, Fusion, Ranking, fuse
 from rag.lexical import tokenize
+from rag.passages import Group, group_hits, group_text
 from rag.records import ChunkRecord
 from rag.schema import AnswerSentence, Citation, Passage, QueryResponse, Span
 from rag.stores.base import FILTER_FIELDS, ChunkStore
 from rag.text import is_unicode_text
 from rag.types import MODES, Filters, Hit, Laps, Mode
 
+Sentences = tuple[list[tuple[int, int]], list[str], list[np.ndarray]]  # a passage's: spans, texts, vectors
 HIGHLIGHT_NEAR = 0.9  # a second sentence is highlighted too if it scores >= 90% of the best
 
 
@@ -106,11 +108,13 @@ class Retriever:
         turn = conversation.resolve(question, query_vector, history, self._encode)
         query_vector = turn.vector
         ranked, best = self._ranked(turn.text, k, filters, mode, query_vector, None, True, laps)
-        hits = self._select(ranked, k, True, max_per_doc)
+        groups = group_hits(ranked, self.store.chunks, k, max_per_doc)
         terms = set(tokenize(question))
-        passages = [self.passage(rank, hit, query_vector, terms) for rank, hit in enumerate(hits, start=1)]
+        sentences = [self._sentences(g) for g in groups]
+        passages = [self.passage(rank, g, s, query_vector, terms)
+                    for rank, (g, s) in enumerate(zip(groups, sentences), start=1)]
         _lap(laps, "passages and highlights")
-        answer = self.answer(question, query_vector, hits)
+        answer = self.answer(question, query_vector, groups, sentences)
         _lap(laps, "answer sentences")
         # dense and hybrid rankings hold the best dense score already; lexical needs the product
         confidence = self.abstention.confidence(best if best is not None else self.best_cosine(query_vector, filters))
@@ -231,42 +235,52 @@ class Retriever:
 
     # ------------------------------------------------------------------ passages
 
-    def passage(self, rank: int, hit: Hit, query_vector: np.ndarray | None = None,
-                terms: set[str] | None = None) -> Passage:
-        chunk = self.store.chunks[hit.row]
-        return Passage(rank=rank, chunk_id=chunk.chunk_id, text=chunk.text, score=round(hit.score, 6),
-                       scores={k: round(v, 6) for k, v in hit.components.items()},
-                       highlights=self.highlights(hit.row, query_vector, terms or set())
-                       if query_vector is not None else [],
-                       citation=self.citation(hit.row))
+    def passage(self, rank: int, group: Group, sentences: "Sentences", query_vector: np.ndarray,
+                terms: set[str]) -> Passage:
+        """A passage: one chunk, or overlapping chunks of a document merged (rag.passages)."""
+        chunk = self.store.chunks[group.hit.row]
+        citation = self.citation(group.hit.row).model_copy(update={"char_start": group.char_start,
+                                                                   "char_end": group.char_end})
+        return Passage(rank=rank, chunk_id=chunk.chunk_id, text=group_text(group, self.store.chunks),
+                       score=round(group.hit.score, 6),
+                       scores={k: round(v, 6) for k, v in group.hit.components.items()},
+                       highlights=self.highlights(sentences, query_vector, terms), citation=citation,
+                       chunk_ids=[self.store.chunks[r].chunk_id for r in group.rows])
 
-    def highlights(self, row: int, query_vector: np.ndarray, terms: set[str]) -> list[Span]:
-        """The sentence of chunk `row` that best matches the question (`terms`: its BM25
-        tokens), and a second one if it scores nearly as well; document offsets, clipped
-        to the chunk, best first."""
-        spans, vectors = self.store.sentences(row)
+    def _sentences(self, group: Group) -> "Sentences":
+        """The sentences of a passage's chunks, each once, in reading order: spans, texts, vectors."""
+        found: dict[tuple[int, int], tuple[str, np.ndarray]] = {}
+        for row in group.rows:
+            chunk = self.store.chunks[row]
+            spans, vectors = self.store.sentences(row)
+            for (a, b), vector in zip(spans, vectors):
+                found.setdefault((a, b), (chunk.text[a - chunk.char_start:b - chunk.char_start], vector))
+        spans = sorted(found)
+        return spans, [found[s][0] for s in spans], [found[s][1] for s in spans]
+
+    def highlights(self, sentences: "Sentences", query_vector: np.ndarray, terms: set[str]) -> list[Span]:
+        """The sentence of a passage that best matches the question (`terms`: its BM25
+        tokens), and a second one if it scores nearly as well; document offsets, best first."""
+        spans, texts, vectors = sentences
         if not spans:
             return []
-        scores = vectors @ query_vector
+        scores = np.stack(vectors) @ query_vector
         if terms and self.highlight_lexical_weight:
-            start = self.store.chunks[row].char_start
-            text = self.store.chunks[row].text
-            shares = [len(terms & _terms(text[a - start:b - start])) / len(terms) for a, b in spans]
+            shares = [len(terms & _terms(text)) / len(terms) for text in texts]
             scores = scores + self.highlight_lexical_weight * np.asarray(shares)
         order = np.argsort(-scores)
         chosen = [order[0]] + [i for i in order[1:2] if scores[i] >= HIGHLIGHT_NEAR * scores[order[0]] > 0]
         return [Span(char_start=spans[i][0], char_end=spans[i][1], score=round(float(scores[i]), 4))
                 for i in chosen]
 
-    def answer(self, question: str, query_vector: np.ndarray, hits: list[Hit]) -> list[AnswerSentence]:
+    def answer(self, question: str, query_vector: np.ndarray, groups: list[Group],
+               sentences: list["Sentences"]) -> list[AnswerSentence]:
         """The sentences of the top passages that answer the question, best first (rag.answer)."""
         candidates = []
-        for rank, hit in enumerate(hits[:answers.ANSWER_PASSAGES], start=1):
-            chunk = self.store.chunks[hit.row]
-            spans, vectors = self.store.sentences(hit.row)
-            offset = chunk.char_start
-            candidates += [answers.Candidate(rank, chunk.doc_id, a, b, chunk.text[a - offset:b - offset], vector)
-                           for (a, b), vector in zip(spans, vectors)]
+        for rank, (group, (spans, texts, vectors)) in enumerate(zip(groups[:answers.ANSWER_PASSAGES], sentences),
+                                                                start=1):
+            candidates += [answers.Candidate(rank, group.doc_id, a, b, text, vector)
+                           for (a, b), text, vector in zip(spans, texts, vectors)]
         return [AnswerSentence(text=c.text, passage=c.rank, doc_id=c.doc_id, char_start=c.char_start,
                                char_end=c.char_end, score=c.score)
                 for c in answers.choose(question, query_vector, candidates)]

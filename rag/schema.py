@@ -36,6 +36,9 @@ class Passage(BaseModel):
     highlights: list[Span] = Field(
         default_factory=list, description="the sentence(s) of the passage closest to the question; "
         "document offsets inside the passage's citation span, best first")
+    chunk_ids: list[str] = Field(
+        default_factory=list, description="the chunks this passage is made of, best first: overlapping chunks "
+        "of a document are merged into one passage, so that no sentence is returned twice")
 
 
 class AnswerSentence(BaseModel):

@@ -53,7 +53,8 @@ def test_context_block_is_numbered_and_counted(client: TestClient):
     assert body["tokens"] == count_tokens(body["context"]) <= 5000
     for c in body["citations"]:
         header = f"[{c['n']}] {c['title']}" + (f" — {c['section']}" if c["section"] else "")
-        passage = client.get(f"/chunks/{c['chunk_id']}").json()["text"]
+        document = client.get(f"/documents/{c['doc_id']}").json()["text"]
+        passage = document[c["char_start"]:c["char_end"]]  # a chunk, or overlapping chunks merged
         assert f"{header}\n{passage}" in body["context"]  # whole passages, never cut
 
 

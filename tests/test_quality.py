@@ -217,3 +217,26 @@ def test_responses_carry_answerable_and_confidence(retriever: Retriever):
     response = retriever.query("Russia China oil", 3)
     assert 0 <= response.confidence <= 1 and response.answerable == (response.confidence >= 0.5)
     assert response.mode == "hybrid"
+
+
+def test_no_response_says_a_sentence_twice_over_the_question_set(retriever: Retriever):
+    """Overlapping chunks of a document are merged into one passage: across the whole seed
+    set, no two passages of a response share a character of a document, every passage is
+    still its document's slice, and k passages come back."""
+    from pathlib import Path
+
+    from rag.evaluate import load_questions
+
+    questions = load_questions(Path(__file__).resolve().parent.parent / "eval" / "questions.jsonl", retriever.store)
+    merged = 0
+    for q in questions:
+        response = retriever.query(q.question, k=5)
+        assert len(response.passages) == 5
+        spans = [(p.citation.doc_id, p.citation.char_start, p.citation.char_end) for p in response.passages]
+        for i, (doc, a, b) in enumerate(spans):
+            assert not any(doc == d and a < y and x < b for d, x, y in spans[i + 1:]), q.id
+        for p in response.passages:
+            assert retriever.store.documents[p.citation.doc_id].text[p.citation.char_start:p.citation.char_end] == p.text
+            assert all(p.citation.char_start <= h.char_start < h.char_end <= p.citation.char_end for h in p.highlights)
+        merged += sum(len(p.chunk_ids) > 1 for p in response.passages)
+    assert merged  # the set does have overlapping neighbours to merge
