@@ -36,9 +36,9 @@ from rag.chat import (
     chat_citations,
     extractive_answer,
     llm_messages,
-    question_from,
     source_name,
     sources_markdown,
+    turns_from,
 )
 from rag.context import ContextBlock, pack
 from rag.errors import UpstreamError
@@ -64,6 +64,7 @@ class ContextRequest(BaseModel):
     max_tokens: int = Field(1500, ge=16, le=100_000, description="cl100k token budget of the block")
     doc_ids: list[str] | None = None
     mode: Mode | None = None
+    history: list[str] | None = Field(None, description="earlier user turns, oldest first (as for /query)")
 
 
 class ContextResponse(ContextBlock):
@@ -91,7 +92,8 @@ def link_for(request: Request, settings: Settings) -> Link:
 async def context(body: ContextRequest, engine: EngineDep, settings: SettingsDep) -> ContextResponse:
     """The passages packed into one prompt-ready block under a token budget, numbered [n]."""
     check_question(body.question, settings)
-    response = await engine.query(body.question, body.k, Filters(doc_ids=body.doc_ids), body.mode)
+    response = await engine.query(body.question, body.k, Filters(doc_ids=body.doc_ids), body.mode,
+                                  history=body.history or ())
     # re-tokenising up to 50 passages for a small budget takes tens of ms: not on the loop
     block = await asyncio.get_running_loop().run_in_executor(None, pack, response.passages, body.max_tokens)
     return ContextResponse(question=body.question, max_tokens=body.max_tokens, answerable=response.answerable,
@@ -117,9 +119,9 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
         if body.stream:
             return sse(frame.stream_text([_once(task)], []))
         return frame.completion(task, [])
-    question = question_from(body.messages)
+    question, history = turns_from(body.messages)
     check_question(question, settings)
-    response = await engine.query(question, settings.chat_k, Filters(), None)
+    response = await engine.query(question, settings.chat_k, Filters(), None, history=history)
     link = link_for(request, settings)
     with_sources = sources_in_text(settings.chat_sources, body.stream, request.headers, body.model_extra or {})
     if not settings.llm_base_url or not settings.llm_model or not response.answerable:

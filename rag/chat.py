@@ -1,7 +1,7 @@
 """Answers for chat frontends, with their sources kept all the way to the screen.
 
-- `question_from(messages)`: the last user message is the question; when it is short
-  and leans on earlier turns ("and in 2023?"), the previous user message is prepended.
+- `turns_from(messages)`: the last user message is the question, the earlier user
+  messages its history (a follow-up, "and in 2023?", is searched with them: rag.conversation).
 - `extractive_answer(response, link)`: no language model needed. The answer sentences
   (`rag.answer`: the sentence that answers the question first), each followed by its
   passage's marker [n]; then a Markdown "Sources" list with title, section and a link to
@@ -16,8 +16,8 @@ Example answer:
     **Sources**
     [1] China and Russia: Exploring Ties ... — What are their economic ties? (http://127.0.0.1:8000/#cite=...)
 
-Left out: abstractive answers without an upstream model, and multi-turn rewriting with
-a model (the heuristic above covers follow-ups that drop their subject).
+Left out: abstractive answers without an upstream model, and condensing a follow-up with
+the upstream model (rag.conversation's heuristic reads it with the earlier turns).
 """
 
 import re
@@ -31,7 +31,6 @@ from rag.errors import BadQueryError
 from rag.schema import Passage, QueryResponse
 
 NO_ANSWER = "I could not find an answer to that in the documents I have."
-FOLLOW_UP_MAX_WORDS = 6  # a user turn this short is read together with the previous one
 ANSWER_PASSAGES = 3  # passages whose highlighted sentences make the extractive answer
 ANSWER_NEAR = 0.8  # a lower passage joins the answer if its best sentence scores 80% of the top one
 
@@ -57,15 +56,11 @@ class ChatAnswer(BaseModel):
     citations: list[ChatCitation]
 
 
-def question_from(messages: Sequence[dict[str, Any]]) -> str:
+def turns_from(messages: Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The question (the last user message) and the earlier user messages, oldest first."""
     users = [_text(m.get("content"), i) for i, m in enumerate(messages) if m.get("role") == "user"]
-    users = [u for u in users if u.strip()]
-    if not users:
-        return ""
-    question = users[-1].strip()
-    if len(users) > 1 and len(question.split()) <= FOLLOW_UP_MAX_WORDS:
-        question = f"{users[-2].strip()} {question}"
-    return question
+    users = [u.strip() for u in users if u.strip()]
+    return (users[-1], users[:-1]) if users else ("", [])
 
 
 def _text(content: Any, at: int) -> str:

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
-from rag.chat import NO_ANSWER, question_from
+from rag.chat import NO_ANSWER, turns_from
 from rag.chunk import count_tokens
 from rag.settings import Settings
 
@@ -126,12 +126,19 @@ def test_bad_chat_requests(client: TestClient):
     assert r.status_code == 422
 
 
-def test_follow_up_questions_lean_on_the_previous_turn():
+def test_the_question_is_the_last_user_turn_and_the_history_the_earlier_ones():
     msgs = [{"role": "user", "content": "How much oil did China import from Russia?"},
             {"role": "assistant", "content": "..."}, {"role": "user", "content": "and in 2024?"}]
-    assert question_from(msgs) == "How much oil did China import from Russia? and in 2024?"
+    assert turns_from(msgs) == ("and in 2024?", ["How much oil did China import from Russia?"])
     parts = [{"role": "user", "content": [{"type": "text", "text": "What is the Polar Silk Road today?"}]}]
-    assert question_from(parts) == "What is the Polar Silk Road today?"
+    assert turns_from(parts) == ("What is the Polar Silk Road today?", [])
+
+
+def test_chat_reads_a_follow_up_with_the_conversation(client: TestClient):
+    msgs = [{"role": "user", "content": "What is the BRICS grouping?"}, {"role": "assistant", "content": "..."},
+            {"role": "user", "content": "Which countries have joined it?"}]
+    body = client.post("/v1/chat/completions", json={"model": "rag", "messages": msgs}).json()
+    assert any("BRICS" in c["text"] for c in body["citations"])
 
 
 # ------------------------------------------------------------------ upstream model
