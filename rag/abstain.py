@@ -1,7 +1,8 @@
 """Calibrating "is there an answer in the corpus?" on the seed questions.
 
-The feature is the best dense cosine similarity between the question and any chunk; the
-model is logistic, confidence = sigmoid(slope * cosine + offset), fitted by Newton's
+The model is logistic over the best dense cosine similarity between the question and any
+chunk and the missing-specifics share below, confidence = sigmoid(slope * cosine +
+missing_weight * missing + offset), fitted by Newton's
 method on a calibration split of the answerable and unanswerable questions, and checked
 on the held-back rest (a fixed third, chosen by a hash of the question id, never by
 looking at scores). `answerable` is confidence >= 0.5.
@@ -9,16 +10,20 @@ looking at scores). `answerable` is confidence >= 0.5.
 Example: slope 20, offset -10 puts the boundary at cosine 0.5, and cosine 0.6 gives
 confidence sigmoid(2) = 0.88.
 
-Left out: features beyond the cosine (none separated the near-topic questions better on
-the seed set), and reading-comprehension models (none ships offline).
+A second feature is evidence the bi-encoder cannot give: the share of the question's
+specifics (years, numbers, names, quoted terms) that the top passages never mention
+(rag.answer.missing_share): "trade in 1995" retrieves the 2024 figures, close in meaning,
+but never says 1995.
+
+Left out: reading-comprehension models (none ships offline).
 """
 
 import hashlib
-import math
 from typing import Any
 
 import numpy as np
 
+from rag.answer import missing_share
 from rag.evaluate import Question
 from rag.retrieve import Abstention, Retriever
 
@@ -27,46 +32,59 @@ def held_back(question_id: str) -> bool:
     return int(hashlib.sha256(question_id.encode()).hexdigest(), 16) % 3 == 0
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 50) -> tuple[float, float]:
-    """Slope and offset maximising the likelihood of labels y (0/1) given x, with a small
-    ridge penalty so separable data still converges."""
-    design = np.column_stack([x, np.ones_like(x)])
-    w = np.zeros(2)
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 50) -> np.ndarray:
+    """Weights (one per column of x, then the offset) maximising the likelihood of labels y
+    (0/1), with a small ridge penalty so separable data still converges (Newton's method)."""
+    design = np.column_stack([x.reshape(len(y), -1), np.ones(len(y))])
+    w = np.zeros(design.shape[1])
     for _ in range(steps):
-        p = 1 / (1 + np.exp(-design @ w))
+        p = 1 / (1 + np.exp(-np.clip(design @ w, -700, 700)))
         gradient = design.T @ (p - y) + l2 * w
-        hessian = design.T @ (design * (p * (1 - p))[:, None]) + l2 * np.eye(2)
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + l2 * np.eye(len(w))
         w -= np.linalg.solve(hessian, gradient)
-    return float(w[0]), float(w[1])
+    return w
 
 
-def rates(abstention: Abstention, cosines: list[float], answerable: list[bool]) -> dict[str, Any]:
-    flagged = [abstention.confidence(c) < 0.5 for c in cosines]
-    n_yes, n_no = sum(answerable), len(answerable) - sum(answerable)
-    return {
-        "unanswerable_flagged": round(sum(f for f, a in zip(flagged, answerable) if not a) / max(n_no, 1), 3),
-        "answerable_flagged": round(sum(f for f, a in zip(flagged, answerable) if a) / max(n_yes, 1), 3),
-        "answerable": n_yes, "unanswerable": n_no,
-    }
+def rates(abstention: Abstention, features: list[tuple[float, float]], questions: list[Question]) -> dict[str, Any]:
+    """Shares flagged (confidence < 0.5): of the answerable, of the near-topic and of the
+    off-topic unanswerable questions."""
+    flagged = [abstention.confidence(cosine, missing) < 0.5 for cosine, missing in features]
+    groups = {"answerable": [q.answerable for q in questions],
+              "unanswerable": [not q.answerable for q in questions],
+              "near_topic": [not q.answerable and q.topic == "near" for q in questions],
+              "off_topic": [not q.answerable and q.topic != "near" for q in questions]}
+    out: dict[str, Any] = {}
+    for name, members in groups.items():
+        n = sum(members)
+        out[f"{name}_flagged"] = round(sum(f for f, m in zip(flagged, members) if m) / n, 3) if n else None
+        out[name] = n
+    return out
 
 
-def calibrate(retriever: Retriever, questions: list[Question]) -> dict[str, Any]:
-    vectors = retriever.embedder.encode([q.question for q in questions])
-    cosines = [retriever.best_cosine(v) for v in vectors]
+def calibrate(retriever: Retriever, questions: list[Question], k: int = 5) -> dict[str, Any]:
+    """Fit the confidence on two features, the best dense cosine and the share of the
+    question's specifics missing from the top k passages, on the calibration split; report
+    both splits."""
+    features = []
+    for q in questions:
+        response = retriever.query(q.question, k)
+        vector = retriever.embedder.encode([q.question])[0]
+        features.append((retriever.best_cosine(vector), missing_share(q.question, [p.text for p in response.passages])))
     fit_rows = [i for i, q in enumerate(questions) if not held_back(q.id)]
     back_rows = [i for i, q in enumerate(questions) if held_back(q.id)]
-    slope, offset = fit_logistic(np.array([cosines[i] for i in fit_rows]),
-                                 np.array([float(questions[i].answerable) for i in fit_rows]))
-    fitted = Abstention(slope, offset)
+    slope, missing_weight, offset = fit_logistic(np.array([features[i] for i in fit_rows]),
+                                                 np.array([float(questions[i].answerable) for i in fit_rows]))
+    fitted = Abstention(float(slope), float(offset), float(missing_weight))
 
     def stats(abstention: Abstention, rows: list[int]) -> dict[str, Any]:
-        return rates(abstention, [cosines[i] for i in rows], [questions[i].answerable for i in rows])
+        return rates(abstention, [features[i] for i in rows], [questions[i] for i in rows])
 
+    configured = retriever.abstention
     return {
-        "feature": "best dense cosine",
-        "fitted": {"slope": round(slope, 3), "offset": round(offset, 3),
-                   "boundary_cosine": round(-offset / slope, 4) if slope else math.nan},
-        "configured": {"slope": retriever.abstention.slope, "offset": retriever.abstention.offset},
+        "features": ["best dense cosine", f"share of the question's specifics missing from the top {k} passages"],
+        "fitted": {"slope": round(slope, 3), "missing_weight": round(missing_weight, 3), "offset": round(offset, 3)},
+        "configured": {"slope": configured.slope, "missing_weight": configured.missing_weight,
+                       "offset": configured.offset},
         "calibration_split": stats(fitted, fit_rows),
-        "held_back": {"fitted": stats(fitted, back_rows), "configured": stats(retriever.abstention, back_rows)},
+        "held_back": {"fitted": stats(fitted, back_rows), "configured": stats(configured, back_rows)},
     }

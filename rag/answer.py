@@ -88,6 +88,18 @@ def specifics(question: str) -> tuple[set[str], set[str]]:
     return {f for f in exact if f}, names - exact
 
 
+def missing_share(question: str, texts: list[str]) -> float:
+    """The share of the question's specifics (numbers, years, quoted terms, names) that none
+    of `texts` holds: "trade in 1995" over passages that never say 1995 is 1/3 missing. 0
+    when the question has none. Evidence for abstention a bi-encoder cannot give."""
+    exact, names = specifics(question)
+    wanted = exact | names
+    if not wanted:
+        return 0.0
+    seen = " ".join(texts).lower()
+    return sum(w not in seen for w in wanted) / len(wanted)
+
+
 def asked_kind(question: str) -> re.Pattern[str] | None:
     """What a sentence must carry to answer the question, as a pattern, or None."""
     if _ASKS_DATE.search(question):

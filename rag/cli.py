@@ -297,12 +297,13 @@ def eval_command(
     if abstention := report.get("abstention"):
         back = abstention["held_back"]["configured"]
         typer.echo(f"\nabstention (held-back third, configured settings): {back['unanswerable_flagged']:.0%} of "
-                   f"{back['unanswerable']} unanswerable flagged, {back['answerable_flagged']:.0%} of "
-                   f"{back['answerable']} answerable flagged")
+                   f"{back['unanswerable']} unanswerable flagged ({back['near_topic_flagged']:.0%} of "
+                   f"{back['near_topic']} near-topic, {back['off_topic_flagged']:.0%} of {back['off_topic']} "
+                   f"off-topic), {back['answerable_flagged']:.0%} of {back['answerable']} answerable flagged")
         if calibrate:
             fitted = abstention["fitted"]
             typer.echo(f"fitted on the calibration split: RAG_ABSTAIN_SLOPE={fitted['slope']} "
-                       f"RAG_ABSTAIN_OFFSET={fitted['offset']} (boundary cosine {fitted['boundary_cosine']})")
+                       f"RAG_ABSTAIN_OFFSET={fitted['offset']} RAG_ABSTAIN_MISSING_WEIGHT={fitted['missing_weight']}")
     for mode_name, result in report["modes"].items():
         for failure in result.get("failures", []):
             got = ", ".join(f"{r['doc_id']}›{r['section'] or '-'}" for r in failure["returned"])

@@ -75,6 +75,7 @@ class Question:
     answerable: bool
     doc_ids: list[str]
     gold: list[GoldQuote]
+    topic: str | None = None  # unanswerable ones: "near" (about the corpus's subjects) or "off"
 
 
 def load_questions(path: Path, store: ChunkStore) -> list[Question]:
@@ -92,7 +93,7 @@ def load_questions(path: Path, store: ChunkStore) -> list[Question]:
             qid = str(row["id"])
             gold = [locate(g["doc_id"], g["quote"], store) for g in row.get("gold_quotes", [])]
             question = Question(qid, row["question"], row["type"], bool(row["answerable"]),
-                                list(row.get("doc_ids", [])), gold)
+                                list(row.get("doc_ids", [])), gold, row.get("topic"))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise RagError(f"{path}:{number}: not a valid question ({exc})") from exc
         if qid in seen:

@@ -64,14 +64,26 @@ def markdown(report: dict[str, Any], title: str) -> str:
             table = markdown_table(breakdown_table(report, key, "recall@5"))
             out += [f"## Recall@5 {key.replace('_', ' ')}", "", table, ""]
     if abstention := report.get("abstention"):
-        out += ["## Abstention", "", f"Feature: {abstention['feature']}; fitted "
-                f"slope {abstention['fitted']['slope']}, offset {abstention['fitted']['offset']}.", "",
-                "| split | settings | unanswerable flagged | answerable flagged |", "|---|---|---|---|"]
+        fitted = abstention["fitted"]
+        out += ["## Abstention", "", f"Features: {'; '.join(abstention['features'])}. Fitted: slope "
+                f"{fitted['slope']}, missing weight {fitted['missing_weight']}, offset {fitted['offset']}.", "",
+                "| split | settings | near-topic flagged | off-topic flagged | answerable flagged |",
+                "|---|---|---|---|---|"]
         for split, which, stats in (("calibration", "fitted", abstention["calibration_split"]),
                                     ("held back", "fitted", abstention["held_back"]["fitted"]),
                                     ("held back", "configured", abstention["held_back"]["configured"])):
-            out.append(f"| {split} | {which} | {stats['unanswerable_flagged']:.0%} of {stats['unanswerable']} "
-                       f"| {stats['answerable_flagged']:.0%} of {stats['answerable']} |")
+            out.append(f"| {split} | {which} | {_share(stats, 'near_topic')} | {_share(stats, 'off_topic')} "
+                       f"| {_share(stats, 'answerable')} |")
+        out.append("")
+    if answer := report.get("answer"):
+        out += ["## Answers", "", f"The extractive answer holds a gold quote for {answer['contains_gold']:.0%} of "
+                f"{answer['questions']} answerable questions; its first sentence for "
+                f"{answer['first_sentence_gold']:.0%}.", ""]
+    if chats := report.get("conversations"):
+        out += ["## Conversations: later turns, Recall@5", "", "| turn | n | with the conversation | alone |",
+                "|---|---|---|---|"]
+        out += [f"| {kind} | {row['turns']} | {row['with_history']:.3f} | {row['alone']:.3f} |"
+                for kind, row in chats.items()]
         out.append("")
     for mode, result in report["modes"].items():
         failures = result.get("failures", [])
@@ -117,3 +129,8 @@ def write_reports(report: dict[str, Any], out_dir: Path, name: str, title: str) 
     paths[1].write_text(markdown(report, title))
     chart(report, paths[2], title)
     return paths
+
+
+def _share(stats: dict[str, Any], group: str) -> str:
+    n = stats[group]
+    return f"{stats[f'{group}_flagged']:.0%} of {n}" if n else "-"

@@ -65,13 +65,17 @@ class Reranker(Protocol):
 
 @dataclass(frozen=True)
 class Abstention:
-    """confidence = 1 / (1 + exp(-(slope * best_cosine + offset)))"""
+    """confidence = 1 / (1 + exp(-(slope * best_cosine + missing_weight * missing + offset))),
+    `missing` the share of the question's specifics (years, numbers, names, quoted terms)
+    that the returned passages never mention (rag.answer.missing_share)."""
 
-    slope: float = 18.49  # fitted on the seed questions for the default model (rag eval --calibrate)
-    offset: float = -7.36
+    slope: float = 18.275  # fitted on the seed questions for the default model (rag eval --calibrate)
+    offset: float = -7.184
+    missing_weight: float = -0.572
 
-    def confidence(self, best_cosine: float) -> float:
-        return 1.0 / (1.0 + math.exp(-(self.slope * best_cosine + self.offset)))
+    def confidence(self, best_cosine: float, missing: float = 0.0) -> float:
+        z = self.slope * best_cosine + self.missing_weight * missing + self.offset
+        return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
 
 
 def _lap(laps: Laps | None, name: str) -> None:
@@ -117,7 +121,9 @@ class Retriever:
         answer = self.answer(question, query_vector, groups, sentences)
         _lap(laps, "answer sentences")
         # dense and hybrid rankings hold the best dense score already; lexical needs the product
-        confidence = self.abstention.confidence(best if best is not None else self.best_cosine(query_vector, filters))
+        missing = answers.missing_share(question, [p.text for p in passages])
+        confidence = self.abstention.confidence(
+            best if best is not None else self.best_cosine(query_vector, filters), missing)
         took_ms = (time.perf_counter() - started) * 1000
         return QueryResponse(question=question, mode=mode, answerable=confidence >= 0.5,
                              confidence=round(confidence, 4), passages=passages, took_ms=round(took_ms, 3),

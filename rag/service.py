@@ -29,7 +29,7 @@ def retriever_for(settings: Settings, store: ChunkStore, embedder: Embedder,
     return Retriever(
         store, embedder, max_k=settings.max_k, default_mode=settings.default_mode,
         fusion=Fusion.parse(settings.fusion, depth=settings.fusion_depth),
-        abstention=Abstention(settings.abstain_slope, settings.abstain_offset),
+        abstention=Abstention(settings.abstain_slope, settings.abstain_offset, settings.abstain_missing_weight),
         reranker=reranker,
         rerank_depth=settings.rerank_depth, collapse_overlap=settings.collapse_overlap,
         highlight_lexical_weight=settings.highlight_lexical_weight,

@@ -206,9 +206,15 @@ def test_fit_logistic_recovers_a_known_boundary():
 
 
 def test_rates_and_split():
-    a = Abstention(slope=10.0, offset=-5.0)  # boundary at 0.5
-    assert rates(a, [0.9, 0.2, 0.7, 0.1], [True, True, False, False]) == {
-        "unanswerable_flagged": 0.5, "answerable_flagged": 0.5, "answerable": 2, "unanswerable": 2}
+    from rag.evaluate import Question
+
+    a = Abstention(slope=10.0, offset=-5.0, missing_weight=-10.0)  # boundary at cosine 0.5 with nothing missing
+    questions = [Question(f"q{i}", "q", "t", answerable, [], [], topic) for i, (answerable, topic) in
+                 enumerate([(True, None), (True, None), (False, "near"), (False, "off"), (False, "near")])]
+    features = [(0.9, 0.0), (0.2, 0.0), (0.7, 0.0), (0.1, 0.0), (0.9, 1.0)]  # the last: all its specifics missing
+    assert rates(a, features, questions) == {
+        "answerable_flagged": 0.5, "answerable": 2, "unanswerable_flagged": 0.667, "unanswerable": 3,
+        "near_topic_flagged": 0.5, "near_topic": 2, "off_topic_flagged": 1.0, "off_topic": 1}
     ids = [f"q{i}" for i in range(300)]
     assert 80 < sum(held_back(i) for i in ids) < 120 and held_back("q1") == held_back("q1")
 
