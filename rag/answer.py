@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rag.lexical import tokenize
+from rag.lexical import term_set, tokenize
 
 ANSWER_PASSAGES = 3
 MORE_SENTENCES = 2
@@ -124,7 +124,7 @@ def choose(question: str, vector: np.ndarray, candidates: list[Candidate]) -> li
         lowered = candidate.text.lower()
         score = cosine - RANK * (candidate.rank - 1)
         if terms:
-            score += TERMS * len(terms & set(tokenize(candidate.text))) / len(terms)
+            score += TERMS * len(terms & term_set(candidate.text)) / len(terms)
         if exact:  # a year or number asked about must be there: "in 2024" is not "in 2025"
             score += SPECIFIC * sum(w in lowered for w in exact) / len(exact)
         if names:

@@ -31,6 +31,13 @@ def _stemmer() -> Any:
     return Stemmer.Stemmer("english")
 
 
+@lru_cache(maxsize=65536)
+def term_set(text: str) -> frozenset[str]:
+    """The distinct BM25 terms of a text, cached: sentences of hot passages are asked again
+    and again (highlights, answer sentences), and stemming them costs ~15 us each."""
+    return frozenset(tokenize(text))
+
+
 def tokenize(text: str) -> list[str]:
     words = [w for w in TOKEN.findall(text.lower().replace("’", "'")) if w not in STOPWORDS]
     words = [w for w in words if not (len(w) == 1 and w.isalpha())]  # "s" of "Russia's"

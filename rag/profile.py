@@ -23,7 +23,8 @@ from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.types import Laps
 
-STEP_ORDER = ["encode", "dense search", "lexical search", "fusion", "passages and highlights", "serialisation"]
+STEP_ORDER = ["encode", "other", "dense search", "lexical search", "fusion", "passages and highlights",
+              "answer sentences", "serialisation"]
 BATCH_SIZES = (16, 32, 64)
 
 

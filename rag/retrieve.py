@@ -45,7 +45,7 @@ from rag import conversation
 from rag.embed import Embedder
 from rag.errors import BadQueryError
 from rag.fusion import DEFAULT_FUSION, MISSING_SCORE, Fusion, Ranking, fuse
-from rag.lexical import tokenize
+from rag.lexical import term_set, tokenize
 from rag.passages import Group, group_hits, group_text
 from rag.records import ChunkRecord
 from rag.schema import AnswerSentence, Citation, Passage, QueryResponse, Span
@@ -272,7 +272,7 @@ class Retriever:
             return []
         scores = np.stack(vectors) @ query_vector
         if terms and self.highlight_lexical_weight:
-            shares = [len(terms & _terms(text)) / len(terms) for text in texts]
+            shares = [len(terms & term_set(text)) / len(terms) for text in texts]
             scores = scores + self.highlight_lexical_weight * np.asarray(shares)
         order = np.argsort(-scores)
         chosen = [order[0]] + [i for i in order[1:2] if scores[i] >= HIGHLIGHT_NEAR * scores[order[0]] > 0]
@@ -325,9 +325,3 @@ def near_duplicates(a: ChunkRecord, b: ChunkRecord, min_share: float) -> bool:
     shared = min(a.char_end, b.char_end) - max(a.char_start, b.char_start)
     shorter = min(a.char_end - a.char_start, b.char_end - b.char_start)
     return a.doc_id == b.doc_id and shared > 0 and shared >= min_share * shorter
-
-
-@lru_cache(maxsize=65536)
-def _terms(sentence: str) -> frozenset[str]:
-    """A sentence's BM25 terms (highlights compare them with the question's), computed once."""
-    return frozenset(tokenize(sentence))
