@@ -59,6 +59,7 @@ def test_a_build_killed_at_any_point_leaves_the_previous_index_serving(settings:
     before.close()
     expected = answer(settings)
     big_corpus(settings.corpus_dir)
+    mid_build = 0
     for delay in (0.2, 0.6, 1.2, 2.0):  # seconds after the child starts building: different steps
         child = subprocess.Popen([sys.executable, "-c", CHILD, settings.model_dump_json()],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -76,6 +77,8 @@ def test_a_build_killed_at_any_point_leaves_the_previous_index_serving(settings:
             reopened.close()
         if expected is not None:
             assert answer(settings) == expected, delay
+            mid_build += 1
+    assert mid_build >= 2  # the kills did land before a commit, not only after
     if store == "local":
         clean_orphans(settings.index_dir)
         assert not list((settings.index_dir / "builds").glob(".tmp-*"))
