@@ -10,14 +10,13 @@ topic changes should lose nothing (they must not be dragged back to the old topi
 Left out: scoring the answers' text, and conversations longer than three turns.
 """
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rag.errors import RagError
-from rag.evaluate import GoldQuote, covered_quotes, locate
+from rag.evaluate import GoldQuote, covered_quotes, jsonl_rows, locate
 from rag.metrics import recall_at_k
 from rag.retrieve import Retriever
 from rag.stores.base import ChunkStore
@@ -34,19 +33,12 @@ class Chat:
 
 def load_conversations(path: Path, store: ChunkStore) -> list[Chat]:
     chats = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise RagError(f"cannot read conversations {path}: {exc.strerror or exc}") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, row in jsonl_rows(path, "conversations"):
         try:
-            row = json.loads(line)
             turns = [(t["question"], t.get("kind", "opening"),
                       [locate(g["doc_id"], g["quote"], store) for g in t["gold_quotes"]]) for t in row["turns"]]
             chats.append(Chat(row["id"], turns))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise RagError(f"{path}:{number}: not a valid conversation ({exc})") from exc
         if any(kind not in ("opening", *KINDS) for _, kind, _ in turns):
             raise RagError(f"{path}:{number}: a turn's kind must be opening, follow-up or topic-change")

@@ -21,6 +21,7 @@ by its own calibration) and graded relevance.
 import json
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,23 +79,31 @@ class Question:
     topic: str | None = None  # unanswerable ones: "near" (about the corpus's subjects) or "off"
 
 
-def load_questions(path: Path, store: ChunkStore) -> list[Question]:
-    """Read the JSONL set and locate each gold quote in its document's cleaned text."""
-    questions, seen = [], set()
+def jsonl_rows(path: Path, what: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) of each non-blank line; a RagError naming the line if
+    one is not JSON, or the file if it cannot be read."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise RagError(f"cannot read question set {path}: {exc.strerror}") from exc
+        raise RagError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RagError(f"{path}:{number}: not valid JSON ({exc})") from exc
+
+
+def load_questions(path: Path, store: ChunkStore) -> list[Question]:
+    """Read the JSONL set and locate each gold quote in its document's cleaned text."""
+    questions, seen = [], set()
+    for number, row in jsonl_rows(path, "question set"):
         try:
-            row = json.loads(line)
             qid = str(row["id"])
             gold = [locate(g["doc_id"], g["quote"], store) for g in row.get("gold_quotes", [])]
             question = Question(qid, row["question"], row["type"], bool(row["answerable"]),
                                 list(row.get("doc_ids", [])), gold, row.get("topic"))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise RagError(f"{path}:{number}: not a valid question ({exc})") from exc
         if qid in seen:
             raise RagError(f"{path}:{number}: duplicate question id '{qid}'")

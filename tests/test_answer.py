@@ -78,3 +78,20 @@ def test_history_is_trimmed_to_the_newest_turns_that_fit():
     assert trim_history(["a" * 10, "b" * 10, "c" * 10], max_turns=2, max_chars=100) == ["b" * 10, "c" * 10]
     assert trim_history(["a" * 10, "b" * 10, "c" * 10], max_turns=5, max_chars=25) == ["b" * 10, "c" * 10]
     assert trim_history(["a"], max_turns=0, max_chars=100) == []
+
+
+def test_bad_conversation_files_are_refused(built, tmp_path):
+    import pytest
+
+    from rag.conversations import load_conversations
+    from rag.errors import RagError
+    from rag.stores.local import open_local
+
+    store = open_local(built.index_dir)
+    for line, message in (('{"id": "c"}', "not a valid conversation"),
+                          ('{"id": "c", "turns": [{"question": "q", "kind": "x", "gold_quotes": []}]}', "kind must be"),
+                          ("{", "not valid JSON")):
+        path = tmp_path / "c.jsonl"
+        path.write_text(line + "\n")
+        with pytest.raises(RagError, match=message):
+            load_conversations(path, store)

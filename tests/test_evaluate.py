@@ -66,6 +66,7 @@ def test_failures_show_what_came_back(retriever: Retriever, tmp_path: Path):
 
 @pytest.mark.parametrize(("line", "message"), [
     ('{"id": "a"}', "not a valid question"),
+    ('{"id": "a", "question"', r"q.jsonl:1: not valid JSON"),
     ('{"id": "a", "question": "q", "type": "fact/number", "answerable": true, "gold_quotes": '
      '[{"doc_id": "nope", "quote": "x"}]}', "gold quote cites unknown document 'nope'"),
     ('{"id": "a", "question": "q", "type": "fact/number", "answerable": true, "gold_quotes": '
