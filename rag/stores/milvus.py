@@ -193,7 +193,7 @@ class MilvusStore:
         if metric == "IP":
             return _ranking([(int(h.id), h.distance) for h in hits])
         # Milvus gives the BM25 score, Milvus Lite its negative; no query term, no hit. Both keep Lucene's
-        # classic (k1 + 1) factor, which the local store (like bm25s) drops: divided out, scores are equal
+        # classic (k1 + 1) factor, which the local store (like Lucene 8+) drops: divided out, scores are equal
         return _ranking([(int(h.id), abs(h.distance) / (1 + DEFAULT_K1)) for h in hits if h.distance])
 
     def _get(self, kind: str, keys: list[Any], fields: list[str]) -> list[dict[str, Any]]:
