@@ -12,5 +12,9 @@ import os
 # `rag bench`: 32-client throughput 69 -> 131 q/s, one-client p50 28 -> 20 ms. Must be set
 # before torch or faiss is imported; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Nothing may download at run time. huggingface_hub reads this once, when it is first
+# imported (by transformers, tokenizers' hub helpers, ...), so it is set here, before any of
+# them; a CI run stalled in the hub's retry backoff for a model name that is not cached.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 __version__ = "0.1.0"

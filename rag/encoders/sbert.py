@@ -22,7 +22,10 @@ class SentenceTransformerEmbedder:
     def __init__(self, name: str, model_path: str):
         os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for the hub, even for a bad name
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        import huggingface_hub.constants
         from sentence_transformers import SentenceTransformer
+
+        huggingface_hub.constants.HF_HUB_OFFLINE = True  # in case the hub was imported before the variable was set
 
         try:
             self._model = SentenceTransformer(model_path, device="cpu" if _no_cuda() else None)
