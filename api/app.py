@@ -18,6 +18,7 @@ from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from api.chat_routes import router as chat_router
+from api.collection_routes import router as collection_router
 from api.engine import Engine
 from api.errors import error_bytes, retry_after, status_of
 from api.middleware import AccessLog, ApiKey, Deadline, HostGuard, RequestGuard
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None,
     engine.on_batch = metrics.observe_batch
     app.include_router(router)
     app.include_router(chat_router)
+    app.include_router(collection_router)
 
     @app.exception_handler(RagError)
     async def domain_error(request: Request, exc: RagError) -> Response:

@@ -32,10 +32,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from rag.build import spec_of
+from rag.collections import DEFAULT, Collections
 from rag.conversation import trim_history
 from rag.embed import Embedder, embedder_from
 from rag.errors import (
@@ -45,9 +47,11 @@ from rag.errors import (
     NotReadyError,
     OverloadedError,
     RagError,
+    ReadOnlyError,
     ReloadError,
     StorageError,
 )
+from rag.kb import KnowledgeBase
 from rag.rerank import load_reranker
 from rag.retrieve import Reranker, Retriever
 from rag.schema import QueryResponse
@@ -57,6 +61,7 @@ from rag.store import clean_orphans
 from rag.stores import open_store
 from rag.types import Filters, Mode
 
+T = TypeVar("T")
 log = logging.getLogger("rag.engine")
 WARM_UP_QUESTION = "How do China and Russia cooperate?"
 
@@ -70,6 +75,7 @@ class _Job:
     max_per_doc: int | None
     future: asyncio.Future[QueryResponse] = field(repr=False)
     history: tuple[str, ...] = ()  # earlier user turns, oldest first
+    retriever: Retriever | None = None  # a live collection's; None: the built corpus's
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -86,6 +92,10 @@ class Engine:
         self.on_batch: Callable[[int], None] = lambda size: None  # the app counts batch sizes for /metrics
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=settings.max_queue)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")
+        # writes embed on their own thread, never on the event loop, and queue behind each other
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
+        self.collections: Collections | None = None
+        self._collection_retrievers: dict[str, tuple[KnowledgeBase, Retriever]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._failed_build: str | None = None  # a build that failed to load for good: not retried by polls
@@ -101,6 +111,7 @@ class Engine:
             log.exception("model not loaded")
             self.not_ready = f"model not loaded: {exc}"
             return
+        self.collections = Collections(self.settings, self.embedder)
         with contextlib.suppress(RagError):
             await self.reload()
         batch = asyncio.create_task(self._batch_loop())
@@ -116,6 +127,33 @@ class Engine:
             with contextlib.suppress(BaseException):
                 await task
         self._worker.shutdown(wait=True, cancel_futures=True)
+        self._writer.shutdown(wait=True, cancel_futures=True)
+        if self.collections is not None:
+            self.collections.close()
+
+    async def write(self, work: Callable[[Collections], T]) -> T:
+        """Run a write (it embeds) on the writer thread; read-only service: 403."""
+        if self.settings.read_only:
+            raise ReadOnlyError("this service is read-only (RAG_READ_ONLY): writes are off")
+        collections = self.live_collections()
+        return await asyncio.get_running_loop().run_in_executor(self._writer, work, collections)
+
+    def live_collections(self) -> Collections:
+        if self.collections is None:
+            raise NotReadyError(self.not_ready or "collections are not open yet")
+        return self.collections
+
+    def retriever_of(self, collection: str) -> Retriever:
+        """The built corpus's retriever for `default`, else the live collection's."""
+        if collection == DEFAULT:
+            return self.live()
+        kb = self.live_collections().get(collection)
+        known = self._collection_retrievers.get(collection)
+        if known is None or known[0] is not kb:  # a collection deleted and made again is another one
+            assert self.embedder is not None
+            known = (kb, retriever_for(self.settings, kb, self.embedder, self.reranker))
+            self._collection_retrievers[collection] = known
+        return known[1]
 
     def _load_model(self) -> Embedder:
         embedder = self._embedder_factory(self.settings.model)
@@ -202,14 +240,16 @@ class Engine:
         return self.retriever
 
     async def query(self, question: str, k: int, filters: Filters, mode: Mode | None,
-                    max_per_doc: int | None = None, history: Sequence[str] = ()) -> QueryResponse:
-        retriever = self.live()
+                    max_per_doc: int | None = None, history: Sequence[str] = (),
+                    collection: str = DEFAULT) -> QueryResponse:
+        retriever = self.retriever_of(collection)
         history = tuple(trim_history(history, self.settings.max_history_turns, self.settings.max_history_chars))
         # checked before queueing
         retriever.validate(question, k, filters, mode or retriever.default_mode, max_per_doc, history)
         future: asyncio.Future[QueryResponse] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Job(question, k, filters, mode, max_per_doc, future, history=history))
+            self._queue.put_nowait(_Job(question, k, filters, mode, max_per_doc, future, history=history,
+                                        retriever=None if collection == DEFAULT else retriever))
         except asyncio.QueueFull:
             raise OverloadedError(f"{self.settings.max_queue} questions are already waiting; "
                                   "retry in a moment") from None
@@ -268,8 +308,9 @@ class Engine:
                 out.append(vector)
                 continue
             try:
-                response = retriever.query(job.question, job.k, job.filters, job.mode, job.max_per_doc,
-                                           query_vector=vector, history=job.history)
+                response = (job.retriever or retriever).query(job.question, job.k, job.filters, job.mode,
+                                                              job.max_per_doc, query_vector=vector,
+                                                              history=job.history)
                 took_ms = round((time.perf_counter() - job.queued_at) * 1000, 3)
                 out.append(response.model_copy(update={"took_ms": took_ms}))
             except Exception as exc:

@@ -16,6 +16,7 @@ from typing import Any
 
 from rag.errors import (
     BadQueryError,
+    ConflictError,
     DeadlineError,
     IndexBusyError,
     IndexCorruptError,
@@ -26,6 +27,7 @@ from rag.errors import (
     NotReadyError,
     OverloadedError,
     RagError,
+    ReadOnlyError,
     ReloadError,
     StorageError,
     UpstreamError,
@@ -35,6 +37,8 @@ STATUS_OF: list[tuple[type[RagError], int]] = [
     (BadQueryError, 422),
     (NotFoundError, 404),
     (ReloadError, 409),
+    (ConflictError, 409),
+    (ReadOnlyError, 403),
     (OverloadedError, 503),
     (DeadlineError, 503),
     (NotReadyError, 503),

@@ -63,7 +63,8 @@ def check_question(question: str, settings: Settings) -> None:
 async def answer(engine: Engine, settings: Settings, body: QueryRequest) -> Response:
     check_question(body.question, settings)
     filters = Filters(doc_ids=body.doc_ids, sources=body.sources, sections=body.sections)
-    response = await engine.query(body.question, body.k, filters, body.mode, body.max_per_doc, body.history or ())
+    response = await engine.query(body.question, body.k, filters, body.mode, body.max_per_doc, body.history or (),
+                                  collection=body.collection)
     # already a validated model: serialise it once instead of letting FastAPI re-validate it
     return Response(response.model_dump_json(), media_type="application/json")
 

@@ -23,6 +23,8 @@ class QueryRequest(BaseModel):
     mode: Mode | None = Field(None, description="dense (embeddings), lexical (BM25) or hybrid (both, fused); "
                               "default RAG_DEFAULT_MODE")
     max_per_doc: int | None = Field(None, ge=1, description="at most this many passages per document")
+    collection: str = Field("default", description="the collection to search: `default` (the built corpus) or "
+                            "one made with POST /collections")
     history: list[str] | None = Field(None, description="earlier user turns of the conversation, oldest first: a "
                                       "follow-up ('And in 2023?') is searched with them; beyond "
                                       "RAG_MAX_HISTORY_TURNS / RAG_MAX_HISTORY_CHARS the oldest are dropped")

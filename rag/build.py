@@ -39,7 +39,7 @@ from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.settings import Settings
 from rag.store import IndexSpec, new_manifest, size_on_disk
 from rag.stores import open_store, open_writer
-from rag.stores.base import ChunkStore, StoreWriter
+from rag.stores.base import ChunkStore, DocumentSink
 
 BATCH_DOCUMENTS = 64  # documents per writer batch: bounded memory, batches big enough to embed well
 
@@ -104,7 +104,7 @@ def build_index(
             log(f"loading model {settings.model} ({settings.embed_backend})")
             embedder = embedder_from(settings)
         with open_writer(settings, embedder.dimension, log) as writer:
-            batches = _Batches(settings, embedder, rules, previous)
+            batches = Batches(settings, embedder, rules, previous)
             bar = tqdm(total=len(documents), unit="doc", desc="indexing", disable=not progress, file=sys.stderr)
             for start in range(0, len(documents), BATCH_DOCUMENTS):
                 batches.write(documents[start:start + BATCH_DOCUMENTS], writer)
@@ -146,7 +146,7 @@ def build_manifest(settings: Settings, dimension: int, max_tokens: int, **fields
     )
 
 
-class _Batches:
+class Batches:
     """Cleans, chunks and embeds one batch of documents at a time into a writer."""
 
     def __init__(self, settings: Settings, embedder: Embedder, rules: CleanRules | None,
@@ -158,7 +158,7 @@ class _Batches:
         self.chunks = self.embedded = 0
         self.token_counts: list[int] = []
 
-    def write(self, documents: list[SourceDocument], writer: StoreWriter) -> None:
+    def write(self, documents: list[SourceDocument], writer: DocumentSink) -> None:
         records, chunks, sentences = [], [], []
         for doc in documents:
             title = str(doc.metadata["title"])

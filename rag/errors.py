@@ -46,7 +46,15 @@ class SettingsError(RagError):
 
 
 class NotFoundError(RagError):
-    """A document or chunk id that the index does not hold."""
+    """A document, chunk or collection that the index does not hold."""
+
+
+class ConflictError(RagError):
+    """A write that clashes with what is there: an existing collection, another document under the same id."""
+
+
+class ReadOnlyError(RagError):
+    """A write to a service that is read-only (RAG_READ_ONLY)."""
 
 
 # ---- the service's own conditions (the HTTP boundary maps them to status codes)

@@ -97,13 +97,13 @@ def load_document(path: Path) -> SourceDocument:
         raise CorpusError(
             f"{path.name}: doc_id '{doc_id}' must be 1-128 letters, digits, '.', '_' or '-'"
         )
-    metadata = _normalise(metadata, path)
+    metadata = normalise_metadata(metadata, path)
     metadata["title"] = metadata["title"] or path.stem.replace("-", " ").replace("_", " ")
     metadata["source"] = metadata["source"] or path.name
     return SourceDocument(doc_id=doc_id, path=path, text=text, metadata=metadata)
 
 
-def _normalise(metadata: dict[str, Any], path: Path) -> dict[str, Any]:
+def normalise_metadata(metadata: dict[str, Any], path: Path) -> dict[str, Any]:
     """The known keys as str | None, every other value JSON-safe. YAML gives numbers,
     dates and lists where users meant text; the index stores JSON and the API strings."""
     known = {key: _as_text(metadata.get(key), path, key) for key in TEXT_KEYS}

@@ -33,10 +33,11 @@ Left out: query expansion, and highlights below sentence level.
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import chain, islice
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -93,8 +94,9 @@ class Retriever:
         self.reranker, self.rerank_depth = reranker, rerank_depth
         self.collapse_overlap = collapse_overlap
         self.highlight_lexical_weight = highlight_lexical_weight
-        # citations read a document's metadata, not its text: keep the recent ones
-        self._metadata = lru_cache(maxsize=4096)(lambda doc_id: self.store.documents[doc_id].metadata)
+        # citations read a document's metadata, not its text: keep the recent ones, per store
+        # version (a live collection bumps it on every write, so a replaced title never shows)
+        self._metadata = lru_cache(maxsize=4096)(lambda doc_id, version: self.store.documents[doc_id].metadata)
 
     # ------------------------------------------------------------------ answers
 
@@ -103,6 +105,16 @@ class Retriever:
               laps: Laps | None = None, history: Sequence[str] = ()) -> QueryResponse:
         """`history`: the earlier user turns, oldest first (a follow-up is read with them,
         rag.conversation). `laps`, when given, collects the milliseconds of each step (`rag bench`)."""
+        with self._consistent():
+            return self._query(question, k, filters, mode, max_per_doc, query_vector, laps, history)
+
+    def _consistent(self) -> Any:
+        """A live collection's lock (rag.kb): a query sees the collection before a write or
+        after it, never between, and the rows it found are still there when it reads them."""
+        return getattr(self.store, "lock", nullcontext())
+
+    def _query(self, question: str, k: int, filters: Filters, mode: Mode | None, max_per_doc: int | None,
+               query_vector: np.ndarray | None, laps: Laps | None, history: Sequence[str]) -> QueryResponse:
         started = time.perf_counter()
         mode = mode or self.default_mode
         self.validate(question, k, filters, mode, max_per_doc, history)
@@ -134,6 +146,11 @@ class Retriever:
                fusion: Fusion | None = None, collapse: bool = True, history: Sequence[str] = ()) -> list[Hit]:
         """Top-k chunks, best first. `query_vector` lets a batching caller pass its own."""
         mode = mode or self.default_mode
+        with self._consistent():
+            return self._search(question, k, filters, mode, query_vector, max_per_doc, fusion, collapse, history)
+
+    def _search(self, question: str, k: int, filters: Filters, mode: Mode, query_vector: np.ndarray | None,
+                max_per_doc: int | None, fusion: Fusion | None, collapse: bool, history: Sequence[str]) -> list[Hit]:
         self.validate(question, k, filters, mode, max_per_doc, history)
         if history:
             if query_vector is None:
@@ -293,7 +310,7 @@ class Retriever:
 
     def citation(self, row: int) -> Citation:
         chunk = self.store.chunks[row]
-        meta = self._metadata(chunk.doc_id)
+        meta = self._metadata(chunk.doc_id, getattr(self.store, "version", 0))
         return Citation(
             doc_id=chunk.doc_id, title=str(meta["title"]), source=str(meta["source"]),
             url=meta.get("url"), section=chunk.section, char_start=chunk.char_start, char_end=chunk.char_end,

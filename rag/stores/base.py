@@ -88,6 +88,17 @@ class ChunkStore(Protocol):
     def close(self) -> None: ...
 
 
+class DocumentSink(Protocol):
+    """What a build hands its documents to: a store writer, or one write of a live collection (rag.kb)."""
+
+    def add_documents(self, documents: Iterable[DocumentRecord]) -> None: ...
+
+    def add_chunks(self, chunks: Sequence[ChunkRecord], vectors: np.ndarray,
+                   lexical_texts: Sequence[str] | None = None) -> None: ...
+
+    def add_sentences(self, sentences: Sequence[SentenceRecord], vectors: np.ndarray) -> None: ...
+
+
 class StoreWriter(Protocol):
     """Streams one build into a store; use as a context manager and call `commit`."""
 

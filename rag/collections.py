@@ -1,0 +1,146 @@
+"""Named collections of live documents (rag.kb), under `<index_dir>/collections/<name>/`.
+
+`default` is the built corpus (`rag build` of the corpus folder into the index): it is
+listed and searched like the others but written only by `rag build`. Every other
+collection is a KnowledgeBase, created empty, written one document at a time
+(`upsert`, `delete`). Each records the model and chunker it was made with in
+`manifest.json` and refuses to open under other settings.
+
+Upsert by content: a document whose doc_id exists with the same content hash is left as
+it is (nothing embedded); changed content re-embeds only the chunks and sentences whose
+text changed (the collection's own vectors are reused by hash).
+
+Left out: collections on Milvus (this registry is the local store's), renaming, and
+syncing a folder into a collection other than `default`.
+"""
+
+import hashlib
+import json
+import re
+import shutil
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rag.build import Batches, build_manifest, spec_of
+from rag.clean import CleanRules
+from rag.embed import Embedder
+from rag.errors import BadQueryError, ConflictError, CorpusError, IndexMismatchError, NotFoundError
+from rag.ingest import DOC_ID_PATTERN, SourceDocument, normalise_metadata
+from rag.kb import KnowledgeBase
+from rag.settings import Settings
+from rag.text import is_unicode_text
+
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Written:
+    doc_id: str
+    status: str  # created, replaced, unchanged
+    chunks: int
+    embedded: int  # chunks embedded by this write (0: unchanged, or every chunk's text reused)
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name):
+        raise BadQueryError(f"collection name {name!r}: use 1-63 lowercase letters, digits, '_' or '-', "
+                            "starting with a letter or digit")
+    return name
+
+
+class Collections:
+    def __init__(self, settings: Settings, embedder: Embedder):
+        self.settings, self.embedder = settings, embedder
+        self.root = settings.index_dir / "collections"
+        self._open: dict[str, KnowledgeBase] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        found = sorted(p.name for p in self.root.iterdir() if (p / "manifest.json").is_file()) \
+            if self.root.is_dir() else []
+        return [DEFAULT, *(n for n in found if n != DEFAULT)]
+
+    def get(self, name: str) -> KnowledgeBase:
+        check_name(name)
+        with self._lock:
+            if name not in self._open:
+                folder = self.root / name
+                if name == DEFAULT or not (folder / "manifest.json").is_file():
+                    raise NotFoundError(f"no collection named '{name}'")
+                manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+                if diffs := spec_of(self.settings).differences(manifest):
+                    raise IndexMismatchError(f"collection '{name}' was made with other settings: {'; '.join(diffs)}")
+                self._open[name] = KnowledgeBase(folder, manifest)
+            return self._open[name]
+
+    def create(self, name: str) -> KnowledgeBase:
+        check_name(name)
+        if name == DEFAULT or name in self.names():
+            raise ConflictError(f"a collection named '{name}' exists")
+        folder = self.root / name
+        tmp = self.root / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        manifest = build_manifest(self.settings, self.embedder.dimension, self.embedder.max_tokens,
+                                  collection=name)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        tmp.rename(folder)  # a crash before this leaves only a .tmp- folder, never half a collection
+        return self.get(name)
+
+    def delete(self, name: str) -> None:
+        check_name(name)
+        if name == DEFAULT:
+            raise ConflictError("the default collection is the built corpus: it cannot be deleted")
+        kb = self.get(name)
+        with self._lock, kb.lock:
+            self._open.pop(name, None)
+            kb.close()
+            shutil.rmtree(self.root / name)
+
+    def upsert(self, name: str, doc: SourceDocument, replace: bool, origin: str = "upload") -> Written:
+        """Add `doc` (replace=False: a different document under the same id is a conflict)
+        or replace it (replace=True)."""
+        kb = self.get(name)
+        existing = kb.documents.get(doc.doc_id)
+        if existing is not None and existing.content_hash == doc.content_hash:
+            return Written(doc.doc_id, "unchanged", kb.chunk_count(doc.doc_id), 0)
+        if existing is not None and not replace:
+            raise ConflictError(f"document '{doc.doc_id}' exists with other content: PUT replaces it")
+        batches = Batches(self.settings, self.embedder, CleanRules(), kb)
+        with kb.writing(origin) as write:
+            batches.write([doc], write)
+        return Written(doc.doc_id, "replaced" if existing is not None else "created", batches.chunks,
+                       batches.embedded)
+
+    def remove(self, name: str, doc_id: str) -> None:
+        if not self.get(name).delete(doc_id):
+            raise NotFoundError(f"no document '{doc_id}' in collection '{name}'")
+
+    def close(self) -> None:
+        with self._lock:
+            for kb in self._open.values():
+                kb.close()
+            self._open.clear()
+
+
+def text_document(text: str, doc_id: str | None, title: str | None, metadata: dict[str, Any] | None
+                  ) -> SourceDocument:
+    """A document sent as JSON; its id defaults to a hash of its content."""
+    if not text.strip():
+        raise BadQueryError("text is empty")
+    if not is_unicode_text(text):
+        raise BadQueryError("text is not valid Unicode (it holds a lone surrogate)")
+    doc_id = doc_id or "doc-" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    if not DOC_ID_PATTERN.match(doc_id):
+        raise BadQueryError(f"doc_id {doc_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    path = Path(f"{doc_id}.txt")
+    try:
+        meta = normalise_metadata({**(metadata or {}), **({"title": title} if title else {})}, path)
+    except CorpusError as exc:
+        raise BadQueryError(str(exc)) from exc
+    meta["title"] = meta["title"] or text.strip().split("\n")[0][:80]
+    meta["source"] = meta["source"] or "upload"
+    return SourceDocument(doc_id, path, text, meta)

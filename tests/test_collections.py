@@ -1,0 +1,218 @@
+"""Live collections over HTTP: documents added, replaced and deleted while queries run,
+and the promises of rag.kb: read your writes, no stale passages, upsert by content,
+acknowledged means durable (SIGKILL), never half a document, queries never fail during writes."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import FakeEmbedder
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from rag.bench import free_port
+from rag.settings import Settings
+
+BASE_URL = "http://127.0.0.1"
+TESTS = Path(__file__).resolve().parent
+
+
+def article(topic: str, version: int = 1, paragraphs: int = 6) -> str:
+    return "\n\n".join(f"Paragraph {i} about {topic} (version {version}). The {topic} matters for trade, energy "
+                       f"and security in region {i}. Experts discuss {topic} policy number {i * version}."
+                       for i in range(paragraphs))
+
+
+@pytest.fixture
+def client(built: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(built, lambda name: FakeEmbedder()), base_url=BASE_URL) as c:
+        yield c
+
+
+def passages(client: TestClient, question: str, collection: str = "notes", k: int = 10) -> list[dict]:
+    r = client.post("/query", json={"question": question, "k": k, "collection": collection})
+    assert r.status_code == 200, r.text
+    return r.json()["passages"]
+
+
+def test_a_collection_is_written_and_read_over_http(client: TestClient):
+    assert client.post("/collections", json={"name": "notes"}).status_code == 201
+    assert [c["name"] for c in client.get("/collections").json()] == ["default", "notes"]
+    r = client.post("/collections/notes/documents", json={"doc_id": "penguins", "text": article("penguins")})
+    assert r.status_code == 201 and r.json()["status"] == "created" and r.json()["embedded"] == r.json()["chunks"] > 0
+    found = passages(client, "penguins policy")  # read your writes
+    assert found and all(p["citation"]["doc_id"] == "penguins" for p in found)
+    listed = client.get("/collections/notes/documents").json()
+    assert [(d["doc_id"], d["chunks"]) for d in listed] == [("penguins", r.json()["chunks"])]
+
+    again = client.post("/collections/notes/documents", json={"doc_id": "penguins", "text": article("penguins")})
+    assert again.status_code == 200 and again.json()["status"] == "unchanged" and again.json()["embedded"] == 0
+    clash = client.post("/collections/notes/documents", json={"doc_id": "penguins", "text": "other text"})
+    assert clash.status_code == 409 and "PUT replaces" in clash.json()["detail"]
+
+    edited = article("penguins").replace("Paragraph 5 about penguins (version 1)", "Paragraph 5 about krill")
+    put = client.put("/collections/notes/documents/penguins", json={"text": edited})
+    assert put.status_code == 200 and put.json()["status"] == "replaced"
+    assert 0 < put.json()["embedded"] < put.json()["chunks"] or put.json()["chunks"] == 1  # only changed chunks
+    assert any("krill" in p["text"] for p in passages(client, "krill"))
+    assert not any("Paragraph 5 about penguins" in p["text"] for p in passages(client, "penguins paragraph 5"))
+
+    assert client.delete("/collections/notes/documents/penguins").status_code == 204
+    assert passages(client, "penguins policy") == []  # no stale passage, the very next query
+    assert client.delete("/collections/notes/documents/penguins").status_code == 404
+
+
+def test_bad_requests_are_clear_4xx(client: TestClient, built: Settings):
+    assert client.post("/collections", json={"name": "Bad Name!"}).status_code == 422
+    assert client.post("/collections", json={"name": "default"}).status_code == 409
+    assert client.get("/collections/nope").status_code == 404
+    assert client.post("/query", json={"question": "x", "collection": "nope"}).status_code == 404
+    assert client.post("/collections/nope/documents", json={"text": "x"}).status_code == 404
+    client.post("/collections", json={"name": "notes"})
+    assert client.post("/collections", json={"name": "notes"}).status_code == 409
+    assert client.post("/collections/notes/documents", json={"text": "   "}).status_code == 422
+    assert client.post("/collections/notes/documents", json={"text": "x", "doc_id": "../etc"}).status_code == 422
+    assert client.post("/collections/default/documents", json={"text": "x"}).status_code == 409
+    assert client.delete("/collections/default").status_code == 409
+    with TestClient(create_app(built.model_copy(update={"read_only": True}), lambda name: FakeEmbedder()),
+                    base_url=BASE_URL) as locked:
+        r = locked.post("/collections", json={"name": "more"})
+        assert r.status_code == 403 and "read-only" in r.json()["detail"]
+
+
+def test_interleaved_writes_never_show_a_deleted_or_replaced_version(client: TestClient):
+    """200 uploads, replacements, deletions and queries: after each write returns, no query
+    returns a version it replaced or removed."""
+    client.post("/collections", json={"name": "notes"})
+    rng = random.Random(7)
+    live: dict[str, int] = {}  # doc_id -> current version
+    topics = [f"topic{i}" for i in range(12)]
+    for step in range(200):
+        topic = rng.choice(topics)
+        action = rng.choice(["add", "replace", "delete", "query", "query"])
+        if action == "add" and topic not in live:
+            assert client.post("/collections/notes/documents", json={"doc_id": topic, "text": article(topic, 1, 3)}
+                               ).status_code == 201
+            live[topic] = 1
+        elif action == "replace" and topic in live:
+            live[topic] += 1
+            assert client.put(f"/collections/notes/documents/{topic}",
+                              json={"text": article(topic, live[topic], 3)}).status_code == 200
+        elif action == "delete" and topic in live:
+            assert client.delete(f"/collections/notes/documents/{topic}").status_code == 204
+            del live[topic]
+        for p in passages(client, f"{topic} policy matters", k=10):
+            doc = p["citation"]["doc_id"]
+            assert doc in live, (step, doc)
+            assert f"(version {live[doc]})" in p["text"], (step, doc, p["text"][:80])
+
+
+def test_queries_running_during_writes_never_fail(client: TestClient):
+    client.post("/collections", json={"name": "notes"})
+    client.post("/collections/notes/documents", json={"doc_id": "base", "text": article("base")})
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set():
+            r = client.post("/query", json={"question": "base policy trade", "collection": "notes"})
+            if r.status_code != 200 or not r.json()["passages"]:
+                failures.append(f"{r.status_code} {r.text[:100]}")
+
+    askers = [threading.Thread(target=ask) for _ in range(3)]
+    for t in askers:
+        t.start()
+    for i in range(30):
+        client.put(f"/collections/notes/documents/doc{i % 5}", json={"text": article(f"churn{i}", i, 2)})
+        if i % 3 == 0:
+            client.delete(f"/collections/notes/documents/doc{(i + 2) % 5}")
+    stop.set()
+    for t in askers:
+        t.join()
+    assert failures == []
+
+
+SERVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import uvicorn
+    from conftest import FakeEmbedder
+    from api.app import create_app
+    from rag.settings import Settings
+    settings = Settings.model_validate_json(sys.argv[1])
+    uvicorn.run(create_app(settings, lambda name: FakeEmbedder()), host="127.0.0.1", port=int(sys.argv[2]),
+                log_level="warning")
+""").format(tests=str(TESTS))
+
+
+def start_server(settings: Settings) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, settings.model_dump_json(), str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise AssertionError("server did not start")
+
+
+def test_acknowledged_writes_survive_sigkill(built: Settings):
+    """Uploads stream in; the server is killed with SIGKILL mid-stream and restarted:
+    every acknowledged document is there and searchable, none is partial, and the
+    collection's chunk count is the sum of its documents'."""
+    server, url = start_server(built)
+    acknowledged: list[str] = []
+    try:
+        assert httpx.post(url + "/collections", json={"name": "notes"}).status_code == 201
+
+        def upload() -> None:
+            with httpx.Client(base_url=url, timeout=10) as c:
+                for i in range(1000):
+                    try:
+                        r = c.post("/collections/notes/documents", json={"doc_id": f"d{i}", "text": article(f"t{i}")})
+                    except httpx.HTTPError:
+                        return
+                    if r.status_code == 201:
+                        acknowledged.append(f"d{i}")
+
+        uploader = threading.Thread(target=upload)
+        uploader.start()
+        while len(acknowledged) < 15:
+            time.sleep(0.01)
+        os.kill(server.pid, signal.SIGKILL)
+        uploader.join()
+    finally:
+        server.kill()
+        server.wait()
+    server, url = start_server(built)
+    try:
+        documents = httpx.get(url + "/collections/notes/documents").json()
+        stored = {d["doc_id"]: d["chunks"] for d in documents}
+        assert set(acknowledged) <= set(stored)  # acknowledged means durable
+        expected = httpx.post(url + "/query", json={"question": "x", "collection": "notes"})
+        assert expected.status_code == 200
+        assert len(set(stored.values())) == 1  # every article has the same shape: none is partial
+        info = httpx.get(url + "/collections/notes").json()
+        assert info["chunks"] == sum(stored.values())  # no chunk without its document, none missing
+        for doc_id in acknowledged[-3:]:
+            found = httpx.post(url + "/query", json={"question": f"t{doc_id[1:]} policy", "k": 10,
+                                                     "collection": "notes"}).json()["passages"]
+            assert any(p["citation"]["doc_id"] == doc_id for p in found)
+    finally:
+        server.kill()
+        server.wait()
