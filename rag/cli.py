@@ -166,6 +166,8 @@ def bench(
                                               min=1000, max=100_000_000)] = None,
     backend: Annotated[str | None, typer.Option(help="with --scale: local or milvus [RAG_VECTOR_STORE]")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="with --scale: print one JSON object")] = False,
+    writes: Annotated[bool, typer.Option("--writes", help="instead: time adding and deleting a one-page "
+                                         "document in live collections of 100 and 100,000 chunks")] = False,
     index: IndexOpt = None,
 ) -> None:
     """Benchmark the real server: latency vs raw model time, throughput at 1/8/32 clients, memory."""
@@ -173,6 +175,13 @@ def bench(
     from rag.build import build_index
 
     settings = load_settings(index=index)
+    if writes:
+        from rag.bench import DEFAULT_SCIFACT
+        from rag.writes_bench import run_writes, writes_table
+
+        timed = run_writes(settings, DEFAULT_SCIFACT, log=lambda m: typer.echo(m, err=True))
+        typer.echo(json.dumps(timed) if as_json else writes_table(timed))
+        return
     if scale is not None:
         from rag.bench import DEFAULT_SCIFACT
         from rag.scale import run_scale, scale_table

@@ -113,3 +113,27 @@ def test_chunks_documents_and_sentences_are_read_by_row(ivf_store):
     assert np.allclose(store.vectors_by_hash(["e17", "missing"])["e17"], vectors[17])
     with pytest.raises(IndexError):
         store.chunks[6000]
+
+
+def test_the_live_index_scores_as_a_rebuilt_one_after_adds_and_removes():
+    """rag.live_index keeps BM25 statistics of the live rows only: after removals its
+    lexical scores equal a BM25 index built from the remaining texts alone, and dense
+    search never returns a removed row."""
+    from rag.live_index import LiveIndex
+    from rag.stores.bm25 import bm25_scorer
+
+    corpus, vectors = texts(400, seed=3), clustered_vectors(400)
+    live = LiveIndex(DIM)
+    live.add(list(range(0, 250)), vectors[:250], corpus[:250])
+    live.add(list(range(250, 400)), vectors[250:], corpus[250:])
+    gone = list(range(0, 400, 3))
+    live.remove(gone, [corpus[r] for r in gone])
+    kept = [r for r in range(400) if r not in set(gone)]
+    reference = bm25_scorer([corpus[r] for r in kept])
+    for question in ("oil gas pipeline", "chip semiconductor export"):
+        rows, scores = live.lexical(question, 1000)
+        expected = reference.scores(question)
+        assert set(rows.tolist()) == {kept[i] for i in np.flatnonzero(expected > 0)}
+        np.testing.assert_allclose(scores, [expected[kept.index(r)] for r in rows.tolist()], rtol=1e-5)
+    rows, _ = live.dense(vectors[3], 20)
+    assert not set(rows.tolist()) & set(gone) and len(live) == len(kept) and live.dead == len(gone)
