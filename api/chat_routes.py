@@ -40,6 +40,7 @@ from rag.chat import (
     sources_markdown,
     turns_from,
 )
+from rag.collections import DEFAULT
 from rag.context import ContextBlock, pack
 from rag.errors import UpstreamError
 from rag.settings import Settings
@@ -65,6 +66,7 @@ class ContextRequest(BaseModel):
     doc_ids: list[str] | None = None
     mode: Mode | None = None
     history: list[str] | None = Field(None, description="earlier user turns, oldest first (as for /query)")
+    collection: str = Field(DEFAULT, description="the collection to search")
 
 
 class ContextResponse(ContextBlock):
@@ -93,7 +95,7 @@ async def context(body: ContextRequest, engine: EngineDep, settings: SettingsDep
     """The passages packed into one prompt-ready block under a token budget, numbered [n]."""
     check_question(body.question, settings)
     response = await engine.query(body.question, body.k, Filters(doc_ids=body.doc_ids), body.mode,
-                                  history=body.history or ())
+                                  history=body.history or (), collection=body.collection)
     # re-tokenising up to 50 passages for a small budget takes tens of ms: not on the loop
     block = await asyncio.get_running_loop().run_in_executor(None, pack, response.passages, body.max_tokens)
     return ContextResponse(question=body.question, max_tokens=body.max_tokens, answerable=response.answerable,
@@ -101,10 +103,22 @@ async def context(body: ContextRequest, engine: EngineDep, settings: SettingsDep
 
 
 @router.get("/v1/models", tags=["chat"])
-def models(settings: SettingsDep) -> dict[str, Any]:
-    """The one model this service offers, for OpenAI clients."""
-    return {"object": "list", "data": [{"id": settings.chat_model_name, "object": "model", "created": 0,
-                                        "owned_by": "rag"}]}
+def models(settings: SettingsDep, engine: EngineDep) -> dict[str, Any]:
+    """One model per collection, for OpenAI clients (Open WebUI users pick a collection as
+    they pick a model): `rag` answers from the default collection, `rag:<name>` from <name>."""
+    names = engine.collections.names() if engine.collections is not None else [DEFAULT]
+    return {"object": "list", "data": [{"id": model_id(settings, name), "object": "model", "created": 0,
+                                        "owned_by": "rag"} for name in names]}
+
+
+def model_id(settings: Settings, collection: str) -> str:
+    return settings.chat_model_name if collection == DEFAULT else f"{settings.chat_model_name}:{collection}"
+
+
+def collection_of(model: str, settings: Settings) -> str:
+    """The collection a model id names (`rag:notes` -> notes); any other id: the default."""
+    prefix = f"{settings.chat_model_name}:"
+    return model.removeprefix(prefix) if model.startswith(prefix) else DEFAULT
 
 
 @router.post("/v1/chat/completions", tags=["chat"], response_model=None)
@@ -121,7 +135,8 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
         return frame.completion(task, [])
     question, history = turns_from(body.messages)
     check_question(question, settings)
-    response = await engine.query(question, settings.chat_k, Filters(), None, history=history)
+    response = await engine.query(question, settings.chat_k, Filters(), None, history=history,
+                                  collection=collection_of(body.model, settings))
     link = link_for(request, settings)
     with_sources = sources_in_text(settings.chat_sources, body.stream, request.headers, body.model_extra or {})
     if not settings.llm_base_url or not settings.llm_model or not response.answerable:

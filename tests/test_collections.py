@@ -216,3 +216,19 @@ def test_acknowledged_writes_survive_sigkill(built: Settings):
     finally:
         server.kill()
         server.wait()
+
+
+def test_each_collection_is_a_model_for_openai_clients(client: TestClient):
+    client.post("/collections", json={"name": "notes"})
+    client.post("/collections/notes/documents", json={"doc_id": "penguins", "text": article("penguins")})
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["rag", "rag:notes"]
+    body = client.post("/v1/chat/completions", json={"model": "rag:notes", "messages": [
+        {"role": "user", "content": "What about penguins policy?"}]}).json()
+    assert body["citations"] and {c["doc_id"] for c in body["citations"]} == {"penguins"}
+    default = client.post("/v1/chat/completions", json={"model": "rag", "messages": [
+        {"role": "user", "content": "What about penguins policy?"}]}).json()
+    assert "penguins" not in {c["doc_id"] for c in default["citations"]}
+    block = client.post("/context", json={"question": "penguins policy", "collection": "notes"}).json()
+    assert {c["doc_id"] for c in block["citations"]} == {"penguins"}
+    assert client.post("/v1/chat/completions", json={"model": "rag:nope", "messages": [
+        {"role": "user", "content": "hi there"}]}).status_code == 404
