@@ -130,7 +130,8 @@ def create_app(settings: Settings | None = None,
                                                                settings.llm_total_seconds),
                                    "/admin/reload": max(settings.request_timeout_seconds, 600.0)})
     app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes, body_seconds=settings.body_timeout_seconds,
-                       max_url_bytes=settings.max_url_bytes, max_header_bytes=settings.max_header_bytes)
+                       max_url_bytes=settings.max_url_bytes, max_header_bytes=settings.max_header_bytes,
+                       max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(HostGuard, allowed=allowed_hosts(settings))
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])

@@ -4,18 +4,26 @@ Writes run on the engine's writer thread (they embed), never on the event loop, 
 the API key when one is set; `RAG_READ_ONLY=1` turns them all off (403). A write returns
 after it is durable and visible to the next query.
 
-Left out (for now): file uploads (multipart, PDFs), asynchronous writes of large files
-(202 and a status to poll), and the OpenAI Vector Stores API.
+Documents come as JSON or as a multipart file (.txt, .md, .html, .pdf: rag.uploads); a
+body over RAG_MAX_UPLOAD_BYTES is refused (413) before more is read.
+
+Left out (for now): asynchronous writes of large files (202 and a status to poll), and the
+OpenAI Vector Stores API.
 """
 
+import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import UploadFile  # what request.form() gives (FastAPI's is a subclass)
 
 from api.routes import ERRORS, EngineDep
+from api.schemas import ErrorBody
 from rag.collections import DEFAULT, Collections, Written, check_name, text_document
-from rag.errors import ConflictError
+from rag.errors import BadQueryError, ConflictError
+from rag.ingest import SourceDocument
+from rag.uploads import uploaded_document
 
 router = APIRouter(tags=["collections"])
 
@@ -100,14 +108,52 @@ def list_documents(name: str, engine: EngineDep) -> list[DocumentInfo]:
             for d in store.documents.values()]
 
 
-@router.post("/collections/{name}/documents", responses={**ERRORS, 201: {"model": WriteResult}})
-async def add_document(name: str, body: NewDocument, engine: EngineDep, response: Response) -> WriteResult:
-    """Add a document. The same content again is a no-op (`unchanged`, nothing embedded);
-    other content under an existing doc_id is a 409 (PUT replaces)."""
-    doc = text_document(body.text, body.doc_id, body.title, body.metadata)
-    written = await engine.write(lambda c: c.upsert(_writable(name, c), doc, replace=False))
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": NewDocument.model_json_schema()},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": ".txt, .md, .html or .pdf"},
+        "doc_id": {"type": "string"}}}}}}}
+
+
+@router.post("/collections/{name}/documents", openapi_extra=UPLOAD_BODY,
+             responses={**ERRORS, 201: {"model": WriteResult}, 413: {"model": ErrorBody},
+                        415: {"model": ErrorBody}})
+async def add_document(name: str, request: Request, engine: EngineDep, response: Response) -> WriteResult:
+    """Add a document: JSON `{text, doc_id?, title?, metadata?}`, or a file as multipart
+    (`file`: .txt, .md, .html, .pdf; `doc_id` optional). The same content again is a no-op
+    (`unchanged`, nothing embedded); other content under an existing doc_id is a 409 (PUT
+    replaces). PDF passages cite their pages."""
+    clean = True
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        doc, is_pdf = await _upload(request)
+        clean = not is_pdf
+    else:
+        try:
+            body = NewDocument.model_validate_json(await request.body())
+        except ValidationError as exc:  # the body is read by hand (JSON or a file): say what is wrong, as FastAPI would
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first.get("loc", ())) or "body"
+            raise BadQueryError(f"{where}: {first.get('msg', 'invalid')}") from None
+        doc = text_document(body.text, body.doc_id, body.title, body.metadata)
+    written = await engine.write(lambda c: c.upsert(_writable(name, c), doc, replace=False, clean=clean))
     response.status_code = 201 if written.status == "created" else 200
     return _result(written)
+
+
+async def _upload(request: Request) -> tuple[SourceDocument, bool]:
+    try:
+        form = await request.form(max_files=1, max_fields=4)
+    except Exception as exc:  # a malformed multipart body (python-multipart raises its own types)
+        raise BadQueryError(f"cannot read the multipart form: {exc}") from None
+    upload, doc_id = form.get("file"), form.get("doc_id")
+    if not isinstance(upload, UploadFile):
+        raise BadQueryError("send the file in a multipart field named 'file'")
+    if doc_id is not None and not isinstance(doc_id, str):
+        raise BadQueryError("doc_id must be a text field")
+    data = await upload.read()
+    # extraction (a PDF) is CPU work: not on the event loop
+    return await asyncio.get_running_loop().run_in_executor(
+        None, uploaded_document, upload.filename or "upload", data, doc_id or None)
 
 
 @router.put("/collections/{name}/documents/{doc_id}", responses={**ERRORS, 201: {"model": WriteResult}})

@@ -32,8 +32,10 @@ from rag.errors import (
     StorageError,
     UpstreamError,
 )
+from rag.uploads import UnsupportedTypeError
 
 STATUS_OF: list[tuple[type[RagError], int]] = [
+    (UnsupportedTypeError, 415),
     (BadQueryError, 422),
     (NotFoundError, 404),
     (ReloadError, 409),

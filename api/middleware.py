@@ -27,6 +27,7 @@ access_log = logging.getLogger("rag.access")
 # a JSON \u escape of a UTF-16 surrogate: only then is the body parsed to look for lone ones
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 MAX_JSON_NESTING = 64  # no request of ours nests deeper than 4; json.loads recurses at ~1000
+UPLOAD_PATH = re.compile(r"/collections/[^/]+/documents")  # where a multipart file upload may go
 
 
 async def send_error(scope: Scope, send: Send, status: int, message: str,
@@ -70,9 +71,10 @@ class RequestGuard:
     replayed."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, body_seconds: float, max_url_bytes: int,
-                 max_header_bytes: int):
+                 max_header_bytes: int, max_upload_bytes: int | None = None):
         self.app, self.max_bytes, self.body_seconds = app, max_bytes, body_seconds
         self.max_url_bytes, self.max_header_bytes = max_url_bytes, max_header_bytes
+        self.max_upload_bytes = max_upload_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,26 +85,27 @@ class RequestGuard:
         if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
             return await send_error(scope, send, 431, f"request headers are larger than the limit of "
                                     f"{self.max_header_bytes} bytes")
-        too_big = f"request body is larger than the limit of {self.max_bytes} bytes"
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+        headers = dict(scope["headers"])
+        # a file upload (multipart, to a documents route) may be bigger, and binary
+        upload = headers.get(b"content-type", b"").startswith(b"multipart/form-data") and \
+            UPLOAD_PATH.fullmatch(scope["path"]) is not None
+        limit = self.max_upload_bytes if upload else self.max_bytes
+        too_big = f"request body is larger than the limit of {limit} bytes" + (
+            " (RAG_MAX_UPLOAD_BYTES)" if upload else "")
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             return await send_error(scope, send, 413, too_big)
         try:
             async with asyncio.timeout(self.body_seconds):
-                body = await self._read(receive)
+                body = await self._read(receive, limit)
         except TimeoutError:
             return await send_error(scope, send, 408, f"request body did not arrive within {self.body_seconds:g} s")
         if body is None:
             return await send_error(scope, send, 413, too_big)
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return await send_error(scope, send, 400, f"request body is not valid UTF-8 (byte {exc.start})")
-        if body.count(b"[") + body.count(b"{") > MAX_JSON_NESTING and _too_deep(body):
-            return await send_error(scope, send, 400, f"request body is nested deeper than {MAX_JSON_NESTING} levels")
-        if SURROGATE_ESCAPE.search(body) and _holds_lone_surrogate(body):
-            return await send_error(scope, send, 422, "request body holds a lone UTF-16 surrogate (\\ud800-\\udfff "
-                                    "without its pair): send valid Unicode text")
+        if not upload:
+            problem = _text_problem(body)
+            if problem is not None:
+                return await send_error(scope, send, *problem)
         replayed = False
 
         async def replay() -> Message:
@@ -114,8 +117,8 @@ class RequestGuard:
 
         await self.app(scope, replay, send)
 
-    async def _read(self, receive: Receive) -> bytes | None:
-        """The whole body, or None once it passes the limit."""
+    async def _read(self, receive: Receive, limit: int) -> bytes | None:
+        """The whole body, or None once it passes `limit` (nothing more is buffered)."""
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -124,9 +127,23 @@ class RequestGuard:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
-            if size > self.max_bytes:
+            if size > limit:
                 return None
         return b"".join(chunks)
+
+
+def _text_problem(body: bytes) -> tuple[int, str] | None:
+    """Why a JSON or form body cannot be taken (status, message), or None."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return 400, f"request body is not valid UTF-8 (byte {exc.start})"
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_NESTING and _too_deep(body):
+        return 400, f"request body is nested deeper than {MAX_JSON_NESTING} levels"
+    if SURROGATE_ESCAPE.search(body) and _holds_lone_surrogate(body):
+        return 422, ("request body holds a lone UTF-16 surrogate (\\ud800-\\udfff without its pair): send valid "
+                     "Unicode text")
+    return None
 
 
 def _too_deep(body: bytes) -> bool:

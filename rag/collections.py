@@ -100,16 +100,18 @@ class Collections:
             kb.close()
             shutil.rmtree(self.root / name)
 
-    def upsert(self, name: str, doc: SourceDocument, replace: bool, origin: str = "upload") -> Written:
+    def upsert(self, name: str, doc: SourceDocument, replace: bool, origin: str = "upload",
+               clean: bool = True) -> Written:
         """Add `doc` (replace=False: a different document under the same id is a conflict)
-        or replace it (replace=True)."""
+        or replace it (replace=True). `clean=False` keeps the text as it is (a PDF's, whose
+        page spans point into it)."""
         kb = self.get(name)
         existing = kb.documents.get(doc.doc_id)
         if existing is not None and existing.content_hash == doc.content_hash:
             return Written(doc.doc_id, "unchanged", kb.chunk_count(doc.doc_id), 0)
         if existing is not None and not replace:
             raise ConflictError(f"document '{doc.doc_id}' exists with other content: PUT replaces it")
-        batches = Batches(self.settings, self.embedder, CleanRules(), kb)
+        batches = Batches(self.settings, self.embedder, CleanRules() if clean else None, kb)
         with kb.writing(origin) as write:
             batches.write([doc], write)
         return Written(doc.doc_id, "replaced" if existing is not None else "created", batches.chunks,

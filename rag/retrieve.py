@@ -48,6 +48,7 @@ from rag.errors import BadQueryError
 from rag.fusion import DEFAULT_FUSION, MISSING_SCORE, Fusion, Ranking, fuse
 from rag.lexical import term_set, tokenize
 from rag.passages import Group, group_hits, group_text
+from rag.pdf import page_span
 from rag.records import ChunkRecord
 from rag.schema import AnswerSentence, Citation, Passage, QueryResponse, Span
 from rag.stores.base import FILTER_FIELDS, ChunkStore
@@ -262,8 +263,8 @@ class Retriever:
                 terms: set[str]) -> Passage:
         """A passage: one chunk, or overlapping chunks of a document merged (rag.passages)."""
         chunk = self.store.chunks[group.hit.row]
-        citation = self.citation(group.hit.row).model_copy(update={"char_start": group.char_start,
-                                                                   "char_end": group.char_end})
+        citation = self._paged(self.citation(group.hit.row).model_copy(
+            update={"char_start": group.char_start, "char_end": group.char_end}))
         return Passage(rank=rank, chunk_id=chunk.chunk_id, text=group_text(group, self.store.chunks),
                        score=round(group.hit.score, 6),
                        scores={k: round(v, 6) for k, v in group.hit.components.items()},
@@ -311,10 +312,18 @@ class Retriever:
     def citation(self, row: int) -> Citation:
         chunk = self.store.chunks[row]
         meta = self._metadata(chunk.doc_id, getattr(self.store, "version", 0))
-        return Citation(
+        return self._paged(Citation(
             doc_id=chunk.doc_id, title=str(meta["title"]), source=str(meta["source"]),
             url=meta.get("url"), section=chunk.section, char_start=chunk.char_start, char_end=chunk.char_end,
-        )
+        ))
+
+    def _paged(self, citation: Citation) -> Citation:
+        """With the pages it is on, for a document that has pages (a PDF)."""
+        pages = self._metadata(citation.doc_id, getattr(self.store, "version", 0)).get("pages")
+        if not pages:
+            return citation
+        first, last = page_span([tuple(p) for p in pages], citation.char_start, citation.char_end)
+        return citation.model_copy(update={"page_start": first, "page_end": last})
 
     def chunk_count(self, doc_id: str) -> int:
         return self.store.chunk_count(doc_id)

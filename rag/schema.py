@@ -16,6 +16,8 @@ class Citation(BaseModel):
     section: str | None = Field(examples=["What are their economic ties?"])
     char_start: int = Field(ge=0, description="offset into the document's cleaned text")
     char_end: int = Field(ge=0, description="end offset (exclusive)")
+    page_start: int | None = Field(None, ge=1, description="PDFs: the first page the passage is on (1-based)")
+    page_end: int | None = Field(None, ge=1, description="PDFs: the last page the passage is on")
 
 
 class Span(BaseModel):

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description='browser origins allowed to call us, e.g. ["http://localhost:3000"]')
     max_question_chars: int = Field(1000, ge=1)
+    max_upload_bytes: int = Field(32 << 20, ge=1024, description="largest file upload (multipart), in bytes; "
+                                  "no more than this is ever buffered")
     read_only: bool = Field(False, description="turn every write (collections, documents) off: 403")
     max_history_turns: int = Field(4, ge=0, le=50, description="earlier user turns a follow-up is read with; "
                                    "more are trimmed, oldest first")

@@ -39,7 +39,7 @@ def test_build_then_skip_then_query_json(env: Settings):
     assert body["question"] == "Russian oil imports"
     assert [p["rank"] for p in body["passages"]] == [1, 2]
     assert set(body["passages"][0]["citation"]) == {
-        "doc_id", "title", "source", "url", "section", "char_start", "char_end"}
+        "doc_id", "title", "source", "url", "section", "char_start", "char_end", "page_start", "page_end"}
 
 
 def test_query_text_output_and_doc_filter(env: Settings):

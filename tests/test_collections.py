@@ -232,3 +232,69 @@ def test_each_collection_is_a_model_for_openai_clients(client: TestClient):
     assert {c["doc_id"] for c in block["citations"]} == {"penguins"}
     assert client.post("/v1/chat/completions", json={"model": "rag:nope", "messages": [
         {"role": "user", "content": "hi there"}]}).status_code == 404
+
+
+# ------------------------------------------------------------------ file uploads
+
+def pdf_bytes(pages: list[list[str]], encrypt: dict | None = None) -> bytes:
+    from test_pdf import build
+
+    return build(pages, encrypt=encrypt)
+
+
+PDF_PAGES = [[f"Sentence {n} on page {page} tells of penguin colony {n} and krill survey number {n * page}."
+              for n in range(1, 9)] for page in range(1, 5)]  # ~190 tokens a page: chunks cross pages
+
+
+def upload(client: TestClient, filename: str, data: bytes, collection: str = "notes", **fields: str):
+    return client.post(f"/collections/{collection}/documents", files={"file": (filename, data)}, data=fields)
+
+
+def test_files_are_uploaded_and_pdf_passages_cite_their_pages(client: TestClient):
+    client.post("/collections", json={"name": "notes"})
+    r = upload(client, "survey report.pdf", pdf_bytes(PDF_PAGES))
+    assert r.status_code == 201 and r.json()["doc_id"] == "survey-report", r.text
+    again = upload(client, "survey report.pdf", pdf_bytes(PDF_PAGES))
+    assert again.json()["status"] == "unchanged" and again.json()["embedded"] == 0  # same file: nothing embedded
+    document = client.get("/collections/notes/documents").json()
+    assert [d["doc_id"] for d in document] == ["survey-report"]
+    crossing = 0
+    for p in passages(client, "penguin colony krill survey", k=10):
+        # the pages of the first and last sentence the passage holds, read off the text itself
+        held = [page for page, sentences in enumerate(PDF_PAGES, start=1) for t in sentences if t in p["text"]]
+        assert held, p["text"][:80]
+        citation = p["citation"]
+        assert citation["page_start"] <= min(held) and max(held) <= citation["page_end"] <= max(held) + 1
+        crossing += citation["page_end"] > citation["page_start"]
+    assert crossing  # some passage spans two pages, and says so
+    md = upload(client, "notes.md", b"---\ntitle: Field notes\n---\n# Ice\n\nThe ice shelf retreated in March.\n")
+    assert md.status_code == 201
+    found = passages(client, "ice shelf retreated March")
+    assert any(p["citation"]["title"] == "Field notes" and p["citation"]["page_start"] is None for p in found)
+
+
+def test_bad_uploads_are_clear_4xx(client: TestClient, built: Settings):
+    client.post("/collections", json={"name": "notes"})
+    assert upload(client, "a.docx", b"PK\x03\x04...").status_code == 415
+    assert upload(client, "empty.txt", b"").status_code == 422
+    r = upload(client, "latin1.txt", "caf\xe9 au lait".encode("latin-1"))
+    assert r.status_code == 422 and "not UTF-8" in r.json()["detail"]
+    r = upload(client, "locked.pdf", pdf_bytes(PDF_PAGES, encrypt={"owner_password": "o", "user_password": "u"}))
+    assert r.status_code == 422 and "encrypted" in r.json()["detail"]
+    r = upload(client, "broken.pdf", pdf_bytes(PDF_PAGES)[:200])
+    assert r.status_code == 422 and "damaged" in r.json()["detail"]
+    assert upload(client, "x.pdf", pdf_bytes(PDF_PAGES), collection="nope").status_code == 404
+    assert client.post("/collections/notes/documents", files={"other": ("a.txt", b"x")}).status_code == 422
+    small = built.model_copy(update={"max_upload_bytes": 2048})
+    with TestClient(create_app(small, lambda name: FakeEmbedder()), base_url=BASE_URL) as c:
+        c.post("/collections", json={"name": "notes"})
+        r = upload(c, "big.txt", b"word " * 1000)
+        assert r.status_code == 413 and "RAG_MAX_UPLOAD_BYTES" in r.json()["detail"]
+        assert upload(c, "ok.txt", b"A short note about penguins.").status_code == 201
+
+
+def test_a_json_body_that_is_not_a_document_is_a_422_naming_the_field(client: TestClient):
+    client.post("/collections", json={"name": "notes"})
+    for body, where in (([None, None], "body"), ({"doc_id": "a"}, "text"), ({"text": 3}, "text")):
+        r = client.post("/collections/notes/documents", json=body)
+        assert r.status_code == 422 and r.json()["detail"].startswith(where), r.text
