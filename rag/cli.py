@@ -101,6 +101,73 @@ def migrate(
     typer.echo(f"copied into Milvus at {settings.milvus_uri}: build {built}; serve it with RAG_VECTOR_STORE=milvus")
 
 
+@app.command("collections")
+@user_errors
+def list_collections(index: IndexOpt = None) -> None:
+    """List the collections: `default` (the built corpus) and the live ones."""
+    from rag.collections import DEFAULT, Collections
+
+    settings = load_settings(index=index)
+    collections = Collections(settings, embedder=None)  # listing embeds nothing
+    for name in collections.names():
+        if name == DEFAULT:
+            typer.echo(f"{name:<24} the built corpus ({settings.corpus_dir}; `rag build`)")
+            continue
+        kb = collections.get(name)
+        typer.echo(f"{name:<24} {len(kb.documents):>6} documents {kb.count():>8} chunks")
+    collections.close()
+
+
+@app.command()
+@user_errors
+def add(
+    paths: Annotated[list[Path], typer.Argument(help="files to add: .txt, .md, .html, .pdf")],
+    collection: Annotated[str, typer.Option(help="the live collection (made if missing)")] = "notes",
+    index: IndexOpt = None,
+) -> None:
+    """Add or replace files in a live collection (a running service sees them at its next query)."""
+    from rag.build import embedder_from
+    from rag.collections import Collections
+    from rag.uploads import uploaded_document
+
+    settings = load_settings(index=index)
+    collections = Collections(settings, embedder_from(settings))
+    try:
+        if collection not in collections.names():
+            collections.create(collection)
+            typer.echo(f"made collection {collection}", err=True)
+        for path in paths:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                fail(f"cannot read {path}: {exc.strerror}")
+            doc, is_pdf = uploaded_document(path.name, data)
+            written = collections.upsert(collection, doc, replace=True, origin="cli", clean=not is_pdf)
+            typer.echo(f"{written.status:<9} {written.doc_id}: {written.chunks} chunks ({written.embedded} embedded)")
+    finally:
+        collections.close()
+
+
+@app.command()
+@user_errors
+def rm(
+    doc_ids: Annotated[list[str], typer.Argument(help="documents to remove")],
+    collection: Annotated[str, typer.Option(help="the live collection")] = "notes",
+    index: IndexOpt = None,
+) -> None:
+    """Remove documents from a live collection."""
+    from rag.collections import Collections
+
+    settings = load_settings(index=index)
+    collections = Collections(settings, embedder=None)  # removing embeds nothing
+    try:
+        for doc_id in doc_ids:
+            collections.remove(collection, doc_id)
+            typer.echo(f"removed {doc_id}")
+    finally:
+        collections.close()
+
+
 @app.command()
 @user_errors
 def query(

@@ -26,7 +26,7 @@ from typing import Any
 from rag.build import Batches, build_manifest, spec_of
 from rag.clean import CleanRules
 from rag.embed import Embedder
-from rag.errors import BadQueryError, ConflictError, CorpusError, IndexMismatchError, NotFoundError
+from rag.errors import BadQueryError, ConflictError, CorpusError, IndexMismatchError, NotFoundError, RagError
 from rag.ingest import DOC_ID_PATTERN, SourceDocument, normalise_metadata
 from rag.kb import KnowledgeBase
 from rag.settings import Settings
@@ -52,11 +52,18 @@ def check_name(name: str) -> str:
 
 
 class Collections:
-    def __init__(self, settings: Settings, embedder: Embedder):
-        self.settings, self.embedder = settings, embedder
+    def __init__(self, settings: Settings, embedder: Embedder | None):
+        """`embedder` may be None for reading, listing and removing: they embed nothing."""
+        self.settings, self._embedder = settings, embedder
         self.root = settings.index_dir / "collections"
         self._open: dict[str, KnowledgeBase] = {}
         self._lock = threading.Lock()
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            raise RagError("this needs the embedding model, which was not loaded")
+        return self._embedder
 
     def names(self) -> list[str]:
         found = sorted(p.name for p in self.root.iterdir() if (p / "manifest.json").is_file()) \

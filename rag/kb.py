@@ -23,9 +23,12 @@ A write goes through the same cleaning, chunking and embedding as `rag build`
 of chunks and sentences whose text is unchanged, so uploading identical content again
 embeds nothing and re-uploading an edited document embeds only its changed chunks.
 
+Another process may write the same collection (`rag add` beside a running service): SQLite
+serialises the writes, and a reader that sees SQLite's data_version move rebuilds its
+indexes from the rows before it searches (once per foreign write: O(collection)).
+
 Left out: an ANN index (search is exact over the live rows: a collection past ~100k chunks
-belongs in a built index or in Milvus), and several processes writing one collection (the
-service is its only writer).
+belongs in a built index or in Milvus).
 """
 
 import json
@@ -76,10 +79,13 @@ class KnowledgeBase:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(folder / "kb.sqlite", check_same_thread=False, isolation_level=None)
-            self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;" + SCHEMA)
+            # busy_timeout: another process (`rag add` beside a running service) may be writing
+            self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"
+                                   + SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open collection at {folder}: {exc}") from exc
         self._index = LiveIndex(self.dimension)
+        self._seen = -1  # SQLite's data_version when the indexes were last built
         self._reload()
         self.chunks = _Chunks(self)
         self.documents = _Documents(self)
@@ -89,7 +95,9 @@ class KnowledgeBase:
         return f"live-{self.version}"
 
     def _reload(self) -> None:
-        """The in-memory indexes from the rows (on open, and when dead slots pile up)."""
+        """The in-memory indexes from the rows (on open, when dead slots pile up, and when
+        another process wrote the collection)."""
+        self._seen = self._db.execute("PRAGMA data_version").fetchone()[0]
         index = LiveIndex(self.dimension)
         rows, vectors, texts = [], [], []
         for row, lexical, blob in self._db.execute("SELECT row, lexical, vector FROM chunks ORDER BY row"):
@@ -106,7 +114,9 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ reading (ChunkStore)
 
     def count(self) -> int:
-        return len(self._index)
+        with self.lock:
+            self._fresh()
+            return len(self._index)
 
     def row_of(self, chunk_id: str) -> int | None:
         found = self._one("SELECT row FROM chunks WHERE chunk_id = ?", chunk_id)
@@ -129,11 +139,19 @@ class KnowledgeBase:
 
     def dense(self, vector: np.ndarray, depth: int, filters: Filters) -> Ranking:
         with self.lock:
+            self._fresh()
             return self._index.dense(vector, depth, self._allowed(filters))
 
     def lexical(self, text: str, depth: int, filters: Filters) -> Ranking:
         with self.lock:
+            self._fresh()
             return self._index.lexical(text, depth, self._allowed(filters))
+
+    def _fresh(self) -> None:
+        """Rebuild the indexes if another process committed since (SQLite's data_version moves
+        only for other connections' commits: ~2 us to ask)."""
+        if self._db.execute("PRAGMA data_version").fetchone()[0] != self._seen:
+            self._reload()
 
     def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:
         chunk = self.chunks[row]
@@ -190,6 +208,9 @@ class KnowledgeBase:
 
     def _apply(self, write: "Write") -> None:
         with self.lock:
+            # another process's writes first (their rows may be among the old ones); one that
+            # commits between this and our commit moves data_version, so the next read rebuilds
+            self._fresh()
             doc_ids = [d.doc_id for d in write.documents]
             old = self._all(f"SELECT row, lexical FROM chunks WHERE doc_id IN ({','.join('?' * len(doc_ids))})",
                             *doc_ids)
@@ -232,6 +253,7 @@ class KnowledgeBase:
     def delete(self, doc_id: str) -> bool:
         """Remove a document; False if there was none."""
         with self.lock:
+            self._fresh()
             old = self._all("SELECT row, lexical FROM chunks WHERE doc_id = ?", doc_id)
             try:
                 self._db.execute("BEGIN IMMEDIATE")

@@ -1,6 +1,7 @@
 """The `rag` command, driven through Typer's runner with the fake model."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import FakeEmbedder
@@ -101,3 +102,21 @@ def test_disk_full_is_one_line_and_exit_2(env: Settings, monkeypatch):
     assert not any(line.startswith("error") for line in progress)
     assert "Traceback" not in result.output
     assert not list((env.index_dir / "builds").glob(".tmp-*"))
+
+
+def test_add_list_and_remove_documents_of_a_live_collection(env: Settings, tmp_path: Path):
+    (tmp_path / "penguins.md").write_text("---\ntitle: Penguins\n---\nPenguins eat krill near the ice.\n")
+    (tmp_path / "notes.txt").write_text("Krill stocks fell last winter.\n")
+    added = runner.invoke(app, ["add", str(tmp_path / "penguins.md"), str(tmp_path / "notes.txt"),
+                                "--collection", "field"])
+    assert added.exit_code == 0, added.output
+    assert "created   penguins" in added.stdout and "created   notes" in added.stdout
+    again = runner.invoke(app, ["add", str(tmp_path / "notes.txt"), "--collection", "field"])
+    assert "unchanged notes: 1 chunks (0 embedded)" in again.stdout
+    listed = runner.invoke(app, ["collections"])
+    assert listed.exit_code == 0 and "field" in listed.stdout and "2 documents" in listed.stdout
+    assert runner.invoke(app, ["rm", "notes", "--collection", "field"]).exit_code == 0
+    missing = runner.invoke(app, ["rm", "notes", "--collection", "field"])
+    assert missing.exit_code != 0 and "no document 'notes'" in missing.output
+    bad = runner.invoke(app, ["add", str(tmp_path / "x.docx"), "--collection", "field"])
+    assert bad.exit_code != 0 and "cannot read" in bad.output

@@ -298,3 +298,22 @@ def test_a_json_body_that_is_not_a_document_is_a_422_naming_the_field(client: Te
     for body, where in (([None, None], "body"), ({"doc_id": "a"}, "text"), ({"text": 3}, "text")):
         r = client.post("/collections/notes/documents", json=body)
         assert r.status_code == 422 and r.json()["detail"].startswith(where), r.text
+
+
+def test_a_write_by_another_process_is_seen_at_the_next_query(built: Settings):
+    """`rag add` beside a running service: two connections to one collection file; what one
+    writes, the other's next search finds (SQLite's data_version moved)."""
+    from rag.collections import Collections, text_document
+    from rag.retrieve import Retriever
+
+    writer, server = Collections(built, FakeEmbedder()), Collections(built, FakeEmbedder())
+    writer.create("notes")
+    serving = Retriever(server.get("notes"), FakeEmbedder())
+    assert serving.search("penguins policy", 3) == []
+    writer.upsert("notes", text_document(article("penguins"), "penguins", None, None), replace=False)
+    found = serving.search("penguins policy", 3)
+    assert found and server.get("notes").chunks[found[0].row].doc_id == "penguins"
+    writer.remove("notes", "penguins")
+    assert serving.search("penguins policy", 3) == []
+    writer.close()
+    server.close()
