@@ -21,7 +21,7 @@ from starlette.datastructures import UploadFile  # what request.form() gives (Fa
 from api.routes import ERRORS, EngineDep
 from api.schemas import ErrorBody
 from rag.collections import DEFAULT, Collections, Written, check_name, text_document
-from rag.errors import BadQueryError, ConflictError
+from rag.errors import BadQueryError, ConflictError, NotFoundError
 from rag.ingest import SourceDocument
 from rag.uploads import uploaded_document
 
@@ -60,6 +60,13 @@ class WriteResult(BaseModel):
     status: str = Field(description="created, replaced or unchanged")
     chunks: int
     embedded: int = Field(description="chunks embedded by this write; 0 when the content was already there")
+
+
+class DocumentStatus(BaseModel):
+    doc_id: str
+    status: str = Field(description="completed, in_progress or failed")
+    chunks: int
+    error: str | None = Field(None, description="why a write failed")
 
 
 class DocumentInfo(BaseModel):
@@ -116,8 +123,8 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {
 
 
 @router.post("/collections/{name}/documents", openapi_extra=UPLOAD_BODY,
-             responses={**ERRORS, 201: {"model": WriteResult}, 413: {"model": ErrorBody},
-                        415: {"model": ErrorBody}})
+             responses={**ERRORS, 201: {"model": WriteResult}, 202: {"model": WriteResult},
+                        413: {"model": ErrorBody}, 415: {"model": ErrorBody}})
 async def add_document(name: str, request: Request, engine: EngineDep, response: Response) -> WriteResult:
     """Add a document: JSON `{text, doc_id?, title?, metadata?}`, or a file as multipart
     (`file`: .txt, .md, .html, .pdf; `doc_id` optional). The same content again is a no-op
@@ -135,9 +142,38 @@ async def add_document(name: str, request: Request, engine: EngineDep, response:
             where = ".".join(str(part) for part in first.get("loc", ())) or "body"
             raise BadQueryError(f"{where}: {first.get('msg', 'invalid')}") from None
         doc = text_document(body.text, body.doc_id, body.title, body.metadata)
-    written = await engine.write(lambda c: c.upsert(_writable(name, c), doc, replace=False, clean=clean))
+    return await _write(engine, name, doc, response, replace=False, clean=clean)
+
+
+async def _write(engine: EngineDep, name: str, doc: SourceDocument, response: Response, replace: bool,
+                 clean: bool = True) -> WriteResult:
+    """Small documents: written before the response (201 or 200). Big ones: 202 at once, the
+    write queued; GET …/documents/{doc_id} says when it completed or why it failed."""
+    _writable(name, engine.live_collections())
+    kb = engine.live_collections().get(name)  # an unknown collection is a 404 now, not a failed write later
+    if len(doc.text) > engine.settings.sync_write_chars:
+        existing = kb.documents.get(doc.doc_id)
+        if not replace and existing is not None and existing.content_hash != doc.content_hash:
+            raise ConflictError(f"document '{doc.doc_id}' exists with other content: PUT replaces it")
+        engine.write_later((name, doc.doc_id), lambda c: c.upsert(name, doc, replace=replace, clean=clean))
+        response.status_code = 202
+        return WriteResult(doc_id=doc.doc_id, status="in_progress", chunks=0, embedded=0)
+    written = await engine.write(lambda c: c.upsert(name, doc, replace=replace, clean=clean))
     response.status_code = 201 if written.status == "created" else 200
     return _result(written)
+
+
+@router.get("/collections/{name}/documents/{doc_id}", responses=ERRORS)
+def document_status(name: str, doc_id: str, engine: EngineDep) -> DocumentStatus:
+    """A document's state: completed (with its chunks), or in_progress / failed (with the
+    reason) for a big write answered with 202."""
+    store = engine.retriever_of(check_name(name)).store
+    pending = engine.pending.get((name, doc_id))
+    if pending is not None and pending["status"] != "completed":
+        return DocumentStatus(doc_id=doc_id, status=str(pending["status"]), chunks=0, error=pending["error"])
+    if doc_id not in store.documents:
+        raise NotFoundError(f"no document '{doc_id}' in collection '{name}'")
+    return DocumentStatus(doc_id=doc_id, status="completed", chunks=store.chunk_count(doc_id), error=None)
 
 
 async def _upload(request: Request) -> tuple[SourceDocument, bool]:
@@ -161,9 +197,7 @@ async def replace_document(name: str, doc_id: str, body: DocumentText, engine: E
                            response: Response) -> WriteResult:
     """Add or replace a document; only the chunks whose text changed are embedded again."""
     doc = text_document(body.text, doc_id, body.title, body.metadata)
-    written = await engine.write(lambda c: c.upsert(_writable(name, c), doc, replace=True))
-    response.status_code = 201 if written.status == "created" else 200
-    return _result(written)
+    return await _write(engine, name, doc, response, replace=True)
 
 
 @router.delete("/collections/{name}/documents/{doc_id}", status_code=204, responses=ERRORS)

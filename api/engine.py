@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -95,6 +95,7 @@ class Engine:
         # writes embed on their own thread, never on the event loop, and queue behind each other
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
         self.collections: Collections | None = None
+        self.pending: dict[tuple[str, str], dict[str, str | None]] = {}  # (collection, doc_id) of writes_later
         self._collection_retrievers: dict[str, tuple[KnowledgeBase, Retriever]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
@@ -137,6 +138,26 @@ class Engine:
             raise ReadOnlyError("this service is read-only (RAG_READ_ONLY): writes are off")
         collections = self.live_collections()
         return await asyncio.get_running_loop().run_in_executor(self._writer, work, collections)
+
+    def write_later(self, key: tuple[str, str], work: Callable[[Collections], Any]) -> None:
+        """Queue a long write (a big file) on the writer thread and return at once; its
+        state is in `pending[key]` (in_progress, then completed or failed with the reason)."""
+        if self.settings.read_only:
+            raise ReadOnlyError("this service is read-only (RAG_READ_ONLY): writes are off")
+        collections = self.live_collections()
+        self.pending[key] = {"status": "in_progress", "error": None}
+
+        def run() -> None:
+            try:
+                work(collections)
+                self.pending[key] = {"status": "completed", "error": None}
+            except RagError as exc:
+                self.pending[key] = {"status": "failed", "error": str(exc)}
+            except Exception as exc:  # a bug fails this write, and says so
+                log.exception("write %s failed", key)
+                self.pending[key] = {"status": "failed", "error": f"internal error: {type(exc).__name__}"}
+
+        self._writer.submit(run)
 
     def live_collections(self) -> Collections:
         if self.collections is None:

@@ -17,6 +17,7 @@ from typing import Any
 from rag.errors import (
     BadQueryError,
     ConflictError,
+    CorpusError,
     DeadlineError,
     IndexBusyError,
     IndexCorruptError,
@@ -36,6 +37,7 @@ from rag.uploads import UnsupportedTypeError
 
 STATUS_OF: list[tuple[type[RagError], int]] = [
     (UnsupportedTypeError, 415),
+    (CorpusError, 422),  # a document sent over HTTP that cannot be read
     (BadQueryError, 422),
     (NotFoundError, 404),
     (ReloadError, 409),

@@ -33,7 +33,7 @@ from rag import __version__
 from rag.chunk import TIKTOKEN_ENCODING, Chunk, ChunkParams, chunk_document, embed_input, split_sentences
 from rag.clean import CleanDocument, CleanRules, Section, clean
 from rag.embed import VECTOR_FAMILY, Embedder, embedder_from
-from rag.errors import RagError
+from rag.errors import CorpusError, RagError
 from rag.ingest import SourceDocument, load_corpus
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.settings import Settings
@@ -164,7 +164,7 @@ class Batches:
             title = str(doc.metadata["title"])
             cleaned = clean(doc.text, title=title, rules=self.rules) if self.rules else as_is(doc.text)
             if not cleaned.text:
-                raise RagError(f"{doc.path.name}: nothing is left after cleaning")
+                raise CorpusError(f"{doc.path.name}: nothing is left after cleaning")
             records.append(DocumentRecord(
                 doc.doc_id, doc.metadata, cleaned.text,
                 [{"title": s.title, "char_start": s.char_start, "char_end": s.char_end}

@@ -150,6 +150,6 @@ def text_document(text: str, doc_id: str | None, title: str | None, metadata: di
         meta = normalise_metadata({**(metadata or {}), **({"title": title} if title else {})}, path)
     except CorpusError as exc:
         raise BadQueryError(str(exc)) from exc
-    meta["title"] = meta["title"] or text.strip().split("\n")[0][:80]
+    meta["title"] = meta["title"] or doc_id  # not the first line: cleaning drops lines that repeat the title
     meta["source"] = meta["source"] or "upload"
     return SourceDocument(doc_id, path, text, meta)

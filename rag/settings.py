@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(1000, ge=1)
     max_upload_bytes: int = Field(32 << 20, ge=1024, description="largest file upload (multipart), in bytes; "
                                   "no more than this is ever buffered")
+    sync_write_chars: int = Field(20_000, ge=0, description="documents up to this many characters are written "
+                                  "before the response (~3 s of embedding on 2 cores: 40k words took 40 s); "
+                                  "longer ones get 202 and a status to poll")
     read_only: bool = Field(False, description="turn every write (collections, documents) off: 403")
     max_history_turns: int = Field(4, ge=0, le=50, description="earlier user turns a follow-up is read with; "
                                    "more are trimmed, oldest first")

@@ -317,3 +317,24 @@ def test_a_write_by_another_process_is_seen_at_the_next_query(built: Settings):
     assert serving.search("penguins policy", 3) == []
     writer.close()
     server.close()
+
+
+def test_a_big_document_is_accepted_with_202_and_its_status_polled(built: Settings):
+    small = built.model_copy(update={"sync_write_chars": 500})
+    with TestClient(create_app(small, lambda name: FakeEmbedder()), base_url=BASE_URL) as c:
+        c.post("/collections", json={"name": "notes"})
+        short = c.post("/collections/notes/documents", json={"doc_id": "short", "text": "Penguins eat krill."})
+        assert short.status_code == 201
+        r = c.post("/collections/notes/documents", json={"doc_id": "big", "text": article("walruses", 1, 20)})
+        assert r.status_code == 202 and r.json()["status"] == "in_progress"
+        deadline = time.monotonic() + 30
+        while (state := c.get("/collections/notes/documents/big").json())["status"] == "in_progress":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert state["status"] == "completed" and state["chunks"] > 1
+        assert any(p["citation"]["doc_id"] == "big" for p in passages(c, "walruses policy"))
+        clash = c.post("/collections/notes/documents", json={"doc_id": "big", "text": article("seals", 1, 20)})
+        assert clash.status_code == 409  # told at once, not after the write
+        assert c.get("/collections/notes/documents/nope").status_code == 404
+        assert c.get("/collections/notes/documents/short").json() == {"doc_id": "short", "status": "completed",
+                                                                       "chunks": 1, "error": None}
