@@ -7,12 +7,17 @@ one at a time with the configured model: `UPSERTS` one-page documents (two SciFa
 abstracts, ~450 words: cleaned, chunked, embedded with their sentences, written, indexed),
 each found by the next query (a word only it holds); then `UPSERTS` deletes. p50 and p95 per size.
 
+Then what a big write does to queries: the p50 of queries on the seed index, idle and
+while a ~100-page document (200 SciFact abstracts, ~40k words) is written into a live
+collection on another thread, sharing the model and the 2 cores as in the service.
+
 Left out: concurrent writers (the service has one writer thread) and files (PDF extraction
 adds ~1 ms a page: rag.pdf).
 """
 
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -72,8 +77,52 @@ def run_writes(settings: Settings, scifact: Path, log: Callable[[str], None]) ->
                                    "delete_ms_p50": round(statistics.median(delete_ms), 1),
                                    "delete_ms_p95": round(percentile(delete_ms, 0.95), 1),
                                    "chunks_embedded_per_add": statistics.median(embedded)}
+    out["queries_during_a_big_write"] = _impact(settings, embedder, "\n\n".join(d.text for d in documents[:200]))
     store.close()
     return out
+
+
+def _impact(settings: Settings, embedder: Any, big_text: str) -> dict[str, Any]:
+    from rag.bench import QUESTIONS
+    from rag.build import spec_of
+    from rag.service import retriever_for
+    from rag.stores import open_store
+
+    retriever = retriever_for(settings, open_store(settings, spec_of(settings)), embedder)
+
+    def timed(n: int) -> list[float]:
+        out = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            retriever.query(QUESTIONS[i % len(QUESTIONS)], 5)
+            out.append((time.perf_counter() - t0) * 1000)
+        return out
+
+    timed(20)
+    idle = timed(150)
+    done = threading.Event()
+    took: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="rag-writes-") as tmp:
+        collections = Collections(settings.model_copy(update={"index_dir": Path(tmp)}), embedder)
+        collections.create("big")
+
+        def write() -> None:
+            t0 = time.perf_counter()
+            collections.upsert("big", text_document(big_text, "big", "Big", None), replace=False)
+            took.append(time.perf_counter() - t0)
+            done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        busy: list[float] = []
+        while not done.is_set():
+            busy += timed(10)
+        writer.join()
+        collections.close()
+    return {"words": len(big_text.split()), "write_s": round(took[0], 1),
+            "query_ms_p50_idle": round(statistics.median(idle), 2),
+            "query_ms_p50_during": round(statistics.median(busy), 2),
+            "ratio": round(statistics.median(busy) / statistics.median(idle), 2), "queries_during": len(busy)}
 
 
 def _fill(kb: Any, source: Source, size: int) -> None:
@@ -96,4 +145,8 @@ def writes_table(result: dict[str, Any]) -> str:
     for size, row in result["sizes"].items():
         lines.append(f"{int(size):>20,}   {row['add_ms_p50']:>7.1f}   {row['add_ms_p95']:>7.1f}   "
                      f"{row['delete_ms_p50']:>9.1f}  {row['delete_ms_p95']:>9.1f}   {row['chunks_embedded_per_add']}")
+    big = result["queries_during_a_big_write"]
+    lines.append(f"queries while a {big['words']:,}-word document is written ({big['write_s']} s): p50 "
+                 f"{big['query_ms_p50_during']} ms vs {big['query_ms_p50_idle']} ms idle ({big['ratio']}x, "
+                 f"{big['queries_during']} queries)")
     return "\n".join(lines)
