@@ -18,8 +18,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile  # what request.form() gives (FastAPI's is a subclass)
 
-from api.routes import ERRORS, EngineDep
-from api.schemas import ErrorBody
+from api.routes import ERRORS, EngineDep, summary
+from api.schemas import DocumentDetail, ErrorBody
 from rag.collections import DEFAULT, Collections, Written, check_name, text_document
 from rag.errors import BadQueryError, ConflictError, NotFoundError
 from rag.ingest import SourceDocument
@@ -174,6 +174,17 @@ def document_status(name: str, doc_id: str, engine: EngineDep) -> DocumentStatus
     if doc_id not in store.documents:
         raise NotFoundError(f"no document '{doc_id}' in collection '{name}'")
     return DocumentStatus(doc_id=doc_id, status="completed", chunks=store.chunk_count(doc_id), error=None)
+
+
+@router.get("/collections/{name}/documents/{doc_id}/text", responses=ERRORS)
+def document_text(name: str, doc_id: str, engine: EngineDep) -> DocumentDetail:
+    """Metadata plus the text that the collection's citation offsets point into."""
+    store = engine.retriever_of(check_name(name)).store
+    doc = store.documents.get(doc_id)
+    if doc is None:
+        raise NotFoundError(f"no document '{doc_id}' in collection '{name}'")
+    return DocumentDetail.model_validate({**summary(engine.retriever_of(name), doc), "metadata": doc.metadata,
+                                          "sections": doc.sections, "text": doc.text})
 
 
 async def _upload(request: Request) -> tuple[SourceDocument, bool]:

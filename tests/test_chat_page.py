@@ -124,3 +124,29 @@ def test_every_sentence_marker_is_rendered(built: Settings):
         document = httpx.get(f"{live}/documents/{cited[1]['doc_id']}").json()["text"]
         assert page.locator("[data-testid=cited]").inner_text() == document[cited[1]["char_start"]:cited[1]["char_end"]]
     assert not errors
+
+
+def test_a_dropped_file_goes_into_the_chosen_collection_and_is_asked_about(built: Settings, tmp_path):
+    """The page lists the collections, uploads a chosen file with its progress shown, shows
+    a refused file's reason, and answers from the collection chosen in the list."""
+    from test_collections import PDF_PAGES, pdf_bytes
+
+    report = tmp_path / "survey.pdf"
+    report.write_bytes(pdf_bytes(PDF_PAGES))
+    bad = tmp_path / "notes.docx"
+    bad.write_bytes(b"PK\x03\x04 not read")
+    with running_server(app_for(built)) as url, chat_page(url) as (page, errors):
+        page.wait_for_function("document.querySelectorAll('#collection option').length >= 1")
+        page.set_input_files("#file", str(report))  # with `default` chosen: goes to "uploads", made for it
+        page.wait_for_selector("#upload[data-result=ok]")
+        assert "Added survey.pdf" in page.inner_text("#upload")
+        assert page.input_value("#collection") == "uploads"
+        assert page.eval_on_selector_all("#collection option", "os => os.map(o => o.value)") == ["default", "uploads"]
+        page.set_input_files("#file", str(bad))
+        page.wait_for_selector("#upload[data-result=error]")
+        assert "Not added" in page.inner_text("#upload") and ".docx" in page.inner_text("#upload")
+        ask(page, "penguin colony krill survey")
+        page.click("[data-testid=cite] >> nth=0")
+        page.wait_for_selector("[data-testid=cited]")
+        assert "krill survey" in page.inner_text("[data-testid=cited]")
+        assert errors == []
