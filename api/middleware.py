@@ -27,7 +27,7 @@ access_log = logging.getLogger("rag.access")
 # a JSON \u escape of a UTF-16 surrogate: only then is the body parsed to look for lone ones
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 MAX_JSON_NESTING = 64  # no request of ours nests deeper than 4; json.loads recurses at ~1000
-UPLOAD_PATH = re.compile(r"/collections/[^/]+/documents")  # where a multipart file upload may go
+UPLOAD_PATH = re.compile(r"/collections/[^/]+/documents|/v1/files")  # where a multipart file upload may go
 
 
 async def send_error(scope: Scope, send: Send, status: int, message: str,

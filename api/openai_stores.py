@@ -1,0 +1,864 @@
+"""OpenAI's Files and Vector Stores APIs over live collections (rag.collections), so that a
+stock OpenAI client works with only its `base_url` changed.
+
+Files (`POST /v1/files`) are kept as uploaded under `<index_dir>/files/<file_id>/` (the
+bytes and `file.json`), written to a temporary folder and renamed, so a crash never leaves
+half a file. A vector store is a collection: its id is `vs_<collection name>`, the name
+derived from the store's name (`vs_default` is the built corpus: listed and searched, not
+written). Attaching a file to a store reads it (rag.uploads: .txt, .md, .html, .pdf) and
+writes it into the collection as the document whose doc_id is the file id, on the
+engine's writer thread: before the response, or, for a text past RAG_SYNC_WRITE_CHARS,
+queued (`in_progress` until written: the clients' `*_and_poll` helpers wait for it). A
+file that cannot be read is a vector store file with `status: "failed"` and `last_error`.
+Its `attributes` are kept in the document's metadata (`attributes`), and search filters
+(comparison and compound, OpenAI's grammar) are applied to them. A store's display name,
+metadata and failed files are kept beside the collection in `vector_store.json`.
+
+Search results carry OpenAI's fields plus `citation` (offsets into the document's text,
+which `GET /v1/vector_stores/{id}/files/{file_id}/content` returns, and pages for PDFs).
+They come in the collection's ranking order (its default mode); `score` is the passage's
+cosine similarity clamped to [0, 1] (BM25 in lexical mode), and `score_threshold` drops
+results below it. `usage_bytes` counts the vectors (chunks x dimension x 4).
+
+Left out: file batches, `chunking_strategy` and `expires_after` (accepted and ignored),
+`rewrite_query` (ignored), `ranker` (the collection's own ranking is used), query
+pagination, and removing a deleted File's documents from the stores it was attached to
+(they are copies).
+"""
+
+import asyncio
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import time
+import unicodedata
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+
+from api.engine import Engine
+from api.routes import ERRORS, EngineDep, SettingsDep, check_question
+from api.schemas import ErrorBody
+from rag.collections import DEFAULT, NAME, Collections
+from rag.errors import BadQueryError, ConflictError, CorpusError, NotFoundError, ReadOnlyError, StorageError
+from rag.ingest import SourceDocument
+from rag.records import DocumentRecord
+from rag.schema import Citation
+from rag.settings import Settings
+from rag.types import Filters
+from rag.uploads import UnsupportedTypeError, uploaded_document
+
+router = APIRouter(prefix="/v1", tags=["openai vector stores"])
+T = TypeVar("T")
+FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
+PURPOSES = ("assistants", "assistants_output", "batch", "batch_output", "fine-tune", "fine-tune-results",
+            "vision", "user_data")
+SIDECAR = "vector_store.json"
+COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
+COMPOUNDS = ("and", "or")
+MAX_PAIRS, MAX_KEY, MAX_VALUE = 16, 64, 512  # OpenAI's limits on metadata and attributes
+POLL_AFTER_MS = 250
+Attributes = dict[str, str | bool | int | float]
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}}
+
+
+# ------------------------------------------------------------------ objects (openai-python's types)
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    expires_at: int | None = None
+    status_details: str | None = None
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True
+
+
+class FileCounts(BaseModel):
+    in_progress: int
+    completed: int
+    failed: int
+    cancelled: int = 0
+    total: int
+
+
+class VectorStore(BaseModel):
+    id: str
+    object: Literal["vector_store"] = "vector_store"
+    created_at: int
+    name: str
+    usage_bytes: int
+    file_counts: FileCounts
+    status: Literal["expired", "in_progress", "completed"] = "completed"
+    last_active_at: int | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    expires_after: None = None
+    expires_at: None = None
+
+
+class LastError(BaseModel):
+    code: Literal["server_error", "unsupported_file", "invalid_file"]
+    message: str
+
+
+class VectorStoreFile(BaseModel):
+    id: str
+    object: Literal["vector_store.file"] = "vector_store.file"
+    created_at: int
+    usage_bytes: int
+    vector_store_id: str
+    status: Literal["in_progress", "completed", "cancelled", "failed"]
+    last_error: LastError | None = None
+    attributes: Attributes = Field(default_factory=dict)
+    chunking_strategy: None = None
+
+
+class Page(BaseModel, Generic[T]):
+    object: Literal["list"] = "list"
+    data: list[T]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class TextContent(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class SearchResult(BaseModel):
+    file_id: str
+    filename: str
+    score: float
+    attributes: Attributes
+    content: list[TextContent]
+    citation: Citation = Field(description="our addition: the passage's exact citation (offsets, section, pages)")
+
+
+class SearchPage(BaseModel):
+    object: Literal["vector_store.search_results.page"] = "vector_store.search_results.page"
+    search_query: list[str]
+    data: list[SearchResult]
+    has_more: bool = False
+    next_page: str | None = None
+
+
+class ContentPage(BaseModel):
+    object: Literal["vector_store.file_content.page"] = "vector_store.file_content.page"
+    data: list[TextContent]
+    has_more: bool = False
+    next_page: str | None = None
+
+
+# ------------------------------------------------------------------ requests
+
+class NewStore(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # chunking_strategy, expires_after, description: accepted, ignored
+    name: str | None = None
+    file_ids: list[str] = Field(default_factory=list, max_length=500)
+    metadata: dict[str, str] | None = None
+
+
+class StoreUpdate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+class NewStoreFile(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    file_id: str
+    attributes: Attributes | None = None
+
+
+class StoreFileUpdate(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    attributes: Attributes | None = None
+
+
+class RankingOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    ranker: str | None = None
+    score_threshold: float | None = Field(None, ge=0, le=1)
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    query: str | list[str]
+    max_num_results: int = Field(10, ge=1, le=50)
+    filters: dict[str, Any] | None = None
+    ranking_options: RankingOptions | None = None
+    rewrite_query: bool = False
+
+
+# ------------------------------------------------------------------ filters over attributes
+
+def check_filter(spec: Any, where: str = "filters") -> None:
+    """Refuse (BadQueryError) a filter that is not OpenAI's grammar: a comparison
+    `{type: eq|ne|gt|gte|lt|lte|in|nin, key, value}` or a compound `{type: and|or, filters}`."""
+    if not isinstance(spec, dict):
+        raise BadQueryError(f"{where} must be an object")
+    kind = spec.get("type")
+    if kind in COMPOUNDS:
+        if unknown := set(spec) - {"type", "filters"}:
+            raise BadQueryError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        parts = spec.get("filters")
+        if not isinstance(parts, list) or not parts:
+            raise BadQueryError(f"{where}.filters must be a non-empty list of filters")
+        for i, part in enumerate(parts):
+            check_filter(part, f"{where}.filters[{i}]")
+        return
+    if kind not in COMPARISONS:
+        raise BadQueryError(f"{where}.type must be one of {', '.join(COMPARISONS + COMPOUNDS)}, got {kind!r}")
+    if unknown := set(spec) - {"type", "key", "value"}:
+        raise BadQueryError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    if not isinstance(spec.get("key"), str) or not spec["key"]:
+        raise BadQueryError(f"{where}.key must be a non-empty string")
+    if "value" not in spec:
+        raise BadQueryError(f"{where}.value is required")
+    value = spec["value"]
+    if kind in ("in", "nin"):
+        if not isinstance(value, list) or not all(isinstance(v, str | int | float) and not isinstance(v, bool)
+                                                  for v in value):
+            raise BadQueryError(f"{where}.value must be a list of strings or numbers for '{kind}'")
+    elif not isinstance(value, str | int | float):  # bool is an int
+        raise BadQueryError(f"{where}.value must be a string, a number or a boolean")
+    elif kind in ("gt", "gte", "lt", "lte") and isinstance(value, bool):
+        raise BadQueryError(f"{where}: '{kind}' compares numbers or strings, not booleans")
+
+
+def matches(spec: Mapping[str, Any], attributes: Mapping[str, Any]) -> bool:
+    """Whether `attributes` pass the (checked) filter. Booleans equal only booleans; numbers
+    compare with numbers and strings with strings (ISO dates order as text); a missing key
+    or a type mismatch fails every comparison but `ne` and `nin`."""
+    kind = spec["type"]
+    if kind == "and":
+        return all(matches(part, attributes) for part in spec["filters"])
+    if kind == "or":
+        return any(matches(part, attributes) for part in spec["filters"])
+    key, value = spec["key"], spec["value"]
+    if key not in attributes:
+        return kind in ("ne", "nin")
+    have = attributes[key]
+    if kind in ("eq", "ne"):
+        return _same(have, value) == (kind == "eq")
+    if kind in ("in", "nin"):
+        return any(_same(have, v) for v in value) == (kind == "in")
+    order = _order(have, value)
+    if order is None:
+        return False
+    return {"gt": order > 0, "gte": order >= 0, "lt": order < 0, "lte": order <= 0}[kind]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return bool(a == b)  # 2 == 2.0; "2" != 2
+
+
+def _order(a: Any, b: Any) -> int | None:
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
+    if numbers or (isinstance(a, str) and isinstance(b, str)):
+        return (a > b) - (a < b)
+    return None
+
+
+def _check_pairs(pairs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    if not pairs:
+        return {}
+    if len(pairs) > MAX_PAIRS:
+        raise BadQueryError(f"{what}: at most {MAX_PAIRS} keys, got {len(pairs)}")
+    for key, value in pairs.items():
+        if not key or len(key) > MAX_KEY:
+            raise BadQueryError(f"{what}: keys are 1-{MAX_KEY} characters, got {key[:80]!r}")
+        if isinstance(value, str) and len(value) > MAX_VALUE:
+            raise BadQueryError(f"{what}.{key}: values are at most {MAX_VALUE} characters")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadQueryError(f"{what}.{key}: numbers must be finite")
+    return dict(pairs)
+
+
+# ------------------------------------------------------------------ stored files
+
+class StoredFiles:
+    """Uploaded files under `root/<file_id>/`: `content` (the bytes) and `file.json`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def save(self, filename: str, data: bytes, purpose: str) -> FileObject:
+        info = FileObject(id="file-" + secrets.token_hex(12), bytes=len(data), created_at=int(time.time()),
+                          filename=filename, purpose=purpose)
+        tmp = self.root / f".tmp-{info.id}"
+        try:
+            tmp.mkdir(parents=True)
+            _write_synced(tmp / "content", data)
+            _write_synced(tmp / "file.json", info.model_dump_json().encode())
+            tmp.rename(self.root / info.id)  # all or nothing
+            _sync_dir(self.root)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StorageError(f"cannot store the file: {exc}") from exc
+        return info
+
+    def info(self, file_id: str) -> FileObject:
+        try:
+            raw = (self._folder(file_id) / "file.json").read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"no file with id '{file_id}'") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read file '{file_id}': {exc}") from exc
+        return FileObject.model_validate_json(raw)
+
+    def data(self, file_id: str) -> bytes:
+        try:
+            return (self._folder(file_id) / "content").read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"no file with id '{file_id}'") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read file '{file_id}': {exc}") from exc
+
+    def all(self) -> list[FileObject]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for folder in self.root.iterdir():
+            if FILE_ID.fullmatch(folder.name):
+                try:
+                    found.append(self.info(folder.name))
+                except NotFoundError:  # deleted meanwhile
+                    continue
+        return found
+
+    def delete(self, file_id: str) -> None:
+        folder = self._folder(file_id)
+        doomed = self.root / f".del-{file_id}"
+        try:
+            folder.rename(doomed)  # gone at once for readers
+        except FileNotFoundError:
+            raise NotFoundError(f"no file with id '{file_id}'") from None
+        except OSError as exc:
+            raise StorageError(f"cannot delete file '{file_id}': {exc}") from exc
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def _folder(self, file_id: str) -> Path:
+        if not FILE_ID.fullmatch(file_id):
+            raise NotFoundError(f"no file with id '{file_id}'")
+        return self.root / file_id
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def stored_files(settings: Settings) -> StoredFiles:
+    return StoredFiles(settings.index_dir / "files")
+
+
+def _writes_allowed(settings: Settings) -> None:
+    if settings.read_only:
+        raise ReadOnlyError("this service is read-only (RAG_READ_ONLY): writes are off")
+
+
+# ------------------------------------------------------------------ files routes
+
+FILE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"], "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "purpose": {"type": "string", "enum": list(PURPOSES)}}}}}}}
+
+
+@router.post("/files", openapi_extra=FILE_BODY,
+             responses={**WRITE_ERRORS, 413: {"model": ErrorBody}})
+async def create_file(request: Request, settings: SettingsDep) -> FileObject:
+    """Upload a file (multipart: `file`, `purpose`), kept as sent until it is deleted."""
+    _writes_allowed(settings)
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except Exception as exc:  # a malformed multipart body (python-multipart raises its own types)
+        raise BadQueryError(f"cannot read the multipart form: {exc}") from None
+    upload, purpose = form.get("file"), form.get("purpose")
+    if not isinstance(upload, UploadFile):
+        raise BadQueryError("send the file in a multipart field named 'file'")
+    if purpose not in PURPOSES:
+        raise BadQueryError(f"purpose must be one of {', '.join(PURPOSES)}")
+    data = await upload.read()
+    if not data:
+        raise BadQueryError("the file is empty")
+    filename = Path(upload.filename or "upload").name or "upload"
+    files = stored_files(settings)
+    return await asyncio.get_running_loop().run_in_executor(None, files.save, filename, data, str(purpose))
+
+
+@router.get("/files", responses=ERRORS)
+def list_files(settings: SettingsDep, purpose: str | None = None,
+               limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+               order: Literal["asc", "desc"] = "desc", after: str | None = None) -> Page[FileObject]:
+    found = [f for f in stored_files(settings).all() if purpose is None or f.purpose == purpose]
+    return _page(found, limit, order, after, None)
+
+
+@router.get("/files/{file_id}", responses=ERRORS)
+def get_file(file_id: str, settings: SettingsDep) -> FileObject:
+    return stored_files(settings).info(file_id)
+
+
+@router.get("/files/{file_id}/content", responses=ERRORS)
+def get_file_content(file_id: str, settings: SettingsDep) -> Response:
+    return Response(stored_files(settings).data(file_id), media_type="application/octet-stream")
+
+
+@router.delete("/files/{file_id}", responses=WRITE_ERRORS)
+def delete_file(file_id: str, settings: SettingsDep) -> Deleted:
+    """Deletes the stored bytes; documents already made from them stay in their stores."""
+    _writes_allowed(settings)
+    stored_files(settings).delete(file_id)
+    return Deleted(id=file_id, object="file")
+
+
+# ------------------------------------------------------------------ vector stores
+
+def collection_of(engine: Engine, store_id: str) -> str:
+    """The collection behind `vs_<name>`; an unknown id is a 404."""
+    name = store_id[3:] if store_id.startswith("vs_") else ""
+    if not NAME.fullmatch(name) or name not in engine.live_collections().names():
+        raise NotFoundError(f"no vector store with id '{store_id}'")
+    return name
+
+
+def derive_name(name: str, taken: set[str]) -> str:
+    """A collection name from a store's name: 'Field Notes (2024)' -> 'field-notes-2024';
+    a short random suffix when it is empty or taken."""
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    base = re.sub(r"[^a-z0-9_-]+", "-", ascii_name).strip("-_")[:55].strip("-_")
+    candidate = base
+    while not candidate or candidate in taken or candidate == DEFAULT:
+        candidate = f"{base or 'store'}-{secrets.token_hex(3)}"
+    return candidate
+
+
+def _sidecar(folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((folder / SIDECAR).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise StorageError(f"cannot read {SIDECAR} of collection '{folder.name}': {exc}") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _save_sidecar(folder: Path, data: dict[str, Any]) -> None:
+    tmp = folder / f".{SIDECAR}.tmp"
+    try:
+        _write_synced(tmp, json.dumps(data, ensure_ascii=False, indent=1).encode())
+        os.replace(tmp, folder / SIDECAR)
+    except OSError as exc:
+        raise StorageError(f"cannot write {SIDECAR} of collection '{folder.name}': {exc}") from exc
+
+
+def _writable(collections: Collections, name: str) -> Path:
+    """The collection's folder, on the writer thread: it exists and is not the built corpus."""
+    if name == DEFAULT:
+        raise ConflictError("vs_default is the built corpus: change the corpus folder and run `rag build`, "
+                            "or write to another vector store")
+    collections.get(name)  # NotFoundError once deleted
+    return collections.root / name
+
+
+def _created_at(engine: Engine, name: str, info: dict[str, Any]) -> int:
+    if "created_at" in info:
+        return int(info["created_at"])
+    marker = (engine.settings.index_dir / "CURRENT" if name == DEFAULT
+              else engine.live_collections().root / name / "manifest.json")
+    try:
+        return int(marker.stat().st_mtime)
+    except OSError:
+        return 0
+
+
+def _vector_bytes(engine: Engine, chunks: int) -> int:
+    return chunks * (engine.embedder.dimension if engine.embedder is not None else 0) * 4
+
+
+def _failures(engine: Engine, name: str) -> dict[str, dict[str, Any]]:
+    return _sidecar(engine.live_collections().root / name).get("failed", {}) if name != DEFAULT else {}
+
+
+def _writes_of(engine: Engine, name: str) -> dict[str, dict[str, Any]]:
+    """The collection's writes the engine tracks (engine.pending), by doc_id: in_progress or failed."""
+    return {doc_id: dict(state) for (collection, doc_id), state in list(engine.pending.items())
+            if collection == name and state["status"] != "completed"}
+
+
+def store_object(engine: Engine, name: str) -> VectorStore:
+    store = engine.retriever_of(name).store
+    info = _sidecar(engine.live_collections().root / name) if name != DEFAULT else {}
+    writes = _writes_of(engine, name)
+    running = {f for f, state in writes.items() if state["status"] == "in_progress"}
+    failed_ids = (set(info.get("failed", {})) | {f for f, s in writes.items() if s["status"] == "failed"}) - running
+    in_progress = len(running)
+    completed = len(store.documents) - sum(1 for f in running if f in store.documents)
+    failed = sum(1 for f in failed_ids if f not in store.documents)
+    return VectorStore(id=f"vs_{name}", created_at=_created_at(engine, name, info), name=info.get("name") or name,
+                       usage_bytes=_vector_bytes(engine, store.count()), metadata=info.get("metadata") or {},
+                       file_counts=FileCounts(in_progress=in_progress, completed=completed, failed=failed,
+                                              total=in_progress + completed + failed))
+
+
+@router.post("/vector_stores", responses=WRITE_ERRORS)
+async def create_vector_store(body: NewStore, engine: EngineDep, settings: SettingsDep) -> VectorStore:
+    """A new collection; `file_ids` are attached before this returns (big ones: queued,
+    `in_progress`)."""
+    metadata = _check_pairs(body.metadata, "metadata")
+    files = stored_files(settings)
+    for file_id in body.file_ids:  # all known, or no store at all
+        files.info(file_id)
+
+    def create(collections: Collections) -> str:
+        name = derive_name(body.name or "", set(collections.names()))
+        collections.create(name)
+        _save_sidecar(collections.root / name, {"name": body.name or name, "metadata": metadata,
+                                                "created_at": int(time.time()), "failed": {}})
+        return name
+
+    name = await engine.write(create)
+    for file_id in dict.fromkeys(body.file_ids):
+        await attach(engine, settings, name, file_id, None)
+    return store_object(engine, name)
+
+
+@router.get("/vector_stores", responses=ERRORS)
+def list_vector_stores(engine: EngineDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                       order: Literal["asc", "desc"] = "desc",
+                       after: str | None = None, before: str | None = None) -> Page[VectorStore]:
+    """Every collection; `vs_default` (the built corpus) while a build is served."""
+    names = [n for n in engine.live_collections().names() if n != DEFAULT or engine.retriever is not None]
+    return _page([store_object(engine, n) for n in names], limit, order, after, before)
+
+
+@router.get("/vector_stores/{store_id}", responses=ERRORS)
+def get_vector_store(store_id: str, engine: EngineDep) -> VectorStore:
+    return store_object(engine, collection_of(engine, store_id))
+
+
+@router.post("/vector_stores/{store_id}", responses=WRITE_ERRORS)
+async def update_vector_store(store_id: str, body: StoreUpdate, engine: EngineDep) -> VectorStore:
+    """Rename (the id stays) or replace the metadata."""
+    name = collection_of(engine, store_id)
+    metadata = _check_pairs(body.metadata, "metadata") if body.metadata is not None else None
+
+    def update(collections: Collections) -> None:
+        folder = _writable(collections, name)
+        info = _sidecar(folder)
+        info.setdefault("created_at", _created_at(engine, name, info))
+        if body.name is not None:
+            info["name"] = body.name
+        if metadata is not None:
+            info["metadata"] = metadata
+        _save_sidecar(folder, info)
+
+    await engine.write(update)
+    return store_object(engine, name)
+
+
+@router.delete("/vector_stores/{store_id}", responses=WRITE_ERRORS)
+async def delete_vector_store(store_id: str, engine: EngineDep) -> Deleted:
+    name = collection_of(engine, store_id)
+    await engine.write(lambda collections: collections.delete(name))
+    for key, state in list(engine.pending.items()):  # a store made again under the name starts clean
+        if key[0] == name and state["status"] != "in_progress":
+            engine.pending.pop(key, None)
+    return Deleted(id=store_id, object="vector_store.deleted")
+
+
+# ------------------------------------------------------------------ vector store files
+
+def _file_object(engine: Engine, name: str, doc: DocumentRecord, chunks: int) -> VectorStoreFile:
+    origin = doc.metadata.get("openai_file") or {}
+    return VectorStoreFile(id=doc.doc_id, created_at=int(origin.get("created_at") or 0),
+                           usage_bytes=_vector_bytes(engine, chunks), vector_store_id=f"vs_{name}",
+                           status="completed", attributes=doc.metadata.get("attributes") or {})
+
+
+def _failed_object(name: str, file_id: str, entry: dict[str, Any]) -> VectorStoreFile:
+    return VectorStoreFile(id=file_id, created_at=int(entry.get("created_at") or 0), usage_bytes=0,
+                           vector_store_id=f"vs_{name}", status="failed",
+                           last_error=LastError.model_validate(entry["last_error"]),
+                           attributes=entry.get("attributes") or {})
+
+
+def _write_object(settings: Settings, name: str, file_id: str, state: dict[str, Any]) -> VectorStoreFile:
+    """A file whose write the engine tracks: in_progress, or failed for a reason other than its content."""
+    try:
+        created = stored_files(settings).info(file_id).created_at
+    except NotFoundError:
+        created = 0
+    error = LastError(code="server_error", message=str(state["error"])) if state["status"] == "failed" else None
+    return VectorStoreFile(id=file_id, created_at=created, usage_bytes=0, vector_store_id=f"vs_{name}",
+                           status=state["status"], last_error=error)
+
+
+def _store_file(engine: Engine, settings: Settings, name: str, file_id: str) -> VectorStoreFile | None:
+    """A file's state: being written, written, failed (its content, or the write), or None."""
+    state = engine.pending.get((name, file_id))
+    if state is not None and state["status"] == "in_progress":
+        return _write_object(settings, name, file_id, dict(state))
+    store = engine.retriever_of(name).store
+    doc = store.documents.get(file_id)
+    if doc is not None:
+        return _file_object(engine, name, doc, store.chunk_count(file_id))
+    failed = _failures(engine, name)
+    if file_id in failed:
+        return _failed_object(name, file_id, failed[file_id])
+    if state is not None and state["status"] == "failed":
+        return _write_object(settings, name, file_id, dict(state))
+    return None
+
+
+async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
+                 attributes: dict[str, Any] | None) -> VectorStoreFile:
+    """Read the stored file and write it into the collection as document `file_id`: before
+    the response, or, past RAG_SYNC_WRITE_CHARS, queued (`in_progress` until written). A
+    file whose text cannot be read is `failed` with the reason, kept in vector_store.json.
+    A write goes on when the client stops waiting, and reads `in_progress` meanwhile."""
+    _writes_allowed(settings)
+    files = stored_files(settings)
+    info = files.info(file_id)
+    attributes = _check_pairs(attributes, "attributes")
+    _writable(engine.live_collections(), name)  # a 404 or 409 now, not a failed write later
+    now, key = int(time.time()), (name, file_id)
+    doc: SourceDocument | None = None
+    is_pdf, error = False, None
+    try:  # extraction (a PDF) is CPU work: not on the event loop
+        doc, is_pdf = await asyncio.get_running_loop().run_in_executor(None, _read, files, info, file_id)
+    except UnsupportedTypeError as exc:
+        error = LastError(code="unsupported_file", message=str(exc))
+    except (BadQueryError, CorpusError) as exc:  # empty, not UTF-8, encrypted, damaged, a scan
+        error = LastError(code="invalid_file", message=str(exc))
+
+    def write(collections: Collections) -> VectorStoreFile:
+        folder = _writable(collections, name)
+        sidecar = _sidecar(folder)
+        failed = sidecar.setdefault("failed", {})
+        problem = error
+        if doc is not None:
+            kb = collections.get(name)
+            existing = kb.documents.get(file_id)
+            created = (existing.metadata.get("openai_file") or {}).get("created_at") if existing else None
+            doc.metadata["attributes"] = attributes
+            doc.metadata["openai_file"] = {"filename": info.filename, "created_at": created or now}
+            try:
+                written = collections.upsert(name, doc, replace=True, clean=not is_pdf)
+            except (BadQueryError, CorpusError) as exc:  # nothing left to index once cleaned
+                problem = LastError(code="invalid_file", message=str(exc))
+            else:
+                if failed.pop(file_id, None) is not None:
+                    _save_sidecar(folder, sidecar)
+                return _file_object(engine, name, kb.documents[file_id], written.chunks)
+        assert problem is not None
+        failed[file_id] = {"created_at": now, "attributes": attributes, "last_error": problem.model_dump()}
+        _save_sidecar(folder, sidecar)
+        return _failed_object(name, file_id, failed[file_id])
+
+    if doc is not None and len(doc.text) > settings.sync_write_chars:
+        engine.write_later(key, write)
+        return VectorStoreFile(id=file_id, created_at=now, usage_bytes=0, vector_store_id=f"vs_{name}",
+                               status="in_progress", attributes=attributes)
+    state: dict[str, str | None] = {"status": "in_progress", "error": None}
+    engine.pending[key] = state
+    task = asyncio.ensure_future(engine.write(write))
+
+    def done(finished: asyncio.Future[VectorStoreFile]) -> None:
+        if engine.pending.get(key) is state:
+            engine.pending.pop(key, None)
+        if not finished.cancelled():
+            finished.exception()  # retrieved: a client that stopped waiting leaves no "never retrieved" warning
+
+    task.add_done_callback(done)
+    return await asyncio.shield(task)  # a client that leaves (or the request deadline) does not stop the write
+
+
+def _read(files: StoredFiles, info: FileObject, file_id: str) -> tuple[SourceDocument, bool]:
+    doc, is_pdf = uploaded_document(info.filename, files.data(file_id), file_id)
+    if doc.metadata.get("title") == file_id.replace("-", " "):  # a text file's title defaults to its stem
+        doc.metadata["title"] = Path(info.filename).stem
+    return doc, is_pdf
+
+
+@router.post("/vector_stores/{store_id}/files", responses=WRITE_ERRORS)
+async def create_vector_store_file(store_id: str, body: NewStoreFile, engine: EngineDep,
+                                   settings: SettingsDep) -> VectorStoreFile:
+    """Attach an uploaded file: searchable when this returns (`completed`), `failed` with
+    `last_error` when its text cannot be read, or `in_progress` for a big file (poll it)."""
+    return await attach(engine, settings, collection_of(engine, store_id), body.file_id, body.attributes)
+
+
+@router.get("/vector_stores/{store_id}/files", responses=ERRORS)
+def list_vector_store_files(store_id: str, engine: EngineDep, settings: SettingsDep,
+                            limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                            order: Literal["asc", "desc"] = "desc",
+                            after: str | None = None, before: str | None = None,
+                            filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None,
+                            ) -> Page[VectorStoreFile]:
+    name = collection_of(engine, store_id)
+    store, writes = engine.retriever_of(name).store, _writes_of(engine, name)
+    found = {f: _write_object(settings, name, f, s) for f, s in writes.items() if s["status"] == "in_progress"}
+    for doc in store.documents.values():
+        found.setdefault(doc.doc_id, _file_object(engine, name, doc, store.chunk_count(doc.doc_id)))
+    for file_id, entry in _failures(engine, name).items():
+        found.setdefault(file_id, _failed_object(name, file_id, entry))
+    for file_id, state in writes.items():
+        found.setdefault(file_id, _write_object(settings, name, file_id, state))
+    return _page([f for f in found.values() if filter is None or f.status == filter], limit, order, after, before)
+
+
+@router.get("/vector_stores/{store_id}/files/{file_id}", responses=ERRORS)
+def get_vector_store_file(store_id: str, file_id: str, engine: EngineDep, settings: SettingsDep,
+                          response: Response) -> VectorStoreFile:
+    found = _store_file(engine, settings, collection_of(engine, store_id), file_id)
+    if found is None:
+        raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
+    if found.status == "in_progress":
+        response.headers["openai-poll-after-ms"] = str(POLL_AFTER_MS)  # what the OpenAI clients' poll helpers read
+    return found
+
+
+@router.post("/vector_stores/{store_id}/files/{file_id}", responses=WRITE_ERRORS)
+async def update_vector_store_file(store_id: str, file_id: str, body: StoreFileUpdate, engine: EngineDep,
+                                   settings: SettingsDep) -> VectorStoreFile:
+    """New attributes: the file is read again from the stored upload (nothing re-embedded)."""
+    name = collection_of(engine, store_id)
+    if _store_file(engine, settings, name, file_id) is None:
+        raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
+    return await attach(engine, settings, name, file_id, body.attributes)
+
+
+@router.delete("/vector_stores/{store_id}/files/{file_id}", responses=WRITE_ERRORS)
+async def delete_vector_store_file(store_id: str, file_id: str, engine: EngineDep) -> Deleted:
+    """Once this returns, no search returns a passage of the file (a write in progress is
+    finished first: writes run one after the other)."""
+    name = collection_of(engine, store_id)
+    key = (name, file_id)
+
+    def delete(collections: Collections) -> bool:
+        folder = _writable(collections, name)
+        sidecar = _sidecar(folder)
+        gone = sidecar.get("failed", {}).pop(file_id, None) is not None
+        if gone:
+            _save_sidecar(folder, sidecar)
+        if file_id in collections.get(name).documents:
+            collections.remove(name, file_id)
+            gone = True
+        return gone
+
+    gone = await engine.write(delete)
+    state = engine.pending.get(key)
+    if state is not None and state["status"] != "in_progress":
+        engine.pending.pop(key, None)
+        gone = gone or state["status"] == "failed"
+    if not gone:
+        raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
+    return Deleted(id=file_id, object="vector_store.file.deleted")
+
+
+@router.get("/vector_stores/{store_id}/files/{file_id}/content", responses=ERRORS)
+def get_vector_store_file_content(store_id: str, file_id: str, engine: EngineDep) -> ContentPage:
+    """The document's text as stored: what citation offsets point into."""
+    doc = engine.retriever_of(collection_of(engine, store_id)).store.documents.get(file_id)
+    if doc is None:
+        raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
+    return ContentPage(data=[TextContent(text=doc.text)])
+
+
+# ------------------------------------------------------------------ search
+
+@router.post("/vector_stores/{store_id}/search", responses=ERRORS)
+async def search_vector_store(store_id: str, body: SearchRequest, engine: EngineDep,
+                              settings: SettingsDep) -> SearchPage:
+    """Passages of the store's files, best first, with their citations. With `filters`,
+    the best `RAG_MAX_K` passages are searched and those of files whose attributes pass
+    are kept, so a filter matching few files of a big store may return fewer results."""
+    name = collection_of(engine, store_id)
+    queries = [body.query] if isinstance(body.query, str) else list(body.query)
+    question = " ".join(q for q in queries if q.strip())
+    check_question(question, settings)
+    if body.filters is not None:
+        check_filter(body.filters)
+    retriever = engine.retriever_of(name)
+    wanted = min(body.max_num_results, retriever.max_k)
+    depth = retriever.max_k if body.filters is not None else wanted
+    response = await engine.query(question, depth, Filters(), None, collection=name)
+    threshold = body.ranking_options.score_threshold if body.ranking_options else None
+    documents: dict[str, DocumentRecord | None] = {}
+    results: list[SearchResult] = []
+    for passage in response.passages:
+        if len(results) == wanted:
+            break
+        score = similarity(passage.score, passage.scores)
+        if threshold is not None and score < threshold:
+            continue
+        doc_id = passage.citation.doc_id
+        if doc_id not in documents:
+            documents[doc_id] = retriever.store.documents.get(doc_id)
+        doc = documents[doc_id]
+        metadata = doc.metadata if doc is not None else {}
+        attributes = metadata.get("attributes") or {}
+        if body.filters is not None and (doc is None or not matches(body.filters, attributes)):
+            continue
+        filename = (metadata.get("openai_file") or {}).get("filename") or passage.citation.source or doc_id
+        results.append(SearchResult(file_id=doc_id, filename=filename, score=score, attributes=attributes,
+                                    content=[TextContent(text=passage.text)], citation=passage.citation))
+    return SearchPage(search_query=queries, data=results)
+
+
+def similarity(ranked_by: float, scores: Mapping[str, float]) -> float:
+    """OpenAI's `score` is a similarity in [0, 1]: the passage's cosine where the mode
+    computed one (dense, hybrid), else what the ranking used (BM25 in lexical mode)."""
+    dense = scores.get("dense")
+    return min(1.0, max(0.0, dense)) if dense is not None else ranked_by
+
+
+# ------------------------------------------------------------------ lists
+
+def _page(items: list[T], limit: int, order: str, after: str | None, before: str | None) -> Page[T]:
+    """OpenAI's cursor list: by created_at (then id), `after`/`before` an id of the list."""
+    key: Callable[[Any], tuple[int, str]] = lambda item: (item.created_at, item.id)  # noqa: E731
+    ordered = sorted(items, key=key, reverse=order == "desc")
+    ids = [getattr(item, "id", None) for item in ordered]
+    start, end = 0, len(ordered)
+    if after is not None:
+        start = ids.index(after) + 1 if after in ids else len(ordered)
+    if before is not None:
+        end = ids.index(before) if before in ids else 0
+        start = max(start, end - limit)
+    data = ordered[start:end][:limit]
+    has_more = (start + len(data) < end) if before is None else start > 0
+    return Page[T](data=data, first_id=getattr(data[0], "id", None) if data else None,
+                   last_id=getattr(data[-1], "id", None) if data else None, has_more=has_more)
