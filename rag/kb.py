@@ -51,12 +51,12 @@ from rag.types import Filters
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (doc_id TEXT PRIMARY KEY, metadata TEXT NOT NULL, text TEXT NOT NULL,
     sections TEXT NOT NULL, content_hash TEXT NOT NULL, origin TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS chunks (row INTEGER PRIMARY KEY, chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL,
+CREATE TABLE IF NOT EXISTS chunks (row INTEGER PRIMARY KEY AUTOINCREMENT, chunk_id TEXT NOT NULL, doc_id TEXT NOT NULL,
     section TEXT, char_start INTEGER NOT NULL, char_end INTEGER NOT NULL, text TEXT NOT NULL,
     n_tokens INTEGER NOT NULL, n_model_tokens INTEGER NOT NULL, embed_hash TEXT NOT NULL,
     lexical TEXT NOT NULL, vector BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS sentences (row INTEGER PRIMARY KEY, doc_id TEXT NOT NULL, char_start INTEGER NOT NULL,
-    char_end INTEGER NOT NULL, text_hash TEXT NOT NULL, vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS sentences (row INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL,
+    char_start INTEGER NOT NULL, char_end INTEGER NOT NULL, text_hash TEXT NOT NULL, vector BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id);
 CREATE INDEX IF NOT EXISTS chunks_by_id ON chunks (chunk_id);
@@ -64,8 +64,10 @@ CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks (embed_hash);
 CREATE INDEX IF NOT EXISTS sentences_by_doc ON sentences (doc_id, char_start);
 CREATE INDEX IF NOT EXISTS sentences_by_hash ON sentences (text_hash);
 """
-# AUTOINCREMENT-like: a new row is past every row ever used, deleted ones included
-NEXT_ROW = "SELECT coalesce(max(row), -1) + 1 FROM {table}"
+# a new row is past every row ever used, deleted ones included (AUTOINCREMENT keeps the
+# highest in sqlite_sequence even when those rows are gone)
+NEXT_ROW = ("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), -1), "
+            "coalesce((SELECT max(row) FROM {table}), -1)) + 1")
 
 
 class KnowledgeBase:
@@ -217,8 +219,7 @@ class KnowledgeBase:
             chunk_row = self._one(NEXT_ROW.format(table="chunks"))[0]
             sentence_row = self._one(NEXT_ROW.format(table="sentences"))[0]
             rows = list(range(chunk_row, chunk_row + len(write.chunks)))
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._transaction():
                 for doc_id in doc_ids:
                     for table in ("documents", "chunks", "sentences"):
                         self._db.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))
@@ -236,13 +237,6 @@ class KnowledgeBase:
                     (sentence_row + i, s.doc_id, s.char_start, s.char_end, s.text_hash,
                      np.asarray(v, dtype=np.float32).tobytes())
                     for i, (s, v) in enumerate(zip(write.sentences, write.sentence_vectors))])
-                self._db.execute("COMMIT")  # durable here: synchronous=FULL
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, (OSError, sqlite3.Error)):
-                    raise StorageError(f"cannot write collection at {self.folder}: {exc}") from exc
-                raise
             self._index.remove([r for r, _ in old], [t for _, t in old])
             if write.chunks:
                 self._index.add(rows, np.stack(write.vectors), write.lexical)
@@ -255,21 +249,28 @@ class KnowledgeBase:
         with self.lock:
             self._fresh()
             old = self._all("SELECT row, lexical FROM chunks WHERE doc_id = ?", doc_id)
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
+            with self._transaction():
                 gone = self._db.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,)).rowcount
                 for table in ("chunks", "sentences"):
                     self._db.execute(f"DELETE FROM {table} WHERE doc_id = ?", (doc_id,))
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, (OSError, sqlite3.Error)):
-                    raise StorageError(f"cannot write collection at {self.folder}: {exc}") from exc
-                raise
             self._index.remove([r for r, _ in old], [t for _, t in old])
             self.version += 1
             return bool(gone)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One SQLite transaction: committed (durably: synchronous=FULL) when the block ends,
+        rolled back if it raises; a disk or database failure is a StorageError."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            yield
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, (OSError, sqlite3.Error)):
+                raise StorageError(f"cannot write collection at {self.folder}: {exc}") from exc
+            raise
 
     def origin(self, doc_id: str) -> str | None:
         found = self._one("SELECT origin FROM documents WHERE doc_id = ?", doc_id)

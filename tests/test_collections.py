@@ -338,3 +338,16 @@ def test_a_big_document_is_accepted_with_202_and_its_status_polled(built: Settin
         assert c.get("/collections/notes/documents/nope").status_code == 404
         assert c.get("/collections/notes/documents/short").json() == {"doc_id": "short", "status": "completed",
                                                                        "chunks": 1, "error": None}
+
+
+def test_rows_are_never_reused_after_a_delete(built: Settings):
+    from rag.collections import Collections, text_document
+
+    collections = Collections(built, FakeEmbedder())
+    kb = collections.create("notes")
+    collections.upsert("notes", text_document(article("first"), "first", None, None), replace=False)
+    first_rows = kb.rows_of("first")
+    collections.remove("notes", "first")
+    collections.upsert("notes", text_document(article("second"), "second", None, None), replace=False)
+    assert min(kb.rows_of("second")) > max(first_rows)
+    collections.close()
