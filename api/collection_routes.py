@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import UploadFile  # what request.form() gives (FastAPI's is a subclass)
+from starlette.datastructures import FormData, UploadFile  # what request.form() gives (FastAPI's is a subclass)
 
 from api.routes import ERRORS, EngineDep, summary
 from api.schemas import DocumentDetail, ErrorBody
@@ -187,14 +187,21 @@ def document_text(name: str, doc_id: str, engine: EngineDep) -> DocumentDetail:
                                           "sections": doc.sections, "text": doc.text})
 
 
-async def _upload(request: Request) -> tuple[SourceDocument, bool]:
+async def form_file(request: Request, max_fields: int) -> tuple[UploadFile, FormData]:
+    """The multipart form's `file` and the whole form; a 422 naming what is wrong."""
     try:
-        form = await request.form(max_files=1, max_fields=4)
+        form = await request.form(max_files=1, max_fields=max_fields)
     except Exception as exc:  # a malformed multipart body (python-multipart raises its own types)
         raise BadQueryError(f"cannot read the multipart form: {exc}") from None
-    upload, doc_id = form.get("file"), form.get("doc_id")
+    upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise BadQueryError("send the file in a multipart field named 'file'")
+    return upload, form
+
+
+async def _upload(request: Request) -> tuple[SourceDocument, bool]:
+    upload, form = await form_file(request, max_fields=4)
+    doc_id = form.get("doc_id")
     if doc_id is not None and not isinstance(doc_id, str):
         raise BadQueryError("doc_id must be a text field")
     data = await upload.read()

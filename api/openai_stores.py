@@ -42,8 +42,8 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.datastructures import UploadFile
 
+from api.collection_routes import form_file
 from api.engine import Engine
 from api.routes import ERRORS, EngineDep, SettingsDep, check_question
 from api.schemas import ErrorBody
@@ -400,13 +400,8 @@ FILE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data"
 async def create_file(request: Request, settings: SettingsDep) -> FileObject:
     """Upload a file (multipart: `file`, `purpose`), kept as sent until it is deleted."""
     _writes_allowed(settings)
-    try:
-        form = await request.form(max_files=1, max_fields=8)
-    except Exception as exc:  # a malformed multipart body (python-multipart raises its own types)
-        raise BadQueryError(f"cannot read the multipart form: {exc}") from None
-    upload, purpose = form.get("file"), form.get("purpose")
-    if not isinstance(upload, UploadFile):
-        raise BadQueryError("send the file in a multipart field named 'file'")
+    upload, form = await form_file(request, max_fields=8)
+    purpose = form.get("purpose")
     if purpose not in PURPOSES:
         raise BadQueryError(f"purpose must be one of {', '.join(PURPOSES)}")
     data = await upload.read()
