@@ -42,8 +42,10 @@ from rag.chat import (
 )
 from rag.collections import DEFAULT
 from rag.context import ContextBlock, pack
+from rag.conversation import is_follow_up
 from rag.errors import UpstreamError
 from rag.settings import Settings
+from rag.text import is_unicode_text
 from rag.types import Filters, Mode
 from rag.webui import sources_in_text, task_reply
 
@@ -135,7 +137,8 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
         return frame.completion(task, [])
     question, history = turns_from(body.messages)
     check_question(question, settings)
-    response = await engine.query(question, settings.chat_k, Filters(), None, history=history,
+    searched, history = await condensed(question, history, settings)
+    response = await engine.query(searched, settings.chat_k, Filters(), None, history=history,
                                   collection=collection_of(body.model, settings))
     link = link_for(request, settings)
     with_sources = sources_in_text(settings.chat_sources, body.stream, request.headers, body.model_extra or {})
@@ -164,6 +167,34 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     deltas = _upstream_deltas(upstream, settings.llm_total_seconds)
     tail = sources_markdown(citations) if with_sources else ""
     return sse(frame.stream_text([deltas, _once(tail)], citations), close_upstream)
+
+
+CONDENSE_PROMPT = (
+    "Rewrite the user's last question so that it can be understood without the conversation: "
+    "keep its meaning, name what its pronouns refer to, and answer with the rewritten question only.")
+
+
+async def condensed(question: str, history: list[str], settings: Settings) -> tuple[str, list[str]]:
+    """With an upstream model configured, a follow-up is rewritten by it into a standalone
+    question (searched without history), within RAG_LLM_CONDENSE_SECONDS; on a timeout, an
+    error or an unusable answer, the question is searched with its history as without a
+    model (rag.conversation's heuristic). A self-contained question is not sent."""
+    if not (settings.llm_base_url and settings.llm_model and history and is_follow_up(question, history[-1])):
+        return question, history
+    turns = [{"role": "user", "content": turn} for turn in history[-settings.max_history_turns:]]
+    payload = {"model": settings.llm_model, "stream": False, "messages": [
+        {"role": "system", "content": CONDENSE_PROMPT}, *turns, {"role": "user", "content": question}]}
+    client = httpx.AsyncClient(timeout=settings.llm_condense_seconds)
+    try:
+        async with client, asyncio.timeout(settings.llm_condense_seconds):
+            upstream = await _send_upstream(client, settings, payload)
+            rewritten = " ".join(_completion_text(await _read_capped(upstream, UPSTREAM_ERROR_BYTES)).split())
+    except (TimeoutError, UpstreamError, httpx.HTTPError) as exc:
+        log.info("condensing a follow-up fell back to the heuristic: %r", exc)
+        return question, history
+    if not rewritten or len(rewritten) > settings.max_question_chars or not is_unicode_text(rewritten):
+        return question, history
+    return rewritten, []
 
 
 def without_sources(text: str, citations: list[ChatCitation]) -> str:

@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
     llm_timeout_seconds: float = Field(60.0, gt=0, description="connect and per-read timeout of the upstream model")
+    llm_condense_seconds: float = Field(3.0, gt=0, description="a follow-up is rewritten by the upstream model "
+                                        "within this, else searched with its history")
     llm_total_seconds: float = Field(300.0, gt=0, description="a streamed upstream answer is cut after this")
 
     @field_validator("fusion")

@@ -2,6 +2,7 @@
 `openai` client (streaming and not), the upstream-model path against a fake
 OpenAI-compatible server, abstention, and the chat page in headless Chromium."""
 
+import asyncio
 import json
 import shutil
 from collections.abc import Iterator
@@ -263,3 +264,50 @@ def test_chat_page_in_headless_chromium(built: Settings, tmp_path):
         page.screenshot(path=str(tmp_path / "chat.png"), full_page=True)
         browser.close()
     assert (tmp_path / "chat.png").stat().st_size > 10_000
+
+
+def condensing_upstream(seen: list[dict[str, Any]], rewrite: str, delay: float = 0.0) -> FastAPI:
+    """An upstream that rewrites follow-ups into `rewrite` (after `delay` seconds) and answers
+    anything else like fake_upstream."""
+    from api.chat_routes import CONDENSE_PROMPT
+
+    inner = fake_upstream(seen)
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def complete(request: Request) -> Any:
+        body = await request.json()
+        if body["messages"][0]["content"] == CONDENSE_PROMPT:
+            seen.append({"body": body, "auth": None, "condense": True})
+            await asyncio.sleep(delay)
+            return {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": rewrite},
+                                 "finish_reason": "stop"}]}
+        for route in inner.routes:
+            if getattr(route, "path", "") == "/v1/chat/completions":
+                return await route.endpoint(request)  # type: ignore[attr-defined]
+        raise AssertionError("no route")
+
+    return app
+
+
+@pytest.mark.parametrize("delay", [0.0, 2.0])
+def test_an_upstream_model_condenses_a_follow_up_or_the_heuristic_takes_over(built: Settings, delay: float):
+    seen: list[dict[str, Any]] = []
+    chat = [{"role": "user", "content": "How much oil does China import from Russia?"},
+            {"role": "assistant", "content": "..."}, {"role": "user", "content": "And in 2024?"}]
+    with running_server(condensing_upstream(seen, "Arctic shipping routes and the Polar Silk Road", delay)) as up:
+        settings = built.model_copy(update={"llm_base_url": f"{up}/v1", "llm_model": "tiny",
+                                            "llm_condense_seconds": 0.5})
+        with running_server(app_for(settings)) as live:
+            client = openai.OpenAI(base_url=f"{live}/v1", api_key="unused")
+            answer = client.chat.completions.create(model="rag", messages=chat)
+            alone = client.chat.completions.create(model="rag", messages=[chat[0]])  # not a follow-up
+    condense = [s for s in seen if s.get("condense")]
+    assert len(condense) == 1 and condense[0]["body"]["messages"][-1] == {"role": "user", "content": "And in 2024?"}
+    cited = {c["section"] for c in answer.model_extra["citations"]}
+    if delay == 0.0:  # the rewrite was searched: passages on the Arctic, not on oil
+        assert "The Arctic" in cited or any("Arctic" in c["text"] for c in answer.model_extra["citations"])
+    else:  # too slow: the follow-up was searched with its history (oil), and still answered
+        assert any("oil" in c["text"] for c in answer.model_extra["citations"])
+    assert alone.choices[0].message.content
