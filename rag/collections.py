@@ -66,8 +66,9 @@ class Collections:
         return self._embedder
 
     def names(self) -> list[str]:
-        found = sorted(p.name for p in self.root.iterdir() if (p / "manifest.json").is_file()) \
-            if self.root.is_dir() else []
+        # NAME also leaves out the .tmp- folder of a create that crashed before its rename
+        folders = self.root.iterdir() if self.root.is_dir() else iter(())
+        found = sorted(p.name for p in folders if NAME.fullmatch(p.name) and (p / "manifest.json").is_file())
         return [DEFAULT, *(n for n in found if n != DEFAULT)]
 
     def get(self, name: str) -> KnowledgeBase:

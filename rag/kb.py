@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.errors import StorageError
+from rag.errors import NotFoundError, StorageError
 from rag.fusion import Ranking
 from rag.live_index import LiveIndex
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
@@ -78,6 +78,7 @@ class KnowledgeBase:
         self.dimension = int(manifest["model"]["dimension"])
         self.version = 0  # bumped by every write: caches keyed on it never serve a stale document
         self.lock = threading.RLock()
+        self.closed = False
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(folder / "kb.sqlite", check_same_thread=False, isolation_level=None)
@@ -152,6 +153,7 @@ class KnowledgeBase:
     def _fresh(self) -> None:
         """Rebuild the indexes if another process committed since (SQLite's data_version moves
         only for other connections' commits: ~2 us to ask)."""
+        self._open()
         if self._db.execute("PRAGMA data_version").fetchone()[0] != self._seen:
             self._reload()
 
@@ -175,6 +177,7 @@ class KnowledgeBase:
         return out
 
     def close(self) -> None:
+        self.closed = True
         self._db.close()
 
     def _allowed(self, filters: Filters) -> np.ndarray | None:
@@ -192,11 +195,18 @@ class KnowledgeBase:
 
     def _one(self, sql: str, *args: Any) -> Any:
         with self.lock:
+            self._open()
             return self._db.execute(sql, args).fetchone()
 
     def _all(self, sql: str, *args: Any) -> list[Any]:
         with self.lock:
+            self._open()
             return self._db.execute(sql, args).fetchall()
+
+    def _open(self) -> None:
+        """A query that waited on the lock while the collection was deleted: a 404, not a crash."""
+        if self.closed:
+            raise NotFoundError(f"the collection at {self.folder.name} was deleted")
 
     # ------------------------------------------------------------------ writing
 

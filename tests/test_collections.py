@@ -351,3 +351,20 @@ def test_rows_are_never_reused_after_a_delete(built: Settings):
     collections.upsert("notes", text_document(article("second"), "second", None, None), replace=False)
     assert min(kb.rows_of("second")) > max(first_rows)
     collections.close()
+
+
+def test_a_crashed_create_and_a_deleted_collection_are_handled(built: Settings):
+    from rag.collections import Collections
+    from rag.errors import NotFoundError
+    from rag.retrieve import Retriever
+
+    collections = Collections(built, FakeEmbedder())
+    half = collections.root / ".tmp-half"
+    half.mkdir(parents=True)
+    (half / "manifest.json").write_text("{}")  # a create that died before its rename
+    kb = collections.create("notes")
+    assert collections.names() == ["default", "notes"]
+    serving = Retriever(kb, FakeEmbedder())
+    collections.delete("notes")
+    with pytest.raises(NotFoundError):  # a query that held the old collection: a 404, not a crash
+        serving.search("anything", 3)
