@@ -62,11 +62,28 @@ def build(
     corpus: CorpusOpt = None,
     index: IndexOpt = None,
     force: Annotated[bool, typer.Option("--force", help="rebuild even if nothing changed")] = False,
+    collection: Annotated[str | None, typer.Option(help="instead: sync the folder into this live collection "
+                                                   "(new and changed files written, gone ones removed; "
+                                                   "uploaded documents kept)")] = None,
 ) -> None:
     """Clean, chunk and embed the corpus into the index (skips work when nothing changed)."""
     from rag.build import build_index
 
     settings = load_settings(corpus, index)
+    if collection is not None and collection != "default":
+        from rag.build import embedder_from
+        from rag.collections import Collections
+        from rag.ingest import load_corpus
+
+        documents = load_corpus(settings.corpus_dir)
+        collections = Collections(settings, embedder_from(settings))
+        try:
+            counts = collections.sync(collection, documents, log=lambda m: typer.echo(m, err=True))
+        finally:
+            collections.close()
+        typer.echo(f"synced {settings.corpus_dir} into collection {collection}: "
+                   + ", ".join(f"{n} {what}" for what, n in counts.items()))
+        return
     report = build_index(settings, force=force, log=lambda m: typer.echo(m, err=True),
                          progress=sys.stderr.isatty())
     if report.skipped:

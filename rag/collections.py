@@ -19,6 +19,7 @@ import json
 import re
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,31 @@ class Collections:
             batches.write([doc], write)
         return Written(doc.doc_id, "replaced" if existing is not None else "created", batches.chunks,
                        batches.embedded)
+
+    def sync(self, name: str, documents: list[SourceDocument], log: Callable[[str], None] = lambda m: None
+             ) -> dict[str, int]:
+        """Make the collection's synced documents those of a folder (`documents`, from
+        rag.ingest.load_corpus): new and changed files are written (changed chunks only are
+        embedded), documents whose files are gone are removed. Documents uploaded over HTTP
+        or added with `rag add` are never removed by a sync. Counts by outcome."""
+        if name not in self.names():
+            self.create(name)
+        kb = self.get(name)
+        counts = {"created": 0, "replaced": 0, "unchanged": 0, "removed": 0}
+        for doc in documents:
+            origin = kb.origin(doc.doc_id)
+            if origin is not None and origin != "sync":
+                raise ConflictError(f"{doc.path.name}: document '{doc.doc_id}' was added another way ({origin}); "
+                                    "rename the file or remove that document first")
+            written = self.upsert(name, doc, replace=True, origin="sync")
+            counts[written.status] += 1
+            log(f"{written.status:<9} {doc.doc_id}: {written.chunks} chunks ({written.embedded} embedded)")
+        present = {d.doc_id for d in documents}
+        for doc_id in [d for d in kb.documents if kb.origin(d) == "sync" and d not in present]:
+            kb.delete(doc_id)
+            counts["removed"] += 1
+            log(f"removed   {doc_id}: its file is gone")
+        return counts
 
     def remove(self, name: str, doc_id: str) -> None:
         if not self.get(name).delete(doc_id):

@@ -120,3 +120,26 @@ def test_add_list_and_remove_documents_of_a_live_collection(env: Settings, tmp_p
     assert missing.exit_code != 0 and "no document 'notes'" in missing.output
     bad = runner.invoke(app, ["add", str(tmp_path / "x.docx"), "--collection", "field"])
     assert bad.exit_code != 0 and "cannot read" in bad.output
+
+
+def test_build_syncs_a_folder_into_a_live_collection_and_keeps_uploads(env: Settings, tmp_path: Path):
+    from rag.collections import Collections, text_document
+
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Alpha notes about penguins and krill.\n")
+    (folder / "b.txt").write_text("Beta notes about seals.\n")
+    first = runner.invoke(app, ["build", "--corpus", str(folder), "--collection", "field"])
+    assert first.exit_code == 0, first.output
+    assert "2 created" in first.stdout
+    collections = Collections(env, FakeEmbedder())
+    collections.upsert("field", text_document("An uploaded memo about walruses.", "memo", None, None), replace=False)
+    collections.close()
+    (folder / "b.txt").unlink()
+    (folder / "a.txt").write_text("Alpha notes about penguins, krill and ice.\n")
+    second = runner.invoke(app, ["build", "--corpus", str(folder), "--collection", "field"])
+    assert second.exit_code == 0, second.output
+    assert "1 replaced" in second.stdout and "1 removed" in second.stdout
+    kept = Collections(env, None)
+    assert sorted(kept.get("field").documents) == ["a", "memo"]  # the upload stays
+    kept.close()
