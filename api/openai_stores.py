@@ -37,247 +37,57 @@ import time
 import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from api.collection_routes import form_file
 from api.engine import Engine
+from api.openai_objects import (
+    ContentPage,
+    Deleted,
+    FileCounts,
+    FileObject,
+    LastError,
+    NewStore,
+    NewStoreFile,
+    Page,
+    SearchPage,
+    SearchRequest,
+    SearchResult,
+    StoreFileUpdate,
+    StoreUpdate,
+    T,
+    TextContent,
+    VectorStore,
+    VectorStoreFile,
+)
 from api.routes import ERRORS, EngineDep, SettingsDep, check_question
 from api.schemas import ErrorBody
+from rag.attribute_filters import check_filter, matches
 from rag.collections import DEFAULT, NAME, Collections
 from rag.errors import BadQueryError, ConflictError, CorpusError, NotFoundError, ReadOnlyError, StorageError
+from rag.files import fsync_path
 from rag.ingest import SourceDocument
 from rag.records import DocumentRecord
-from rag.schema import Citation
 from rag.settings import Settings
 from rag.types import Filters
 from rag.uploads import UnsupportedTypeError, uploaded_document
 
 router = APIRouter(prefix="/v1", tags=["openai vector stores"])
-T = TypeVar("T")
 FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
 PURPOSES = ("assistants", "assistants_output", "batch", "batch_output", "fine-tune", "fine-tune-results",
             "vision", "user_data")
 SIDECAR = "vector_store.json"
-COMPARISONS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "nin")
-COMPOUNDS = ("and", "or")
 MAX_PAIRS, MAX_KEY, MAX_VALUE = 16, 64, 512  # OpenAI's limits on metadata and attributes
 POLL_AFTER_MS = 250
-Attributes = dict[str, str | bool | int | float]
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}}
 
 
-# ------------------------------------------------------------------ objects (openai-python's types)
-
-class FileObject(BaseModel):
-    id: str
-    object: Literal["file"] = "file"
-    bytes: int
-    created_at: int
-    filename: str
-    purpose: str
-    status: Literal["uploaded", "processed", "error"] = "processed"
-    expires_at: int | None = None
-    status_details: str | None = None
-
-
-class Deleted(BaseModel):
-    id: str
-    object: str
-    deleted: bool = True
-
-
-class FileCounts(BaseModel):
-    in_progress: int
-    completed: int
-    failed: int
-    cancelled: int = 0
-    total: int
-
-
-class VectorStore(BaseModel):
-    id: str
-    object: Literal["vector_store"] = "vector_store"
-    created_at: int
-    name: str
-    usage_bytes: int
-    file_counts: FileCounts
-    status: Literal["expired", "in_progress", "completed"] = "completed"
-    last_active_at: int | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
-    expires_after: None = None
-    expires_at: None = None
-
-
-class LastError(BaseModel):
-    code: Literal["server_error", "unsupported_file", "invalid_file"]
-    message: str
-
-
-class VectorStoreFile(BaseModel):
-    id: str
-    object: Literal["vector_store.file"] = "vector_store.file"
-    created_at: int
-    usage_bytes: int
-    vector_store_id: str
-    status: Literal["in_progress", "completed", "cancelled", "failed"]
-    last_error: LastError | None = None
-    attributes: Attributes = Field(default_factory=dict)
-    chunking_strategy: None = None
-
-
-class Page(BaseModel, Generic[T]):
-    object: Literal["list"] = "list"
-    data: list[T]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-class TextContent(BaseModel):
-    type: Literal["text"] = "text"
-    text: str
-
-
-class SearchResult(BaseModel):
-    file_id: str
-    filename: str
-    score: float
-    attributes: Attributes
-    content: list[TextContent]
-    citation: Citation = Field(description="our addition: the passage's exact citation (offsets, section, pages)")
-
-
-class SearchPage(BaseModel):
-    object: Literal["vector_store.search_results.page"] = "vector_store.search_results.page"
-    search_query: list[str]
-    data: list[SearchResult]
-    has_more: bool = False
-    next_page: str | None = None
-
-
-class ContentPage(BaseModel):
-    object: Literal["vector_store.file_content.page"] = "vector_store.file_content.page"
-    data: list[TextContent]
-    has_more: bool = False
-    next_page: str | None = None
-
-
-# ------------------------------------------------------------------ requests
-
-class NewStore(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # chunking_strategy, expires_after, description: accepted, ignored
-    name: str | None = None
-    file_ids: list[str] = Field(default_factory=list, max_length=500)
-    metadata: dict[str, str] | None = None
-
-
-class StoreUpdate(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    name: str | None = None
-    metadata: dict[str, str] | None = None
-
-
-class NewStoreFile(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    file_id: str
-    attributes: Attributes | None = None
-
-
-class StoreFileUpdate(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    attributes: Attributes | None = None
-
-
-class RankingOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    ranker: str | None = None
-    score_threshold: float | None = Field(None, ge=0, le=1)
-
-
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    query: str | list[str]
-    max_num_results: int = Field(10, ge=1, le=50)
-    filters: dict[str, Any] | None = None
-    ranking_options: RankingOptions | None = None
-    rewrite_query: bool = False
 
 
 # ------------------------------------------------------------------ filters over attributes
-
-def check_filter(spec: Any, where: str = "filters") -> None:
-    """Refuse (BadQueryError) a filter that is not OpenAI's grammar: a comparison
-    `{type: eq|ne|gt|gte|lt|lte|in|nin, key, value}` or a compound `{type: and|or, filters}`."""
-    if not isinstance(spec, dict):
-        raise BadQueryError(f"{where} must be an object")
-    kind = spec.get("type")
-    if kind in COMPOUNDS:
-        if unknown := set(spec) - {"type", "filters"}:
-            raise BadQueryError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-        parts = spec.get("filters")
-        if not isinstance(parts, list) or not parts:
-            raise BadQueryError(f"{where}.filters must be a non-empty list of filters")
-        for i, part in enumerate(parts):
-            check_filter(part, f"{where}.filters[{i}]")
-        return
-    if kind not in COMPARISONS:
-        raise BadQueryError(f"{where}.type must be one of {', '.join(COMPARISONS + COMPOUNDS)}, got {kind!r}")
-    if unknown := set(spec) - {"type", "key", "value"}:
-        raise BadQueryError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    if not isinstance(spec.get("key"), str) or not spec["key"]:
-        raise BadQueryError(f"{where}.key must be a non-empty string")
-    if "value" not in spec:
-        raise BadQueryError(f"{where}.value is required")
-    value = spec["value"]
-    if kind in ("in", "nin"):
-        if not isinstance(value, list) or not all(isinstance(v, str | int | float) and not isinstance(v, bool)
-                                                  for v in value):
-            raise BadQueryError(f"{where}.value must be a list of strings or numbers for '{kind}'")
-    elif not isinstance(value, str | int | float):  # bool is an int
-        raise BadQueryError(f"{where}.value must be a string, a number or a boolean")
-    elif kind in ("gt", "gte", "lt", "lte") and isinstance(value, bool):
-        raise BadQueryError(f"{where}: '{kind}' compares numbers or strings, not booleans")
-
-
-def matches(spec: Mapping[str, Any], attributes: Mapping[str, Any]) -> bool:
-    """Whether `attributes` pass the (checked) filter. Booleans equal only booleans; numbers
-    compare with numbers and strings with strings (ISO dates order as text); a missing key
-    or a type mismatch fails every comparison but `ne` and `nin`."""
-    kind = spec["type"]
-    if kind == "and":
-        return all(matches(part, attributes) for part in spec["filters"])
-    if kind == "or":
-        return any(matches(part, attributes) for part in spec["filters"])
-    key, value = spec["key"], spec["value"]
-    if key not in attributes:
-        return kind in ("ne", "nin")
-    have = attributes[key]
-    if kind in ("eq", "ne"):
-        return _same(have, value) == (kind == "eq")
-    if kind in ("in", "nin"):
-        return any(_same(have, v) for v in value) == (kind == "in")
-    order = _order(have, value)
-    if order is None:
-        return False
-    return {"gt": order > 0, "gte": order >= 0, "lt": order < 0, "lte": order <= 0}[kind]
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, bool) or isinstance(b, bool):
-        return isinstance(a, bool) and isinstance(b, bool) and a == b
-    return bool(a == b)  # 2 == 2.0; "2" != 2
-
-
-def _order(a: Any, b: Any) -> int | None:
-    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b))
-    if numbers or (isinstance(a, str) and isinstance(b, str)):
-        return (a > b) - (a < b)
-    return None
-
 
 def _check_pairs(pairs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
     if not pairs:
@@ -311,7 +121,7 @@ class StoredFiles:
             _write_synced(tmp / "content", data)
             _write_synced(tmp / "file.json", info.model_dump_json().encode())
             tmp.rename(self.root / info.id)  # all or nothing
-            _sync_dir(self.root)
+            fsync_path(self.root)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StorageError(f"cannot store the file: {exc}") from exc
@@ -364,18 +174,8 @@ class StoredFiles:
 
 
 def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    path.write_bytes(data)
+    fsync_path(path)
 
 
 def stored_files(settings: Settings) -> StoredFiles:

@@ -16,7 +16,8 @@ from pydantic import SecretStr
 from test_collections import PDF_PAGES, article, pdf_bytes
 
 from api.app import create_app
-from api.openai_stores import _page, check_filter, derive_name, matches
+from api.openai_stores import _page, derive_name
+from rag.attribute_filters import check_filter, matches
 from rag.build import build_index
 from rag.errors import BadQueryError
 from rag.settings import Settings
