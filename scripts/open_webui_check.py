@@ -120,7 +120,8 @@ def main() -> None:
     rag = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve"], env={**os.environ, "RAG_PORT": str(rag_port)},
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     webui = subprocess.Popen([str(args.venv / "bin" / "open-webui"), "serve", "--host", "127.0.0.1", "--port",
-                              str(webui_port)], env=webui_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              str(webui_port)], env=webui_env, cwd=data,  # it writes .webui_secret_key there
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(rag_url + "/ready", 120)
         wait_for(webui_url + "/health", 300)
