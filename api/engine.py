@@ -304,7 +304,7 @@ class Engine:
             self.on_batch(len(live))
             results: list[QueryResponse | BaseException]
             try:
-                results = list(await loop.run_in_executor(self._worker, self._answer, self.live(), live))
+                results = list(await loop.run_in_executor(self._worker, self._answer, self._default(), live))
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # a bug must fail these requests, never the loop
@@ -318,20 +318,31 @@ class Engine:
                 else:
                     job.future.set_result(result)
 
-    @staticmethod
-    def _answer(retriever: Retriever, jobs: list[_Job]) -> list[QueryResponse | Exception]:
+    def _default(self) -> Retriever | NotReadyError:
+        """The built corpus's retriever, or why there is none (which fails only its own queries:
+        a live collection answers without it)."""
+        try:
+            return self.live()
+        except NotReadyError as exc:
+            return exc
+
+    def _answer(self, default: Retriever | NotReadyError, jobs: list[_Job]) -> list[QueryResponse | Exception]:
         """Runs in the worker thread: one model call for the batch, then one search each.
         Every mode needs the question's vector: confidence and highlights use it."""
-        vectors = encode_each(retriever.embedder, [j.question for j in jobs])
+        assert self.embedder is not None  # the batch loop starts after the model loaded
+        vectors = encode_each(self.embedder, [j.question for j in jobs])
         out: list[QueryResponse | Exception] = []
         for job, vector in zip(jobs, vectors):
             if isinstance(vector, Exception):
                 out.append(vector)
                 continue
+            retriever = job.retriever or default
+            if isinstance(retriever, NotReadyError):
+                out.append(retriever)
+                continue
             try:
-                response = (job.retriever or retriever).query(job.question, job.k, job.filters, job.mode,
-                                                              job.max_per_doc, query_vector=vector,
-                                                              history=job.history)
+                response = retriever.query(job.question, job.k, job.filters, job.mode, job.max_per_doc,
+                                           query_vector=vector, history=job.history)
                 took_ms = round((time.perf_counter() - job.queued_at) * 1000, 3)
                 out.append(response.model_copy(update={"took_ms": took_ms}))
             except Exception as exc:

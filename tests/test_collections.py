@@ -368,3 +368,13 @@ def test_a_crashed_create_and_a_deleted_collection_are_handled(built: Settings):
     collections.delete("notes")
     with pytest.raises(NotFoundError):  # a query that held the old collection: a 404, not a crash
         serving.search("anything", 3)
+
+
+def test_live_collections_answer_without_a_built_corpus(settings: Settings):
+    """No `rag build` yet: the default collection is not ready (503), the live ones work."""
+    with TestClient(create_app(settings, lambda name: FakeEmbedder()), base_url=BASE_URL) as c:
+        assert c.post("/query", json={"question": "penguins"}).status_code == 503
+        assert c.post("/collections", json={"name": "notes"}).status_code == 201
+        assert c.post("/collections/notes/documents", json={"doc_id": "p", "text": article("penguins")}
+                      ).status_code == 201
+        assert [p["citation"]["doc_id"] for p in passages(c, "penguins policy")][:1] == ["p"]
