@@ -76,11 +76,8 @@ def build(
         from rag.ingest import load_corpus
 
         documents = load_corpus(settings.corpus_dir)
-        collections = Collections(settings, embedder_from(settings))
-        try:
+        with Collections(settings, embedder_from(settings)) as collections:
             counts = collections.sync(collection, documents, log=lambda m: typer.echo(m, err=True))
-        finally:
-            collections.close()
         typer.echo(f"synced {settings.corpus_dir} into collection {collection}: "
                    + ", ".join(f"{n} {what}" for what, n in counts.items()))
         return
@@ -125,14 +122,13 @@ def list_collections(index: IndexOpt = None) -> None:
     from rag.collections import DEFAULT, Collections
 
     settings = load_settings(index=index)
-    collections = Collections(settings, embedder=None)  # listing embeds nothing
-    for name in collections.names():
-        if name == DEFAULT:
-            typer.echo(f"{name:<24} the built corpus ({settings.corpus_dir}; `rag build`)")
-            continue
-        kb = collections.get(name)
-        typer.echo(f"{name:<24} {len(kb.documents):>6} documents {kb.count():>8} chunks")
-    collections.close()
+    with Collections(settings, embedder=None) as collections:  # listing embeds nothing
+        for name in collections.names():
+            if name == DEFAULT:
+                typer.echo(f"{name:<24} the built corpus ({settings.corpus_dir}; `rag build`)")
+                continue
+            kb = collections.get(name)
+            typer.echo(f"{name:<24} {len(kb.documents):>6} documents {kb.count():>8} chunks")
 
 
 @app.command()
@@ -148,10 +144,8 @@ def add(
     from rag.uploads import uploaded_document
 
     settings = load_settings(index=index)
-    collections = Collections(settings, embedder_from(settings))
-    try:
-        if collection not in collections.names():
-            collections.create(collection)
+    with Collections(settings, embedder_from(settings)) as collections:
+        if collections.ensure(collection)[1]:
             typer.echo(f"made collection {collection}", err=True)
         for path in paths:
             try:
@@ -160,9 +154,7 @@ def add(
                 fail(f"cannot read {path}: {exc.strerror}")
             doc, is_pdf = uploaded_document(path.name, data)
             written = collections.upsert(collection, doc, replace=True, origin="cli", clean=not is_pdf)
-            typer.echo(f"{written.status:<9} {written.doc_id}: {written.chunks} chunks ({written.embedded} embedded)")
-    finally:
-        collections.close()
+            typer.echo(str(written))
 
 
 @app.command()
@@ -176,13 +168,10 @@ def rm(
     from rag.collections import Collections
 
     settings = load_settings(index=index)
-    collections = Collections(settings, embedder=None)  # removing embeds nothing
-    try:
+    with Collections(settings, embedder=None) as collections:  # removing embeds nothing
         for doc_id in doc_ids:
             collections.remove(collection, doc_id)
             typer.echo(f"removed {doc_id}")
-    finally:
-        collections.close()
 
 
 @app.command()

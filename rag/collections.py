@@ -44,6 +44,9 @@ class Written:
     chunks: int
     embedded: int  # chunks embedded by this write (0: unchanged, or every chunk's text reused)
 
+    def __str__(self) -> str:
+        return f"{self.status:<9} {self.doc_id}: {self.chunks} chunks ({self.embedded} embedded)"
+
 
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
@@ -84,6 +87,12 @@ class Collections:
                     raise IndexMismatchError(f"collection '{name}' was made with other settings: {'; '.join(diffs)}")
                 self._open[name] = KnowledgeBase(folder, manifest)
             return self._open[name]
+
+    def ensure(self, name: str) -> tuple[KnowledgeBase, bool]:
+        """The collection, made first if missing; and whether it was made."""
+        if name in self.names():
+            return self.get(name), False
+        return self.create(name), True
 
     def create(self, name: str) -> KnowledgeBase:
         check_name(name)
@@ -132,9 +141,7 @@ class Collections:
         rag.ingest.load_corpus): new and changed files are written (changed chunks only are
         embedded), documents whose files are gone are removed. Documents uploaded over HTTP
         or added with `rag add` are never removed by a sync. Counts by outcome."""
-        if name not in self.names():
-            self.create(name)
-        kb = self.get(name)
+        kb, _ = self.ensure(name)
         counts = {"created": 0, "replaced": 0, "unchanged": 0, "removed": 0}
         for doc in documents:
             origin = kb.origin(doc.doc_id)
@@ -143,7 +150,7 @@ class Collections:
                                     "rename the file or remove that document first")
             written = self.upsert(name, doc, replace=True, origin="sync")
             counts[written.status] += 1
-            log(f"{written.status:<9} {doc.doc_id}: {written.chunks} chunks ({written.embedded} embedded)")
+            log(str(written))
         present = {d.doc_id for d in documents}
         for doc_id in [d for d in kb.documents if kb.origin(d) == "sync" and d not in present]:
             kb.delete(doc_id)
@@ -160,6 +167,12 @@ class Collections:
             for kb in self._open.values():
                 kb.close()
             self._open.clear()
+
+    def __enter__(self) -> "Collections":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def text_document(text: str, doc_id: str | None, title: str | None, metadata: dict[str, Any] | None

@@ -57,7 +57,6 @@ CREATE TABLE IF NOT EXISTS chunks (row INTEGER PRIMARY KEY AUTOINCREMENT, chunk_
     lexical TEXT NOT NULL, vector BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sentences (row INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL,
     char_start INTEGER NOT NULL, char_end INTEGER NOT NULL, text_hash TEXT NOT NULL, vector BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS chunks_by_doc ON chunks (doc_id);
 CREATE INDEX IF NOT EXISTS chunks_by_id ON chunks (chunk_id);
 CREATE INDEX IF NOT EXISTS chunks_by_hash ON chunks (embed_hash);

@@ -42,10 +42,6 @@ def faiss_version() -> str:
     return str(faiss.__version__)
 
 
-def set_threads(threads: int) -> None:
-    faiss.omp_set_num_threads(threads)
-
-
 def build_ann(vectors: np.ndarray, folder: Path, log: Any = None, exact_limit: int = EXACT_LIMIT,
               seed: int = 0) -> dict[str, Any]:
     """Write the ANN index of `vectors` (normalised float32, one per row) into `folder`, if

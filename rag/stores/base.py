@@ -19,7 +19,7 @@ serving and removes what it wrote.
 Left out: in-place updates of a live build (a build writes a whole new one).
 """
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -124,6 +124,3 @@ class StoreWriter(Protocol):
         """Without a commit: remove what was written; the live build stays."""
         ...
 
-
-def iter_rows(store: ChunkStore) -> Iterator[tuple[int, ChunkRecord]]:
-    return enumerate(store.chunks)
