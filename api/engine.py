@@ -134,16 +134,14 @@ class Engine:
 
     async def write(self, work: Callable[[Collections], T]) -> T:
         """Run a write (it embeds) on the writer thread; read-only service: 403."""
-        if self.settings.read_only:
-            raise ReadOnlyError("this service is read-only (RAG_READ_ONLY): writes are off")
+        writes_allowed(self.settings)
         collections = self.live_collections()
         return await asyncio.get_running_loop().run_in_executor(self._writer, work, collections)
 
     def write_later(self, key: tuple[str, str], work: Callable[[Collections], Any]) -> None:
         """Queue a long write (a big file) on the writer thread and return at once; its
         state is in `pending[key]` (in_progress, then completed or failed with the reason)."""
-        if self.settings.read_only:
-            raise ReadOnlyError("this service is read-only (RAG_READ_ONLY): writes are off")
+        writes_allowed(self.settings)
         collections = self.live_collections()
         self.pending[key] = {"status": "in_progress", "error": None}
 
@@ -348,6 +346,12 @@ class Engine:
             except Exception as exc:
                 out.append(exc)
         return out
+
+
+def writes_allowed(settings: Settings) -> None:
+    """Every write's gate: RAG_READ_ONLY turns them off (403)."""
+    if settings.read_only:
+        raise ReadOnlyError("this service is read-only (RAG_READ_ONLY): writes are off")
 
 
 PASSING_ERRNOS = {errno.EIO, errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.EINTR}

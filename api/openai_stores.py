@@ -43,7 +43,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from api.collection_routes import form_file
-from api.engine import Engine
+from api.engine import Engine, writes_allowed
 from api.openai_objects import (
     ContentPage,
     Deleted,
@@ -67,7 +67,7 @@ from api.routes import ERRORS, EngineDep, SettingsDep, check_question
 from api.schemas import ErrorBody
 from rag.attribute_filters import check_filter, matches
 from rag.collections import DEFAULT, NAME, Collections
-from rag.errors import BadQueryError, ConflictError, CorpusError, NotFoundError, ReadOnlyError, StorageError
+from rag.errors import BadQueryError, ConflictError, CorpusError, NotFoundError, StorageError
 from rag.files import fsync_path
 from rag.ingest import SourceDocument
 from rag.records import DocumentRecord
@@ -182,11 +182,6 @@ def stored_files(settings: Settings) -> StoredFiles:
     return StoredFiles(settings.index_dir / "files")
 
 
-def _writes_allowed(settings: Settings) -> None:
-    if settings.read_only:
-        raise ReadOnlyError("this service is read-only (RAG_READ_ONLY): writes are off")
-
-
 # ------------------------------------------------------------------ files routes
 
 FILE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -199,7 +194,7 @@ FILE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data"
              responses={**WRITE_ERRORS, 413: {"model": ErrorBody}})
 async def create_file(request: Request, settings: SettingsDep) -> FileObject:
     """Upload a file (multipart: `file`, `purpose`), kept as sent until it is deleted."""
-    _writes_allowed(settings)
+    writes_allowed(settings)
     upload, form = await form_file(request, max_fields=8)
     purpose = form.get("purpose")
     if purpose not in PURPOSES:
@@ -233,7 +228,7 @@ def get_file_content(file_id: str, settings: SettingsDep) -> Response:
 @router.delete("/files/{file_id}", responses=WRITE_ERRORS)
 def delete_file(file_id: str, settings: SettingsDep) -> Deleted:
     """Deletes the stored bytes; documents already made from them stay in their stores."""
-    _writes_allowed(settings)
+    writes_allowed(settings)
     stored_files(settings).delete(file_id)
     return Deleted(id=file_id, object="file")
 
@@ -443,7 +438,7 @@ async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
     the response, or, past RAG_SYNC_WRITE_CHARS, queued (`in_progress` until written). A
     file whose text cannot be read is `failed` with the reason, kept in vector_store.json.
     A write goes on when the client stops waiting, and reads `in_progress` meanwhile."""
-    _writes_allowed(settings)
+    writes_allowed(settings)
     files = stored_files(settings)
     info = files.info(file_id)
     attributes = _check_pairs(attributes, "attributes")

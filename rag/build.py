@@ -191,21 +191,26 @@ class Batches:
             writer.add_sentences(sentences, sentence_vectors)
 
     def _embed(self, texts: list[str], sentences: bool) -> tuple[np.ndarray, int]:
-        """Vectors for `texts`, taken from the previous build where the text is unchanged;
-        returns them and how many were reused."""
-        hashes = [_hash(t) for t in texts]
-        known = self.reusable.vectors_by_hash(hashes, sentences) if self.reusable is not None else {}
-        vectors = np.zeros((len(texts), self.embedder.dimension), dtype=np.float32)
-        todo = []
-        for i, digest in enumerate(hashes):
-            old = known.get(digest)
-            if old is not None:
-                vectors[i] = old
-            else:
-                todo.append(i)
-        if todo:
-            vectors[todo] = self.embedder.encode([texts[i] for i in todo], batch_size=self.settings.embed_batch_size)
-        return vectors, len(texts) - len(todo)
+        return embed_reusing(texts, self.embedder, self.settings.embed_batch_size, self.reusable, sentences)
+
+
+def embed_reusing(texts: list[str], embedder: Embedder, batch_size: int, reusable: ChunkStore | None,
+                  sentences: bool = False) -> tuple[np.ndarray, int]:
+    """Vectors for `texts`, taken from `reusable` (the previous build, a live collection)
+    where the text is unchanged; returns them and how many were reused."""
+    hashes = [_hash(t) for t in texts]
+    known = reusable.vectors_by_hash(hashes, sentences) if reusable is not None else {}
+    vectors = np.zeros((len(texts), embedder.dimension), dtype=np.float32)
+    todo = []
+    for i, digest in enumerate(hashes):
+        old = known.get(digest)
+        if old is not None:
+            vectors[i] = old
+        else:
+            todo.append(i)
+    if todo:
+        vectors[todo] = embedder.encode([texts[i] for i in todo], batch_size=batch_size)
+    return vectors, len(texts) - len(todo)
 
 
 def _previous(settings: Settings, spec: IndexSpec) -> ChunkStore | None:
@@ -218,7 +223,7 @@ def _previous(settings: Settings, spec: IndexSpec) -> ChunkStore | None:
 
 def embed_texts(texts: list[str], embedder: Embedder, batch_size: int) -> np.ndarray:
     """What a build does to embed new texts (none reused), for `rag bench`."""
-    return embedder.encode(texts, batch_size=batch_size)
+    return embed_reusing(texts, embedder, batch_size, None)[0]
 
 
 def _hash(text: str) -> str:

@@ -28,10 +28,11 @@ from rag.build import Batches, build_manifest, spec_of
 from rag.clean import CleanRules
 from rag.embed import Embedder
 from rag.errors import BadQueryError, ConflictError, CorpusError, IndexMismatchError, NotFoundError, RagError
-from rag.ingest import DOC_ID_PATTERN, SourceDocument, normalise_metadata
+from rag.ingest import SourceDocument, normalise_metadata
 from rag.kb import KnowledgeBase
 from rag.settings import Settings
 from rag.text import is_unicode_text
+from rag.uploads import checked_doc_id
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT = "default"
@@ -182,9 +183,7 @@ def text_document(text: str, doc_id: str | None, title: str | None, metadata: di
         raise BadQueryError("text is empty")
     if not is_unicode_text(text):
         raise BadQueryError("text is not valid Unicode (it holds a lone surrogate)")
-    doc_id = doc_id or "doc-" + hashlib.sha256(text.encode()).hexdigest()[:16]
-    if not DOC_ID_PATTERN.match(doc_id):
-        raise BadQueryError(f"doc_id {doc_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    doc_id = checked_doc_id(doc_id or "doc-" + hashlib.sha256(text.encode()).hexdigest()[:16])
     path = Path(f"{doc_id}.txt")
     try:
         meta = normalise_metadata({**(metadata or {}), **({"title": title} if title else {})}, path)

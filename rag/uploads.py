@@ -37,9 +37,7 @@ def uploaded_document(filename: str, data: bytes, doc_id: str | None = None) -> 
                                    f"{', '.join(TYPES)}")
     if not data.strip():
         raise BadQueryError(f"{name} is empty")
-    doc_id = doc_id or _doc_id(name, data)
-    if not DOC_ID_PATTERN.match(doc_id):
-        raise BadQueryError(f"doc_id {doc_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    doc_id = checked_doc_id(doc_id or _doc_id(name, data))
     try:
         if suffix == ".pdf":
             pdf = extract_pdf(data)
@@ -55,6 +53,13 @@ def uploaded_document(filename: str, data: bytes, doc_id: str | None = None) -> 
         return SourceDocument(doc_id, Path(name), doc.text, doc.metadata), False
     except CorpusError as exc:
         raise BadQueryError(str(exc).replace(f"{doc_id}{suffix}", name)) from exc
+
+
+def checked_doc_id(doc_id: str) -> str:
+    """A doc_id sent over HTTP, refused (422) unless it is one the corpus folder could give."""
+    if not DOC_ID_PATTERN.match(doc_id):
+        raise BadQueryError(f"doc_id {doc_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    return doc_id
 
 
 def _doc_id(name: str, data: bytes) -> str:
