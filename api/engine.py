@@ -51,7 +51,6 @@ from rag.errors import (
     ReloadError,
     StorageError,
 )
-from rag.kb import KnowledgeBase
 from rag.rerank import load_reranker
 from rag.retrieve import Reranker, Retriever
 from rag.schema import QueryResponse
@@ -59,6 +58,7 @@ from rag.service import retriever_for
 from rag.settings import Settings
 from rag.store import clean_orphans
 from rag.stores import open_store
+from rag.stores.base import LiveStore
 from rag.types import Filters, Mode
 
 T = TypeVar("T")
@@ -96,7 +96,7 @@ class Engine:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
         self.collections: Collections | None = None
         self.pending: dict[tuple[str, str], dict[str, str | None]] = {}  # (collection, doc_id) of writes_later
-        self._collection_retrievers: dict[str, tuple[KnowledgeBase, Retriever]] = {}
+        self._collection_retrievers: dict[str, tuple[LiveStore, Retriever]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
         self._failed_build: str | None = None  # a build that failed to load for good: not retried by polls

@@ -39,7 +39,7 @@ from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.settings import Settings
 from rag.store import IndexSpec, new_manifest, size_on_disk
 from rag.stores import open_store, open_writer
-from rag.stores.base import ChunkStore, DocumentSink
+from rag.stores.base import ChunkStore, DocumentSink, VectorSource
 
 BATCH_DOCUMENTS = 64  # documents per writer batch: bounded memory, batches big enough to embed well
 
@@ -150,7 +150,7 @@ class Batches:
     """Cleans, chunks and embeds one batch of documents at a time into a writer."""
 
     def __init__(self, settings: Settings, embedder: Embedder, rules: CleanRules | None,
-                 previous: ChunkStore | None):
+                 previous: VectorSource | None):
         self.settings, self.embedder, self.rules, self.previous = settings, embedder, rules, previous
         self.params = ChunkParams(settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.max_tokens)
         same_model = previous is not None and previous.manifest["model"]["dimension"] == embedder.dimension
@@ -194,7 +194,7 @@ class Batches:
         return embed_reusing(texts, self.embedder, self.settings.embed_batch_size, self.reusable, sentences)
 
 
-def embed_reusing(texts: list[str], embedder: Embedder, batch_size: int, reusable: ChunkStore | None,
+def embed_reusing(texts: list[str], embedder: Embedder, batch_size: int, reusable: VectorSource | None,
                   sentences: bool = False) -> tuple[np.ndarray, int]:
     """Vectors for `texts`, taken from `reusable` (the previous build, a live collection)
     where the text is unchanged; returns them and how many were reused."""

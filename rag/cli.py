@@ -237,8 +237,9 @@ def bench(
     scale: Annotated[int | None, typer.Option(help="instead: build an N-chunk collection from SciFact's real "
                                               "embeddings and time its searches, recall, build and memory",
                                               min=1000, max=100_000_000)] = None,
-    backend: Annotated[str | None, typer.Option(help="with --scale: local or milvus [RAG_VECTOR_STORE]")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="with --scale: print one JSON object")] = False,
+    backend: Annotated[str | None, typer.Option(help="with --scale or --writes: local or milvus "
+                                                "[RAG_VECTOR_STORE]")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="with --scale or --writes: print one JSON object")] = False,
     writes: Annotated[bool, typer.Option("--writes", help="instead: time adding and deleting a one-page "
                                          "document in live collections of 100 and 100,000 chunks")] = False,
     index: IndexOpt = None,
@@ -248,19 +249,20 @@ def bench(
     from rag.build import build_index
 
     settings = load_settings(index=index)
+    if backend not in (None, "local", "milvus"):
+        fail(f"--backend must be local or milvus, got {backend!r}")
     if writes:
         from rag.bench import DEFAULT_SCIFACT
         from rag.writes_bench import run_writes, writes_table
 
-        timed = run_writes(settings, DEFAULT_SCIFACT, log=lambda m: typer.echo(m, err=True))
+        timed = run_writes(settings.model_copy(update={"vector_store": backend or settings.vector_store}),
+                           DEFAULT_SCIFACT, log=lambda m: typer.echo(m, err=True))
         typer.echo(json.dumps(timed) if as_json else writes_table(timed))
         return
     if scale is not None:
         from rag.bench import DEFAULT_SCIFACT
         from rag.scale import run_scale, scale_table
 
-        if backend not in (None, "local", "milvus"):
-            fail(f"--backend must be local or milvus, got {backend!r}")
         measured = run_scale(settings, scale, backend or settings.vector_store, DEFAULT_SCIFACT,
                              log=lambda m: typer.echo(m, err=True))
         typer.echo(json.dumps(measured) if as_json else scale_table(measured))

@@ -10,8 +10,13 @@ Upsert by content: a document whose doc_id exists with the same content hash is 
 it is (nothing embedded); changed content re-embeds only the chunks and sentences whose
 text changed (the collection's own vectors are reused by hash).
 
-Left out: collections on Milvus (this registry is the local store's), renaming, and
-syncing a folder into a collection other than `default`.
+A collection lives in the store the service is configured with (`RAG_VECTOR_STORE`):
+a KnowledgeBase (SQLite) for `local`, a MilvusCollection (rag.stores.milvus_live) for
+`milvus`. Either way its manifest.json is here, and records where the documents are; a
+collection made in the other store is refused with a 409 naming it.
+
+Left out: renaming, and a registry in Milvus itself (a cluster's services share one
+index folder's registry, or each keeps its own).
 """
 
 import hashlib
@@ -19,6 +24,7 @@ import json
 import re
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +37,7 @@ from rag.errors import BadQueryError, ConflictError, CorpusError, IndexMismatchE
 from rag.ingest import SourceDocument, normalise_metadata
 from rag.kb import KnowledgeBase
 from rag.settings import Settings
+from rag.stores.base import LiveStore
 from rag.text import is_unicode_text
 from rag.uploads import checked_doc_id
 
@@ -61,7 +68,7 @@ class Collections:
         """`embedder` may be None for reading, listing and removing: they embed nothing."""
         self.settings, self._embedder = settings, embedder
         self.root = settings.index_dir / "collections"
-        self._open: dict[str, KnowledgeBase] = {}
+        self._open: dict[str, LiveStore] = {}
         self._lock = threading.Lock()
 
     @property
@@ -76,7 +83,7 @@ class Collections:
         found = sorted(p.name for p in folders if NAME.fullmatch(p.name) and (p / "manifest.json").is_file())
         return [DEFAULT, *(n for n in found if n != DEFAULT)]
 
-    def get(self, name: str) -> KnowledgeBase:
+    def get(self, name: str) -> LiveStore:
         check_name(name)
         with self._lock:
             if name not in self._open:
@@ -86,16 +93,31 @@ class Collections:
                 manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
                 if diffs := spec_of(self.settings).differences(manifest):
                     raise IndexMismatchError(f"collection '{name}' was made with other settings: {'; '.join(diffs)}")
-                self._open[name] = KnowledgeBase(folder, manifest)
+                self._open[name] = self._opened(folder, manifest)
             return self._open[name]
 
-    def ensure(self, name: str) -> tuple[KnowledgeBase, bool]:
+    def _opened(self, folder: Path, manifest: dict[str, Any]) -> LiveStore:
+        backend = manifest.get("store", {}).get("backend", "local")
+        if backend != self.settings.vector_store:
+            raise ConflictError(f"collection '{folder.name}' lives in the {backend} store; this service uses "
+                                f"{self.settings.vector_store} (RAG_VECTOR_STORE)")
+        if backend == "milvus":
+            from rag.stores.milvus_live import MilvusCollection
+
+            return MilvusCollection(self.settings.milvus_uri, manifest, self._milvus_token())
+        return KnowledgeBase(folder, manifest)
+
+    def _milvus_token(self) -> str | None:
+        token = self.settings.milvus_token
+        return token.get_secret_value() if token is not None else None
+
+    def ensure(self, name: str) -> tuple[LiveStore, bool]:
         """The collection, made first if missing; and whether it was made."""
         if name in self.names():
             return self.get(name), False
         return self.create(name), True
 
-    def create(self, name: str) -> KnowledgeBase:
+    def create(self, name: str) -> LiveStore:
         check_name(name)
         if name == DEFAULT or name in self.names():
             raise ConflictError(f"a collection named '{name}' exists")
@@ -105,6 +127,11 @@ class Collections:
         tmp.mkdir(parents=True)
         manifest = build_manifest(self.settings, self.embedder.dimension, self.embedder.max_tokens,
                                   collection=name)
+        if self.settings.vector_store == "milvus":  # its Milvus collections first: the rename registers them
+            from rag.stores.milvus_live import create_collection
+
+            manifest["store"] = create_collection(self.settings.milvus_uri, self.settings.milvus_collection,
+                                                  uuid.uuid4().hex[:12], self.embedder.dimension, self._milvus_token())
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         tmp.rename(folder)  # a crash before this leaves only a .tmp- folder, never half a collection
         return self.get(name)
@@ -117,7 +144,11 @@ class Collections:
         with self._lock, kb.lock:
             self._open.pop(name, None)
             kb.close()
-            shutil.rmtree(self.root / name)
+            shutil.rmtree(self.root / name)  # unregistered: what follows may fail without harm
+            if (store := kb.manifest.get("store", {})).get("backend") == "milvus":
+                from rag.stores.milvus_live import drop_collection
+
+                drop_collection(self.settings.milvus_uri, store["prefix"], store["tag"], self._milvus_token())
 
     def upsert(self, name: str, doc: SourceDocument, replace: bool, origin: str = "upload",
                clean: bool = True) -> Written:
@@ -130,7 +161,7 @@ class Collections:
             return Written(doc.doc_id, "unchanged", kb.chunk_count(doc.doc_id), 0)
         if existing is not None and not replace:
             raise ConflictError(f"document '{doc.doc_id}' exists with other content: PUT replaces it")
-        batches = Batches(self.settings, self.embedder, CleanRules() if clean else None, kb)
+        batches = Batches(self.settings, self.embedder, CleanRules() if clean else None, kb.reusable(doc.doc_id))
         with kb.writing(origin) as write:
             batches.write([doc], write)
         return Written(doc.doc_id, "replaced" if existing is not None else "created", batches.chunks,

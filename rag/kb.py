@@ -69,7 +69,22 @@ NEXT_ROW = ("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '
             "coalesce((SELECT max(row) FROM {table}), -1)) + 1")
 
 
-class KnowledgeBase:
+class LiveWrites:
+    """What a live collection (this module's, or rag.stores.milvus_live's) does with a write."""
+
+    @contextmanager
+    def writing(self, origin: str) -> Iterator["Write"]:
+        """One document's write: what `rag.build`'s batches hand a store writer, applied
+        atomically at the end of the block (nothing is applied if the block raises)."""
+        write = Write(origin)
+        yield write
+        self._apply(write)
+
+    def _apply(self, write: "Write") -> None:
+        raise NotImplementedError
+
+
+class KnowledgeBase(LiveWrites):
     """One collection: the ChunkStore the retriever searches, and the writer of its documents."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any]):
@@ -175,6 +190,11 @@ class KnowledgeBase:
                 out[digest] = np.frombuffer(blob, dtype=np.float32).copy()
         return out
 
+    def reusable(self, doc_id: str) -> "KnowledgeBase":
+        """What a write of `doc_id` takes vectors from: any chunk or sentence of the
+        collection with the same text (SQLite finds them by hash index)."""
+        return self
+
     def close(self) -> None:
         self.closed = True
         self._db.close()
@@ -208,14 +228,6 @@ class KnowledgeBase:
             raise NotFoundError(f"the collection at {self.folder.name} was deleted")
 
     # ------------------------------------------------------------------ writing
-
-    @contextmanager
-    def writing(self, origin: str) -> Iterator["Write"]:
-        """One document's write: what `rag.build`'s batches hand a store writer, applied
-        atomically at the end of the block (nothing is applied if the block raises)."""
-        write = Write(origin)
-        yield write
-        self._apply(write)
 
     def _apply(self, write: "Write") -> None:
         with self.lock:

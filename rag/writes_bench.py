@@ -11,6 +11,10 @@ Then what a big write does to queries: the p50 of queries on the seed index, idl
 while a ~100-page document (200 SciFact abstracts, ~40k words) is written into a live
 collection on another thread, sharing the model and the 2 cores as in the service.
 
+Collections live in the configured store (`--backend`, or RAG_VECTOR_STORE): local
+files, or Milvus (a Milvus Lite file in the temporary folder unless RAG_MILVUS_URI names a
+server). The queries of the big-write test run on the local seed index either way.
+
 Left out: concurrent writers (the service has one writer thread) and files (PDF extraction
 adds ~1 ms a page: rag.pdf).
 """
@@ -47,11 +51,11 @@ def run_writes(settings: Settings, scifact: Path, log: Callable[[str], None]) ->
     assert isinstance(store, LocalStore)
     source = Source(store)
     pages = [f"{a.text}\n\n{b.text}" for a, b in zip(documents[::2], documents[1::2])]
-    out: dict[str, Any] = {"model": settings.model, "backend": settings.embed_backend, "sizes": {}}
+    out: dict[str, Any] = {"model": settings.model, "backend": settings.embed_backend,
+                           "store": settings.vector_store, "sizes": {}}
     for size in SIZES:
         with tempfile.TemporaryDirectory(prefix="rag-writes-") as tmp:
-            target = settings.model_copy(update={"index_dir": Path(tmp)})
-            collections = Collections(target, embedder)
+            collections = Collections(_scratch(settings, Path(tmp)), embedder)
             kb = collections.create("bench")
             started = time.perf_counter()
             _fill(kb, source, size)
@@ -72,6 +76,7 @@ def run_writes(settings: Settings, scifact: Path, log: Callable[[str], None]) ->
                 collections.remove("bench", f"page-{i}")
                 delete_ms.append((time.perf_counter() - t0) * 1000)
             collections.close()
+            _release(collections.settings)
         out["sizes"][str(size)] = {"add_ms_p50": round(statistics.median(add_ms), 1),
                                    "add_ms_p95": round(percentile(add_ms, 0.95), 1),
                                    "delete_ms_p50": round(statistics.median(delete_ms), 1),
@@ -88,7 +93,8 @@ def _impact(settings: Settings, embedder: Any, big_text: str) -> dict[str, Any]:
     from rag.service import retriever_for
     from rag.stores import open_store
 
-    retriever = retriever_for(settings, open_store(settings, spec_of(settings)), embedder)
+    seed = settings.model_copy(update={"vector_store": "local"})
+    retriever = retriever_for(seed, open_store(seed, spec_of(seed)), embedder)
 
     def timed(n: int) -> list[float]:
         out = []
@@ -103,7 +109,7 @@ def _impact(settings: Settings, embedder: Any, big_text: str) -> dict[str, Any]:
     done = threading.Event()
     took: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rag-writes-") as tmp:
-        collections = Collections(settings.model_copy(update={"index_dir": Path(tmp)}), embedder)
+        collections = Collections(_scratch(settings, Path(tmp)), embedder)
         collections.create("big")
 
         def write() -> None:
@@ -119,10 +125,28 @@ def _impact(settings: Settings, embedder: Any, big_text: str) -> dict[str, Any]:
             busy += timed(10)
         writer.join()
         collections.close()
+        _release(collections.settings)
     return {"words": len(big_text.split()), "write_s": round(took[0], 1),
             "query_ms_p50_idle": round(statistics.median(idle), 2),
             "query_ms_p50_during": round(statistics.median(busy), 2),
             "ratio": round(statistics.median(busy) / statistics.median(idle), 2), "queries_during": len(busy)}
+
+
+def _scratch(settings: Settings, folder: Path) -> Settings:
+    """Settings whose collections live in `folder` (a Milvus Lite file there, for milvus,
+    unless the configured URI is a server)."""
+    update: dict[str, Any] = {"index_dir": folder}
+    if settings.vector_store == "milvus" and "://" not in settings.milvus_uri:
+        update["milvus_uri"] = str(folder / "milvus.db")
+    return settings.model_copy(update=update)
+
+
+def _release(settings: Settings) -> None:
+    """Stop this process's Milvus Lite server of a scratch file (its memory goes with it)."""
+    if settings.vector_store == "milvus" and "://" not in settings.milvus_uri:
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(settings.milvus_uri)
 
 
 def _fill(kb: Any, source: Source, size: int) -> None:
@@ -140,7 +164,8 @@ def _fill(kb: Any, source: Source, size: int) -> None:
 
 
 def writes_table(result: dict[str, Any]) -> str:
-    lines = [f"writes to a live collection ({result['model']}, {result['backend']}): one-page document",
+    lines = [f"writes to a live collection in the {result.get('store', 'local')} store ({result['model']}, "
+             f"{result['backend']}): one-page document",
              "chunks in collection   add p50    add p95   delete p50  delete p95   chunks embedded per add"]
     for size, row in result["sizes"].items():
         lines.append(f"{int(size):>20,}   {row['add_ms_p50']:>7.1f}   {row['add_ms_p95']:>7.1f}   "

@@ -23,15 +23,19 @@ from rag.errors import BadQueryError
 from rag.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A one-document built corpus (the default collection): quick to build."""
+@pytest.fixture(scope="module", params=["local", "milvus"])
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A one-document built corpus (the default collection): quick to build; vector stores
+    in each store (local files, Milvus Lite)."""
     root = tmp_path_factory.mktemp("stores")
     corpus = root / "corpus"
     corpus.mkdir()
     (corpus / "seals.md").write_text("---\ntitle: Seals\nsource: Field guide\n---\n# Seals\n\n"
                                      "Harbour seals haul out on sandbanks at low tide.\n", encoding="utf-8")
     settings = Settings(corpus_dir=corpus, index_dir=root / "index", model="fake")
+    if request.param == "milvus":
+        pytest.importorskip("pymilvus")
+        settings = settings.model_copy(update={"vector_store": "milvus", "milvus_uri": str(root / "milvus.db")})
     build_index(settings, FakeEmbedder())
     return settings
 

@@ -20,6 +20,7 @@ Left out: in-place updates of a live build (a build writes a whole new one).
 """
 
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -88,6 +89,14 @@ class ChunkStore(Protocol):
     def close(self) -> None: ...
 
 
+class VectorSource(Protocol):
+    """Where a build or a write takes the vectors of unchanged text from: a store, or part of one."""
+
+    manifest: dict[str, Any]
+
+    def vectors_by_hash(self, hashes: Iterable[str], sentences: bool = False) -> dict[str, np.ndarray]: ...
+
+
 class DocumentSink(Protocol):
     """What a build hands its documents to: a store writer, or one write of a live collection (rag.kb)."""
 
@@ -124,3 +133,26 @@ class StoreWriter(Protocol):
         """Without a commit: remove what was written; the live build stays."""
         ...
 
+
+
+class LiveStore(ChunkStore, Protocol):
+    """A collection written one document at a time while it serves (rag.kb's in SQLite,
+    rag.stores.milvus_live's in Milvus); queries hold `lock` while they read."""
+
+    lock: Any
+    version: int  # bumped by every write
+    closed: bool
+
+    def writing(self, origin: str) -> AbstractContextManager[DocumentSink]:
+        """One write: what is added to the sink goes live atomically when the block ends."""
+        ...
+
+    def delete(self, doc_id: str) -> bool: ...
+
+    def origin(self, doc_id: str) -> str | None:
+        """How a document came in (sync, upload, ...); None if there is none."""
+        ...
+
+    def reusable(self, doc_id: str) -> VectorSource | None:
+        """Where a write of `doc_id` takes the vectors of its unchanged text from."""
+        ...

@@ -190,11 +190,7 @@ class MilvusStore:
             hits = self._client.search(self._names["chunks"], data=[query], anns_field=field, limit=limit,
                                        filter=expression, output_fields=["row"],
                                        search_params={"metric_type": metric})[0]
-        if metric == "IP":
-            return _ranking([(int(h.id), h.distance) for h in hits])
-        # Milvus gives the BM25 score, Milvus Lite its negative; no query term, no hit. Both keep Lucene's
-        # classic (k1 + 1) factor, which the local store (like Lucene 8+) drops: divided out, scores are equal
-        return _ranking([(int(h.id), abs(h.distance) / (1 + DEFAULT_K1)) for h in hits if h.distance])
+        return _scored(hits, metric)
 
     def _get(self, kind: str, keys: list[Any], fields: list[str]) -> list[dict[str, Any]]:
         with self._reading():
@@ -284,10 +280,7 @@ class MilvusWriter:
         self._names, self._committed = _names(prefix, self.tag), False
         self._rows = {kind: 0 for kind in self._names}  # next key of each collection
         self._sources: dict[str, str] = {}  # doc_id -> source, copied onto its chunks
-        lite = _lite(uri)  # FLAT is exact; on a cluster AUTOINDEX (HNSW there) is the fast near-exact choice
-        self._index: dict[str, Any] = {"dense": "FLAT" if lite else "AUTOINDEX", "metric": "IP", "lexical": "BM25",
-                                       "k1": DEFAULT_K1, "b": DEFAULT_B,
-                                       "analyzer": "standard" if lite else "whitespace"}
+        self._index = index_choice(uri)
         try:
             with _errors("create a build in", self._where):
                 for kind, (fields, indexes, functions) in _layouts(dimension, self._index["dense"],
@@ -397,11 +390,22 @@ class MilvusWriter:
                 self._client.insert(self._names[kind], batch)
 
     def _drop(self, names: Iterable[str]) -> None:
-        """Best effort: a build that stays behind costs space, not correctness."""
-        for name in names:
-            with suppress(Exception):
-                if self._client.has_collection(name):
-                    self._client.drop_collection(name)
+        drop(self._client, names)
+
+
+def drop(client: Any, names: Iterable[str]) -> None:
+    """Best effort: a collection that stays behind costs space, not correctness."""
+    for name in names:
+        with suppress(Exception):
+            if client.has_collection(name):
+                client.drop_collection(name)
+
+
+def index_choice(uri: str) -> dict[str, Any]:
+    """The indexes of a build or collection at `uri` (recorded in its manifest)."""
+    lite = _lite(uri)  # FLAT is exact; on a cluster AUTOINDEX (HNSW there) is the fast near-exact choice
+    return {"dense": "FLAT" if lite else "AUTOINDEX", "metric": "IP", "lexical": "BM25", "k1": DEFAULT_K1,
+            "b": DEFAULT_B, "analyzer": "standard" if lite else "whitespace"}
 
 
 PLACEHOLDER_INDEX = {"_": {"index_type": "FLAT", "metric_type": "L2"}}
@@ -438,11 +442,12 @@ def _layouts(dimension: int, dense: str, analyzer: str) -> dict[str, tuple[dict[
             "sentences": (sentences, vector_index, [])}
 
 
-def _create(client: Any, name: str, fields: dict[str, Field], indexes: dict[str, Any], functions: Sequence[Any] = ()
-            ) -> None:
+def _create(client: Any, name: str, fields: dict[str, Field], indexes: dict[str, Any], functions: Sequence[Any] = (),
+            auto_id: bool = False) -> None:
+    """A collection, indexed and loaded; `auto_id`: Milvus gives the INT64 keys (unique, never reused)."""
     from pymilvus import DataType
 
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema = client.create_schema(auto_id=auto_id, enable_dynamic_field=False)
     for field, (kind, params) in fields.items():
         schema.add_field(field, getattr(DataType, kind), **params)
     for function in functions:
@@ -532,6 +537,15 @@ def _quote(value: str) -> str:
     for raw, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
         value = value.replace(raw, escaped)
     return f'"{value}"'
+
+
+def _scored(hits: Iterable[Any], metric: str) -> Ranking:
+    """A search's hits as a ranking with the local store's scores."""
+    if metric == "IP":
+        return _ranking([(int(h.id), h.distance) for h in hits])
+    # Milvus gives the BM25 score, Milvus Lite its negative; no query term, no hit. Both keep Lucene's
+    # classic (k1 + 1) factor, which the local store (like Lucene 8+) drops: divided out, scores are equal
+    return _ranking([(int(h.id), abs(h.distance) / (1 + DEFAULT_K1)) for h in hits if h.distance])
 
 
 def _ranking(hits: list[tuple[int, float]]) -> Ranking:

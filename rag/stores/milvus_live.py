@@ -1,0 +1,533 @@
+"""A live collection in Milvus: documents added, replaced and deleted while it serves,
+with the promises of rag.kb, kept without transactions (Milvus has none across rows).
+
+Each collection is five Milvus collections `<prefix>_live_<tag>_<kind>` (the tag is made
+at creation and kept in the collection's manifest.json, so a collection deleted and made
+again under its name is another one):
+- chunks, sentences, parts: as a build's (rag.stores.milvus); every write of a document
+  is a new version `gen`, and its rows' keys are `gen << KEY_BITS | i` (i: the row's
+  place in the version), so a version's rows are found by key, never by a filter (a
+  filter scans every row in Milvus Lite: ~150 ms at 100k chunks, a key read ~1 ms);
+  a chunk also records the range of its version's sentences that it overlaps;
+- documents: one row per document, its pointer: doc_id (key), the live gen, the
+  version's row counts, origin, source, order; the row with doc_id "" holds a stamp
+  every write changes;
+- pending: one row per write in flight (its gen, doc_id, and the versions it touches),
+  the intent log of recovery.
+
+A write: record the intent in pending, insert the new version's rows, upsert the
+document's pointer row (one row: atomic), delete the old version's rows by key, drop the
+intent. A delete: intent, delete the pointer row, delete the rows, drop the intent.
+- never half a document: readers keep only hits whose gen is their document's live gen,
+  so rows of a version not yet pointed to, or no longer, are never shown; a crash leaves
+  such rows behind, and the next open removes them (named by the intents left in
+  pending: recovery costs what the interrupted writes cost, not the collection);
+- acknowledged means durable: each call returns after Milvus logged it (a cluster's
+  message log; Milvus Lite's write-ahead file, handed to the OS at every call and fsynced
+  when it rolls over: a killed process loses nothing, tested; a power cut may);
+- read your writes, no stale passages: this process's queries and writes share the
+  collection's lock, and the pointers a query checks are updated before a write returns;
+  a cluster collection written by another process is noticed by the stamp (one key read
+  per query) and its pointers reloaded;
+- writes cost what the document costs: keyed inserts, a one-row upsert, keyed deletes;
+  a replaced document's unchanged chunks and sentences reuse its old version's vectors.
+
+Left out: several processes writing one cluster collection at once (the last pointer
+wins, and two writes in the same second draw the same gen with odds 1 in 4096), and a
+registry of collections in Milvus itself (names and manifests are files under the index
+folder, as for the local store).
+"""
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from rag.errors import BadQueryError, NotFoundError
+from rag.fusion import Ranking
+from rag.kb import LiveWrites, Write
+from rag.lexical import tokenize
+from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
+from rag.stores.milvus import (
+    BATCH,
+    CACHE_ROWS,
+    CHUNK_COLUMNS,
+    NO_VECTOR,
+    PART_CHARS,
+    PLACEHOLDER_INDEX,
+    TOP_K,
+    Field,
+    _batches,
+    _connect,
+    _create,
+    _errors,
+    _expression,
+    _layouts,
+    _lite,
+    _public,
+    _quote,
+    _ranking,
+    _scored,
+    drop,
+    index_choice,
+)
+from rag.types import Filters
+
+KINDS = ("chunks", "documents", "parts", "sentences", "pending")
+KEY_BITS = 19  # rows of one kind in one version: up to 524,288 (a 32 MiB text has ~330k sentences)
+STAMP = ""  # the documents row whose gen every write changes (no document has an empty id)
+FLUSH_ROWS = 4_096  # Milvus Lite: unflushed rows are filtered by a scan (~12 us a row), flushed ones by index
+RECOVER_AFTER_S = 600  # on a cluster, an intent this old belongs to a writer that died
+FILTERED = ("doc_id", "source", "section", "chunk_id", "embed_hash")  # chunk fields filters name: indexed
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """A document's live version."""
+    gen: int
+    chunks: int
+    sentences: int
+    parts: int  # pieces of the document's JSON text
+    origin: str
+    source: str
+    order: int  # nanoseconds of the write: documents list in the order they were last written
+    content_hash: str
+
+    def keys(self, kind: str) -> list[int]:
+        return keys(self.gen, {"chunks": self.chunks, "sentences": self.sentences, "parts": self.parts}[kind])
+
+
+POINTER_FIELDS = tuple(f.name for f in dataclass_fields(Pointer))
+
+
+def keys(gen: int, count: int, first: int = 0) -> list[int]:
+    return [gen << KEY_BITS | i for i in range(first, first + count)]
+
+
+def names(prefix: str, tag: str) -> dict[str, str]:
+    return {kind: f"{prefix}_live_{tag}_{kind}" for kind in KINDS}
+
+
+def create_collection(uri: str, prefix: str, tag: str, dimension: int, token: str | None = None) -> dict[str, Any]:
+    """Make the Milvus collections of a new live collection; returns what its manifest
+    records of them."""
+    index = index_choice(uri)
+    client = _connect(uri, prefix, token, 10.0)
+    made = names(prefix, tag)
+    number: Field = ("INT64", {})
+    short: Field = ("VARCHAR", {"max_length": 4_096})
+    placeholder: Field = ("FLOAT_VECTOR", {"dim": 2})
+    try:
+        with _errors("create a collection in", _public(uri)):
+            layouts = _layouts(dimension, index["dense"], index["analyzer"])
+            extra = {"chunks": {"gen": number, "sentence_lo": number, "sentence_hi": number},
+                     "parts": {"gen": number}, "sentences": {"gen": number}}
+            for kind, added in extra.items():
+                fields, indexes, functions = layouts[kind]
+                if kind == "chunks":  # searches filter on these: an index spares a scan of every row
+                    indexes = {**indexes, **{f: {"index_type": "INVERTED"} for f in FILTERED}}
+                _create(client, made[kind], {**fields, **added}, indexes, functions)
+            pointer = {f: short if f in ("origin", "source", "content_hash") else number for f in POINTER_FIELDS}
+            _create(client, made["documents"], {"doc_id": ("VARCHAR", {"is_primary": True, "max_length": 4_096}),
+                                                **pointer, "_": placeholder}, PLACEHOLDER_INDEX)
+            _create(client, made["pending"], {"gen": ("INT64", {"is_primary": True}), "doc_id": short, "at": number,
+                                              "versions": ("VARCHAR", {"max_length": 65_535}), "_": placeholder},
+                    PLACEHOLDER_INDEX)
+    except BaseException:
+        drop(client, made.values())
+        raise
+    finally:
+        client.close()
+    return {"backend": "milvus", "uri": _public(uri), "prefix": prefix, "tag": tag, "index": index}
+
+
+def drop_collection(uri: str, prefix: str, tag: str, token: str | None = None) -> None:
+    """Best effort: what stays behind costs space, not correctness."""
+    client = _connect(uri, prefix, token, 10.0)
+    try:
+        drop(client, names(prefix, tag).values())
+    finally:
+        client.close()
+
+
+class MilvusCollection(LiveWrites):
+    """One live collection in Milvus: the ChunkStore the retriever searches, and the
+    writer of its documents (the interface of rag.kb.KnowledgeBase)."""
+
+    def __init__(self, uri: str, manifest: dict[str, Any], token: str | None = None):
+        store = manifest["store"]
+        self.manifest, self.dimension = manifest, int(manifest["model"]["dimension"])
+        self._where, self._names = _public(uri), names(store["prefix"], store["tag"])
+        self._shared = not _lite(uri)  # Milvus Lite is one process's: no other writer to notice
+        self.version, self.lock, self.closed = 0, threading.RLock(), False
+        self._client = _connect(uri, store["prefix"], token, 10.0)
+        self._pointers: dict[str, Pointer] = {}
+        self._stamp: int | None = None
+        self._last_gen = 0
+        self._unflushed = 0  # rows this process inserted since its last flush (Milvus Lite)
+        try:
+            with _errors("open a collection in", self._where):
+                for name in self._names.values():
+                    self._client.load_collection(name)  # released in every new Milvus Lite process
+                self._reload()
+                self._recover()
+        except BaseException:
+            self._client.close()
+            raise
+        self._chunk = lru_cache(maxsize=CACHE_ROWS)(self._fetch_chunk)  # keys are never reused: never stale
+        self.chunks = _Chunks(self)
+        self.documents = _Documents(self)
+
+    @property
+    def build_id(self) -> str:
+        return f"live-{self.version}"
+
+    # ------------------------------------------------------------------ reading (ChunkStore)
+
+    def count(self) -> int:
+        with self.lock:
+            self._fresh()
+            return sum(p.chunks for p in self._pointers.values())
+
+    def row_of(self, chunk_id: str) -> int | None:
+        found = self._query("chunks", f"chunk_id == {_quote(chunk_id)}", ["row", "doc_id", "gen"])
+        return next((r["row"] for r in found if self._is_live(r)), None)
+
+    def rows_of(self, doc_id: str) -> list[int]:
+        pointer = self.pointer(doc_id)
+        return pointer.keys("chunks") if pointer is not None else []  # written in document order
+
+    def chunk_count(self, doc_id: str) -> int:
+        pointer = self.pointer(doc_id)
+        return pointer.chunks if pointer is not None else 0
+
+    def origin(self, doc_id: str) -> str | None:
+        pointer = self.pointer(doc_id)
+        return pointer.origin if pointer is not None else None
+
+    def pointer(self, doc_id: str) -> Pointer | None:
+        with self.lock:
+            self._fresh()
+            return self._pointers.get(doc_id)
+
+    def unknown(self, field: str, values: Sequence[str]) -> list[str]:
+        with self.lock:
+            self._fresh()
+            if field == "doc_ids":
+                known = set(self._pointers)
+            elif field == "sources":
+                known = {p.source for p in self._pointers.values()}
+            else:  # one existence query per value: a filter names few
+                known = {v for v in set(values) if any(self._is_live(r) for r in self._query(
+                    "chunks", f"section == {_quote(v)}", ["doc_id", "gen"], 64))}
+        return sorted(set(values) - known)
+
+    def dense(self, vector: np.ndarray, depth: int, filters: Filters) -> Ranking:
+        return self._search("vector", np.asarray(vector, dtype=np.float32).tolist(), "IP", depth, filters)
+
+    def lexical(self, text: str, depth: int, filters: Filters) -> Ranking:
+        terms = " ".join(tokenize(text))
+        return self._search("sparse", terms, "BM25", depth, filters) if terms else _ranking([])
+
+    def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+        chunk = self.chunks[row]
+        lo, hi = self._sentence_range(row)
+        found = sorted(self._get("sentences", keys(row >> KEY_BITS, hi - lo, lo), ["char_start", "char_end", "vector"]),
+                       key=lambda s: s["char_start"])
+        found = [s for s in found if s["char_start"] < chunk.char_end and s["char_end"] > chunk.char_start]
+        spans = [(max(s["char_start"], chunk.char_start), min(s["char_end"], chunk.char_end)) for s in found]
+        return spans, np.array([s["vector"] for s in found], dtype=np.float32).reshape(len(found), self.dimension)
+
+    def vectors_by_hash(self, hashes: Iterable[str], sentences: bool = False) -> dict[str, np.ndarray]:
+        """Any version's vectors (equal text, equal vector); a filter over every row, so a
+        write reuses its document's old version instead (`reusable`)."""
+        kind, column = ("sentences", "text_hash") if sentences else ("chunks", "embed_hash")
+        out: dict[str, np.ndarray] = {}
+        for batch in _batches(dict.fromkeys(hashes), 500):
+            for r in self._query(kind, f"{column} in [{', '.join(map(_quote, batch))}]", [column, "vector"]):
+                out.setdefault(r[column], np.asarray(r["vector"], dtype=np.float32))
+        return out
+
+    def reusable(self, doc_id: str) -> "OldVersion | None":
+        """What a write of `doc_id` may take vectors from: its live version's, read by key."""
+        pointer = self.pointer(doc_id)
+        return OldVersion(self, pointer) if pointer is not None else None
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self._client.close()
+
+    def _search(self, field: str, query: Any, metric: str, depth: int, filters: Filters) -> Ranking:
+        expression = _expression(filters)
+        with self.lock:
+            self._fresh()
+            if expression is None or not self._pointers or depth <= 0:
+                return _ranking([])
+            with self._calling("read"):
+                hits = self._client.search(self._names["chunks"], data=[query], anns_field=field,
+                                           limit=min(depth, TOP_K), filter=expression, output_fields=["doc_id", "gen"],
+                                           search_params={"metric_type": metric})[0]
+            return _scored([h for h in hits if self._is_live(h["entity"])], metric)
+
+    def _is_live(self, row: dict[str, Any]) -> bool:
+        pointer = self._pointers.get(row["doc_id"])
+        return pointer is not None and pointer.gen == row["gen"]
+
+    def _fetch_chunk(self, row: int) -> tuple[ChunkRecord, int, int]:
+        found = self._get("chunks", [row], [*CHUNK_COLUMNS, "sentence_lo", "sentence_hi"])
+        if not found:
+            raise IndexError(f"no chunk row {row}")
+        r = found[0]
+        return (ChunkRecord(**{**{c: r[c] for c in CHUNK_COLUMNS}, "section": r["section"] or None}),
+                r["sentence_lo"], r["sentence_hi"])
+
+    def _sentence_range(self, row: int) -> tuple[int, int]:
+        _, lo, hi = self._chunk(row)
+        return lo, hi
+
+    # ------------------------------------------------------------------ pointers
+
+    def _reload(self) -> None:
+        """Every document's pointer, and the stamp they were read under."""
+        pointers, stamp = {}, None
+        for r in self._scan("documents", ["doc_id", *POINTER_FIELDS]):
+            if r["doc_id"] == STAMP:
+                stamp = r["gen"]
+            else:
+                pointers[r["doc_id"]] = Pointer(**{f: r[f] for f in POINTER_FIELDS})
+        self._pointers, self._stamp = pointers, stamp
+
+    def _fresh(self) -> None:
+        """Another process's write (a cluster's collection only) moved the stamp: reload."""
+        if self.closed:  # a query that waited on the lock while the collection was deleted: a 404
+            raise NotFoundError(f"the collection {self._names['chunks']} was deleted")
+        if self._shared and self._read_stamp() != self._stamp:
+            self._reload()
+
+    def _read_stamp(self) -> int | None:
+        found = self._get("documents", [STAMP], ["gen"])
+        return found[0]["gen"] if found else None
+
+    def _recover(self) -> None:
+        """Remove the rows of writes that never finished: of every version an intent names,
+        those that are not their document's live version."""
+        cutoff = time.time() - (RECOVER_AFTER_S if self._shared else -1)
+        for intent in self._scan("pending", ["gen", "doc_id", "at", "versions"]):
+            if intent["at"] <= cutoff:
+                live = self._pointers.get(intent["doc_id"])
+                for version in json.loads(intent["versions"]):
+                    pointer = Pointer(**version)
+                    if live is None or pointer.gen != live.gen:
+                        self._delete_version(pointer)
+                self._client.delete(self._names["pending"], ids=[intent["gen"]])
+
+    # ------------------------------------------------------------------ writing
+
+    def _apply(self, write: Write) -> None:
+        """Each document of the write as its own version (one write holds one document,
+        but for `rag bench`'s fills): its switch is atomic, the write as a whole is not."""
+        by_doc: dict[str, tuple[list[int], list[int]]] = {d.doc_id: ([], []) for d in write.documents}
+        for i, chunk in enumerate(write.chunks):
+            by_doc[chunk.doc_id][0].append(i)
+        for i, sentence in enumerate(write.sentences):
+            by_doc[sentence.doc_id][1].append(i)
+        with self.lock, self._calling("write to"):
+            self._fresh()
+            versions: dict[str, Pointer] = {}
+            rows: dict[str, list[dict[str, Any]]] = {kind: [] for kind in ("parts", "chunks", "sentences")}
+            for doc in write.documents:
+                chunks, sentences = by_doc[doc.doc_id]
+                versions[doc.doc_id] = self._version(write, doc, chunks, sentences, rows)
+            self._insert("pending", [_intent(new.gen, d, [new, self._pointers.get(d)]) for d, new in versions.items()])
+            for kind, batch in rows.items():
+                self._insert(kind, batch, per=64 if kind == "parts" else BATCH)  # parts: ~4 MB a message
+            self._upsert_pointers({d: asdict(new) for d, new in versions.items()})  # the switch: one row a document
+            old = {d: self._pointers.get(d) for d in versions}
+            self._pointers.update(versions)
+            for doc_id, new in versions.items():
+                self._finish(new.gen, old[doc_id])
+            self._unflushed += len(write.chunks) + len(write.sentences)
+            if not self._shared and self._unflushed >= FLUSH_ROWS:  # a cluster flushes by itself
+                for kind in ("chunks", "parts", "sentences"):
+                    self._client.flush(self._names[kind])
+                self._unflushed = 0
+
+    def _version(self, write: Write, doc: DocumentRecord, chunks: list[int], sentences: list[int],
+                 rows: dict[str, list[dict[str, Any]]]) -> Pointer:
+        """A new version of `doc`: its pointer, and its rows appended to `rows` by kind."""
+        blob = json.dumps({"metadata": doc.metadata, "sections": doc.sections, "text": doc.text}, ensure_ascii=False)
+        pieces = [blob[i:i + PART_CHARS] for i in range(0, len(blob), PART_CHARS)]
+        if max(len(chunks), len(sentences), len(pieces)) >> KEY_BITS:
+            raise BadQueryError(f"document '{doc.doc_id}' is too big for one write: at most {1 << KEY_BITS} "
+                                "chunks, sentences and 16,000-character pieces")
+        new = Pointer(self._new_gen(), len(chunks), len(sentences), len(pieces), write.origin,
+                      str(doc.metadata.get("source", "")), time.time_ns(), doc.content_hash)
+        rows["parts"] += [{"id": key, "doc_id": doc.doc_id, "gen": new.gen, "part": k, "text": p, "_": NO_VECTOR}
+                          for k, (key, p) in enumerate(zip(new.keys("parts"), pieces))]
+        spans = _sentence_ranges([write.chunks[i] for i in chunks], [write.sentences[j] for j in sentences])
+        rows["chunks"] += [
+            {"row": key, **{c: getattr(write.chunks[i], c) for c in CHUNK_COLUMNS},
+             "section": write.chunks[i].section or "", "source": new.source, "gen": new.gen, "sentence_lo": lo,
+             "sentence_hi": hi, "lexical": " ".join(tokenize(write.lexical[i])),
+             "vector": np.asarray(write.vectors[i], dtype=np.float32).tolist()}
+            for key, i, (lo, hi) in zip(new.keys("chunks"), chunks, spans)]
+        rows["sentences"] += [
+            {"row": key, "doc_id": doc.doc_id, "char_start": write.sentences[j].char_start,
+             "char_end": write.sentences[j].char_end, "text_hash": write.sentences[j].text_hash, "gen": new.gen,
+             "vector": np.asarray(write.sentence_vectors[j], dtype=np.float32).tolist()}
+            for key, j in zip(new.keys("sentences"), sentences)]
+        return new
+
+    def delete(self, doc_id: str) -> bool:
+        """Remove a document; False if there was none."""
+        with self.lock, self._calling("write to"):
+            self._fresh()
+            old = self._pointers.get(doc_id)
+            if old is None:
+                return False
+            gen = self._new_gen()
+            self._insert("pending", [_intent(gen, doc_id, [old])])
+            self._client.delete(self._names["documents"], ids=[doc_id])  # the switch
+            del self._pointers[doc_id]
+            self._finish(gen, old)
+            return True
+
+    def _finish(self, gen: int, old: Pointer | None) -> None:
+        """After the switch: tell other processes, remove the old version, drop the intent."""
+        self.version += 1
+        if self._shared:
+            self._stamp = self._new_gen()
+            self._upsert_pointers({STAMP: {**dict.fromkeys(POINTER_FIELDS, 0), "gen": self._stamp, "origin": "",
+                                           "source": "", "content_hash": ""}})
+        if old is not None:
+            self._delete_version(old)
+        self._client.delete(self._names["pending"], ids=[gen])
+
+    def _delete_version(self, version: Pointer) -> None:
+        for kind in ("chunks", "parts", "sentences"):
+            for batch in _batches(version.keys(kind), BATCH):
+                self._client.delete(self._names[kind], ids=batch)
+
+    def _new_gen(self) -> int:
+        """A version number: seconds since 2025 and 12 random bits, above every one this
+        process drew (KEY_BITS + 44 bits: keys stay under 2**63)."""
+        drawn = max(int(time.time()) - 1_735_689_600, 0) << 12 | random.getrandbits(12)
+        self._last_gen = max(drawn, self._last_gen + 1)
+        return self._last_gen
+
+    # ------------------------------------------------------------------ Milvus calls
+
+    def _upsert_pointers(self, rows: dict[str, dict[str, Any]]) -> None:
+        self._client.upsert(self._names["documents"], [{"doc_id": d, **r, "_": NO_VECTOR} for d, r in rows.items()])
+
+    def _calling(self, doing: str) -> Any:
+        return _errors(doing, self._where)
+
+    def _insert(self, kind: str, rows: list[dict[str, Any]], per: int = BATCH) -> None:
+        for batch in _batches(rows, per):
+            self._client.insert(self._names[kind], batch)
+
+    def _get(self, kind: str, ids: list[Any], fields: list[str]) -> list[dict[str, Any]]:
+        with self._calling("read"):
+            return [r for batch in _batches(ids, BATCH)
+                    for r in self._client.get(self._names[kind], ids=batch, output_fields=fields)]
+
+    def _query(self, kind: str, expression: str, fields: list[str], limit: int | None = None) -> list[dict[str, Any]]:
+        with self._calling("read"):
+            return list(self._client.query(self._names[kind], filter=expression, output_fields=fields,
+                                           **({"limit": limit} if limit else {})))
+
+    def _scan(self, kind: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+        """Every row, in batches (a query's result is capped at 16,384 rows)."""
+        iterator = self._client.query_iterator(self._names[kind], batch_size=BATCH, filter="", output_fields=fields)
+        try:
+            while batch := iterator.next():
+                yield from batch
+        finally:
+            iterator.close()
+
+
+def _intent(gen: int, doc_id: str, versions: list[Pointer | None]) -> dict[str, Any]:
+    """A pending row: the versions of `doc_id` a write touches (recovery keeps the live one)."""
+    return {"gen": gen, "doc_id": doc_id, "at": int(time.time()), "_": NO_VECTOR,
+            "versions": json.dumps([asdict(v) for v in versions if v is not None])}
+
+
+def _sentence_ranges(chunks: Sequence[ChunkRecord], sentences: Sequence[SentenceRecord]) -> list[tuple[int, int]]:
+    """For each chunk, the indexes [lo, hi) of the sentences it overlaps (sentences in
+    document order: a chunk overlaps a run of them; (0, 0) for none)."""
+    starts = np.array([s.char_start for s in sentences], dtype=np.int64)
+    ends = np.array([s.char_end for s in sentences], dtype=np.int64)
+    out = []
+    for chunk in chunks:
+        hits = np.flatnonzero((starts < chunk.char_end) & (ends > chunk.char_start))
+        out.append((int(hits[0]), int(hits[-1]) + 1) if len(hits) else (0, 0))
+    return out
+
+
+class OldVersion:
+    """A document's live version as a source of vectors for its next write (rag.build's
+    `previous`): its chunks and sentences read by key, kept where the hash matches."""
+
+    def __init__(self, collection: MilvusCollection, pointer: Pointer):
+        self.manifest, self._collection, self._pointer = collection.manifest, collection, pointer
+
+    def vectors_by_hash(self, hashes: Iterable[str], sentences: bool = False) -> dict[str, np.ndarray]:
+        kind, column = ("sentences", "text_hash") if sentences else ("chunks", "embed_hash")
+        wanted = set(hashes)
+        return {r[column]: np.asarray(r["vector"], dtype=np.float32)
+                for r in self._collection._get(kind, self._pointer.keys(kind), [column, "vector"])
+                if r[column] in wanted}
+
+
+class _Chunks(Sequence[ChunkRecord]):
+    """Chunks by row (rows of replaced versions still read while they exist: a hit in flight keeps its text)."""
+
+    def __init__(self, collection: MilvusCollection):
+        self._collection = collection
+
+    def __len__(self) -> int:
+        return self._collection.count()
+
+    def __getitem__(self, row: Any) -> Any:
+        return self._collection._chunk(int(row))[0]
+
+    def __iter__(self) -> Iterator[ChunkRecord]:
+        for doc_id in self._collection.documents:
+            yield from (self[r] for r in self._collection.rows_of(doc_id))
+
+
+class _Documents(Mapping[str, DocumentRecord]):
+    """Documents by id, in the order they were last written."""
+
+    def __init__(self, collection: MilvusCollection):
+        self._collection = collection
+
+    def __len__(self) -> int:
+        with self._collection.lock:
+            self._collection._fresh()
+            return len(self._collection._pointers)
+
+    def __getitem__(self, doc_id: str) -> DocumentRecord:
+        pointer = self._collection.pointer(doc_id)
+        if pointer is None:
+            raise KeyError(doc_id)
+        parts = sorted(self._collection._get("parts", pointer.keys("parts"), ["part", "text"]), key=lambda p: p["part"])
+        if [p["part"] for p in parts] != list(range(pointer.parts)):
+            raise KeyError(doc_id)  # replaced or deleted by another process since the pointer was read
+        record = json.loads("".join(p["text"] for p in parts))
+        return DocumentRecord(doc_id, record["metadata"], record["text"], record["sections"], pointer.content_hash)
+
+    def __iter__(self) -> Iterator[str]:
+        with self._collection.lock:
+            self._collection._fresh()
+            pointers = list(self._collection._pointers.items())
+        return iter([d for d, _ in sorted(pointers, key=lambda item: item[1].order)])
