@@ -469,10 +469,27 @@ def _connect(uri: str, prefix: str, token: str | None, timeout: float) -> Any:
         from pymilvus import MilvusClient
     except ImportError as exc:
         raise StorageError("the milvus store needs pymilvus: pip install '.[milvus]'") from exc
-    # pymilvus logs every failed call with a traceback; the failure reaches the user as one line instead
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    # pymilvus (and Milvus Lite) log every failed call with a traceback; the user gets one line instead
+    for name in ("pymilvus", "milvus_lite"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    if _lite(uri) and _locked(uri):
+        raise StorageError(f"cannot open Milvus Lite at {uri}: another process has it open (a Milvus Lite "
+                           "file serves one process: stop it, or use a Milvus server)")
     with _errors("connect to", _public(uri)):
         return MilvusClient(uri=uri, token=token or "", timeout=timeout)
+
+
+def _locked(uri: str) -> bool:
+    """Whether another process holds a Milvus Lite file (this one's own server reuses it)."""
+    try:
+        from milvus_lite.exceptions import DataDirLockedError
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:  # another Milvus Lite: let pymilvus say what fails
+        return False
+    try:
+        return server_manager_instance.start_and_get_uri(uri) is None
+    except DataDirLockedError:
+        return True
 
 
 @contextmanager
