@@ -65,12 +65,12 @@ class Settings(BaseSettings):
     highlights: bool = Field(True, description="embed sentences at build time to highlight answers")
     highlight_lexical_weight: float = Field(0.3, ge=0, description="weight of question-term overlap "
                                             "beside cosine similarity when choosing highlights")
-    # fitted by `rag eval --calibrate` on the seed questions with the default model (2026-11-24)
-    abstain_slope: float = Field(18.275, description="confidence = sigmoid(slope * best cosine + missing_weight * "
+    # fitted by `rag eval --calibrate` on the seed questions with the default model (2026-11-25)
+    abstain_slope: float = Field(16.774, description="confidence = sigmoid(slope * best cosine + missing_weight * "
                                  "missing specifics share + offset)")
-    abstain_offset: float = -7.184
-    abstain_missing_weight: float = Field(-0.572, description="weight of the share of the question's specifics "
-                                          "(years, numbers, names) missing from the returned passages")
+    abstain_offset: float = -6.341
+    abstain_missing_weight: float = Field(-5.983, description="weight of the share of the question's years, "
+                                          "numbers and quoted terms missing from the returned passages")
     reranker: str | None = Field(None, description="cross-encoder name or path; off when unset")
     rerank_depth: int = Field(20, ge=1, le=200)
 

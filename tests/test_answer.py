@@ -4,7 +4,7 @@ sentence after the best one follows it, and no sentence is said twice."""
 import numpy as np
 from conftest import FakeEmbedder
 
-from rag.answer import Candidate, asked_kind, choose, specifics
+from rag.answer import Candidate, asked_kind, choose, missing_share, specifics
 
 FAKE = FakeEmbedder()
 
@@ -33,6 +33,15 @@ def test_kinds_and_specifics():
     assert asked_kind("How much oil?").search("rose 49 percent") and not asked_kind("How much oil?").search("in 2024")
     assert asked_kind("Which countries joined BRICS?").search("Egypt and Iran")
     assert specifics('What did "no limits" mean for Xi and Putin in 2022?') == ({"no limits", "2022"}, {"xi", "putin"})
+    assert specifics("What was agreed at the 2016 G20 summit?")[0] == {"2016"}  # G20's 20 is no number asked for
+
+
+def test_missing_share_counts_numbers_years_and_quotes_not_names():
+    passages = ["Trade between China and Russia reached $245 billion in 2024."]
+    assert missing_share("What was the trade volume between China and Russia in 1995?", passages) == 1.0
+    assert missing_share("How much trade was there in 2024?", passages) == 0.0
+    assert missing_share("What did the Sudanese leader say?", passages) == 0.0  # names: no evidence either way
+    assert missing_share('Was "no limits" said in 2024?', passages) == 0.5
 
 
 def test_the_next_sentence_follows_and_nothing_is_said_twice():
