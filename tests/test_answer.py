@@ -104,3 +104,12 @@ def test_bad_conversation_files_are_refused(built, tmp_path):
         path.write_text(line + "\n")
         with pytest.raises(RagError, match=message):
             load_conversations(path, store)
+
+
+def test_a_sentence_dated_to_another_year_does_not_lead():
+    question = "How much was trade worth in 2024?"
+    found = choose(question, FAKE.vector(question), candidates(
+        "In 2025, trade was worth $100 billion.",
+        "Trade was worth $245 billion at its peak.",
+    ))
+    assert found[0].text == "Trade was worth $245 billion at its peak."
