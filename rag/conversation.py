@@ -14,7 +14,10 @@ follow-ups keeps its topic), the new turn weighted higher:
 - lexical: the question's text plus the previous turn's.
 A self-contained question after a conversation is searched alone: it is not dragged back
 to the old topic. The weights were chosen on eval/conversations.jsonl (`rag eval` prints
-follow-up Recall@5 with and without the conversation).
+follow-up Recall@5 with and without the conversation). Function words (pronouns, "still",
+"before") do not count as topic terms, and "which one" always refers back: follow-up
+Recall@5 0.880 -> 0.935 on that set, topic changes unchanged at 0.938 (2026-11-25; the
+misses read showed follow-ups taken for new topics, not tuned per chat).
 
 Left out: rewriting with a language model (with an upstream model configured, the chat
 endpoint could condense the question; not done here), and coreference beyond one turn.
@@ -35,9 +38,17 @@ _REFERS_BACK = re.compile(r"\b(it|its|they|them|their|theirs|this|that|these|tho
                           r"then|such|both|each|either|neither|same|other|others|former|latter)\b", re.I)
 _ELLIPSIS = re.compile(r"^\s*(and|but|or|so|also|then|what about|how about|why|how come|and why|and how)\b"
                        r"|^\s*\w+\s*\?\s*$", re.I)
+# question and function words: BM25's short stopword list keeps "them", "still" or "before", which
+# say nothing about a topic (counted as topic terms, they made "Does China still depend on them?"
+# look like a new subject)
 QUESTION_WORDS = frozenset(tokenize(
     "what which who whom whose when where why how do does did done has have had would could should can may "
-    "might will shall much many more most less about said say says mean means please tell know"))
+    "might will shall much many more most less about said say says mean means please tell know "
+    "i me my we us our you your he him his she her it its they them their one ones each either neither both "
+    "other others same up down out off over under between after before during since until again still already "
+    "yet also just even only instead apart together like than very so too now ever get got make made"))
+# "which one?", "what about the other?": a reference back whatever else the question says
+_STRONG_REFERENCE = re.compile(r"^\s*(which|what) ones?\b|\b(the|that|this) (one|other|latter|former)\b", re.I)
 
 
 def trim_history(history: Sequence[str], max_turns: int, max_chars: int) -> list[str]:
@@ -67,7 +78,7 @@ def is_follow_up(question: str, previous: str | None) -> bool:
     if not previous:
         return False
     terms = topic_terms(question)
-    if len(terms) <= FEW_TERMS:
+    if len(terms) <= FEW_TERMS or _STRONG_REFERENCE.search(question):
         return True
     if not (_REFERS_BACK.search(question) or _ELLIPSIS.search(question)):
         return False

@@ -67,6 +67,10 @@ def test_follow_ups_are_told_from_new_topics():
     assert is_follow_up("Why?", "Did China and Russia veto the resolution?")
     assert not is_follow_up("What is the Polar Silk Road in the Arctic?", "What is the BRICS group?")
     assert not is_follow_up("Which countries joined it?", None)  # nothing to lean on
+    # function words are no topic: "still" and "them" do not make a new subject of this one
+    assert is_follow_up("Does China still depend on them?", "Where has China bought its weapons?")
+    assert is_follow_up("Which one was the first after the war in Ukraine began?", "Do they make a difference?")
+    assert not is_follow_up("What demographic problem do China and Russia have in common?", "Did it work?")
 
 
 def test_a_follow_up_is_searched_with_the_previous_turn_and_a_new_topic_alone():
