@@ -123,3 +123,22 @@ def test_a_deleted_collection_leaves_nothing_in_milvus(collections: Collections)
     from pymilvus import MilvusClient
 
     assert not [n for n in MilvusClient(uri=collections.settings.milvus_uri).list_collections() if "_live_" in n]
+
+
+def test_a_write_by_another_client_is_seen_through_the_stamp(collections: Collections, milvus: Settings):
+    """On a Milvus server another process may write the collection: a reader notices the
+    stamp row move and reloads the pointers. Two clients of one Milvus Lite file stand in
+    for the two processes (marked shared, as a server's collections are)."""
+    kb = collections.get("notes")
+    assert isinstance(kb, MilvusCollection)
+    reader = MilvusCollection(milvus.milvus_uri, kb.manifest)
+    kb._shared = reader._shared = True
+    serving = Retriever(reader, FakeEmbedder())
+    assert versions(reader) == {"1"}
+    collections.upsert("notes", text_document(article("penguins", 2), "penguins", None, None), replace=True)
+    assert versions(reader) == {"2"}
+    collections.upsert("notes", text_document(article("walrus", 1), "walrus", None, None), replace=False)
+    assert "walrus" in reader.documents and reader.count() == kb.count()
+    collections.remove("notes", "penguins")
+    assert serving.query("penguins policy", 10).passages[0].citation.doc_id == "walrus"
+    reader.close()

@@ -517,10 +517,12 @@ class _Documents(Mapping[str, DocumentRecord]):
             return len(self._collection._pointers)
 
     def __getitem__(self, doc_id: str) -> DocumentRecord:
-        pointer = self._collection.pointer(doc_id)
-        if pointer is None:
-            raise KeyError(doc_id)
-        parts = sorted(self._collection._get("parts", pointer.keys("parts"), ["part", "text"]), key=lambda p: p["part"])
+        with self._collection.lock:  # the pointer and its version's text, with no write of this process between
+            pointer = self._collection.pointer(doc_id)
+            if pointer is None:
+                raise KeyError(doc_id)
+            parts = sorted(self._collection._get("parts", pointer.keys("parts"), ["part", "text"]),
+                           key=lambda p: p["part"])
         if [p["part"] for p in parts] != list(range(pointer.parts)):
             raise KeyError(doc_id)  # replaced or deleted by another process since the pointer was read
         record = json.loads("".join(p["text"] for p in parts))
