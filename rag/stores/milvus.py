@@ -120,7 +120,21 @@ def milvus_writer(uri: str, dimension: int, prefix: str = "rag", *, token: str |
         raise
 
 
-class MilvusStore:
+class Searches:
+    """Dense and BM25 searches of a chunks collection, as rankings (`_search` does the call)."""
+
+    def dense(self, vector: np.ndarray, depth: int, filters: Filters) -> Ranking:
+        return self._search("vector", np.asarray(vector, dtype=np.float32).tolist(), "IP", depth, filters)
+
+    def lexical(self, text: str, depth: int, filters: Filters) -> Ranking:
+        terms = " ".join(tokenize(text))
+        return self._search("sparse", terms, "BM25", depth, filters) if terms else _ranking([])
+
+    def _search(self, field: str, query: Any, metric: str, depth: int, filters: Filters) -> Ranking:
+        raise NotImplementedError
+
+
+class MilvusStore(Searches):
     """The `ChunkStore` of one build; safe to share between threads."""
 
     def __init__(self, client: Any, where: str, prefix: str, current: dict[str, Any], manifest: dict[str, Any]):
@@ -155,20 +169,12 @@ class MilvusStore:
             known = {v for v in set(values) if v and self._query("chunks", f"{column} == {_quote(v)}", ["row"], 1)}
         return sorted(set(values) - known)
 
-    def dense(self, vector: np.ndarray, depth: int, filters: Filters) -> Ranking:
-        return self._search("vector", np.asarray(vector, dtype=np.float32).tolist(), "IP", depth, filters)
-
-    def lexical(self, text: str, depth: int, filters: Filters) -> Ranking:
-        terms = " ".join(tokenize(text))
-        return self._search("sparse", terms, "BM25", depth, filters) if terms else _ranking([])
-
     def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:
         chunk = self.chunks[row]
         found = sorted(self._query("sentences", f"doc_id == {_quote(chunk.doc_id)} and char_start < {chunk.char_end}"
                                    f" and char_end > {chunk.char_start}", ["row", "char_start", "char_end", "vector"]),
                        key=lambda s: (s["char_start"], s["row"]))
-        spans = [(max(s["char_start"], chunk.char_start), min(s["char_end"], chunk.char_end)) for s in found]
-        return spans, np.array([s["vector"] for s in found], dtype=np.float32).reshape(len(found), self.dimension)
+        return clipped(chunk, found, self.dimension)
 
     def vectors_by_hash(self, hashes: Iterable[str], sentences: bool = False) -> dict[str, np.ndarray]:
         kind, column = ("sentences", "text_hash") if sentences else ("chunks", "embed_hash")
@@ -554,6 +560,13 @@ def _quote(value: str) -> str:
     for raw, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
         value = value.replace(raw, escaped)
     return f'"{value}"'
+
+
+def clipped(chunk: ChunkRecord, found: list[dict[str, Any]], dimension: int
+            ) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """Sentence rows of a chunk (in reading order) as spans clipped to it, and their vectors."""
+    spans = [(max(s["char_start"], chunk.char_start), min(s["char_end"], chunk.char_end)) for s in found]
+    return spans, np.array([s["vector"] for s in found], dtype=np.float32).reshape(len(found), dimension)
 
 
 def _scored(hits: Iterable[Any], metric: str) -> Ranking:

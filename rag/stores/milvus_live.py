@@ -64,6 +64,7 @@ from rag.stores.milvus import (
     PLACEHOLDER_INDEX,
     TOP_K,
     Field,
+    Searches,
     _batches,
     _connect,
     _create,
@@ -75,6 +76,7 @@ from rag.stores.milvus import (
     _quote,
     _ranking,
     _scored,
+    clipped,
     drop,
     index_choice,
 )
@@ -157,7 +159,7 @@ def drop_collection(uri: str, prefix: str, tag: str, token: str | None = None) -
         client.close()
 
 
-class MilvusCollection(LiveWrites):
+class MilvusCollection(LiveWrites, Searches):
     """One live collection in Milvus: the ChunkStore the retriever searches, and the
     writer of its documents (the interface of rag.kb.KnowledgeBase)."""
 
@@ -229,21 +231,13 @@ class MilvusCollection(LiveWrites):
                     "chunks", f"section == {_quote(v)}", ["doc_id", "gen"], 64))}
         return sorted(set(values) - known)
 
-    def dense(self, vector: np.ndarray, depth: int, filters: Filters) -> Ranking:
-        return self._search("vector", np.asarray(vector, dtype=np.float32).tolist(), "IP", depth, filters)
-
-    def lexical(self, text: str, depth: int, filters: Filters) -> Ranking:
-        terms = " ".join(tokenize(text))
-        return self._search("sparse", terms, "BM25", depth, filters) if terms else _ranking([])
-
     def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:
         chunk = self.chunks[row]
         lo, hi = self._sentence_range(row)
         found = sorted(self._get("sentences", keys(row >> KEY_BITS, hi - lo, lo), ["char_start", "char_end", "vector"]),
                        key=lambda s: s["char_start"])
-        found = [s for s in found if s["char_start"] < chunk.char_end and s["char_end"] > chunk.char_start]
-        spans = [(max(s["char_start"], chunk.char_start), min(s["char_end"], chunk.char_end)) for s in found]
-        return spans, np.array([s["vector"] for s in found], dtype=np.float32).reshape(len(found), self.dimension)
+        overlapping = [s for s in found if s["char_start"] < chunk.char_end and s["char_end"] > chunk.char_start]
+        return clipped(chunk, overlapping, self.dimension)
 
     def vectors_by_hash(self, hashes: Iterable[str], sentences: bool = False) -> dict[str, np.ndarray]:
         """Any version's vectors (equal text, equal vector); a filter over every row, so a
