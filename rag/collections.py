@@ -128,7 +128,7 @@ class Collections:
         manifest = build_manifest(self.settings, self.embedder.dimension, self.embedder.max_tokens,
                                   collection=name)
         if self.settings.vector_store == "milvus":  # its Milvus collections first: the rename registers them
-            from rag.stores.milvus_live import create_collection
+            from rag.stores.milvus_versions import create_collection
 
             manifest["store"] = create_collection(self.settings.milvus_uri, self.settings.milvus_collection,
                                                   uuid.uuid4().hex[:12], self.embedder.dimension, self._milvus_token())
@@ -146,7 +146,7 @@ class Collections:
             kb.close()
             shutil.rmtree(self.root / name)  # unregistered: what follows may fail without harm
             if (store := kb.manifest.get("store", {})).get("backend") == "milvus":
-                from rag.stores.milvus_live import drop_collection
+                from rag.stores.milvus_versions import drop_collection
 
                 drop_collection(self.settings.milvus_uri, store["prefix"], store["tag"], self._milvus_token())
 

@@ -1,19 +1,7 @@
 """A live collection in Milvus: documents added, replaced and deleted while it serves,
 with the promises of rag.kb, kept without transactions (Milvus has none across rows).
 
-Each collection is five Milvus collections `<prefix>_live_<tag>_<kind>` (the tag is made
-at creation and kept in the collection's manifest.json, so a collection deleted and made
-again under its name is another one):
-- chunks, sentences, parts: as a build's (rag.stores.milvus); every write of a document
-  is a new version `gen`, and its rows' keys are `gen << KEY_BITS | i` (i: the row's
-  place in the version), so a version's rows are found by key, never by a filter (a
-  filter scans every row in Milvus Lite: ~150 ms at 100k chunks, a key read ~1 ms);
-  a chunk also records the range of its version's sentences that it overlaps;
-- documents: one row per document, its pointer: doc_id (key), the live gen, the
-  version's row counts, origin, source, order; the row with doc_id "" holds a stamp
-  every write changes;
-- pending: one row per write in flight (its gen, doc_id, and the versions it touches),
-  the intent log of recovery.
+The layout (five Milvus collections, keys, pointers, intents) is in rag.stores.milvus_versions.
 
 A write: record the intent in pending, insert the new version's rows, upsert the
 document's pointer row (one row: atomic), delete the old version's rows by key, drop the
@@ -39,12 +27,10 @@ folder, as for the local store).
 """
 
 import json
-import random
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from dataclasses import fields as dataclass_fields
+from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
 
@@ -54,109 +40,41 @@ from rag.errors import BadQueryError, NotFoundError
 from rag.fusion import Ranking
 from rag.kb import LiveWrites, Write
 from rag.lexical import tokenize
-from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
+from rag.records import ChunkRecord, DocumentRecord
 from rag.stores.milvus import (
     BATCH,
     CACHE_ROWS,
     CHUNK_COLUMNS,
     NO_VECTOR,
     PART_CHARS,
-    PLACEHOLDER_INDEX,
     TOP_K,
-    Field,
     Searches,
     _batches,
     _connect,
-    _create,
     _errors,
     _expression,
-    _layouts,
     _lite,
     _public,
     _quote,
     _ranking,
     _scored,
     clipped,
-    drop,
-    index_choice,
+)
+from rag.stores.milvus_versions import (
+    KEY_BITS,
+    POINTER_FIELDS,
+    STAMP,
+    Pointer,
+    intent,
+    keys,
+    names,
+    next_gen,
+    sentence_ranges,
 )
 from rag.types import Filters
 
-KINDS = ("chunks", "documents", "parts", "sentences", "pending")
-KEY_BITS = 19  # rows of one kind in one version: up to 524,288 (a 32 MiB text has ~330k sentences)
-STAMP = ""  # the documents row whose gen every write changes (no document has an empty id)
 FLUSH_ROWS = 4_096  # Milvus Lite: unflushed rows are filtered by a scan (~12 us a row), flushed ones by index
 RECOVER_AFTER_S = 600  # on a cluster, an intent this old belongs to a writer that died
-FILTERED = ("doc_id", "source", "section", "chunk_id", "embed_hash")  # chunk fields filters name: indexed
-
-
-@dataclass(frozen=True)
-class Pointer:
-    """A document's live version."""
-    gen: int
-    chunks: int
-    sentences: int
-    parts: int  # pieces of the document's JSON text
-    origin: str
-    source: str
-    order: int  # nanoseconds of the write: documents list in the order they were last written
-    content_hash: str
-
-    def keys(self, kind: str) -> list[int]:
-        return keys(self.gen, {"chunks": self.chunks, "sentences": self.sentences, "parts": self.parts}[kind])
-
-
-POINTER_FIELDS = tuple(f.name for f in dataclass_fields(Pointer))
-
-
-def keys(gen: int, count: int, first: int = 0) -> list[int]:
-    return [gen << KEY_BITS | i for i in range(first, first + count)]
-
-
-def names(prefix: str, tag: str) -> dict[str, str]:
-    return {kind: f"{prefix}_live_{tag}_{kind}" for kind in KINDS}
-
-
-def create_collection(uri: str, prefix: str, tag: str, dimension: int, token: str | None = None) -> dict[str, Any]:
-    """Make the Milvus collections of a new live collection; returns what its manifest
-    records of them."""
-    index = index_choice(uri)
-    client = _connect(uri, prefix, token, 10.0)
-    made = names(prefix, tag)
-    number: Field = ("INT64", {})
-    short: Field = ("VARCHAR", {"max_length": 4_096})
-    placeholder: Field = ("FLOAT_VECTOR", {"dim": 2})
-    try:
-        with _errors("create a collection in", _public(uri)):
-            layouts = _layouts(dimension, index["dense"], index["analyzer"])
-            extra = {"chunks": {"gen": number, "sentence_lo": number, "sentence_hi": number},
-                     "parts": {"gen": number}, "sentences": {"gen": number}}
-            for kind, added in extra.items():
-                fields, indexes, functions = layouts[kind]
-                if kind == "chunks":  # searches filter on these: an index spares a scan of every row
-                    indexes = {**indexes, **{f: {"index_type": "INVERTED"} for f in FILTERED}}
-                _create(client, made[kind], {**fields, **added}, indexes, functions)
-            pointer = {f: short if f in ("origin", "source", "content_hash") else number for f in POINTER_FIELDS}
-            _create(client, made["documents"], {"doc_id": ("VARCHAR", {"is_primary": True, "max_length": 4_096}),
-                                                **pointer, "_": placeholder}, PLACEHOLDER_INDEX)
-            _create(client, made["pending"], {"gen": ("INT64", {"is_primary": True}), "doc_id": short, "at": number,
-                                              "versions": ("VARCHAR", {"max_length": 65_535}), "_": placeholder},
-                    PLACEHOLDER_INDEX)
-    except BaseException:
-        drop(client, made.values())
-        raise
-    finally:
-        client.close()
-    return {"backend": "milvus", "uri": _public(uri), "prefix": prefix, "tag": tag, "index": index}
-
-
-def drop_collection(uri: str, prefix: str, tag: str, token: str | None = None) -> None:
-    """Best effort: what stays behind costs space, not correctness."""
-    client = _connect(uri, prefix, token, 10.0)
-    try:
-        drop(client, names(prefix, tag).values())
-    finally:
-        client.close()
 
 
 class MilvusCollection(LiveWrites, Searches):
@@ -314,14 +232,14 @@ class MilvusCollection(LiveWrites, Searches):
         """Remove the rows of writes that never finished: of every version an intent names,
         those that are not their document's live version."""
         cutoff = time.time() - (RECOVER_AFTER_S if self._shared else -1)
-        for intent in self._scan("pending", ["gen", "doc_id", "at", "versions"]):
-            if intent["at"] <= cutoff:
-                live = self._pointers.get(intent["doc_id"])
-                for version in json.loads(intent["versions"]):
+        for pending in self._scan("pending", ["gen", "doc_id", "at", "versions"]):
+            if pending["at"] <= cutoff:
+                live = self._pointers.get(pending["doc_id"])
+                for version in json.loads(pending["versions"]):
                     pointer = Pointer(**version)
                     if live is None or pointer.gen != live.gen:
                         self._delete_version(pointer)
-                self._client.delete(self._names["pending"], ids=[intent["gen"]])
+                self._client.delete(self._names["pending"], ids=[pending["gen"]])
 
     # ------------------------------------------------------------------ writing
 
@@ -340,7 +258,7 @@ class MilvusCollection(LiveWrites, Searches):
             for doc in write.documents:
                 chunks, sentences = by_doc[doc.doc_id]
                 versions[doc.doc_id] = self._version(write, doc, chunks, sentences, rows)
-            self._insert("pending", [_intent(new.gen, d, [new, self._pointers.get(d)]) for d, new in versions.items()])
+            self._insert("pending", [intent(new.gen, d, [new, self._pointers.get(d)]) for d, new in versions.items()])
             for kind, batch in rows.items():
                 self._insert(kind, batch, per=64 if kind == "parts" else BATCH)  # parts: ~4 MB a message
             self._upsert_pointers({d: asdict(new) for d, new in versions.items()})  # the switch: one row a document
@@ -362,11 +280,12 @@ class MilvusCollection(LiveWrites, Searches):
         if max(len(chunks), len(sentences), len(pieces)) >> KEY_BITS:
             raise BadQueryError(f"document '{doc.doc_id}' is too big for one write: at most {1 << KEY_BITS} "
                                 "chunks, sentences and 16,000-character pieces")
-        new = Pointer(self._new_gen(), len(chunks), len(sentences), len(pieces), write.origin,
+        self._last_gen = next_gen(self._last_gen)
+        new = Pointer(self._last_gen, len(chunks), len(sentences), len(pieces), write.origin,
                       str(doc.metadata.get("source", "")), time.time_ns(), doc.content_hash)
         rows["parts"] += [{"id": key, "doc_id": doc.doc_id, "gen": new.gen, "part": k, "text": p, "_": NO_VECTOR}
                           for k, (key, p) in enumerate(zip(new.keys("parts"), pieces))]
-        spans = _sentence_ranges([write.chunks[i] for i in chunks], [write.sentences[j] for j in sentences])
+        spans = sentence_ranges([write.chunks[i] for i in chunks], [write.sentences[j] for j in sentences])
         rows["chunks"] += [
             {"row": key, **{c: getattr(write.chunks[i], c) for c in CHUNK_COLUMNS},
              "section": write.chunks[i].section or "", "source": new.source, "gen": new.gen, "sentence_lo": lo,
@@ -387,8 +306,8 @@ class MilvusCollection(LiveWrites, Searches):
             old = self._pointers.get(doc_id)
             if old is None:
                 return False
-            gen = self._new_gen()
-            self._insert("pending", [_intent(gen, doc_id, [old])])
+            gen = self._last_gen = next_gen(self._last_gen)
+            self._insert("pending", [intent(gen, doc_id, [old])])
             self._client.delete(self._names["documents"], ids=[doc_id])  # the switch
             del self._pointers[doc_id]
             self._finish(gen, old)
@@ -398,7 +317,7 @@ class MilvusCollection(LiveWrites, Searches):
         """After the switch: tell other processes, remove the old version, drop the intent."""
         self.version += 1
         if self._shared:
-            self._stamp = self._new_gen()
+            self._stamp = self._last_gen = next_gen(self._last_gen)
             self._upsert_pointers({STAMP: {**dict.fromkeys(POINTER_FIELDS, 0), "gen": self._stamp, "origin": "",
                                            "source": "", "content_hash": ""}})
         if old is not None:
@@ -409,13 +328,6 @@ class MilvusCollection(LiveWrites, Searches):
         for kind in ("chunks", "parts", "sentences"):
             for batch in _batches(version.keys(kind), BATCH):
                 self._client.delete(self._names[kind], ids=batch)
-
-    def _new_gen(self) -> int:
-        """A version number: seconds since 2025 and 12 random bits, above every one this
-        process drew (KEY_BITS + 44 bits: keys stay under 2**63)."""
-        drawn = max(int(time.time()) - 1_735_689_600, 0) << 12 | random.getrandbits(12)
-        self._last_gen = max(drawn, self._last_gen + 1)
-        return self._last_gen
 
     # ------------------------------------------------------------------ Milvus calls
 
@@ -447,24 +359,6 @@ class MilvusCollection(LiveWrites, Searches):
                 yield from batch
         finally:
             iterator.close()
-
-
-def _intent(gen: int, doc_id: str, versions: list[Pointer | None]) -> dict[str, Any]:
-    """A pending row: the versions of `doc_id` a write touches (recovery keeps the live one)."""
-    return {"gen": gen, "doc_id": doc_id, "at": int(time.time()), "_": NO_VECTOR,
-            "versions": json.dumps([asdict(v) for v in versions if v is not None])}
-
-
-def _sentence_ranges(chunks: Sequence[ChunkRecord], sentences: Sequence[SentenceRecord]) -> list[tuple[int, int]]:
-    """For each chunk, the indexes [lo, hi) of the sentences it overlaps (sentences in
-    document order: a chunk overlaps a run of them; (0, 0) for none)."""
-    starts = np.array([s.char_start for s in sentences], dtype=np.int64)
-    ends = np.array([s.char_end for s in sentences], dtype=np.int64)
-    out = []
-    for chunk in chunks:
-        hits = np.flatnonzero((starts < chunk.char_end) & (ends > chunk.char_start))
-        out.append((int(hits[0]), int(hits[-1]) + 1) if len(hits) else (0, 0))
-    return out
 
 
 class OldVersion:
