@@ -1,38 +1,36 @@
 """Answer sentences: the sentence that answers the question comes first.
 
 Candidates are every sentence of the top ANSWER_PASSAGES passages (the store's sentences,
-embedded at build time). Each is scored against the question:
+embedded at build time). Each is scored against the question, a weighted sum of FEATURES:
 
-    cosine(question, sentence)
-  + TERMS    x share of the question's BM25 terms the sentence holds
-  + SPECIFIC x share of the question's numbers, years and quoted terms it holds
-  + NAMES    x share of the question's names (capitalised words past the first) it holds
-  + KIND     x 1 if it carries the kind of thing asked for: a number for "how much / how many /
-               what share", a year or date for "when / what year", a name for "who / where /
-               which countries"
-  - SPECIFIC x 1 if it names a year and none of the question's years ("in 2025" for "in 2024")
-  - RANK     x (the passage's rank - 1)
+    cosine      cosine(question, sentence)
+    rank        the passage's rank - 1
+    terms       share of the question's BM25 terms the sentence holds
+    specific    share of the question's numbers, years and quoted terms it holds
+    other_year  1 if it names a year and none of the question's ("in 2025" for "in 2024")
+    names       share of the question's names (capitalised words past the first) it holds
+    kind        1 if it carries the kind of thing asked for: a number for "how much / how
+                many / what share", a year or date for "when / what year", a name for
+                "who / where / which countries"
 
 The best sentence leads, then the sentence after it in its passage (FOLLOW: the topical
-sentence often states the subject and the next one the answer, e.g. a "why"), then up to
-MORE_SENTENCES in all of the others, best first, if they score at least NEAR of the best
-and are not already said. Each sentence keeps its passage, so the chat answer puts one [n]
-after each.
+sentence often states the subject and the next one the answer, e.g. a "why"), then the
+best of the others up to MORE_SENTENCES more, not already said. Each sentence keeps its
+passage, so the chat answer puts one [n] after each.
 
-The weights are round numbers chosen on the seed set's answer metric (`rag eval`: the share
-of answerable questions whose answer covers half of a gold quote), not tuned per question:
-0.757 with the best sentence alone or with one more, 0.786 adding the next sentence, 0.843
-with the next and one more, 0.871 with numbers and years weighed apart from names (which
-most sentences of this corpus share), 0.857 once a bare year no longer counts as the
-quantity a "how much" asks for (kept: it is what the question means); the same for every
-SPECIFIC in {0.2, 0.4} and NAMES in {0, 0.1} (2026-11-24); 0.857 (from 0.843 at the
-time) with the other-year penalty; weighing question terms by how few candidates hold them
-(IDF over the candidates) changed nothing at TERMS 0.2 to 0.6, so it was left out
-(2026-11-25). A single sentence of the top 3 passages covers the
-gold quote for 0.986 of the questions: the selection, not retrieval, is what is left.
+The weights (WEIGHTS) are a logistic regression's over the seed set's candidate sentences,
+labelled by whether they cover half of a gold quote (rag.answer_fit, `rag eval
+--fit-answer`), rounded. Checked on questions they were not fitted on (two folds by
+question order), the answer metric is 0.857 and 0.943 (mean 0.900); the hand-set weights
+before (cosine 1, terms 0.3, specific 0.2, names 0.1, kind 0.15, rank 0.05, and a third
+sentence only if it scored 90% of the best) gave 0.771 and 0.943, 0.857 over the set
+(2026-11-25). What the fit says: the question's terms and the top passage count for much
+more than the hand-set weights gave them. A single sentence of the top 3 passages covers
+the gold quote for 0.986 of the questions: the selection, not retrieval, is what is left.
 
-Example: for "What was the value of trade between China and Russia in 2024?" the sentence
-holding "$245 billion in 2024" wins on the kind (a number), the specific (2024) and terms.
+Measured and left out: weighing question terms by how few candidates hold them (IDF),
+and scoring long sentences by their best clause (embedded apart): neither changed the
+metric.
 
 Left out: abstractive answers (an upstream model does those) and sentence fusion.
 """
@@ -46,9 +44,12 @@ from rag.lexical import term_set, tokenize
 
 ANSWER_PASSAGES = 3
 MORE_SENTENCES = 2
-NEAR = 0.9
-TERMS, SPECIFIC, NAMES, KIND, RANK = 0.3, 0.2, 0.1, 0.15, 0.05
 FOLLOW = True
+FEATURES = ("cosine", "rank", "terms", "specific", "other_year", "names", "kind")
+# logistic regression on the seed set's candidate sentences (`rag eval --fit-answer`), divided by
+# the cosine's weight and rounded; see the module docstring for how it was checked
+WEIGHTS = {"cosine": 1.0, "rank": -0.6, "terms": 1.8, "specific": 0.3, "other_year": -0.3, "names": 0.2,
+           "kind": 0.1}
 
 _ASKS_NUMBER = re.compile(r"\b(how (much|many|large|big|long|far|often|fast)|what (percentage|share|proportion|"
                           r"amount|number|value|volume|size|cost|price)|(value|volume|size|amount|number) of)\b", re.I)
@@ -119,30 +120,37 @@ def asked_kind(question: str) -> re.Pattern[str] | None:
     return None
 
 
-def choose(question: str, vector: np.ndarray, candidates: list[Candidate]) -> list[Chosen]:
-    """The answer's sentences, best first (empty when there is no candidate)."""
-    if not candidates:
-        return []
+def features(question: str, vector: np.ndarray, candidates: list[Candidate]) -> np.ndarray:
+    """One row per candidate, the columns FEATURES: what a sentence is scored on."""
     terms = set(tokenize(question))
     exact, names = specifics(question)
     years = set(_YEAR.findall(question))
     kind = asked_kind(question)
-    scores = np.stack([c.vector for c in candidates]) @ vector
-    scored = []
-    for candidate, cosine in zip(candidates, scores.tolist()):
+    cosines = np.stack([c.vector for c in candidates]) @ vector
+    rows = []
+    for candidate, cosine in zip(candidates, cosines.tolist()):
         lowered = candidate.text.lower()
-        score = cosine - RANK * (candidate.rank - 1)
-        if terms:
-            score += TERMS * len(terms & term_set(candidate.text)) / len(terms)
-        if exact:  # a year or number asked about must be there: "in 2024" is not "in 2025"
-            score += SPECIFIC * sum(w in lowered for w in exact) / len(exact)
-        if years and (said := set(_YEAR.findall(candidate.text))) and not said & years:
-            score -= SPECIFIC  # it dates itself, to another year than the one asked about
-        if names:
-            score += NAMES * sum(w in lowered for w in names) / len(names)
-        if kind is not None and kind.search(candidate.text):
-            score += KIND
-        scored.append((score, candidate))
+        said = set(_YEAR.findall(candidate.text))
+        rows.append((
+            cosine,
+            candidate.rank - 1,
+            len(terms & term_set(candidate.text)) / len(terms) if terms else 0.0,
+            # a year or number asked about must be there: "in 2024" is not "in 2025"
+            sum(w in lowered for w in exact) / len(exact) if exact else 0.0,
+            float(bool(years and said and not said & years)),  # it dates itself, to another year
+            sum(w in lowered for w in names) / len(names) if names else 0.0,
+            float(kind is not None and kind.search(candidate.text) is not None),
+        ))
+    return np.array(rows, dtype=np.float64).reshape(len(candidates), len(FEATURES))
+
+
+def choose(question: str, vector: np.ndarray, candidates: list[Candidate],
+           weights: dict[str, float] = WEIGHTS) -> list[Chosen]:
+    """The answer's sentences, best first (empty when there is no candidate)."""
+    if not candidates:
+        return []
+    scores = features(question, vector, candidates) @ np.array([weights[f] for f in FEATURES])
+    scored = list(zip(scores.tolist(), candidates))
     order = [c for _, c in scored]  # reading order: the next sentence of a candidate follows it in the list
     scored.sort(key=lambda pair: -pair[0])
     best = scored[0][0]
@@ -154,7 +162,7 @@ def choose(question: str, vector: np.ndarray, candidates: list[Candidate]) -> li
         if after is not None:  # the sentence after the best one often completes it ("why": the reason)
             scored = [scored[0], (best, after)] + [p for p in scored[1:] if p[1] is not after]
     for score, c in scored:
-        if len(chosen) > MORE_SENTENCES or (chosen and score < NEAR * best):
+        if len(chosen) > MORE_SENTENCES:
             break
         if any(c.text == k.text or (c.doc_id == k.doc_id and c.char_start < k.char_end and k.char_start < c.char_end)
                for k in chosen):

@@ -310,6 +310,9 @@ def eval_command(
     min_ndcg_at_10: Annotated[float | None, typer.Option(help="fail below this nDCG@10")] = None,
     limit: Annotated[int | None, typer.Option(help="BEIR: only the first N queries (quick runs)")] = None,
     calibrate: Annotated[bool, typer.Option(help="print the abstention settings fitted on this set")] = False,
+    fit_answer: Annotated[bool, typer.Option("--fit-answer", help="print the answer-sentence weights fitted on "
+                                             "this set, and how they score on the half they were not fitted on")
+                          ] = False,
     conversations: Annotated[Path, typer.Option(help="multi-turn chats whose later turns are scored with and "
                                                "without the conversation (skipped if missing)")] = Path(
         "eval/conversations.jsonl"),
@@ -358,6 +361,10 @@ def eval_command(
         report["abstention"] = fit_abstention(retriever, question_set)
         report["highlights"] = highlight_hits(retriever, question_set)
         report["answer"] = answer_hits(retriever, question_set)
+        if fit_answer:
+            from rag.answer_fit import fit_answer as fit_answer_weights
+
+            report["answer"]["fit"] = fit_answer_weights(retriever, question_set)
         if conversations.is_file():
             from rag.conversations import follow_up_recall, load_conversations
 
@@ -388,6 +395,10 @@ def eval_command(
             fitted = abstention["fitted"]
             typer.echo(f"fitted on the calibration split: RAG_ABSTAIN_SLOPE={fitted['slope']} "
                        f"RAG_ABSTAIN_OFFSET={fitted['offset']} RAG_ABSTAIN_MISSING_WEIGHT={fitted['missing_weight']}")
+    if fit_answer and (fit := report.get("answer", {}).get("fit")):
+        typer.echo("answer weights fitted on this set: " + ", ".join(f"{k} {v}" for k, v in fit["fitted"].items()))
+        typer.echo("answer metric on the half not fitted on: " + "; ".join(f"{k} {v:.3f}"
+                                                                         for k, v in fit["folds"].items()))
     for mode_name, result in report["modes"].items():
         for failure in result.get("failures", []):
             got = ", ".join(f"{r['doc_id']}›{r['section'] or '-'}" for r in failure["returned"])

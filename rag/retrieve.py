@@ -300,14 +300,16 @@ class Retriever:
     def answer(self, question: str, query_vector: np.ndarray, groups: list[Group],
                sentences: list["Sentences"]) -> list[AnswerSentence]:
         """The sentences of the top passages that answer the question, best first (rag.answer)."""
-        candidates = []
-        for rank, (group, (spans, texts, vectors)) in enumerate(zip(groups[:answers.ANSWER_PASSAGES], sentences),
-                                                                start=1):
-            candidates += [answers.Candidate(rank, group.doc_id, a, b, text, vector)
-                           for (a, b), text, vector in zip(spans, texts, vectors)]
         return [AnswerSentence(text=c.text, passage=c.rank, doc_id=c.doc_id, char_start=c.char_start,
                                char_end=c.char_end, score=c.score)
-                for c in answers.choose(question, query_vector, candidates)]
+                for c in answers.choose(question, query_vector, _candidates(groups, sentences))]
+
+    def answer_candidates(self, question: str, k: int = 5) -> tuple[np.ndarray, list[answers.Candidate]]:
+        """The question's vector and the sentences its answer is chosen from (`rag eval --fit-answer`)."""
+        vector = self.embedder.encode([question])[0]
+        ranked, _ = self._ranked(question, k, Filters(), self.default_mode, vector, None, True)
+        groups = group_hits(ranked, self.store.chunks, k, None)
+        return vector, _candidates(groups, [self._sentences(g) for g in groups])
 
     def citation(self, row: int) -> Citation:
         chunk = self.store.chunks[row]
@@ -338,6 +340,14 @@ def _fused_hits(rows: np.ndarray, fused: np.ndarray, dense: Ranking, lexical: Ra
     for row, score in zip(rows.tolist(), fused.tolist()):
         yield Hit(row, score, {"dense": known["dense"].get(row, MISSING_SCORE),
                                "lexical": known["lexical"].get(row, MISSING_SCORE), "fused": score})
+
+
+def _candidates(groups: list[Group], sentences: list[Sentences]) -> list[answers.Candidate]:
+    """The sentences of the top ANSWER_PASSAGES passages, each with its passage's rank."""
+    return [answers.Candidate(rank, group.doc_id, a, b, text, vector)
+            for rank, (group, (spans, texts, vectors)) in enumerate(
+                zip(groups[:answers.ANSWER_PASSAGES], sentences), start=1)
+            for (a, b), text, vector in zip(spans, texts, vectors)]
 
 
 def _hits(side: str, found: Ranking) -> list[Hit]:

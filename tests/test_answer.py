@@ -117,3 +117,21 @@ def test_a_sentence_dated_to_another_year_does_not_lead():
         "Trade was worth $245 billion at its peak.",
     ))
     assert found[0].text == "Trade was worth $245 billion at its peak."
+
+
+def test_answer_weights_are_fitted_from_which_sentences_hold_the_gold_quote():
+    """A feature that picks out the gold sentences gets the weight (rag.answer_fit)."""
+    from rag.answer_fit import answer_metric, fit_weights
+    from rag.evaluate import GoldQuote, Question
+
+    examples = []
+    for year in range(2000, 2020):
+        question = f"How much did exports grow in {year}?"
+        texts = [f"Exports were discussed in {year - 1} at length.", f"Exports rose 5 percent in {year}.",
+                 "Imports and exports were a topic of debate."]
+        found = candidates(*texts)
+        gold = GoldQuote("d", texts[1], found[1].char_start, found[1].char_end)
+        examples.append((Question(str(year), question, "fact", True, ["d"], [gold]), FAKE.vector(question), found))
+    weights = fit_weights(examples)
+    assert weights["specific"] > 0 and weights["other_year"] < 0
+    assert answer_metric(examples, weights) == 1.0
