@@ -1,19 +1,22 @@
 """Calibrating "is there an answer in the corpus?" on the seed questions.
 
-The model is logistic over the best dense cosine similarity between the question and any
-chunk and the missing-specifics share below, confidence = sigmoid(slope * cosine +
-missing_weight * missing + offset), fitted by Newton's
-method on a calibration split of the answerable and unanswerable questions, and checked
-on the held-back rest (a fixed third, chosen by a hash of the question id, never by
-looking at scores). `answerable` is confidence >= 0.5.
+The model is logistic over three features, confidence = sigmoid(slope * cosine +
+missing_weight * missing + answer_weight * (answer - answer_center) + offset), fitted by
+Newton's method on a calibration split of the answerable and unanswerable questions, and
+checked on the held-back rest (a fixed third, chosen by a hash of the question id, never
+by looking at scores). `answerable` is confidence >= 0.5.
+- cosine: the best dense cosine similarity between the question and any chunk;
+- missing: evidence the bi-encoder cannot give, the share of the question's years,
+  numbers and quoted terms that the top passages never mention
+  (rag.answer.missing_share): "trade in 1995" retrieves the 2024 figures, close in
+  meaning, but never says 1995;
+- answer: the score of the answer's lead sentence (rag.answer.choose: cosine, the
+  question's terms, the kind of thing asked for, ...): whether some sentence answers it,
+  not only whether a passage is on its subject. Centred on its mean over the calibration
+  split, so a response without sentences (an index built without them) counts as neither.
 
-Example: slope 20, offset -10 puts the boundary at cosine 0.5, and cosine 0.6 gives
-confidence sigmoid(2) = 0.88.
-
-A second feature is evidence the bi-encoder cannot give: the share of the question's
-specifics (years, numbers, names, quoted terms) that the top passages never mention
-(rag.answer.missing_share): "trade in 1995" retrieves the 2024 figures, close in meaning,
-but never says 1995.
+Example: slope 20, offset -10 (other weights 0) puts the boundary at cosine 0.5, and
+cosine 0.6 gives confidence sigmoid(2) = 0.88.
 
 Left out: reading-comprehension models (none ships offline).
 """
@@ -26,6 +29,8 @@ import numpy as np
 from rag.answer import missing_share
 from rag.evaluate import Question
 from rag.retrieve import Abstention, Retriever
+
+Features = tuple[float, float, float | None]  # best cosine, missing share, lead-sentence score (None: no sentences)
 
 
 def held_back(question_id: str) -> bool:
@@ -45,10 +50,10 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3, steps: int = 50
     return w
 
 
-def rates(abstention: Abstention, features: list[tuple[float, float]], questions: list[Question]) -> dict[str, Any]:
+def rates(abstention: Abstention, features: list[Features], questions: list[Question]) -> dict[str, Any]:
     """Shares flagged (confidence < 0.5): of the answerable, of the near-topic and of the
     off-topic unanswerable questions."""
-    flagged = [abstention.confidence(cosine, missing) < 0.5 for cosine, missing in features]
+    flagged = [abstention.confidence(*f) < 0.5 for f in features]
     groups = {"answerable": [q.answerable for q in questions],
               "unanswerable": [not q.answerable for q in questions],
               "near_topic": [not q.answerable and q.topic == "near" for q in questions],
@@ -62,28 +67,36 @@ def rates(abstention: Abstention, features: list[tuple[float, float]], questions
 
 
 def calibrate(retriever: Retriever, questions: list[Question], k: int = 5) -> dict[str, Any]:
-    """Fit the confidence on two features, the best dense cosine and the share of the
-    question's specifics missing from the top k passages, on the calibration split; report
-    both splits."""
-    features = []
+    """Fit the confidence on three features, the best dense cosine, the share of the
+    question's specifics missing from the top k passages and the answer's lead-sentence
+    score (centred on its mean over the calibration split), on the calibration split;
+    report both splits."""
+    features: list[Features] = []
     for q in questions:
         response = retriever.query(q.question, k)
         vector = retriever.embedder.encode([q.question])[0]
-        features.append((retriever.best_cosine(vector), missing_share(q.question, [p.text for p in response.passages])))
+        features.append((retriever.best_cosine(vector), missing_share(q.question, [p.text for p in response.passages]),
+                         response.answer[0].score if response.answer else None))
     fit_rows = [i for i, q in enumerate(questions) if not held_back(q.id)]
     back_rows = [i for i, q in enumerate(questions) if held_back(q.id)]
-    slope, missing_weight, offset = fit_logistic(np.array([features[i] for i in fit_rows]),
-                                                 np.array([float(questions[i].answerable) for i in fit_rows]))
-    fitted = Abstention(float(slope), float(offset), float(missing_weight))
+    leads = [lead for i in fit_rows if (lead := features[i][2]) is not None]
+    center = round(float(np.mean(leads)), 3) if leads else 0.0
+    design = np.array([(c, m, (a - center) if a is not None else 0.0) for c, m, a in (features[i] for i in fit_rows)])
+    slope, missing_weight, answer_weight, offset = fit_logistic(
+        design, np.array([float(questions[i].answerable) for i in fit_rows]))
+    fitted = Abstention(float(slope), float(offset), float(missing_weight), float(answer_weight), center)
 
     def stats(abstention: Abstention, rows: list[int]) -> dict[str, Any]:
         return rates(abstention, [features[i] for i in rows], [questions[i] for i in rows])
 
     configured = retriever.abstention
     return {
-        "features": ["best dense cosine", f"share of the question's specifics missing from the top {k} passages"],
-        "fitted": {"slope": round(slope, 3), "missing_weight": round(missing_weight, 3), "offset": round(offset, 3)},
+        "features": ["best dense cosine", f"share of the question's specifics missing from the top {k} passages",
+                     "the answer's lead-sentence score, centred"],
+        "fitted": {"slope": round(slope, 3), "missing_weight": round(missing_weight, 3),
+                   "answer_weight": round(answer_weight, 3), "answer_center": center, "offset": round(offset, 3)},
         "configured": {"slope": configured.slope, "missing_weight": configured.missing_weight,
+                       "answer_weight": configured.answer_weight, "answer_center": configured.answer_center,
                        "offset": configured.offset},
         "calibration_split": stats(fitted, fit_rows),
         "held_back": {"fitted": stats(fitted, back_rows), "configured": stats(configured, back_rows)},

@@ -394,7 +394,9 @@ def eval_command(
         if calibrate:
             fitted = abstention["fitted"]
             typer.echo(f"fitted on the calibration split: RAG_ABSTAIN_SLOPE={fitted['slope']} "
-                       f"RAG_ABSTAIN_OFFSET={fitted['offset']} RAG_ABSTAIN_MISSING_WEIGHT={fitted['missing_weight']}")
+                       f"RAG_ABSTAIN_OFFSET={fitted['offset']} RAG_ABSTAIN_MISSING_WEIGHT={fitted['missing_weight']} "
+                       f"RAG_ABSTAIN_ANSWER_WEIGHT={fitted['answer_weight']} "
+                       f"RAG_ABSTAIN_ANSWER_CENTER={fitted['answer_center']}")
     if fit_answer and (fit := report.get("answer", {}).get("fit")):
         typer.echo("answer weights fitted on this set: " + ", ".join(f"{k} {v}" for k, v in fit["fitted"].items()))
         typer.echo("answer metric on the half not fitted on: " + "; ".join(f"{k} {v:.3f}"

@@ -66,7 +66,8 @@ def markdown(report: dict[str, Any], title: str) -> str:
     if abstention := report.get("abstention"):
         fitted = abstention["fitted"]
         out += ["## Abstention", "", f"Features: {'; '.join(abstention['features'])}. Fitted: slope "
-                f"{fitted['slope']}, missing weight {fitted['missing_weight']}, offset {fitted['offset']}.", "",
+                f"{fitted['slope']}, missing weight {fitted['missing_weight']}, answer weight "
+                f"{fitted['answer_weight']} (centre {fitted['answer_center']}), offset {fitted['offset']}.", "",
                 "| split | settings | near-topic flagged | off-topic flagged | answerable flagged |",
                 "|---|---|---|---|---|"]
         for split, which, stats in (("calibration", "fitted", abstention["calibration_split"]),

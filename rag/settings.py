@@ -66,11 +66,14 @@ class Settings(BaseSettings):
     highlight_lexical_weight: float = Field(0.3, ge=0, description="weight of question-term overlap "
                                             "beside cosine similarity when choosing highlights")
     # fitted by `rag eval --calibrate` on the seed questions with the default model (2026-11-25)
-    abstain_slope: float = Field(16.774, description="confidence = sigmoid(slope * best cosine + missing_weight * "
-                                 "missing specifics share + offset)")
-    abstain_offset: float = -6.341
-    abstain_missing_weight: float = Field(-5.983, description="weight of the share of the question's years, "
+    abstain_slope: float = Field(14.457, description="confidence = sigmoid(slope * best cosine + missing_weight * "
+                                 "missing specifics share + answer_weight * (lead answer sentence score - "
+                                 "answer_center) + offset)")
+    abstain_offset: float = -5.005
+    abstain_missing_weight: float = Field(-5.863, description="weight of the share of the question's years, "
                                           "numbers and quoted terms missing from the returned passages")
+    abstain_answer_weight: float = Field(1.164, description="weight of the answer's lead-sentence score")
+    abstain_answer_center: float = Field(1.608, description="the lead-sentence score counted as no evidence")
     reranker: str | None = Field(None, description="cross-encoder name or path; off when unset")
     rerank_depth: int = Field(20, ge=1, le=200)
 

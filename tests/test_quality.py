@@ -205,13 +205,20 @@ def test_fit_logistic_recovers_a_known_boundary():
     assert slope == pytest.approx(10, rel=0.15) and -offset / slope == pytest.approx(0.4, abs=0.03)
 
 
+def test_an_answering_sentence_is_evidence_and_none_is_neutral():
+    a = Abstention(slope=10.0, offset=-5.0, missing_weight=0.0, answer_weight=2.0, answer_center=1.0)
+    assert a.confidence(0.5, 0.0, None) == a.confidence(0.5, 0.0, 1.0) == 0.5  # no sentences: no evidence
+    assert a.confidence(0.5, 0.0, 1.6) > 0.5 > a.confidence(0.5, 0.0, 0.4)
+
+
 def test_rates_and_split():
     from rag.evaluate import Question
 
     a = Abstention(slope=10.0, offset=-5.0, missing_weight=-10.0)  # boundary at cosine 0.5 with nothing missing
     questions = [Question(f"q{i}", "q", "t", answerable, [], [], topic) for i, (answerable, topic) in
                  enumerate([(True, None), (True, None), (False, "near"), (False, "off"), (False, "near")])]
-    features = [(0.9, 0.0), (0.2, 0.0), (0.7, 0.0), (0.1, 0.0), (0.9, 1.0)]  # the last: all its specifics missing
+    features = [(0.9, 0.0, None), (0.2, 0.0, None), (0.7, 0.0, None), (0.1, 0.0, None),
+                (0.9, 1.0, None)]  # the last: all its specifics missing
     assert rates(a, features, questions) == {
         "answerable_flagged": 0.5, "answerable": 2, "unanswerable_flagged": 0.667, "unanswerable": 3,
         "near_topic_flagged": 0.5, "near_topic": 2, "off_topic_flagged": 1.0, "off_topic": 1}
