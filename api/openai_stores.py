@@ -332,7 +332,7 @@ async def create_vector_store(body: NewStore, engine: EngineDep, settings: Setti
         files.info(file_id)
 
     def create(collections: Collections) -> str:
-        name = derive_name(body.name or "", set(collections.names()))
+        name = derive_name(body.name or "", set(collections.names(every_store=True)))
         collections.create(name)
         _save_sidecar(collections.root / name, {"name": body.name or name, "metadata": metadata,
                                                 "created_at": int(time.time()), "failed": {}})

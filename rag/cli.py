@@ -123,9 +123,12 @@ def list_collections(index: IndexOpt = None) -> None:
 
     settings = load_settings(index=index)
     with Collections(settings, embedder=None) as collections:  # listing embeds nothing
-        for name in collections.names():
+        for name in collections.names(every_store=True):
             if name == DEFAULT:
                 typer.echo(f"{name:<24} the built corpus ({settings.corpus_dir}; `rag build`)")
+                continue
+            if (store := collections.store_of(name)) != settings.vector_store:
+                typer.echo(f"{name:<24} in the {store or 'unknown'} store (RAG_VECTOR_STORE={store or '?'} serves it)")
                 continue
             kb = collections.get(name)
             typer.echo(f"{name:<24} {len(kb.documents):>6} documents {kb.count():>8} chunks")

@@ -77,11 +77,22 @@ class Collections:
             raise RagError("this needs the embedding model, which was not loaded")
         return self._embedder
 
-    def names(self) -> list[str]:
+    def names(self, every_store: bool = False) -> list[str]:
+        """`default`, then the collections this service serves: those made in its store
+        (`every_store`: those made in the other one too, which it refuses to open)."""
         # NAME also leaves out the .tmp- folder of a create that crashed before its rename
         folders = self.root.iterdir() if self.root.is_dir() else iter(())
         found = sorted(p.name for p in folders if NAME.fullmatch(p.name) and (p / "manifest.json").is_file())
-        return [DEFAULT, *(n for n in found if n != DEFAULT)]
+        served = [n for n in found if every_store or self.store_of(n) == self.settings.vector_store]
+        return [DEFAULT, *(n for n in served if n != DEFAULT)]
+
+    def store_of(self, name: str) -> str:
+        """The store a collection was made in (local or milvus); "" if its manifest is unreadable."""
+        try:
+            manifest = json.loads((self.root / name / "manifest.json").read_text(encoding="utf-8"))
+            return str(manifest.get("store", {}).get("backend", "local"))
+        except (OSError, ValueError, AttributeError):
+            return ""
 
     def get(self, name: str) -> LiveStore:
         check_name(name)
@@ -113,13 +124,13 @@ class Collections:
 
     def ensure(self, name: str) -> tuple[LiveStore, bool]:
         """The collection, made first if missing; and whether it was made."""
-        if name in self.names():
+        if name in self.names(every_store=True):
             return self.get(name), False
         return self.create(name), True
 
     def create(self, name: str) -> LiveStore:
         check_name(name)
-        if name == DEFAULT or name in self.names():
+        if name == DEFAULT or name in self.names(every_store=True):
             raise ConflictError(f"a collection named '{name}' exists")
         folder = self.root / name
         tmp = self.root / f".tmp-{name}"

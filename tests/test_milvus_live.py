@@ -108,9 +108,11 @@ def test_a_collection_lives_in_the_store_it_was_made_in(milvus: Settings):
     with Collections(local, FakeEmbedder()) as made:
         made.create("mine")
     with Collections(milvus, FakeEmbedder()) as served:
-        assert "mine" in served.names()
+        assert served.names() == ["default"] and served.names(every_store=True) == ["default", "mine"]
         with pytest.raises(ConflictError, match="lives in the local store"):
             served.get("mine")
+        with pytest.raises(ConflictError, match="exists"):  # its name is taken all the same
+            served.create("mine")
 
 
 def test_a_deleted_collection_leaves_nothing_in_milvus(collections: Collections):
