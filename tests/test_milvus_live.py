@@ -144,3 +144,23 @@ def test_a_write_by_another_client_is_seen_through_the_stamp(collections: Collec
     collections.remove("notes", "penguins")
     assert serving.query("penguins policy", 10).passages[0].citation.doc_id == "walrus"
     reader.close()
+
+
+def test_a_milvus_lite_file_held_by_another_process_is_one_clear_error(tmp_path: Path):
+    import subprocess
+    import sys
+
+    from rag.errors import StorageError
+    from rag.stores.milvus import _connect
+
+    uri = str(tmp_path / "held.db")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pymilvus import MilvusClient\n"
+                               f"MilvusClient(uri={uri!r}); print('open', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
+        with pytest.raises(StorageError, match="another process has it open"):
+            _connect(uri, "rag", None, 5.0)
+    finally:
+        holder.kill()
+        holder.wait()

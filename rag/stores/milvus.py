@@ -448,12 +448,12 @@ def _layouts(dimension: int, dense: str, analyzer: str) -> dict[str, tuple[dict[
             "sentences": (sentences, vector_index, [])}
 
 
-def _create(client: Any, name: str, fields: dict[str, Field], indexes: dict[str, Any], functions: Sequence[Any] = (),
-            auto_id: bool = False) -> None:
-    """A collection, indexed and loaded; `auto_id`: Milvus gives the INT64 keys (unique, never reused)."""
+def _create(client: Any, name: str, fields: dict[str, Field], indexes: dict[str, Any], functions: Sequence[Any] = ()
+            ) -> None:
+    """A collection with its indexes, loaded."""
     from pymilvus import DataType
 
-    schema = client.create_schema(auto_id=auto_id, enable_dynamic_field=False)
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
     for field, (kind, params) in fields.items():
         schema.add_field(field, getattr(DataType, kind), **params)
     for function in functions:
@@ -478,24 +478,22 @@ def _connect(uri: str, prefix: str, token: str | None, timeout: float) -> Any:
     # pymilvus (and Milvus Lite) log every failed call with a traceback; the user gets one line instead
     for name in ("pymilvus", "milvus_lite"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    if _lite(uri) and _locked(uri):
+    if _lite(uri) and not _lite_started(uri):
         raise StorageError(f"cannot open Milvus Lite at {uri}: another process has it open (a Milvus Lite "
-                           "file serves one process: stop it, or use a Milvus server)")
+                           "file serves one process: stop it, or use a Milvus server), or it is no Milvus Lite data")
     with _errors("connect to", _public(uri)):
         return MilvusClient(uri=uri, token=token or "", timeout=timeout)
 
 
-def _locked(uri: str) -> bool:
-    """Whether another process holds a Milvus Lite file (this one's own server reuses it)."""
+def _lite_started(uri: str) -> bool:
+    """Whether this process could start (or already runs) Milvus Lite's server for `uri`:
+    it cannot while another process holds the file. pymilvus would start it the same way,
+    but then fail with only "Open local milvus failed"."""
     try:
-        from milvus_lite.exceptions import DataDirLockedError
         from milvus_lite.server_manager import server_manager_instance
     except ImportError:  # another Milvus Lite: let pymilvus say what fails
-        return False
-    try:
-        return server_manager_instance.start_and_get_uri(uri) is None
-    except DataDirLockedError:
         return True
+    return server_manager_instance.start_and_get_uri(uri) is not None
 
 
 @contextmanager
