@@ -284,6 +284,15 @@ def _mark_headings(lines: list[_Line], rules: CleanRules) -> None:
         )
 
 
+SECTION_TITLE_CHARS = 500  # a longer "heading" (a Markdown line of thousands) is cut: titles fill citations
+
+
+def _section_title(text: str) -> str:
+    if len(text) <= SECTION_TITLE_CHARS:
+        return text
+    return text[:SECTION_TITLE_CHARS].rsplit(" ", 1)[0].rstrip() + "…"
+
+
 def _assemble(lines: list[_Line], removed: list[Removal], rules: CleanRules) -> CleanDocument:
     parts: list[str] = []
     sections: list[Section] = []
@@ -302,7 +311,7 @@ def _assemble(lines: list[_Line], removed: list[Removal], rules: CleanRules) -> 
         start = pos + len(sep)
         if line.heading:
             close(pos)
-            title, body_start = line.text, None
+            title, body_start = _section_title(line.text), None
         elif body_start is None:
             body_start = start
         elif (rules.section_break_blank_lines and not same_paragraph

@@ -36,6 +36,7 @@ SUPPORTED_SUFFIXES = (".txt", ".md", ".html", ".htm")
 SIDECAR_SUFFIX = ".meta.json"
 DOC_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 TEXT_KEYS = ("title", "source", "author", "date", "url")  # the API serves these as strings
+TEXT_KEY_CHARS = 1_000  # 4 UTF-8 bytes a character at most: under Milvus's 4,096-byte fields
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,13 @@ def load_document(path: Path) -> SourceDocument:
 
 def normalise_metadata(metadata: dict[str, Any], path: Path) -> dict[str, Any]:
     """The known keys as str | None, every other value JSON-safe. YAML gives numbers,
-    dates and lists where users meant text; the index stores JSON and the API strings."""
+    dates and lists where users meant text; the index stores JSON and the API strings.
+    A known key's text is at most TEXT_KEY_CHARS long (a store may keep it in a field of
+    bounded size: Milvus's 4,096 bytes)."""
     known = {key: _as_text(metadata.get(key), path, key) for key in TEXT_KEYS}
+    if too_long := [key for key, value in known.items() if value is not None and len(value) > TEXT_KEY_CHARS]:
+        raise CorpusError(f"{path.name}: metadata {', '.join(map(repr, too_long))} longer than "
+                          f"{TEXT_KEY_CHARS:,} characters")
     out = known | {str(key): _json_safe(value) for key, value in metadata.items() if key not in TEXT_KEYS}
     # a JSON sidecar may escape a lone surrogate ("\ud800"): no response could carry it
     if not is_unicode_text(json.dumps(out, ensure_ascii=False)):

@@ -396,3 +396,16 @@ def test_live_collections_answer_without_a_built_corpus(settings: Settings):
         assert c.post("/collections/notes/documents", json={"doc_id": "p", "text": article("penguins")}
                       ).status_code == 201
         assert [p["citation"]["doc_id"] for p in passages(c, "penguins policy")][:1] == ["p"]
+
+
+def test_oversized_headings_and_metadata_are_bounded_on_every_store(client: TestClient):
+    """A Markdown "heading" of 5,000 characters is cut to a section title of at most 500
+    (Milvus keeps sections in 4,096-byte fields); metadata text over 1,000 characters is a 422."""
+    client.post("/collections", json={"name": "notes"})
+    heading = "Walrus " * 800
+    r = upload(client, "long.md", f"# {heading}\n\nThe walrus colony hauled out on the ice in March.\n".encode())
+    assert r.status_code == 201, r.text
+    found = passages(client, "walrus colony ice")
+    assert found and 0 < len(found[0]["citation"]["section"]) <= 501 and found[0]["citation"]["section"].endswith("…")
+    r = client.post("/collections/notes/documents", json={"text": "Seals rest.", "metadata": {"source": "s" * 1001}})
+    assert r.status_code == 422 and "longer than 1,000 characters" in r.json()["detail"]
