@@ -7,8 +7,10 @@ after it is durable and visible to the next query.
 Documents come as JSON or as a multipart file (.txt, .md, .html, .pdf: rag.uploads); a
 body over RAG_MAX_UPLOAD_BYTES is refused (413) before more is read.
 
-Left out: collections on Milvus (this API is the local store's). The same collections are
-OpenAI vector stores in api/openai_stores.py.
+The same collections, in whichever store the service uses (local or Milvus), are OpenAI
+vector stores in api/openai_stores.py.
+
+Left out: renaming a collection.
 """
 
 import asyncio

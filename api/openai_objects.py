@@ -1,11 +1,13 @@
 """The objects of OpenAI's Files and Vector Stores APIs, as openai-python's types define
 them (`types/vector_store.py`, `types/vector_stores/vector_store_file.py`,
-`types/vector_store_search_response.py`, `types/file_object.py`, ...), and the request
-bodies the routes in api/openai_stores.py take.
+`types/vector_store_search_response.py`, `types/file_object.py`, ...), the request
+bodies the routes in api/openai_files.py and api/openai_stores.py take, and OpenAI's
+cursor paging of lists (`page`).
 
 Left out: the fields of objects we never return (file batches, expiry policies).
 """
 
+from collections.abc import Callable
 from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -149,3 +151,20 @@ class SearchRequest(BaseModel):
     filters: dict[str, Any] | None = None
     ranking_options: RankingOptions | None = None
     rewrite_query: bool = False
+
+
+def page(items: list[T], limit: int, order: str, after: str | None, before: str | None) -> Page[T]:
+    """OpenAI's cursor list: by created_at (then id), `after`/`before` an id of the list."""
+    key: Callable[[Any], tuple[int, str]] = lambda item: (item.created_at, item.id)  # noqa: E731
+    ordered = sorted(items, key=key, reverse=order == "desc")
+    ids = [getattr(item, "id", None) for item in ordered]
+    start, end = 0, len(ordered)
+    if after is not None:
+        start = ids.index(after) + 1 if after in ids else len(ordered)
+    if before is not None:
+        end = ids.index(before) if before in ids else 0
+        start = max(start, end - limit)
+    data = ordered[start:end][:limit]
+    has_more = (start + len(data) < end) if before is None else start > 0
+    return Page[T](data=data, first_id=getattr(data[0], "id", None) if data else None,
+                   last_id=getattr(data[-1], "id", None) if data else None, has_more=has_more)

@@ -1,9 +1,7 @@
-"""OpenAI's Files and Vector Stores APIs over live collections (rag.collections), so that a
-stock OpenAI client works with only its `base_url` changed.
+"""OpenAI's Vector Stores API over live collections (rag.collections), so that a stock
+OpenAI client works with only its `base_url` changed (the Files it attaches: api.openai_files).
 
-Files (`POST /v1/files`) are kept as uploaded under `<index_dir>/files/<file_id>/` (the
-bytes and `file.json`), written to a temporary folder and renamed, so a crash never leaves
-half a file. A vector store is a collection: its id is `vs_<collection name>`, the name
+A vector store is a collection: its id is `vs_<collection name>`, the name
 derived from the store's name (`vs_default` is the built corpus: listed and searched, not
 written). Attaching a file to a store reads it (rag.uploads: .txt, .md, .html, .pdf) and
 writes it into the collection as the document whose doc_id is the file id, on the
@@ -32,18 +30,17 @@ import math
 import os
 import re
 import secrets
-import shutil
 import time
 import unicodedata
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from api.collection_routes import form_file
 from api.engine import Engine, writes_allowed
+from api.openai_files import WRITE_ERRORS, StoredFiles, stored_files, write_synced
 from api.openai_objects import (
     ContentPage,
     Deleted,
@@ -58,17 +55,15 @@ from api.openai_objects import (
     SearchResult,
     StoreFileUpdate,
     StoreUpdate,
-    T,
     TextContent,
     VectorStore,
     VectorStoreFile,
+    page,
 )
 from api.routes import ERRORS, EngineDep, SettingsDep, check_question
-from api.schemas import ErrorBody
 from rag.attribute_filters import check_filter, matches
 from rag.collections import DEFAULT, NAME, Collections
 from rag.errors import BadQueryError, ConflictError, CorpusError, NotFoundError, StorageError
-from rag.files import fsync_path
 from rag.ingest import SourceDocument
 from rag.records import DocumentRecord
 from rag.settings import Settings
@@ -76,13 +71,9 @@ from rag.types import Filters
 from rag.uploads import UnsupportedTypeError, uploaded_document
 
 router = APIRouter(prefix="/v1", tags=["openai vector stores"])
-FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
-PURPOSES = ("assistants", "assistants_output", "batch", "batch_output", "fine-tune", "fine-tune-results",
-            "vision", "user_data")
 SIDECAR = "vector_store.json"
 MAX_PAIRS, MAX_KEY, MAX_VALUE = 16, 64, 512  # OpenAI's limits on metadata and attributes
 POLL_AFTER_MS = 250
-WRITE_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}}
 
 
 
@@ -102,135 +93,6 @@ def _check_pairs(pairs: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
         if isinstance(value, float) and not math.isfinite(value):
             raise BadQueryError(f"{what}.{key}: numbers must be finite")
     return dict(pairs)
-
-
-# ------------------------------------------------------------------ stored files
-
-class StoredFiles:
-    """Uploaded files under `root/<file_id>/`: `content` (the bytes) and `file.json`."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def save(self, filename: str, data: bytes, purpose: str) -> FileObject:
-        info = FileObject(id="file-" + secrets.token_hex(12), bytes=len(data), created_at=int(time.time()),
-                          filename=filename, purpose=purpose)
-        tmp = self.root / f".tmp-{info.id}"
-        try:
-            tmp.mkdir(parents=True)
-            _write_synced(tmp / "content", data)
-            _write_synced(tmp / "file.json", info.model_dump_json().encode())
-            tmp.rename(self.root / info.id)  # all or nothing
-            fsync_path(self.root)
-        except OSError as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise StorageError(f"cannot store the file: {exc}") from exc
-        return info
-
-    def info(self, file_id: str) -> FileObject:
-        try:
-            raw = (self._folder(file_id) / "file.json").read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError(f"no file with id '{file_id}'") from None
-        except OSError as exc:
-            raise StorageError(f"cannot read file '{file_id}': {exc}") from exc
-        return FileObject.model_validate_json(raw)
-
-    def data(self, file_id: str) -> bytes:
-        try:
-            return (self._folder(file_id) / "content").read_bytes()
-        except FileNotFoundError:
-            raise NotFoundError(f"no file with id '{file_id}'") from None
-        except OSError as exc:
-            raise StorageError(f"cannot read file '{file_id}': {exc}") from exc
-
-    def all(self) -> list[FileObject]:
-        if not self.root.is_dir():
-            return []
-        found = []
-        for folder in self.root.iterdir():
-            if FILE_ID.fullmatch(folder.name):
-                try:
-                    found.append(self.info(folder.name))
-                except NotFoundError:  # deleted meanwhile
-                    continue
-        return found
-
-    def delete(self, file_id: str) -> None:
-        folder = self._folder(file_id)
-        doomed = self.root / f".del-{file_id}"
-        try:
-            folder.rename(doomed)  # gone at once for readers
-        except FileNotFoundError:
-            raise NotFoundError(f"no file with id '{file_id}'") from None
-        except OSError as exc:
-            raise StorageError(f"cannot delete file '{file_id}': {exc}") from exc
-        shutil.rmtree(doomed, ignore_errors=True)
-
-    def _folder(self, file_id: str) -> Path:
-        if not FILE_ID.fullmatch(file_id):
-            raise NotFoundError(f"no file with id '{file_id}'")
-        return self.root / file_id
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    fsync_path(path)
-
-
-def stored_files(settings: Settings) -> StoredFiles:
-    return StoredFiles(settings.index_dir / "files")
-
-
-# ------------------------------------------------------------------ files routes
-
-FILE_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
-    "type": "object", "required": ["file", "purpose"], "properties": {
-        "file": {"type": "string", "format": "binary"},
-        "purpose": {"type": "string", "enum": list(PURPOSES)}}}}}}}
-
-
-@router.post("/files", openapi_extra=FILE_BODY,
-             responses={**WRITE_ERRORS, 413: {"model": ErrorBody}})
-async def create_file(request: Request, settings: SettingsDep) -> FileObject:
-    """Upload a file (multipart: `file`, `purpose`), kept as sent until it is deleted."""
-    writes_allowed(settings)
-    upload, form = await form_file(request, max_fields=8)
-    purpose = form.get("purpose")
-    if purpose not in PURPOSES:
-        raise BadQueryError(f"purpose must be one of {', '.join(PURPOSES)}")
-    data = await upload.read()
-    if not data:
-        raise BadQueryError("the file is empty")
-    filename = Path(upload.filename or "upload").name or "upload"
-    files = stored_files(settings)
-    return await asyncio.get_running_loop().run_in_executor(None, files.save, filename, data, str(purpose))
-
-
-@router.get("/files", responses=ERRORS)
-def list_files(settings: SettingsDep, purpose: str | None = None,
-               limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
-               order: Literal["asc", "desc"] = "desc", after: str | None = None) -> Page[FileObject]:
-    found = [f for f in stored_files(settings).all() if purpose is None or f.purpose == purpose]
-    return _page(found, limit, order, after, None)
-
-
-@router.get("/files/{file_id}", responses=ERRORS)
-def get_file(file_id: str, settings: SettingsDep) -> FileObject:
-    return stored_files(settings).info(file_id)
-
-
-@router.get("/files/{file_id}/content", responses=ERRORS)
-def get_file_content(file_id: str, settings: SettingsDep) -> Response:
-    return Response(stored_files(settings).data(file_id), media_type="application/octet-stream")
-
-
-@router.delete("/files/{file_id}", responses=WRITE_ERRORS)
-def delete_file(file_id: str, settings: SettingsDep) -> Deleted:
-    """Deletes the stored bytes; documents already made from them stay in their stores."""
-    writes_allowed(settings)
-    stored_files(settings).delete(file_id)
-    return Deleted(id=file_id, object="file")
 
 
 # ------------------------------------------------------------------ vector stores
@@ -267,7 +129,7 @@ def _sidecar(folder: Path) -> dict[str, Any]:
 def _save_sidecar(folder: Path, data: dict[str, Any]) -> None:
     tmp = folder / f".{SIDECAR}.tmp"
     try:
-        _write_synced(tmp, json.dumps(data, ensure_ascii=False, indent=1).encode())
+        write_synced(tmp, json.dumps(data, ensure_ascii=False, indent=1).encode())
         os.replace(tmp, folder / SIDECAR)
     except OSError as exc:
         raise StorageError(f"cannot write {SIDECAR} of collection '{folder.name}': {exc}") from exc
@@ -350,7 +212,7 @@ def list_vector_stores(engine: EngineDep, limit: Annotated[int, Query(ge=1, le=1
                        after: str | None = None, before: str | None = None) -> Page[VectorStore]:
     """Every collection; `vs_default` (the built corpus) while a build is served."""
     names = [n for n in engine.live_collections().names() if n != DEFAULT or engine.retriever is not None]
-    return _page([store_object(engine, n) for n in names], limit, order, after, before)
+    return page([store_object(engine, n) for n in names], limit, order, after, before)
 
 
 @router.get("/vector_stores/{store_id}", responses=ERRORS)
@@ -526,7 +388,7 @@ def list_vector_store_files(store_id: str, engine: EngineDep, settings: Settings
         found.setdefault(file_id, _failed_object(name, file_id, entry))
     for file_id, state in writes.items():
         found.setdefault(file_id, _write_object(settings, name, file_id, state))
-    return _page([f for f in found.values() if filter is None or f.status == filter], limit, order, after, before)
+    return page([f for f in found.values() if filter is None or f.status == filter], limit, order, after, before)
 
 
 @router.get("/vector_stores/{store_id}/files/{file_id}", responses=ERRORS)
@@ -633,22 +495,3 @@ def similarity(ranked_by: float, scores: Mapping[str, float]) -> float:
     computed one (dense, hybrid), else what the ranking used (BM25 in lexical mode)."""
     dense = scores.get("dense")
     return min(1.0, max(0.0, dense)) if dense is not None else ranked_by
-
-
-# ------------------------------------------------------------------ lists
-
-def _page(items: list[T], limit: int, order: str, after: str | None, before: str | None) -> Page[T]:
-    """OpenAI's cursor list: by created_at (then id), `after`/`before` an id of the list."""
-    key: Callable[[Any], tuple[int, str]] = lambda item: (item.created_at, item.id)  # noqa: E731
-    ordered = sorted(items, key=key, reverse=order == "desc")
-    ids = [getattr(item, "id", None) for item in ordered]
-    start, end = 0, len(ordered)
-    if after is not None:
-        start = ids.index(after) + 1 if after in ids else len(ordered)
-    if before is not None:
-        end = ids.index(before) if before in ids else 0
-        start = max(start, end - limit)
-    data = ordered[start:end][:limit]
-    has_more = (start + len(data) < end) if before is None else start > 0
-    return Page[T](data=data, first_id=getattr(data[0], "id", None) if data else None,
-                   last_id=getattr(data[-1], "id", None) if data else None, has_more=has_more)

@@ -16,7 +16,8 @@ from pydantic import SecretStr
 from test_collections import PDF_PAGES, article, pdf_bytes
 
 from api.app import create_app
-from api.openai_stores import _page, derive_name
+from api.openai_objects import page
+from api.openai_stores import derive_name
 from rag.attribute_filters import check_filter, matches
 from rag.build import build_index
 from rag.errors import BadQueryError
@@ -255,14 +256,14 @@ def test_names_and_pages():
             self.id, self.created_at = f"i{n}", n
 
     items = [Item(n) for n in range(5)]
-    page = _page(items, 2, "desc", None, None)
-    assert [i.id for i in page.data] == ["i4", "i3"] and page.has_more and page.last_id == "i3"
-    page = _page(items, 2, "desc", "i3", None)
-    assert [i.id for i in page.data] == ["i2", "i1"] and page.has_more
-    page = _page(items, 2, "asc", "i2", None)
-    assert [i.id for i in page.data] == ["i3", "i4"] and not page.has_more
-    page = _page(items, 2, "asc", None, "i3")
-    assert [i.id for i in page.data] == ["i1", "i2"] and page.has_more
+    listed = page(items, 2, "desc", None, None)
+    assert [i.id for i in listed.data] == ["i4", "i3"] and listed.has_more and listed.last_id == "i3"
+    listed = page(items, 2, "desc", "i3", None)
+    assert [i.id for i in listed.data] == ["i2", "i1"] and listed.has_more
+    listed = page(items, 2, "asc", "i2", None)
+    assert [i.id for i in listed.data] == ["i3", "i4"] and not listed.has_more
+    listed = page(items, 2, "asc", None, "i3")
+    assert [i.id for i in listed.data] == ["i1", "i2"] and listed.has_more
 
 
 class GatedEmbedder(FakeEmbedder):

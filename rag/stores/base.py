@@ -16,7 +16,10 @@ sentences with theirs into a writer, then commits; the new build goes live atomi
 commit, and a writer closed without commit (an exception, a kill) leaves the live build
 serving and removes what it wrote.
 
-Left out: in-place updates of a live build (a build writes a whole new one).
+Live collections (`LiveStore`: rag.kb in SQLite, rag.stores.milvus_live in Milvus) are
+the other way in: read like a build, written one document at a time (`writing`, `delete`).
+
+Left out: in-place updates of a build (a build writes a whole new one).
 """
 
 from collections.abc import Iterable, Mapping, Sequence
