@@ -151,7 +151,7 @@ def test_a_milvus_lite_file_held_by_another_process_is_one_clear_error(tmp_path:
     import sys
 
     from rag.errors import StorageError
-    from rag.stores.milvus import _connect
+    from rag.stores.milvus_client import connect
 
     uri = str(tmp_path / "held.db")
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pymilvus import MilvusClient\n"
@@ -160,7 +160,7 @@ def test_a_milvus_lite_file_held_by_another_process_is_one_clear_error(tmp_path:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         with pytest.raises(StorageError, match="another process has it open"):
-            _connect(uri, "rag", None, 5.0)
+            connect(uri, "rag", None, 5.0)
     finally:
         holder.kill()
         holder.wait()

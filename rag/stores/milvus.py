@@ -19,76 +19,80 @@ Commit flushes the build, then upserts that row (one row: atomic), then drops al
 but the live one and the one before it. Collections read with Strong consistency; Milvus
 wants a vector in every collection, hence the 2-dimension `_` placeholders.
 
-Milvus Lite (a URI ending in .db) differs, and this module handles it: no whitespace
-analyzer (its `standard` one, `\\w+` lowercased, splits our tokens alike), BM25 given as
-a negative distance, index tuning read only from a nested "params" JSON, no filter
-templates. Its BM25 statistics are per segment: exact for a build of one segment (up to
-~128 MB), drifting beyond.
+Milvus Lite (a URI ending in .db) differs (rag.stores.milvus_client handles it). Its BM25
+statistics are per segment: exact for a build of one segment (up to ~128 MB), drifting beyond.
 
 Left out: concurrent builders (the last commit wins), removing builds of a writer killed
 before `__exit__`, and collection tuning (shards, partitions, mmap).
 """
 
 import json
-import logging
-import re
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import suppress
 from datetime import UTC, datetime
 from functools import lru_cache
-from itertools import islice
 from pathlib import Path
 from types import TracebackType
 from typing import Any, overload
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from rag.errors import (
-    IndexBusyError,
     IndexCorruptError,
     IndexMismatchError,
     IndexMissingError,
-    SettingsError,
-    StorageError,
 )
 from rag.fusion import Ranking
-from rag.lexical import DEFAULT_B, DEFAULT_K1, tokenize
+from rag.lexical import tokenize
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.store import IndexSpec
+from rag.stores.milvus_client import (
+    BATCH,
+    CACHE_ROWS,
+    CHUNK_COLUMNS,
+    FILTER_COLUMNS,
+    NO_VECTOR,
+    PART_CHARS,
+    PLACEHOLDER_INDEX,
+    TOP_K,
+    Searches,
+    build_layouts,
+    clipped,
+    connect,
+    create_indexed,
+    drop,
+    filter_expression,
+    in_batches,
+    index_choice,
+    is_lite,
+    milvus_errors,
+    public_uri,
+    quote,
+    scored_ranking,
+    sorted_ranking,
+)
 from rag.types import Filters
 
-TOP_K = 16_384  # Milvus's cap on a search's limit
-BATCH = 1_000  # rows per insert or get: a few MB, under Milvus's 64 MB gRPC messages
-PART_CHARS = 16_000  # at most 64,000 UTF-8 bytes, under VARCHAR's 65,535
-CACHE_ROWS = 4_096  # chunks a reader keeps: every chunk of a small corpus, the hot ones of a big one
 KEEP_BUILDS = 2  # the live build and the one before it, for a reader half-way through opening it
-PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}")
-FILTER_COLUMNS = {"doc_ids": "doc_id", "sources": "source", "sections": "section"}
-CHUNK_COLUMNS = ["chunk_id", "doc_id", "section", "char_start", "char_end", "text", "n_tokens", "n_model_tokens",
-                 "embed_hash"]
-BM25 = {"bm25_k1": DEFAULT_K1, "bm25_b": DEFAULT_B}  # the local store's
-NO_VECTOR = [0.0, 0.0]
 MANIFEST = ""  # the doc_id of the manifest's pieces: no document has an empty id
-Field = tuple[str, dict[str, Any]]  # a DataType name and add_field's parameters
 
 
 def open_milvus(uri: str, spec: IndexSpec | None, prefix: str = "rag", *, token: str | None = None,
                 dimension: int | None = None, timeout: float = 10.0) -> "MilvusStore":
     """The live build at `uri`, refused if built with other settings than `spec` or for
     vectors of another `dimension`. Only reads: a failed open writes nothing."""
-    where = _public(uri)
-    if _lite(uri) and not Path(uri).exists():  # connecting would create it
+    where = public_uri(uri)
+    if is_lite(uri) and not Path(uri).exists():  # connecting would create it
         raise IndexMissingError(f"no index in Milvus at {where}: run `rag build` first")
-    client = _connect(uri, prefix, token, timeout)
+    client = connect(uri, prefix, token, timeout)
     try:
-        with _errors("read", where):
+        with milvus_errors("read", where):
             current = _current(client, prefix)
         if current is None:
             raise IndexMissingError(f"no index in Milvus at {where}: run `rag build` first")
         try:
-            with _errors("read", where):
+            with milvus_errors("read", where):
                 manifest = _read_manifest(client, _names(prefix, current["tag"])["parts"])
             diffs = spec.differences(manifest) if spec is not None else []
         except (KeyError, TypeError, ValueError) as exc:
@@ -112,26 +116,12 @@ def open_milvus(uri: str, spec: IndexSpec | None, prefix: str = "rag", *, token:
 def milvus_writer(uri: str, dimension: int, prefix: str = "rag", *, token: str | None = None,
                   timeout: float = 10.0) -> "MilvusWriter":
     """A new build at `uri`: its collections are made now, live at commit."""
-    client = _connect(uri, prefix, token, timeout)
+    client = connect(uri, prefix, token, timeout)
     try:
         return MilvusWriter(client, uri, dimension, prefix)
     except BaseException:
         client.close()
         raise
-
-
-class Searches:
-    """Dense and BM25 searches of a chunks collection, as rankings (`_search` does the call)."""
-
-    def dense(self, vector: np.ndarray, depth: int, filters: Filters) -> Ranking:
-        return self._search("vector", np.asarray(vector, dtype=np.float32).tolist(), "IP", depth, filters)
-
-    def lexical(self, text: str, depth: int, filters: Filters) -> Ranking:
-        terms = " ".join(tokenize(text))
-        return self._search("sparse", terms, "BM25", depth, filters) if terms else _ranking([])
-
-    def _search(self, field: str, query: Any, metric: str, depth: int, filters: Filters) -> Ranking:
-        raise NotImplementedError
 
 
 class MilvusStore(Searches):
@@ -152,26 +142,26 @@ class MilvusStore(Searches):
         return self._count
 
     def row_of(self, chunk_id: str) -> int | None:
-        found = self._query("chunks", f"chunk_id == {_quote(chunk_id)}", ["row"], limit=1)
+        found = self._query("chunks", f"chunk_id == {quote(chunk_id)}", ["row"], limit=1)
         return int(found[0]["row"]) if found else None
 
     def rows_of(self, doc_id: str) -> list[int]:
-        return sorted(int(r["row"]) for r in self._query("chunks", f"doc_id == {_quote(doc_id)}", ["row"]))
+        return sorted(int(r["row"]) for r in self._query("chunks", f"doc_id == {quote(doc_id)}", ["row"]))
 
     def chunk_count(self, doc_id: str) -> int:
-        return self._total("chunks", f"doc_id == {_quote(doc_id)}")
+        return self._total("chunks", f"doc_id == {quote(doc_id)}")
 
     def unknown(self, field: str, values: Sequence[str]) -> list[str]:
         if field == "doc_ids":
             known = {r["doc_id"] for r in self._get("documents", list(set(values)), ["doc_id"])}
         else:  # one existence query per value: a filter names few
             column = FILTER_COLUMNS[field]
-            known = {v for v in set(values) if v and self._query("chunks", f"{column} == {_quote(v)}", ["row"], 1)}
+            known = {v for v in set(values) if v and self._query("chunks", f"{column} == {quote(v)}", ["row"], 1)}
         return sorted(set(values) - known)
 
     def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:
         chunk = self.chunks[row]
-        found = sorted(self._query("sentences", f"doc_id == {_quote(chunk.doc_id)} and char_start < {chunk.char_end}"
+        found = sorted(self._query("sentences", f"doc_id == {quote(chunk.doc_id)} and char_start < {chunk.char_end}"
                                    f" and char_end > {chunk.char_start}", ["row", "char_start", "char_end", "vector"]),
                        key=lambda s: (s["char_start"], s["row"]))
         return clipped(chunk, found, self.dimension)
@@ -179,8 +169,8 @@ class MilvusStore(Searches):
     def vectors_by_hash(self, hashes: Iterable[str], sentences: bool = False) -> dict[str, np.ndarray]:
         kind, column = ("sentences", "text_hash") if sentences else ("chunks", "embed_hash")
         first: dict[str, tuple[int, Any]] = {}  # the lowest row of each hash, as the local store
-        for batch in _batches(dict.fromkeys(hashes), 500):
-            for r in self._query(kind, f"{column} in [{', '.join(map(_quote, batch))}]", [column, "row", "vector"]):
+        for batch in in_batches(dict.fromkeys(hashes), 500):
+            for r in self._query(kind, f"{column} in [{', '.join(map(quote, batch))}]", [column, "row", "vector"]):
                 if r[column] not in first or r["row"] < first[r[column]][0]:
                     first[r[column]] = (r["row"], r["vector"])
         return {digest: np.asarray(vector, dtype=np.float32) for digest, (_, vector) in first.items()}
@@ -189,18 +179,18 @@ class MilvusStore(Searches):
         self._client.close()
 
     def _search(self, field: str, query: Any, metric: str, depth: int, filters: Filters) -> Ranking:
-        expression, limit = _expression(filters), min(depth, TOP_K, self._count)
+        expression, limit = filter_expression(filters), min(depth, TOP_K, self._count)
         if expression is None or limit <= 0:
-            return _ranking([])
+            return sorted_ranking([])
         with self._reading():
             hits = self._client.search(self._names["chunks"], data=[query], anns_field=field, limit=limit,
                                        filter=expression, output_fields=["row"],
                                        search_params={"metric_type": metric})[0]
-        return _scored(hits, metric)
+        return scored_ranking(hits, metric)
 
     def _get(self, kind: str, keys: list[Any], fields: list[str]) -> list[dict[str, Any]]:
         with self._reading():
-            return [r for batch in _batches(keys, BATCH)
+            return [r for batch in in_batches(keys, BATCH)
                     for r in self._client.get(self._names[kind], ids=batch, output_fields=fields)]
 
     def _query(self, kind: str, expression: str, fields: list[str], limit: int | None = None) -> list[dict[str, Any]]:
@@ -212,7 +202,7 @@ class MilvusStore(Searches):
         return int(self._query(kind, expression, ["count(*)"])[0]["count(*)"])
 
     def _reading(self) -> Any:
-        return _errors("read", self._where, lambda: (_current(self._client, self._prefix) or {}).get("tag")
+        return milvus_errors("read", self._where, lambda: (_current(self._client, self._prefix) or {}).get("tag")
                        == self._tag)
 
 
@@ -239,7 +229,7 @@ class ChunkRows(Sequence[ChunkRecord]):
         return self._one(row % len(self))
 
     def __iter__(self) -> Iterator[ChunkRecord]:
-        for batch in _batches(range(len(self)), BATCH):  # rows are 0 .. count - 1: batches of keys, in order
+        for batch in in_batches(range(len(self)), BATCH):  # rows are 0 .. count - 1: batches of keys, in order
             yield from self._fetch(batch)
 
     def _fetch(self, rows: list[int]) -> list[ChunkRecord]:
@@ -263,7 +253,7 @@ class DocumentTexts(Mapping[str, DocumentRecord]):
         found = self._store._get("documents", [doc_id], ["content_hash", "parts"])
         if not found:
             raise KeyError(doc_id)
-        parts = sorted(self._store._query("parts", f"doc_id == {_quote(doc_id)}", ["part", "text"]),
+        parts = sorted(self._store._query("parts", f"doc_id == {quote(doc_id)}", ["part", "text"]),
                        key=lambda p: p["part"])
         if [p["part"] for p in parts] != list(range(found[0]["parts"])):
             raise IndexCorruptError(f"build {self._store.build_id} lacks parts of document {doc_id!r}")
@@ -281,17 +271,17 @@ class MilvusWriter:
     """Writes one build (the module docstring has the layout); a context manager."""
 
     def __init__(self, client: Any, uri: str, dimension: int, prefix: str):
-        self._client, self._where, self._prefix, self.dimension = client, _public(uri), prefix, dimension
+        self._client, self._where, self._prefix, self.dimension = client, public_uri(uri), prefix, dimension
         self.tag = datetime.now(UTC).strftime("%Y%m%dT%H%M%S_") + uuid.uuid4().hex[:8]
         self._names, self._committed = _names(prefix, self.tag), False
         self._rows = {kind: 0 for kind in self._names}  # next key of each collection
         self._sources: dict[str, str] = {}  # doc_id -> source, copied onto its chunks
         self._index = index_choice(uri)
         try:
-            with _errors("create a build in", self._where):
-                for kind, (fields, indexes, functions) in _layouts(dimension, self._index["dense"],
+            with milvus_errors("create a build in", self._where):
+                for kind, (fields, indexes, functions) in build_layouts(dimension, self._index["dense"],
                                                                    self._index["analyzer"]).items():
-                    _create(client, self._names[kind], fields, indexes, functions)
+                    create_indexed(client, self._names[kind], fields, indexes, functions)
         except BaseException:
             self._drop(self._names.values())
             raise
@@ -312,7 +302,7 @@ class MilvusWriter:
             self._client.close()
 
     def add_documents(self, documents: Iterable[DocumentRecord]) -> None:
-        for batch in _batches(documents, BATCH):
+        for batch in in_batches(documents, BATCH):
             rows, parts = [], []
             for d in batch:
                 blob = json.dumps({"metadata": d.metadata, "sections": d.sections, "text": d.text}, ensure_ascii=False)
@@ -360,11 +350,11 @@ class MilvusWriter:
                     "store": {"backend": "milvus", "uri": self._where, "index": self._index},
                     "counts": {**manifest.get("counts", {}), "chunks": self._rows["chunks"],
                                "sentences": self._rows["sentences"]}}
-        with _errors("commit a build to", self._where):
+        with milvus_errors("commit a build to", self._where):
             for name in self._names.values():  # sealed and persisted before any reader is sent to it
                 self._client.flush(name)
             if not self._client.has_collection(meta):
-                _create(self._client, meta, {"key": ("VARCHAR", {"is_primary": True, "max_length": 64}),
+                create_indexed(self._client, meta, {"key": ("VARCHAR", {"is_primary": True, "max_length": 64}),
                                              **{f: ("VARCHAR", {"max_length": 65_535})
                                                 for f in ("build_id", "tag", "manifest", "history")},
                                              "_": ("FLOAT_VECTOR", {"dim": 2})}, PLACEHOLDER_INDEX)
@@ -391,129 +381,12 @@ class MilvusWriter:
         return first
 
     def _insert(self, kind: str, rows: list[dict[str, Any]], per: int = BATCH) -> None:
-        with _errors("write to", self._where):
-            for batch in _batches(rows, per):
+        with milvus_errors("write to", self._where):
+            for batch in in_batches(rows, per):
                 self._client.insert(self._names[kind], batch)
 
     def _drop(self, names: Iterable[str]) -> None:
         drop(self._client, names)
-
-
-def drop(client: Any, names: Iterable[str]) -> None:
-    """Best effort: a collection that stays behind costs space, not correctness."""
-    for name in names:
-        with suppress(Exception):
-            if client.has_collection(name):
-                client.drop_collection(name)
-
-
-def index_choice(uri: str) -> dict[str, Any]:
-    """The indexes of a build or collection at `uri` (recorded in its manifest)."""
-    lite = _lite(uri)  # FLAT is exact; on a cluster AUTOINDEX (HNSW there) is the fast near-exact choice
-    return {"dense": "FLAT" if lite else "AUTOINDEX", "metric": "IP", "lexical": "BM25", "k1": DEFAULT_K1,
-            "b": DEFAULT_B, "analyzer": "standard" if lite else "whitespace"}
-
-
-PLACEHOLDER_INDEX = {"_": {"index_type": "FLAT", "metric_type": "L2"}}
-
-
-def _layouts(dimension: int, dense: str, analyzer: str) -> dict[str, tuple[dict[str, Field], dict[str, Any], list]]:
-    """Fields, indexes and functions of each collection of a build."""
-    from pymilvus import Function, FunctionType
-
-    key: Field = ("INT64", {"is_primary": True})
-    number: Field = ("INT64", {})
-    vector: Field = ("FLOAT_VECTOR", {"dim": dimension})
-    text: Field = ("VARCHAR", {"max_length": 65_535})
-    short: Field = ("VARCHAR", {"max_length": 4_096})
-    placeholder: Field = ("FLOAT_VECTOR", {"dim": 2})
-    vector_index = {"vector": {"index_type": dense, "metric_type": "IP"}}
-    chunks = {"row": key, **dict.fromkeys(["chunk_id", "doc_id", "source", "section", "embed_hash"], short),
-              **dict.fromkeys(["char_start", "char_end", "n_tokens", "n_model_tokens"], number), "text": text,
-              "vector": vector, "sparse": ("SPARSE_FLOAT_VECTOR", {}),
-              "lexical": ("VARCHAR", {"max_length": 65_535, "enable_analyzer": True,
-                                      "analyzer_params": {"tokenizer": analyzer}})}
-    # Milvus reads k1 and b as flat index params, Milvus Lite only from a nested "params" JSON: both given
-    bm25_index = {"sparse": {"index_type": "SPARSE_INVERTED_INDEX", "metric_type": "BM25",
-                             "params": {**BM25, "params": BM25}}}
-    bm25 = Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["lexical"],
-                    output_field_names=["sparse"])
-    documents = {"doc_id": ("VARCHAR", {"is_primary": True, "max_length": 4_096}), "ordinal": number,
-                 "content_hash": short, "parts": number, "_": placeholder}
-    parts = {"id": key, "doc_id": short, "part": number, "text": text, "_": placeholder}
-    sentences = {"row": key, "doc_id": short, "char_start": number, "char_end": number, "text_hash": short,
-                 "vector": vector}
-    return {"chunks": (chunks, {**vector_index, **bm25_index}, [bm25]),
-            "documents": (documents, PLACEHOLDER_INDEX, []), "parts": (parts, PLACEHOLDER_INDEX, []),
-            "sentences": (sentences, vector_index, [])}
-
-
-def _create(client: Any, name: str, fields: dict[str, Field], indexes: dict[str, Any], functions: Sequence[Any] = ()
-            ) -> None:
-    """A collection with its indexes, loaded."""
-    from pymilvus import DataType
-
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
-    for field, (kind, params) in fields.items():
-        schema.add_field(field, getattr(DataType, kind), **params)
-    for function in functions:
-        schema.add_function(function)
-    index_params = client.prepare_index_params()
-    for field, params in indexes.items():
-        index_params.add_index(field, **params)
-    client.create_collection(name, schema=schema, consistency_level="Strong")
-    # sync=False: else pymilvus polls each index of the empty collection every 0.5 s (and asks Milvus Lite for a
-    # timestamp it cannot give, logging errors); loading waits for the indexes anyway
-    client.create_index(name, index_params, sync=False)
-    client.load_collection(name)
-
-
-def _connect(uri: str, prefix: str, token: str | None, timeout: float) -> Any:
-    if not PREFIX.fullmatch(prefix):
-        raise SettingsError(f"milvus collection prefix {prefix!r}: use a letter, then letters, digits or _")
-    try:
-        from pymilvus import MilvusClient
-    except ImportError as exc:
-        raise StorageError("the milvus store needs pymilvus: pip install '.[milvus]'") from exc
-    # pymilvus (and Milvus Lite) log every failed call with a traceback; the user gets one line instead
-    for name in ("pymilvus", "milvus_lite"):
-        logging.getLogger(name).setLevel(logging.CRITICAL)
-    if _lite(uri) and not _lite_started(uri):
-        raise StorageError(f"cannot open Milvus Lite at {uri}: another process has it open (a Milvus Lite "
-                           "file serves one process: stop it, or use a Milvus server), or it is no Milvus Lite data")
-    with _errors("connect to", _public(uri)):
-        return MilvusClient(uri=uri, token=token or "", timeout=timeout)
-
-
-def _lite_started(uri: str) -> bool:
-    """Whether this process could start (or already runs) Milvus Lite's server for `uri`:
-    it cannot while another process holds the file. pymilvus would start it the same way,
-    but then fail with only "Open local milvus failed"."""
-    try:
-        from milvus_lite.server_manager import server_manager_instance
-    except ImportError:  # another Milvus Lite: let pymilvus say what fails
-        return True
-    return server_manager_instance.start_and_get_uri(uri) is not None
-
-
-@contextmanager
-def _errors(doing: str, where: str, is_live: Callable[[], bool] | None = None) -> Iterator[None]:
-    """A Milvus error as one line, `cannot connect to Milvus at http://host:19530: ...`; for
-    a reader whose build is no longer live (a newer one went live, and this one may be
-    gone), IndexBusyError: open the store again."""
-    from pymilvus import MilvusException
-
-    try:
-        yield
-    except MilvusException as exc:
-        live = True
-        if is_live is not None:
-            with suppress(MilvusException):
-                live = is_live()
-        if not live:
-            raise IndexBusyError(f"index in Milvus at {where} changed while it was being read ({_reason(exc)}): "
-                                 "retry") from exc
-        raise StorageError(f"cannot {doing} Milvus at {where}: {_reason(exc)}") from exc
 
 
 def _current(client: Any, prefix: str) -> dict[str, Any] | None:
@@ -528,7 +401,7 @@ def _current(client: Any, prefix: str) -> dict[str, Any] | None:
 def _read_manifest(client: Any, parts: str) -> dict[str, Any]:
     """A build's manifest, from its pieces in the parts collection."""
     client.load_collection(parts)
-    found = sorted(client.query(parts, filter=f"doc_id == {_quote(MANIFEST)}", output_fields=["part", "text"]),
+    found = sorted(client.query(parts, filter=f"doc_id == {quote(MANIFEST)}", output_fields=["part", "text"]),
                    key=lambda p: p["part"])
     manifest = json.loads("".join(p["text"] for p in found))
     if not isinstance(manifest, dict):
@@ -540,64 +413,3 @@ def _names(prefix: str, tag: str) -> dict[str, str]:
     return {kind: f"{prefix}_{tag}_{kind}" for kind in ("chunks", "documents", "parts", "sentences")}
 
 
-def _expression(filters: Filters) -> str | None:
-    """The filters as a Milvus expression ("" for none); None when they allow nothing."""
-    terms = []
-    for name, column in FILTER_COLUMNS.items():
-        values = getattr(filters, name)
-        if values is not None and not values:
-            return None
-        if values is not None:
-            terms.append(f"{column} in [{', '.join(map(_quote, values))}]")
-    return " and ".join(terms)
-
-
-def _quote(value: str) -> str:
-    """A string literal of a Milvus expression. These escapes are all Milvus Lite reads (no
-    \\uXXXX, so no json.dumps), and Milvus reads them alike."""
-    for raw, escaped in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t")):
-        value = value.replace(raw, escaped)
-    return f'"{value}"'
-
-
-def clipped(chunk: ChunkRecord, found: list[dict[str, Any]], dimension: int
-            ) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Sentence rows of a chunk (in reading order) as spans clipped to it, and their vectors."""
-    spans = [(max(s["char_start"], chunk.char_start), min(s["char_end"], chunk.char_end)) for s in found]
-    return spans, np.array([s["vector"] for s in found], dtype=np.float32).reshape(len(found), dimension)
-
-
-def _scored(hits: Iterable[Any], metric: str) -> Ranking:
-    """A search's hits as a ranking with the local store's scores."""
-    if metric == "IP":
-        return _ranking([(int(h.id), h.distance) for h in hits])
-    # Milvus gives the BM25 score, Milvus Lite its negative; no query term, no hit. Both keep Lucene's
-    # classic (k1 + 1) factor, which the local store (like Lucene 8+) drops: divided out, scores are equal
-    return _ranking([(int(h.id), abs(h.distance) / (1 + DEFAULT_K1)) for h in hits if h.distance])
-
-
-def _ranking(hits: list[tuple[int, float]]) -> Ranking:
-    hits.sort(key=lambda h: (-h[1], h[0]))  # best first; ties: lower row first, as the local store
-    return np.array([r for r, _ in hits], dtype=np.int64), np.array([s for _, s in hits], dtype=np.float32)
-
-
-def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
-def _lite(uri: str) -> bool:
-    return "://" not in uri and uri.endswith(".db")  # pymilvus runs Milvus Lite in-process for these
-
-
-def _public(uri: str) -> str:
-    """`uri` without its password: http://user:secret@host -> http://user@host."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    return parts._replace(netloc=f"{parts.username or ''}@{parts.netloc.rpartition('@')[2]}".lstrip("@")).geturl()
-
-
-def _reason(exc: Exception) -> str:
-    return (getattr(exc, "message", None) or str(exc) or type(exc).__name__).splitlines()[0]

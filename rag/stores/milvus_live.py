@@ -41,7 +41,7 @@ from rag.fusion import Ranking
 from rag.kb import LiveWrites, Write
 from rag.lexical import tokenize
 from rag.records import ChunkRecord, DocumentRecord
-from rag.stores.milvus import (
+from rag.stores.milvus_client import (
     BATCH,
     CACHE_ROWS,
     CHUNK_COLUMNS,
@@ -49,16 +49,16 @@ from rag.stores.milvus import (
     PART_CHARS,
     TOP_K,
     Searches,
-    _batches,
-    _connect,
-    _errors,
-    _expression,
-    _lite,
-    _public,
-    _quote,
-    _ranking,
-    _scored,
     clipped,
+    connect,
+    filter_expression,
+    in_batches,
+    is_lite,
+    milvus_errors,
+    public_uri,
+    quote,
+    scored_ranking,
+    sorted_ranking,
 )
 from rag.stores.milvus_versions import (
     KEY_BITS,
@@ -84,16 +84,16 @@ class MilvusCollection(LiveWrites, Searches):
     def __init__(self, uri: str, manifest: dict[str, Any], token: str | None = None):
         store = manifest["store"]
         self.manifest, self.dimension = manifest, int(manifest["model"]["dimension"])
-        self._where, self._names = _public(uri), names(store["prefix"], store["tag"])
-        self._shared = not _lite(uri)  # Milvus Lite is one process's: no other writer to notice
+        self._where, self._names = public_uri(uri), names(store["prefix"], store["tag"])
+        self._shared = not is_lite(uri)  # Milvus Lite is one process's: no other writer to notice
         self.version, self.lock, self.closed = 0, threading.RLock(), False
-        self._client = _connect(uri, store["prefix"], token, 10.0)
+        self._client = connect(uri, store["prefix"], token, 10.0)
         self._pointers: dict[str, Pointer] = {}
         self._stamp: int | None = None
         self._last_gen = 0
         self._unflushed = 0  # rows this process inserted since its last flush (Milvus Lite)
         try:
-            with _errors("open a collection in", self._where):
+            with milvus_errors("open a collection in", self._where):
                 for name in self._names.values():
                     self._client.load_collection(name)  # released in every new Milvus Lite process
                 self._reload()
@@ -117,7 +117,7 @@ class MilvusCollection(LiveWrites, Searches):
             return sum(p.chunks for p in self._pointers.values())
 
     def row_of(self, chunk_id: str) -> int | None:
-        found = self._query("chunks", f"chunk_id == {_quote(chunk_id)}", ["row", "doc_id", "gen"])
+        found = self._query("chunks", f"chunk_id == {quote(chunk_id)}", ["row", "doc_id", "gen"])
         return next((r["row"] for r in found if self._is_live(r)), None)
 
     def rows_of(self, doc_id: str) -> list[int]:
@@ -146,7 +146,7 @@ class MilvusCollection(LiveWrites, Searches):
                 known = {p.source for p in self._pointers.values()}
             else:  # one existence query per value: a filter names few
                 known = {v for v in set(values) if any(self._is_live(r) for r in self._query(
-                    "chunks", f"section == {_quote(v)}", ["doc_id", "gen"], 64))}
+                    "chunks", f"section == {quote(v)}", ["doc_id", "gen"], 64))}
         return sorted(set(values) - known)
 
     def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:
@@ -162,8 +162,8 @@ class MilvusCollection(LiveWrites, Searches):
         write reuses its document's old version instead (`reusable`)."""
         kind, column = ("sentences", "text_hash") if sentences else ("chunks", "embed_hash")
         out: dict[str, np.ndarray] = {}
-        for batch in _batches(dict.fromkeys(hashes), 500):
-            for r in self._query(kind, f"{column} in [{', '.join(map(_quote, batch))}]", [column, "vector"]):
+        for batch in in_batches(dict.fromkeys(hashes), 500):
+            for r in self._query(kind, f"{column} in [{', '.join(map(quote, batch))}]", [column, "vector"]):
                 out.setdefault(r[column], np.asarray(r["vector"], dtype=np.float32))
         return out
 
@@ -178,16 +178,16 @@ class MilvusCollection(LiveWrites, Searches):
             self._client.close()
 
     def _search(self, field: str, query: Any, metric: str, depth: int, filters: Filters) -> Ranking:
-        expression = _expression(filters)
+        expression = filter_expression(filters)
         with self.lock:
             self._fresh()
             if expression is None or not self._pointers or depth <= 0:
-                return _ranking([])
+                return sorted_ranking([])
             with self._calling("read"):
                 hits = self._client.search(self._names["chunks"], data=[query], anns_field=field,
                                            limit=min(depth, TOP_K), filter=expression, output_fields=["doc_id", "gen"],
                                            search_params={"metric_type": metric})[0]
-            return _scored([h for h in hits if self._is_live(h["entity"])], metric)
+            return scored_ranking([h for h in hits if self._is_live(h["entity"])], metric)
 
     def _is_live(self, row: dict[str, Any]) -> bool:
         pointer = self._pointers.get(row["doc_id"])
@@ -326,7 +326,7 @@ class MilvusCollection(LiveWrites, Searches):
 
     def _delete_version(self, version: Pointer) -> None:
         for kind in ("chunks", "parts", "sentences"):
-            for batch in _batches(version.keys(kind), BATCH):
+            for batch in in_batches(version.keys(kind), BATCH):
                 self._client.delete(self._names[kind], ids=batch)
 
     # ------------------------------------------------------------------ Milvus calls
@@ -335,15 +335,15 @@ class MilvusCollection(LiveWrites, Searches):
         self._client.upsert(self._names["documents"], [{"doc_id": d, **r, "_": NO_VECTOR} for d, r in rows.items()])
 
     def _calling(self, doing: str) -> Any:
-        return _errors(doing, self._where)
+        return milvus_errors(doing, self._where)
 
     def _insert(self, kind: str, rows: list[dict[str, Any]], per: int = BATCH) -> None:
-        for batch in _batches(rows, per):
+        for batch in in_batches(rows, per):
             self._client.insert(self._names[kind], batch)
 
     def _get(self, kind: str, ids: list[Any], fields: list[str]) -> list[dict[str, Any]]:
         with self._calling("read"):
-            return [r for batch in _batches(ids, BATCH)
+            return [r for batch in in_batches(ids, BATCH)
                     for r in self._client.get(self._names[kind], ids=batch, output_fields=fields)]
 
     def _query(self, kind: str, expression: str, fields: list[str], limit: int | None = None) -> list[dict[str, Any]]:

@@ -32,17 +32,17 @@ from typing import Any
 import numpy as np
 
 from rag.records import ChunkRecord, SentenceRecord
-from rag.stores.milvus import (
+from rag.stores.milvus_client import (
     NO_VECTOR,
     PLACEHOLDER_INDEX,
     Field,
-    _connect,
-    _create,
-    _errors,
-    _layouts,
-    _public,
+    build_layouts,
+    connect,
+    create_indexed,
     drop,
     index_choice,
+    milvus_errors,
+    public_uri,
 )
 
 KINDS = ("chunks", "documents", "parts", "sentences", "pending")
@@ -82,38 +82,39 @@ def create_collection(uri: str, prefix: str, tag: str, dimension: int, token: st
     """Make the Milvus collections of a new live collection; returns what its manifest
     records of them."""
     index = index_choice(uri)
-    client = _connect(uri, prefix, token, 10.0)
+    client = connect(uri, prefix, token, 10.0)
     made = names(prefix, tag)
     number: Field = ("INT64", {})
     short: Field = ("VARCHAR", {"max_length": 4_096})
     placeholder: Field = ("FLOAT_VECTOR", {"dim": 2})
     try:
-        with _errors("create a collection in", _public(uri)):
-            layouts = _layouts(dimension, index["dense"], index["analyzer"])
+        with milvus_errors("create a collection in", public_uri(uri)):
+            layouts = build_layouts(dimension, index["dense"], index["analyzer"])
             extra = {"chunks": {"gen": number, "sentence_lo": number, "sentence_hi": number},
                      "parts": {"gen": number}, "sentences": {"gen": number}}
             for kind, added in extra.items():
                 fields, indexes, functions = layouts[kind]
                 if kind == "chunks":  # searches filter on these: an index spares a scan of every row
                     indexes = {**indexes, **{f: {"index_type": "INVERTED"} for f in FILTERED}}
-                _create(client, made[kind], {**fields, **added}, indexes, functions)
+                create_indexed(client, made[kind], {**fields, **added}, indexes, functions)
             pointer = {f: short if f in ("origin", "source", "content_hash") else number for f in POINTER_FIELDS}
-            _create(client, made["documents"], {"doc_id": ("VARCHAR", {"is_primary": True, "max_length": 4_096}),
-                                                **pointer, "_": placeholder}, PLACEHOLDER_INDEX)
-            _create(client, made["pending"], {"gen": ("INT64", {"is_primary": True}), "doc_id": short, "at": number,
-                                              "versions": ("VARCHAR", {"max_length": 65_535}), "_": placeholder},
-                    PLACEHOLDER_INDEX)
+            document_key: Field = ("VARCHAR", {"is_primary": True, "max_length": 4_096})
+            create_indexed(client, made["documents"], {"doc_id": document_key, **pointer, "_": placeholder},
+                           PLACEHOLDER_INDEX)
+            create_indexed(client, made["pending"], {"gen": ("INT64", {"is_primary": True}), "doc_id": short,
+                                                     "at": number, "versions": ("VARCHAR", {"max_length": 65_535}),
+                                                     "_": placeholder}, PLACEHOLDER_INDEX)
     except BaseException:
         drop(client, made.values())
         raise
     finally:
         client.close()
-    return {"backend": "milvus", "uri": _public(uri), "prefix": prefix, "tag": tag, "index": index}
+    return {"backend": "milvus", "uri": public_uri(uri), "prefix": prefix, "tag": tag, "index": index}
 
 
 def drop_collection(uri: str, prefix: str, tag: str, token: str | None = None) -> None:
     """Best effort: what stays behind costs space, not correctness."""
-    client = _connect(uri, prefix, token, 10.0)
+    client = connect(uri, prefix, token, 10.0)
     try:
         drop(client, names(prefix, tag).values())
     finally:
