@@ -37,6 +37,7 @@ from rag.errors import BadQueryError, ConflictError, CorpusError, IndexMismatchE
 from rag.ingest import SourceDocument, normalise_metadata
 from rag.kb import KnowledgeBase
 from rag.settings import Settings
+from rag.stores import milvus_token
 from rag.stores.base import LiveStore
 from rag.text import is_unicode_text
 from rag.uploads import checked_doc_id
@@ -115,12 +116,8 @@ class Collections:
         if backend == "milvus":
             from rag.stores.milvus_live import MilvusCollection
 
-            return MilvusCollection(self.settings.milvus_uri, manifest, self._milvus_token())
+            return MilvusCollection(self.settings.milvus_uri, manifest, milvus_token(self.settings))
         return KnowledgeBase(folder, manifest)
-
-    def _milvus_token(self) -> str | None:
-        token = self.settings.milvus_token
-        return token.get_secret_value() if token is not None else None
 
     def ensure(self, name: str) -> tuple[LiveStore, bool]:
         """The collection, made first if missing; and whether it was made."""
@@ -142,7 +139,8 @@ class Collections:
             from rag.stores.milvus_versions import create_collection
 
             manifest["store"] = create_collection(self.settings.milvus_uri, self.settings.milvus_collection,
-                                                  uuid.uuid4().hex[:12], self.embedder.dimension, self._milvus_token())
+                                                  uuid.uuid4().hex[:12], self.embedder.dimension,
+                                                  milvus_token(self.settings))
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         tmp.rename(folder)  # a crash before this leaves only a .tmp- folder, never half a collection
         return self.get(name)
@@ -159,7 +157,7 @@ class Collections:
             if (store := kb.manifest.get("store", {})).get("backend") == "milvus":
                 from rag.stores.milvus_versions import drop_collection
 
-                drop_collection(self.settings.milvus_uri, store["prefix"], store["tag"], self._milvus_token())
+                drop_collection(self.settings.milvus_uri, store["prefix"], store["tag"], milvus_token(self.settings))
 
     def upsert(self, name: str, doc: SourceDocument, replace: bool, origin: str = "upload",
                clean: bool = True) -> Written:

@@ -37,6 +37,7 @@ from rag.retrieve import Retriever
 from rag.scale import Source
 from rag.settings import Settings
 from rag.stores.local import LocalStore
+from rag.stores.milvus_client import release_lite
 
 SIZES = (100, 100_000)
 UPSERTS = 15
@@ -76,7 +77,7 @@ def run_writes(settings: Settings, scifact: Path, log: Callable[[str], None]) ->
                 collections.remove("bench", f"page-{i}")
                 delete_ms.append((time.perf_counter() - t0) * 1000)
             collections.close()
-            _release(collections.settings)
+            release_lite(collections.settings.milvus_uri)
         out["sizes"][str(size)] = {"add_ms_p50": round(statistics.median(add_ms), 1),
                                    "add_ms_p95": round(percentile(add_ms, 0.95), 1),
                                    "delete_ms_p50": round(statistics.median(delete_ms), 1),
@@ -125,7 +126,7 @@ def _impact(settings: Settings, embedder: Any, big_text: str) -> dict[str, Any]:
             busy += timed(10)
         writer.join()
         collections.close()
-        _release(collections.settings)
+        release_lite(collections.settings.milvus_uri)
     return {"words": len(big_text.split()), "write_s": round(took[0], 1),
             "query_ms_p50_idle": round(statistics.median(idle), 2),
             "query_ms_p50_during": round(statistics.median(busy), 2),
@@ -139,14 +140,6 @@ def _scratch(settings: Settings, folder: Path) -> Settings:
     if settings.vector_store == "milvus" and "://" not in settings.milvus_uri:
         update["milvus_uri"] = str(folder / "milvus.db")
     return settings.model_copy(update=update)
-
-
-def _release(settings: Settings) -> None:
-    """Stop this process's Milvus Lite server of a scratch file (its memory goes with it)."""
-    if settings.vector_store == "milvus" and "://" not in settings.milvus_uri:
-        from milvus_lite.server_manager import server_manager_instance
-
-        server_manager_instance.release_server(settings.milvus_uri)
 
 
 def _fill(kb: Any, source: Source, size: int) -> None:

@@ -168,9 +168,9 @@ SERVER = textwrap.dedent("""
 
 def start_server(settings: Settings) -> tuple[subprocess.Popen, str]:
     if settings.vector_store == "milvus":  # this process opened the Milvus Lite file (the build): let go of it
-        from milvus_lite.server_manager import server_manager_instance
+        from rag.stores.milvus_client import release_lite
 
-        server_manager_instance.release_server(settings.milvus_uri)
+        release_lite(settings.milvus_uri)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", SERVER, settings.model_dump_json(), str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

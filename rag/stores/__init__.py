@@ -14,7 +14,7 @@ def open_store(settings: Settings, spec: IndexSpec | None) -> ChunkStore:
     if settings.vector_store == "milvus":
         from rag.stores.milvus import open_milvus
 
-        return open_milvus(settings.milvus_uri, spec, settings.milvus_collection, token=_token(settings))
+        return open_milvus(settings.milvus_uri, spec, settings.milvus_collection, token=milvus_token(settings))
     from rag.stores.local import open_local
 
     return open_local(settings.index_dir, spec)
@@ -25,11 +25,12 @@ def open_writer(settings: Settings, dimension: int, log: Any = None) -> StoreWri
     if settings.vector_store == "milvus":
         from rag.stores.milvus import milvus_writer
 
-        return milvus_writer(settings.milvus_uri, dimension, settings.milvus_collection, token=_token(settings))
+        return milvus_writer(settings.milvus_uri, dimension, settings.milvus_collection, token=milvus_token(settings))
     from rag.stores.local_writer import LocalWriter
 
     return LocalWriter(settings.index_dir, dimension, log)
 
 
-def _token(settings: Settings) -> str | None:
+def milvus_token(settings: Settings) -> str | None:
+    """RAG_MILVUS_TOKEN's secret, or None."""
     return settings.milvus_token.get_secret_value() if settings.milvus_token else None

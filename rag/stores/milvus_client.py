@@ -152,6 +152,18 @@ def _lite_started(uri: str) -> bool:
     return server_manager_instance.start_and_get_uri(uri) is not None
 
 
+def release_lite(uri: str) -> None:
+    """Stop this process's Milvus Lite server of `uri`, if it runs one: its memory goes, and
+    another process may open the file."""
+    if not is_lite(uri):
+        return
+    try:
+        from milvus_lite.server_manager import server_manager_instance
+    except ImportError:  # no Milvus Lite installed: none runs
+        return
+    server_manager_instance.release_server(uri)
+
+
 @contextmanager
 def milvus_errors(doing: str, where: str, is_live: Callable[[], bool] | None = None) -> Iterator[None]:
     """A Milvus error as one line, `cannot connect to Milvus at http://host:19530: ...`; for
