@@ -58,12 +58,13 @@ _ASKS_NUMBER = re.compile(r"\b(how (much|many|large|big|long|far|often|fast)|wha
 _ASKS_DATE = re.compile(r"\b(when|what year|which year|since when|how long ago)\b", re.I)
 _ASKS_NAME = re.compile(r"^\s*(who|whom|where)\b|\bwhich (leaders?|presidents?|officials?|persons?|people|"
                         r"ministers?|countries|country|states|nations|members|cities|regions)\b", re.I)
+YEAR = r"(?:1[5-9]|20)\d\d"  # a year as this module reads one: 1500 to 2099
 # a quantity: money, a share, a count; a bare year is a date, not an answer to "how much"
-_NUMBER = re.compile(r"[$€£¥]\s?\d|\b(?!(?:1[5-9]|20)\d\d\b)\d[\d,.]*|\b(million|billion|trillion|percent|half|"
+_NUMBER = re.compile(rf"[$€£¥]\s?\d|\b(?!{YEAR}\b)\d[\d,.]*|\b(million|billion|trillion|percent|half|"
                      r"third|quarter|dozen)\b", re.I)
-_DATE = re.compile(r"\b(1[5-9]\d\d|20\d\d)s?\b|\b(January|February|March|April|May|June|July|August|September|"
+_DATE = re.compile(rf"\b{YEAR}s?\b|\b(January|February|March|April|May|June|July|August|September|"
                    r"October|November|December)\b")
-_YEAR = re.compile(r"\b(?:1[5-9]|20)\d\d\b")
+_YEAR = re.compile(rf"\b{YEAR}\b")
 _NAME = re.compile(r"(?<!^)(?<![.!?]\s)\b(?:[A-Z][a-z]+|[A-Z]{2,})(?:\s+[A-Z][a-z]+)*")
 # a number standing alone (not the 20 of "G20"; "1990s" gives 1990), or a quoted term
 _SPECIFIC = re.compile(r"(?<![\w.,])\d(?:[\d,.]*\d)?(?=s?\b)(?![\w]{2})|\"[^\"]+\"|“[^”]+”")
