@@ -28,7 +28,8 @@ import numpy as np
 
 from rag.answer import missing_share
 from rag.evaluate import Question
-from rag.retrieve import Abstention, Retriever
+from rag.retrieve import Retriever
+from rag.types import Abstention
 
 Features = tuple[float, float, float | None]  # best cosine, missing share, lead-sentence score (None: no sentences)
 

@@ -30,11 +30,10 @@ Example:
 Left out: query expansion, and highlights below sentence level.
 """
 
-import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import lru_cache
 from itertools import chain, islice
 from typing import Any, Protocol
@@ -53,7 +52,7 @@ from rag.records import ChunkRecord
 from rag.schema import AnswerSentence, Citation, Passage, QueryResponse, Span
 from rag.stores.base import FILTER_FIELDS, ChunkStore
 from rag.text import is_unicode_text
-from rag.types import MODES, Filters, Hit, Laps, Mode
+from rag.types import MODES, Abstention, Filters, Hit, Laps, Mode
 
 Sentences = tuple[list[tuple[int, int]], list[str], list[np.ndarray]]  # a passage's: spans, texts, vectors
 HIGHLIGHT_NEAR = 0.9  # a second sentence is highlighted too if it scores >= 90% of the best
@@ -63,26 +62,6 @@ class Reranker(Protocol):
     name: str
 
     def score(self, question: str, texts: Sequence[str]) -> Sequence[float]: ...
-
-
-@dataclass(frozen=True)
-class Abstention:
-    """confidence = 1 / (1 + exp(-(slope * best_cosine + missing_weight * missing
-    + answer_weight * (answer - answer_center) + offset))), `missing` the share of the
-    question's years, numbers and quoted terms that the returned passages never mention
-    (rag.answer.missing_share), `answer` the score of the answer's lead sentence
-    (rag.answer.choose: how well some sentence answers it; no sentences, no evidence: 0)."""
-
-    slope: float = 14.457  # fitted on the seed questions for the default model (rag eval --calibrate)
-    offset: float = -5.005
-    missing_weight: float = -5.863
-    answer_weight: float = 1.164
-    answer_center: float = 1.608
-
-    def confidence(self, best_cosine: float, missing: float = 0.0, answer: float | None = None) -> float:
-        evidence = answer - self.answer_center if answer is not None else 0.0
-        z = self.slope * best_cosine + self.missing_weight * missing + self.answer_weight * evidence + self.offset
-        return 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, z))))
 
 
 def _lap(laps: Laps | None, name: str) -> None:

@@ -8,10 +8,11 @@ from rag.build import spec_of
 from rag.embed import Embedder, embedder_from
 from rag.fusion import Fusion
 from rag.rerank import load_reranker
-from rag.retrieve import Abstention, Reranker, Retriever
+from rag.retrieve import Reranker, Retriever
 from rag.settings import Settings
 from rag.stores import open_store
 from rag.stores.base import ChunkStore
+from rag.types import Abstention
 
 
 def open_retriever(settings: Settings) -> Retriever:

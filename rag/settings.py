@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from rag.fusion import DEFAULT_FUSION
+from rag.types import Abstention
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -65,15 +66,18 @@ class Settings(BaseSettings):
     highlights: bool = Field(True, description="embed sentences at build time to highlight answers")
     highlight_lexical_weight: float = Field(0.3, ge=0, description="weight of question-term overlap "
                                             "beside cosine similarity when choosing highlights")
-    # fitted by `rag eval --calibrate` on the seed questions with the default model (2026-11-25)
-    abstain_slope: float = Field(14.457, description="confidence = sigmoid(slope * best cosine + missing_weight * "
-                                 "missing specifics share + answer_weight * (lead answer sentence score - "
-                                 "answer_center) + offset)")
-    abstain_offset: float = -5.005
-    abstain_missing_weight: float = Field(-5.863, description="weight of the share of the question's years, "
-                                          "numbers and quoted terms missing from the returned passages")
-    abstain_answer_weight: float = Field(1.164, description="weight of the answer's lead-sentence score")
-    abstain_answer_center: float = Field(1.608, description="the lead-sentence score counted as no evidence")
+    # fitted by `rag eval --calibrate` on the seed questions with the default model (rag.types.Abstention)
+    abstain_slope: float = Field(Abstention.slope, description="confidence = sigmoid(slope * best cosine + "
+                                 "missing_weight * missing specifics share + answer_weight * (lead answer sentence "
+                                 "score - answer_center) + offset)")
+    abstain_offset: float = Abstention.offset
+    abstain_missing_weight: float = Field(Abstention.missing_weight, description="weight of the share of the "
+                                          "question's years, numbers and quoted terms missing from the returned "
+                                          "passages")
+    abstain_answer_weight: float = Field(Abstention.answer_weight,
+                                         description="weight of the answer's lead-sentence score")
+    abstain_answer_center: float = Field(Abstention.answer_center,
+                                         description="the lead-sentence score counted as no evidence")
     reranker: str | None = Field(None, description="cross-encoder name or path; off when unset")
     rerank_depth: int = Field(20, ge=1, le=200)
 

@@ -11,10 +11,10 @@ from rag.abstain import fit_logistic, held_back, rates
 from rag.errors import BadQueryError
 from rag.fusion import Fusion, Ranking, fuse, ranking, top_rows
 from rag.records import ChunkRecord
-from rag.retrieve import Abstention, Retriever, near_duplicates
+from rag.retrieve import Retriever, near_duplicates
 from rag.settings import Settings
 from rag.stores.local import open_local
-from rag.types import Filters
+from rag.types import Abstention, Filters
 
 INF = -np.inf
 
