@@ -135,3 +135,16 @@ def test_answer_weights_are_fitted_from_which_sentences_hold_the_gold_quote():
     weights = fit_weights(examples)
     assert weights["specific"] > 0 and weights["other_year"] < 0
     assert answer_metric(examples, weights) == 1.0
+
+
+def test_names_and_terms_every_candidate_holds_do_not_decide():
+    """A corpus about China and Russia names both nearly everywhere: the sentence that says
+    "the countries" and holds the amount asked for must not lose to one that names them."""
+    question = "What was the value of trade between China and Russia in 2024?"
+    found = choose(question, FAKE.vector(question), candidates(
+        "China is Russia's number-one trading partner, and Russia is China's seventh as of 2024.",
+        "China and Russia held talks on energy.",
+        "China and Russia signed a treaty.",
+        "Trade between the countries reached an all-time high of $245 billion in 2024.",
+    ))
+    assert found[0].text.startswith("Trade between the countries")

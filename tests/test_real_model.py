@@ -24,9 +24,10 @@ def real(tmp_path_factory) -> Retriever:  # type: ignore[no-untyped-def]
     return Retriever(open_local(settings.index_dir, spec_of(settings)), embedder)
 
 
-def test_trade_question_finds_245_billion_in_top_3(real: Retriever):
+def test_trade_question_finds_245_billion_in_top_3_and_leads_with_it(real: Retriever):
     response = real.query("What was the value of trade between China and Russia in 2024?", k=3)
     assert any("$245 billion" in p.text for p in response.passages)
+    assert "$245 billion" in response.answer[0].text  # the fact asked for, in the answer's first sentence
 
 
 def test_citation_invariant_over_the_whole_index(real: Retriever):
