@@ -23,6 +23,7 @@ from api.engine import Engine
 from api.errors import error_bytes, retry_after, status_of
 from api.middleware import AccessLog, ApiKey, Deadline, HostGuard, RequestGuard
 from api.openai_files import router as openai_files_router
+from api.openai_store_files import router as openai_store_files_router
 from api.openai_stores import router as openai_stores_router
 from api.routes import router
 from rag import __version__
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None,
     app.include_router(collection_router)
     app.include_router(openai_files_router)
     app.include_router(openai_stores_router)
+    app.include_router(openai_store_files_router)
 
     @app.exception_handler(RagError)
     async def domain_error(request: Request, exc: RagError) -> Response:

@@ -3,7 +3,7 @@
 Files are kept as uploaded under `<index_dir>/files/<file_id>/` (the bytes and
 `file.json`), written to a temporary folder and renamed, so a crash never leaves half a
 file; a delete renames the folder away first, so readers never see half a delete. Vector
-stores read them when a file is attached (api.openai_stores).
+stores read them when a file is attached (api.openai_store_files).
 
 Left out: `expires_after`, and removing a deleted file's documents from the stores it was
 attached to (they are copies).
