@@ -327,7 +327,7 @@ def eval_command(
 ) -> None:
     """Measure retrieval (Recall@k, MRR@10, nDCG@10, latency) per mode; gate on thresholds."""
     from rag.evaluate import SWEEP, variants
-    from rag.report import terminal_summary, write_reports
+    from rag.report import terminal_details, terminal_summary, write_reports
     from rag.types import MODES
 
     if unknown := [m for m in mode or () if m not in MODES]:
@@ -374,40 +374,8 @@ def eval_command(
             report["conversations"] = follow_up_recall(retriever, load_conversations(conversations, retriever.store))
         name, title = "seed", f"Seed questions ({questions.name})"
     typer.echo(terminal_summary(report))
-    if highlights := report.get("highlights"):
-        typer.echo(f"\nhighlights: first highlight on the gold quote in {highlights['first_highlight_on_gold']:.0%} "
-                   f"of {highlights['relevant_passages']} relevant top-5 passages")
-    if answer := report.get("answer"):
-        typer.echo(f"answer: the extractive answer holds a gold quote for {answer['contains_gold']:.0%} of "
-                   f"{answer['questions']} answerable questions (its first sentence: "
-                   f"{answer['first_sentence_gold']:.0%})")
-        for miss in answer["misses"]:
-            typer.echo(f"  [answer] missed {miss['id']}: {miss['question']}  -> {miss['answer'][:120]}")
-    if chats := report.get("conversations"):
-        typer.echo("\nlater turns of conversations, Recall@5   with the conversation   the turn alone")
-        for kind, row in chats.items():
-            typer.echo(f"  {kind:<13} ({row['turns']:>3} turns)         {row['with_history']:>5.3f}"
-                       f"                   {row['alone']:>5.3f}")
-    if abstention := report.get("abstention"):
-        back = abstention["held_back"]["configured"]
-        typer.echo(f"\nabstention (held-back third, configured settings): {back['unanswerable_flagged']:.0%} of "
-                   f"{back['unanswerable']} unanswerable flagged ({back['near_topic_flagged']:.0%} of "
-                   f"{back['near_topic']} near-topic, {back['off_topic_flagged']:.0%} of {back['off_topic']} "
-                   f"off-topic), {back['answerable_flagged']:.0%} of {back['answerable']} answerable flagged")
-        if calibrate:
-            fitted = abstention["fitted"]
-            typer.echo(f"fitted on the calibration split: RAG_ABSTAIN_SLOPE={fitted['slope']} "
-                       f"RAG_ABSTAIN_OFFSET={fitted['offset']} RAG_ABSTAIN_MISSING_WEIGHT={fitted['missing_weight']} "
-                       f"RAG_ABSTAIN_ANSWER_WEIGHT={fitted['answer_weight']} "
-                       f"RAG_ABSTAIN_ANSWER_CENTER={fitted['answer_center']}")
-    if fit_answer and (fit := report.get("answer", {}).get("fit")):
-        typer.echo("answer weights fitted on this set: " + ", ".join(f"{k} {v}" for k, v in fit["fitted"].items()))
-        typer.echo("answer metric on the half not fitted on: " + "; ".join(f"{k} {v:.3f}"
-                                                                         for k, v in fit["folds"].items()))
-    for mode_name, result in report["modes"].items():
-        for failure in result.get("failures", []):
-            got = ", ".join(f"{r['doc_id']}›{r['section'] or '-'}" for r in failure["returned"])
-            typer.echo(f"  [{mode_name}] missed {failure['id']}: {failure['question']}  -> got {got}")
+    for line in terminal_details(report, calibrate=calibrate, fit_answer=fit_answer):
+        typer.echo(line)
     paths = write_reports(report, out_dir, name, title)
     typer.echo("reports: " + ", ".join(str(p) for p in paths))
 

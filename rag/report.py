@@ -54,6 +54,47 @@ def terminal_summary(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def terminal_details(report: dict[str, Any], calibrate: bool = False, fit_answer: bool = False) -> list[str]:
+    """What `rag eval` prints after the tables: highlights, the answer metric, the
+    conversations, abstention (the fitted settings with `calibrate`, the answer weights with
+    `fit_answer`), and every missed question with what came back."""
+    out: list[str] = []
+    if highlights := report.get("highlights"):
+        out.append(f"\nhighlights: first highlight on the gold quote in {highlights['first_highlight_on_gold']:.0%} "
+                   f"of {highlights['relevant_passages']} relevant top-5 passages")
+    if answer := report.get("answer"):
+        out.append(f"answer: the extractive answer holds a gold quote for {answer['contains_gold']:.0%} of "
+                   f"{answer['questions']} answerable questions (its first sentence: "
+                   f"{answer['first_sentence_gold']:.0%})")
+        out += [f"  [answer] missed {miss['id']}: {miss['question']}  -> {miss['answer'][:120]}"
+                for miss in answer["misses"]]
+    if chats := report.get("conversations"):
+        out.append("\nlater turns of conversations, Recall@5   with the conversation   the turn alone")
+        out += [f"  {kind:<13} ({row['turns']:>3} turns)         {row['with_history']:>5.3f}"
+                f"                   {row['alone']:>5.3f}" for kind, row in chats.items()]
+    if abstention := report.get("abstention"):
+        back = abstention["held_back"]["configured"]
+        out.append(f"\nabstention (held-back third, configured settings): {back['unanswerable_flagged']:.0%} of "
+                   f"{back['unanswerable']} unanswerable flagged ({back['near_topic_flagged']:.0%} of "
+                   f"{back['near_topic']} near-topic, {back['off_topic_flagged']:.0%} of {back['off_topic']} "
+                   f"off-topic), {back['answerable_flagged']:.0%} of {back['answerable']} answerable flagged")
+        if calibrate:
+            fitted = abstention["fitted"]
+            out.append(f"fitted on the calibration split: RAG_ABSTAIN_SLOPE={fitted['slope']} "
+                       f"RAG_ABSTAIN_OFFSET={fitted['offset']} RAG_ABSTAIN_MISSING_WEIGHT={fitted['missing_weight']} "
+                       f"RAG_ABSTAIN_ANSWER_WEIGHT={fitted['answer_weight']} "
+                       f"RAG_ABSTAIN_ANSWER_CENTER={fitted['answer_center']}")
+    if fit_answer and (fit := report.get("answer", {}).get("fit")):
+        out.append("answer weights fitted on this set: " + ", ".join(f"{k} {v}" for k, v in fit["fitted"].items()))
+        out.append("answer metric on the half not fitted on: " + "; ".join(f"{k} {v:.3f}"
+                                                                          for k, v in fit["folds"].items()))
+    for mode_name, result in report["modes"].items():
+        for failure in result.get("failures", []):
+            got = ", ".join(f"{r['doc_id']}›{r['section'] or '-'}" for r in failure["returned"])
+            out.append(f"  [{mode_name}] missed {failure['id']}: {failure['question']}  -> got {got}")
+    return out
+
+
 def markdown(report: dict[str, Any], title: str) -> str:
     out = [f"# {title}", "", f"Build `{report.get('build_id', '-')}`; "
            f"{report.get('answerable', report.get('queries', '?'))} scored questions.", "",
