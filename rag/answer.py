@@ -38,10 +38,9 @@ sentence only if it scored 90% of the best) gave 0.771 and 0.943, 0.857 over the
 more than the hand-set weights gave them. A single sentence of the top 3 passages covers
 the gold quote for 0.986 of the questions: the selection, not retrieval, is what is left.
 
-Measured and left out: weighing question terms by how few candidates hold them (a smooth IDF,
-names untouched),
-and scoring long sentences by their best clause (embedded apart): neither changed the
-metric; the share of the question's word pairs a sentence holds ("trade between", fitted
+Measured and left out: weighing question terms by how few candidates hold them (a smooth
+IDF, names untouched), and scoring long sentences by their best clause (embedded apart):
+neither changed the metric; the share of the question's word pairs a sentence holds ("trade between", fitted
 weight 0.8): folds 0.857 / 0.914, no better; question words left out of the terms:
 0.800 / 0.914.
 
@@ -61,7 +60,7 @@ FOLLOW = True
 # a question term held by more than this share of the candidates distinguishes none of them;
 # swept on the seed set (2026-11-25): see the module docstring
 COMMON = 1 / 3
-MIN_CANDIDATES = 4
+MIN_CANDIDATES = 4  # below this, a third of the candidates is a single sentence: every term is kept
 FEATURES = ("cosine", "rank", "terms", "specific", "other_year", "names", "kind")
 # logistic regression on the seed set's candidate sentences (`rag eval --fit-answer`), divided by
 # the cosine's weight and rounded; see the module docstring for how it was checked
