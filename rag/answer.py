@@ -40,9 +40,9 @@ the gold quote for 0.986 of the questions: the selection, not retrieval, is what
 
 Measured and left out: weighing question terms by how few candidates hold them (a smooth
 IDF, names untouched), and scoring long sentences by their best clause (embedded apart):
-neither changed the metric; the share of the question's word pairs a sentence holds ("trade between", fitted
-weight 0.8): folds 0.857 / 0.914, no better; question words left out of the terms:
-0.800 / 0.914.
+neither changed the metric; the share of the question's word pairs a sentence holds
+("trade between", fitted weight 0.8): folds 0.857 / 0.914, no better; question words
+left out of the terms: 0.800 / 0.914.
 
 Left out: abstractive answers (an upstream model does those) and sentence fusion.
 """
