@@ -95,8 +95,8 @@ def fuse(dense: Ranking, lexical: Ranking, fusion: Fusion) -> tuple[np.ndarray, 
             rank_of = {int(row): rank for rank, row in enumerate(rows, start=1)}
             fused += [1.0 / (fusion.rrf_k + rank_of[int(r)]) if int(r) in rank_of else 0.0 for r in candidates]
     else:
-        fused = (fusion.alpha * _minmax(_aligned(candidates, dense_rows, dense_scores))
-                 + (1 - fusion.alpha) * _minmax(_aligned(candidates, lexical_rows, lexical_scores)))
+        fused = (fusion.alpha * _normalised(candidates, dense_rows, dense_scores)
+                 + (1 - fusion.alpha) * _normalised(candidates, lexical_rows, lexical_scores))
     order = np.lexsort((candidates, -fused))
     return candidates[order], fused[order]
 
@@ -109,11 +109,15 @@ def _aligned(candidates: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> np
     return out
 
 
-def _minmax(values: np.ndarray) -> np.ndarray:
+def _normalised(candidates: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """One side's scores for `candidates`, min-max normalised. Where every candidate
+    scores the same (one candidate, or a tie), those the side retrieved score 1, as its
+    best do, and the others 0: a lone strong match must not fuse to 0."""
+    values = _aligned(candidates, rows, scores)
     values = np.where(np.isfinite(values), values, np.nan)
     if not np.isfinite(values).any():  # no candidates, or all filtered out
         return np.zeros(len(values))
     low, high = np.nanmin(values), np.nanmax(values)
-    if not np.isfinite(low) or high <= low:
-        return np.zeros(len(values))
+    if high <= low:
+        return np.isin(candidates, rows).astype(np.float64)
     return np.nan_to_num((values - low) / (high - low), nan=0.0)

@@ -17,8 +17,10 @@ chunk `section`. An optional reranker (a cross-encoder) reorders the top `rerank
 candidates before that.
 
 Every response says whether the corpus seems to hold an answer: `confidence` is a
-logistic function of the best dense cosine similarity, calibrated on the seed questions
-(`rag eval --calibrate`), and `answerable` is `confidence >= 0.5`. Highlights mark the
+logistic function of the best dense cosine similarity, the specifics the passages miss
+and the answer's lead-sentence score (rag.abstain, calibrated on the seed questions with
+`rag eval --calibrate`), 0 when no passage comes back, and `answerable` is
+`confidence >= 0.5`. Highlights mark the
 passage sentence(s) that best match the question: cosine similarity plus
 `highlight_lexical_weight` times the share of the question's terms the sentence holds
 (0.3: top highlight on the gold quote for 81% of relevant seed passages, 76% without).
@@ -121,7 +123,7 @@ class Retriever:
         missing = answers.missing_share(question, [p.text for p in passages])
         confidence = self.abstention.confidence(
             best if best is not None else self.best_cosine(query_vector, filters), missing,
-            answer[0].score if answer else None)
+            answer[0].score if answer else None) if passages else 0.0  # nothing to answer from
         took_ms = (time.perf_counter() - started) * 1000
         return QueryResponse(question=question, mode=mode, answerable=confidence >= 0.5,
                              confidence=round(confidence, 4), passages=passages, took_ms=round(took_ms, 3),

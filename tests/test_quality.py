@@ -51,6 +51,18 @@ def test_a_candidate_missing_from_one_side_scores_the_floor_there():
     assert by_row == pytest.approx({4: 0.5 * 1 + 0.5 * 0.25, 2: 0.5 * 0 + 0.5 * 1, 7: 0.5 * (2 / 3) + 0.5 * 0})
 
 
+def test_a_lone_candidate_fuses_to_the_top_not_to_zero():
+    """One candidate (a narrow filter): each side that retrieved it scores it as its best."""
+    lone = (np.array([5]), np.array([0.35]))
+    rows, fused = fuse(lone, (np.array([5]), np.array([0.9])), Fusion("convex", alpha=0.7))
+    assert rows.tolist() == [5] and fused.tolist() == pytest.approx([1.0])
+    rows, fused = fuse(lone, (np.array([], dtype=np.int64), np.array([])), Fusion("convex", alpha=0.7))
+    assert fused.tolist() == pytest.approx([0.7])  # no lexical match: the floor there
+    tied = (np.array([1, 2]), np.array([0.5, 0.5]))
+    rows, fused = fuse(tied, (np.array([2]), np.array([3.0])), Fusion("convex", alpha=0.5))
+    assert dict(zip(rows.tolist(), fused.tolist())) == pytest.approx({2: 1.0, 1: 0.5})
+
+
 def test_fusion_depth_and_filtered_rows():
     dense = np.array([0.9, 0.8, 0.7, INF])  # row 3 filtered out
     lexical = np.array([0.0, 0.0, 5.0, INF])
@@ -253,3 +265,14 @@ def test_no_response_says_a_sentence_twice_over_the_question_set(retriever: Retr
             assert all(p.citation.char_start <= h.char_start < h.char_end <= p.citation.char_end for h in p.highlights)
         merged += sum(len(p.chunk_ids) > 1 for p in response.passages)
     assert merged  # the set does have overlapping neighbours to merge
+
+
+def test_no_passage_is_never_answerable(retriever: Retriever, monkeypatch: pytest.MonkeyPatch):
+    """A lexical query no chunk matches returns nothing: nothing to answer from, whatever
+    the question's cosine to the corpus (found by probing: it said answerable at 0.79)."""
+    from rag.abstain import Abstention
+
+    monkeypatch.setattr(retriever, "abstention", Abstention(slope=0.0, offset=5.0))  # answerable to anything
+    response = retriever.query("zzqxv wvutq", 3, mode="lexical")
+    assert response.passages == [] and response.answer == []
+    assert (response.answerable, response.confidence) == (False, 0.0)
