@@ -157,7 +157,12 @@ async def _write(engine: EngineDep, name: str, doc: SourceDocument, response: Re
         existing = kb.documents.get(doc.doc_id)
         if not replace and existing is not None and existing.content_hash != doc.content_hash:
             raise ConflictError(f"document '{doc.doc_id}' exists with other content: PUT replaces it")
-        engine.write_later((name, doc.doc_id), lambda c: c.upsert(name, doc, replace=replace, clean=clean))
+        queued = engine.pending.get((name, doc.doc_id))
+        if (not replace and queued is not None and queued["status"] == "in_progress"
+                and queued.get("content_hash") != doc.content_hash):
+            raise ConflictError(f"document '{doc.doc_id}' is being written with other content: PUT replaces it")
+        engine.write_later((name, doc.doc_id), lambda c: c.upsert(name, doc, replace=replace, clean=clean),
+                           content_hash=doc.content_hash)
         response.status_code = 202
         return WriteResult(doc_id=doc.doc_id, status="in_progress", chunks=0, embedded=0)
     written = await engine.write(lambda c: c.upsert(name, doc, replace=replace, clean=clean))
@@ -222,8 +227,12 @@ async def replace_document(name: str, doc_id: str, body: DocumentText, engine: E
 
 @router.delete("/collections/{name}/documents/{doc_id}", status_code=204, responses=ERRORS)
 async def delete_document(name: str, doc_id: str, engine: EngineDep) -> Response:
-    """Once this returns, no response holds a passage of the document."""
+    """Once this returns, no response holds a passage of the document (a big write of it
+    still queued is finished first: writes run one after the other)."""
     await engine.write(lambda c: c.remove(_writable(name, c), doc_id))
+    state = engine.pending.get((name, doc_id))
+    if state is not None and state["status"] != "in_progress":  # its status goes with it
+        engine.pending.pop((name, doc_id), None)
     return Response(status_code=204)
 
 

@@ -138,22 +138,27 @@ class Engine:
         collections = self.live_collections()
         return await asyncio.get_running_loop().run_in_executor(self._writer, work, collections)
 
-    def write_later(self, key: tuple[str, str], work: Callable[[Collections], Any]) -> None:
+    def write_later(self, key: tuple[str, str], work: Callable[[Collections], Any],
+                    content_hash: str | None = None) -> None:
         """Queue a long write (a big file) on the writer thread and return at once; its
-        state is in `pending[key]` (in_progress, then completed or failed with the reason)."""
+        state is in `pending[key]` (in_progress, with the content's hash, then completed or
+        failed with the reason), until a later write of the same document replaces it."""
         writes_allowed(self.settings)
         collections = self.live_collections()
-        self.pending[key] = {"status": "in_progress", "error": None}
+        state: dict[str, str | None] = {"status": "in_progress", "error": None, "content_hash": content_hash}
+        self.pending[key] = state
 
         def run() -> None:
             try:
                 work(collections)
-                self.pending[key] = {"status": "completed", "error": None}
+                outcome: dict[str, str | None] = {"status": "completed", "error": None}
             except RagError as exc:
-                self.pending[key] = {"status": "failed", "error": str(exc)}
+                outcome = {"status": "failed", "error": str(exc)}
             except Exception as exc:  # a bug fails this write, and says so
                 log.exception("write %s failed", key)
-                self.pending[key] = {"status": "failed", "error": f"internal error: {type(exc).__name__}"}
+                outcome = {"status": "failed", "error": f"internal error: {type(exc).__name__}"}
+            if self.pending.get(key) is state:  # a later write of the document, queued behind, speaks for it
+                self.pending[key] = outcome
 
         self._writer.submit(run)
 

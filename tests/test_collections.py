@@ -358,6 +358,35 @@ def test_a_big_document_is_accepted_with_202_and_its_status_polled(built: Settin
                                                                        "chunks": 1, "error": None}
 
 
+def test_two_big_writes_of_one_document_in_a_row_and_a_delete(built: Settings):
+    """Found by probing: a second big POST of other content, sent while the first was still
+    queued, was taken (202) and then failed behind it, and its "failed" status outlived
+    a DELETE. Now it is a 409 at once, a retry of the same content is taken, and a delete
+    takes the status with it."""
+    import threading
+
+    small = built.model_copy(update={"sync_write_chars": 500})
+    with TestClient(create_app(small, lambda name: FakeEmbedder()), base_url=BASE_URL) as c:
+        c.post("/collections", json={"name": "notes"})
+        engine = c.app.state.engine  # type: ignore[attr-defined]
+        release = threading.Event()
+        engine.write_later(("notes", "hold"), lambda collections: release.wait(30))  # the writer is busy
+        first = c.post("/collections/notes/documents", json={"doc_id": "big", "text": article("walruses", 1, 20)})
+        again = c.post("/collections/notes/documents", json={"doc_id": "big", "text": article("walruses", 1, 20)})
+        other = c.post("/collections/notes/documents", json={"doc_id": "big", "text": article("seals", 1, 20)})
+        assert (first.status_code, again.status_code, other.status_code) == (202, 202, 409)
+        assert "being written with other content" in other.json()["detail"]
+        release.set()
+        deadline = time.monotonic() + 30
+        while (state := c.get("/collections/notes/documents/big").json())["status"] == "in_progress":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert state["status"] == "completed"
+        assert c.delete("/collections/notes/documents/big").status_code == 204
+        assert c.get("/collections/notes/documents/big").status_code == 404
+        assert c.delete("/collections/notes/documents/big").status_code == 404
+
+
 def test_rows_are_never_reused_after_a_delete(built: Settings):
     from rag.collections import Collections, text_document
 
