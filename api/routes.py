@@ -75,9 +75,12 @@ async def query(body: QueryRequest, engine: EngineDep, settings: SettingsDep) ->
     return await answer(engine, settings, body)
 
 
+GET_QUERY_PARAMETERS = {"q", "k", "doc_id", "source", "section", "mode", "max_per_doc", "collection", "history"}
+
+
 @router.get("/query", response_model=QueryResponse, responses=ERRORS, tags=["query"])
 async def query_get(
-    engine: EngineDep, settings: SettingsDep,
+    request: Request, engine: EngineDep, settings: SettingsDep,
     q: Annotated[str, Query(description="the question", examples=[EXAMPLE_QUESTION])],
     k: Annotated[int, Query(ge=1, le=50)] = 5,
     doc_id: Annotated[list[str] | None, Query(description="only these documents (repeatable)")] = None,
@@ -85,10 +88,17 @@ async def query_get(
     section: Annotated[list[str] | None, Query(description="only these sections (repeatable)")] = None,
     mode: Mode | None = None,
     max_per_doc: Annotated[int | None, Query(ge=1)] = None,
+    collection: Annotated[str, Query(description="the collection to search")] = "default",
+    history: Annotated[list[str] | None, Query(description="earlier user turns, oldest first (repeatable)")] = None,
 ) -> Response:
-    """The same as POST /query, for curl and browsers."""
+    """The same as POST /query, for curl and browsers. An unknown parameter is a 422 (a
+    typo such as `question=` must not search for nothing in particular)."""
+    if unknown := sorted(set(request.query_params) - GET_QUERY_PARAMETERS):
+        raise BadQueryError(f"unknown query parameter(s): {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(GET_QUERY_PARAMETERS))}")
     return await answer(engine, settings, QueryRequest(question=q, k=k, doc_ids=doc_id, sources=source,
-                                                       sections=section, mode=mode, max_per_doc=max_per_doc))
+                                                       sections=section, mode=mode, max_per_doc=max_per_doc,
+                                                       collection=collection, history=history))
 
 
 def summary(retriever: Retriever, doc: DocumentRecord) -> dict[str, object]:

@@ -8,6 +8,7 @@ import json
 import statistics
 import sys
 from collections.abc import Callable
+from contextlib import ExitStack
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -188,17 +189,24 @@ def query(
     section: Annotated[list[str] | None, typer.Option(help="only this section (repeatable)")] = None,
     max_per_doc: Annotated[int | None, typer.Option(help="at most this many passages per document")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the /query response body")] = False,
+    collection: Annotated[str, typer.Option(help="default (the built corpus) or a live collection")] = "default",
     index: IndexOpt = None,
 ) -> None:
     """Print the passages that best answer QUESTION, each with its citation."""
-    from rag.service import open_retriever
-
-    settings = load_settings(index=index)
-    retriever = open_retriever(settings)
+    from rag.build import embedder_from
+    from rag.collections import DEFAULT, Collections
+    from rag.service import open_retriever, retriever_for
     from rag.types import Filters
 
+    settings = load_settings(index=index)
     filters = Filters(doc_ids=doc_id, sources=source, sections=section)
-    response = retriever.query(question, k=k, filters=filters, mode=mode, max_per_doc=max_per_doc)  # type: ignore[arg-type]
+    with ExitStack() as opened:
+        if collection == DEFAULT:
+            retriever = open_retriever(settings)
+        else:
+            collections = opened.enter_context(Collections(settings, embedder_from(settings)))
+            retriever = retriever_for(settings, collections.get(collection), collections.embedder)
+        response = retriever.query(question, k=k, filters=filters, mode=mode, max_per_doc=max_per_doc)  # type: ignore[arg-type]
     if as_json:
         typer.echo(response.model_dump_json(indent=2))
         return

@@ -97,10 +97,13 @@ class Collections:
 
     def get(self, name: str) -> LiveStore:
         check_name(name)
+        if name == DEFAULT:
+            raise ConflictError("'default' is the built corpus, not a live collection: change the corpus folder "
+                                "and run `rag build`, or use another collection")
         with self._lock:
             if name not in self._open:
                 folder = self.root / name
-                if name == DEFAULT or not (folder / "manifest.json").is_file():
+                if not (folder / "manifest.json").is_file():
                     raise NotFoundError(f"no collection named '{name}'")
                 manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
                 if diffs := spec_of(self.settings).differences(manifest):

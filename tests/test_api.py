@@ -167,6 +167,13 @@ def test_bad_get_query(client: TestClient):
     assert (r.status_code, r.json()) == (422, {"detail": "q: field required"})
     r = client.get("/query", params={"q": "x", "k": 99})
     assert (r.status_code, r.json()) == (422, {"detail": "k: Input should be less than or equal to 50"})
+    r = client.get("/query", params={"q": "x", "question": "y", "top_k": 3})  # typos are not ignored
+    assert r.status_code == 422 and r.json()["detail"].startswith("unknown query parameter(s): question, top_k;")
+    r = client.get("/query", params={"q": "x", "collection": "nope"})  # it was ignored: the built corpus answered
+    assert r.status_code == 404 and "nope" in r.json()["detail"]
+    follow = client.get("/query", params=[("q", "Which countries have joined it recently?"),
+                                          ("history", "What is the BRICS group?")])
+    assert follow.status_code == 200
 
 
 def test_limits_come_from_settings(built: Settings):

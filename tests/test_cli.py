@@ -115,6 +115,12 @@ def test_add_list_and_remove_documents_of_a_live_collection(env: Settings, tmp_p
     assert "unchanged notes: 1 chunks (0 embedded)" in again.stdout
     listed = runner.invoke(app, ["collections"])
     assert listed.exit_code == 0 and "field" in listed.stdout and "2 documents" in listed.stdout
+    found = runner.invoke(app, ["query", "penguins krill", "--collection", "field", "--json"])
+    assert found.exit_code == 0, found.output
+    assert {p["citation"]["doc_id"] for p in json.loads(found.stdout)["passages"]} <= {"penguins", "notes"}
+    for command in (["add", str(tmp_path / "notes.txt")], ["rm", "notes"]):  # the built corpus is not written here
+        refused = runner.invoke(app, [*command, "--collection", "default"])
+        assert refused.exit_code == 2 and "'default' is the built corpus" in refused.output
     assert runner.invoke(app, ["rm", "notes", "--collection", "field"]).exit_code == 0
     missing = runner.invoke(app, ["rm", "notes", "--collection", "field"])
     assert missing.exit_code != 0 and "no document 'notes'" in missing.output
