@@ -19,16 +19,16 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.chat_stream import Frame, in_words, once, sse
 from api.routes import EngineDep, SettingsDep, check_question
 from rag.chat import (
     ChatCitation,
@@ -36,7 +36,6 @@ from rag.chat import (
     chat_citations,
     extractive_answer,
     llm_messages,
-    source_name,
     sources_markdown,
     turns_from,
 )
@@ -133,7 +132,7 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     task = task_reply(body.messages)
     if task is not None:
         if body.stream:
-            return sse(frame.stream_text([_once(task)], []))
+            return sse(frame.stream_text([once(task)], []))
         return frame.completion(task, [])
     question, history = turns_from(body.messages)
     check_question(question, settings)
@@ -146,7 +145,7 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
         answer = extractive_answer(response, link)
         text = answer.text if with_sources else without_sources(answer.text, answer.citations)
         if body.stream:
-            return sse(frame.stream_text([_split(text)], answer.citations))
+            return sse(frame.stream_text([in_words(text)], answer.citations))
         return frame.completion(text, answer.citations)
 
     block = pack(response.passages, settings.chat_max_context_tokens)
@@ -166,7 +165,7 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
 
     deltas = _upstream_deltas(upstream, settings.llm_total_seconds)
     tail = sources_markdown(citations) if with_sources else ""
-    return sse(frame.stream_text([deltas, _once(tail)], citations), close_upstream)
+    return sse(frame.stream_text([deltas, once(tail)], citations), close_upstream)
 
 
 CONDENSE_PROMPT = (
@@ -274,18 +273,6 @@ def _auth(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-async def _split(text: str) -> AsyncIterator[str]:
-    """An extractive answer streamed a few words at a time, as a model would."""
-    words = text.split(" ")
-    for i in range(0, len(words), 8):
-        yield " ".join(words[i:i + 8]) + (" " if i + 8 < len(words) else "")
-
-
-async def _once(text: str) -> AsyncIterator[str]:
-    if text:
-        yield text
-
-
 async def _upstream_deltas(upstream: httpx.Response, total_seconds: float) -> AsyncIterator[str]:
     """The content deltas of an upstream SSE stream, cut after `total_seconds` in all (a
     per-read timeout alone lets a model that trickles bytes hold a stream forever)."""
@@ -312,64 +299,6 @@ async def _upstream_deltas(upstream: httpx.Response, total_seconds: float) -> As
             continue  # not a chunk we understand: skip it, as OpenAI clients do
         if isinstance(content, str) and content:
             yield valid_text(content)
-
-
-def sse(events: AsyncIterator[dict[str, Any]],
-        on_close: Callable[[], Awaitable[None]] | None = None) -> StreamingResponse:
-    """Server-sent events, then [DONE]. `on_close` runs however the stream ends: finished,
-    failed, or the client gone (Starlette then cancels or drops this generator)."""
-    async def body() -> AsyncIterator[str]:
-        try:
-            async for event in events:
-                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-            yield "data: [DONE]\n\n"
-        finally:
-            # Starlette cancels this task's scope when the client leaves: shield the
-            # cleanup, or its first await is cancelled too and the upstream stays open
-            with anyio.CancelScope(shield=True):
-                await events.aclose()  # type: ignore[attr-defined]
-                if on_close is not None:
-                    await on_close()
-
-    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-class Frame:
-    """Chat completion objects in the OpenAI shape, plus `citations`."""
-
-    def __init__(self, completion_id: str, created: int, model: str):
-        self.id, self.created, self.model = completion_id, created, model
-
-    def completion(self, text: str, citations: list[ChatCitation]) -> dict[str, Any]:
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                "citations": [c.model_dump() for c in citations]}
-
-    def chunk(self, delta: dict[str, Any], citations: list[ChatCitation] | None = None,
-              finish: str | None = None, **extra: Any) -> dict[str, Any]:
-        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        if citations is not None:  # on the first and the last chunk of a stream
-            body["citations"] = [c.model_dump() for c in citations]
-        return body
-
-    async def stream_text(self, parts: list[AsyncIterator[str]],
-                          citations: list[ChatCitation]) -> AsyncIterator[dict[str, Any]]:
-        yield self.chunk({"role": "assistant", "content": ""}, citations)
-        for c in citations:
-            name = f"[{c.n}] {source_name(c)}"
-            yield self.chunk({}, event={"type": "source", "data": {
-                "source": {"name": name, "url": c.url},
-                "document": [c.text],
-                "metadata": [{"source": name, "name": name, "url": c.url, "chunk_id": c.chunk_id,
-                              "doc_id": c.doc_id, "char_start": c.char_start, "char_end": c.char_end}],
-            }})
-        for part in parts:
-            async for text in part:
-                yield self.chunk({"content": text})
-        yield self.chunk({}, citations, finish="stop")
 
 
 def _csp(page: str) -> str:

@@ -23,7 +23,7 @@ from pydantic import SecretStr, ValidationError
 import rag.store
 import rag.stores
 from api.app import create_app
-from api.chat_routes import sse
+from api.chat_stream import sse
 from rag.build import build_index
 from rag.settings import Settings
 

@@ -1,0 +1,85 @@
+"""Chat completions in OpenAI's shape (`chat.completion` and its stream of
+`chat.completion.chunk`), plus our `citations` and Open WebUI `source` events, sent as
+server-sent events.
+
+Left out: `n` > 1 choices, logprobs and tool calls.
+"""
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from fastapi.responses import StreamingResponse
+
+from rag.chat import ChatCitation, source_name
+
+
+async def in_words(text: str) -> AsyncIterator[str]:
+    """An extractive answer streamed a few words at a time, as a model would."""
+    words = text.split(" ")
+    for i in range(0, len(words), 8):
+        yield " ".join(words[i:i + 8]) + (" " if i + 8 < len(words) else "")
+
+
+async def once(text: str) -> AsyncIterator[str]:
+    if text:
+        yield text
+
+
+def sse(events: AsyncIterator[dict[str, Any]],
+        on_close: Callable[[], Awaitable[None]] | None = None) -> StreamingResponse:
+    """Server-sent events, then [DONE]. `on_close` runs however the stream ends: finished,
+    failed, or the client gone (Starlette then cancels or drops this generator)."""
+    async def body() -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            # Starlette cancels this task's scope when the client leaves: shield the
+            # cleanup, or its first await is cancelled too and the upstream stays open
+            with anyio.CancelScope(shield=True):
+                await events.aclose()  # type: ignore[attr-defined]
+                if on_close is not None:
+                    await on_close()
+
+    return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+class Frame:
+    """Chat completion objects in the OpenAI shape, plus `citations`."""
+
+    def __init__(self, completion_id: str, created: int, model: str):
+        self.id, self.created, self.model = completion_id, created, model
+
+    def completion(self, text: str, citations: list[ChatCitation]) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+                "citations": [c.model_dump() for c in citations]}
+
+    def chunk(self, delta: dict[str, Any], citations: list[ChatCitation] | None = None,
+              finish: str | None = None, **extra: Any) -> dict[str, Any]:
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        if citations is not None:  # on the first and the last chunk of a stream
+            body["citations"] = [c.model_dump() for c in citations]
+        return body
+
+    async def stream_text(self, parts: list[AsyncIterator[str]],
+                          citations: list[ChatCitation]) -> AsyncIterator[dict[str, Any]]:
+        yield self.chunk({"role": "assistant", "content": ""}, citations)
+        for c in citations:
+            name = f"[{c.n}] {source_name(c)}"
+            yield self.chunk({}, event={"type": "source", "data": {
+                "source": {"name": name, "url": c.url},
+                "document": [c.text],
+                "metadata": [{"source": name, "name": name, "url": c.url, "chunk_id": c.chunk_id,
+                              "doc_id": c.doc_id, "char_start": c.char_start, "char_end": c.char_end}],
+            }})
+        for part in parts:
+            async for text in part:
+                yield self.chunk({"content": text})
+        yield self.chunk({}, citations, finish="stop")
