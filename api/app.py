@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.chat_routes import router as chat_router
 from api.collection_routes import router as collection_router
@@ -106,6 +107,17 @@ def create_app(settings: Settings | None = None,
         if status >= 500:
             log.warning("%s %s: %s", request.method, request.url.path, exc)  # whole, with paths
         return json_error(request, status, str(exc), retry_after(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """No such route (404) or method (405): JSON, in OpenAI's shape under /v1, as every error."""
+        message = str(exc.detail)  # a message never quotes the path: paths are scrubbed from messages
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such route: the OpenAPI schema (openapi.json) lists them"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
+            message = f"method {request.method} is not allowed here" + (f"; use {allowed}" if allowed else "")
+        return json_error(request, exc.status_code, message, dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from api.chat_stream import Frame, in_words, once, sse
 from api.routes import EngineDep, SettingsDep, check_question
@@ -36,13 +36,15 @@ from rag.chat import (
     chat_citations,
     extractive_answer,
     llm_messages,
+    message_texts,
     sources_markdown,
     turns_from,
 )
+from rag.chunk import count_tokens
 from rag.collections import DEFAULT
 from rag.context import ContextBlock, pack
 from rag.conversation import is_follow_up
-from rag.errors import UpstreamError
+from rag.errors import NotFoundError, UpstreamError
 from rag.settings import Settings
 from rag.text import is_unicode_text
 from rag.types import Filters, Mode
@@ -77,11 +79,16 @@ class ContextResponse(ContextBlock):
     confidence: float
 
 
+class StreamOptions(BaseModel):
+    include_usage: StrictBool = False
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")  # temperature, top_p, ...: accepted and ignored
     model: str = "rag"
     messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
 
 
 def link_for(request: Request, settings: Settings) -> Link:
@@ -112,6 +119,15 @@ def models(settings: SettingsDep, engine: EngineDep) -> dict[str, Any]:
                                         "owned_by": "rag"} for name in names]}
 
 
+@router.get("/v1/models/{model}", tags=["chat"])
+def model(model: str, settings: SettingsDep, engine: EngineDep) -> dict[str, Any]:
+    """One of the models `GET /v1/models` lists (OpenAI's `models.retrieve`)."""
+    for known in models(settings, engine)["data"]:
+        if known["id"] == model:
+            return known
+    raise NotFoundError(f"the model '{model}' does not exist: GET /v1/models lists them")
+
+
 def model_id(settings: Settings, collection: str) -> str:
     return settings.chat_model_name if collection == DEFAULT else f"{settings.chat_model_name}:{collection}"
 
@@ -128,7 +144,10 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     """OpenAI Chat Completions, streaming or not, with citations. Open WebUI's background
     tasks (title, tags, follow-ups, ...) are answered without retrieval (rag.webui)."""
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    frame = Frame(completion_id, created, settings.chat_model_name)
+    collection = collection_of(body.model, settings)
+    prompt_tokens = sum(count_tokens(text) for text in message_texts(body.messages))
+    frame = Frame(completion_id, created, model_id(settings, collection), prompt_tokens,
+                  include_usage=bool(body.stream and body.stream_options and body.stream_options.include_usage))
     task = task_reply(body.messages)
     if task is not None:
         if body.stream:
@@ -138,7 +157,7 @@ async def chat_completions(body: ChatRequest, request: Request, engine: EngineDe
     check_question(question, settings)
     searched, history = await condensed(question, history, settings)
     response = await engine.query(searched, settings.chat_k, Filters(), None, history=history,
-                                  collection=collection_of(body.model, settings))
+                                  collection=collection)
     link = link_for(request, settings)
     with_sources = sources_in_text(settings.chat_sources, body.stream, request.headers, body.model_extra or {})
     if not settings.llm_base_url or not settings.llm_model or not response.answerable:

@@ -13,6 +13,7 @@ import anyio
 from fastapi.responses import StreamingResponse
 
 from rag.chat import ChatCitation, source_name
+from rag.chunk import count_tokens
 
 
 async def in_words(text: str) -> AsyncIterator[str]:
@@ -48,17 +49,25 @@ def sse(events: AsyncIterator[dict[str, Any]],
 
 
 class Frame:
-    """Chat completion objects in the OpenAI shape, plus `citations`."""
+    """Chat completion objects in the OpenAI shape, plus `citations`. `usage` counts cl100k
+    tokens: the request's message texts as the prompt, the text sent as the completion
+    (what an upstream model was given, the packed passages, is not counted)."""
 
-    def __init__(self, completion_id: str, created: int, model: str):
+    def __init__(self, completion_id: str, created: int, model: str, prompt_tokens: int = 0,
+                 include_usage: bool = False):
         self.id, self.created, self.model = completion_id, created, model
+        self.prompt_tokens, self.include_usage = prompt_tokens, include_usage
+
+    def usage(self, text: str) -> dict[str, int]:
+        completion_tokens = count_tokens(text)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
+                "total_tokens": self.prompt_tokens + completion_tokens}
 
     def completion(self, text: str, citations: list[ChatCitation]) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-                "citations": [c.model_dump() for c in citations]}
+                "usage": self.usage(text), "citations": [c.model_dump() for c in citations]}
 
     def chunk(self, delta: dict[str, Any], citations: list[ChatCitation] | None = None,
               finish: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -79,7 +88,12 @@ class Frame:
                 "metadata": [{"source": name, "name": name, "url": c.url, "chunk_id": c.chunk_id,
                               "doc_id": c.doc_id, "char_start": c.char_start, "char_end": c.char_end}],
             }})
+        sent: list[str] = []
         for part in parts:
             async for text in part:
+                sent.append(text)
                 yield self.chunk({"content": text})
         yield self.chunk({}, citations, finish="stop")
+        if self.include_usage:  # stream_options.include_usage: one more chunk, no choices
+            yield {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                   "choices": [], "usage": self.usage("".join(sent))}

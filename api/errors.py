@@ -55,8 +55,8 @@ STATUS_OF: list[tuple[type[RagError], int]] = [
     (UpstreamError, 502),
 ]
 RETRY_AFTER_SECONDS = {OverloadedError: 1, DeadlineError: 1, IndexBusyError: 1}
-OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-                429: "rate_limit_error"}
+# OpenAI's API answers a 404 (no such model, vector store or file) with invalid_request_error too
+OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 # an absolute path: a slash not inside a word or a URL, then anything up to a space or quote
 ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(/[^\s'\"`,;()<>]+)")
 

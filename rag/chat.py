@@ -56,11 +56,29 @@ class ChatAnswer(BaseModel):
     citations: list[ChatCitation]
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")  # OpenAI's message roles
+
+
 def turns_from(messages: Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
-    """The question (the last user message) and the earlier user messages, oldest first."""
+    """The question (the last user message) and the earlier user messages, oldest first.
+    A message without one of OpenAI's roles is refused, naming where it is."""
+    for i, m in enumerate(messages):
+        if m.get("role") not in ROLES:
+            raise BadQueryError(f"messages[{i}].role must be one of {', '.join(ROLES)}, got {m.get('role')!r:.80}")
     users = [_text(m.get("content"), i) for i, m in enumerate(messages) if m.get("role") == "user"]
     users = [u.strip() for u in users if u.strip()]
     return (users[-1], users[:-1]) if users else ("", [])
+
+
+def message_texts(messages: Sequence[dict[str, Any]]) -> list[str]:
+    """The text of every message (what `usage.prompt_tokens` counts); unreadable content: none."""
+    texts = []
+    for i, m in enumerate(messages):
+        try:
+            texts.append(_text(m.get("content"), i))
+        except BadQueryError:
+            continue
+    return texts
 
 
 def _text(content: Any, at: int) -> str:

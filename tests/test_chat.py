@@ -125,6 +125,42 @@ def test_bad_chat_requests(client: TestClient):
     assert r.json()["error"]["message"] == "question must not be empty"
     r = client.post("/v1/chat/completions", json={"model": "rag", "messages": []})
     assert r.status_code == 422
+    # found by probing: a role nobody knows said "question must not be empty", "yes" passed for true
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "wizard", "content": QUESTION}]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("messages[0].role must be one of system,")
+    r = client.post("/v1/chat/completions", json={"stream": "yes", "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 422 and r.json()["detail"].startswith("stream: Input should be a valid boolean")
+
+
+def test_usage_is_counted_and_the_model_asked_for_is_echoed(live: str):
+    """cl100k tokens of the messages and of the answer; a stream sends them last when
+    stream_options.include_usage asks (OpenAI's chunk with no choices)."""
+    client = openai.OpenAI(base_url=f"{live}/v1", api_key="unused")
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION}]
+    completion = client.chat.completions.create(model="rag", messages=messages)
+    assert completion.usage is not None and completion.model == "rag"
+    assert completion.usage.prompt_tokens == count_tokens("Be brief.") + count_tokens(QUESTION)
+    assert completion.usage.completion_tokens == count_tokens(completion.choices[0].message.content)
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    chunks = list(client.chat.completions.create(model="rag", messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].choices == [] and chunks[-1].usage == completion.usage
+    assert all(c.usage is None for c in chunks[:-1])
+    plain = list(client.chat.completions.create(model="rag", messages=messages, stream=True))
+    assert all(c.usage is None for c in plain)
+
+
+def test_openai_errors_and_models_by_id(client: TestClient):
+    r = client.get("/v1/models/rag")
+    assert r.status_code == 200 and r.json()["id"] == "rag"
+    r = client.get("/v1/models/gpt-9")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+    r = client.get("/v1/chat/completions")  # was {"detail": "Method Not Allowed"}, without OpenAI's error object
+    assert r.status_code == 405 and r.json()["error"]["message"] == "method GET is not allowed here; use POST"
+    r = client.get("/v1/nothing-here")
+    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+    assert client.get("/nothing-here").json() == {
+        "detail": "no such route: the OpenAPI schema (openapi.json) lists them"}
 
 
 def test_the_question_is_the_last_user_turn_and_the_history_the_earlier_ones():

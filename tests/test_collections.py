@@ -241,6 +241,7 @@ def test_each_collection_is_a_model_for_openai_clients(client: TestClient):
     body = client.post("/v1/chat/completions", json={"model": "rag:notes", "messages": [
         {"role": "user", "content": "What about penguins policy?"}]}).json()
     assert body["citations"] and {c["doc_id"] for c in body["citations"]} == {"penguins"}
+    assert body["model"] == "rag:notes"  # the model asked for, as OpenAI echoes it
     default = client.post("/v1/chat/completions", json={"model": "rag", "messages": [
         {"role": "user", "content": "What about penguins policy?"}]}).json()
     assert "penguins" not in {c["doc_id"] for c in default["citations"]}

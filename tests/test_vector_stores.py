@@ -144,7 +144,7 @@ def test_a_stock_client_files_searches_and_deletes(client: openai.OpenAI, url: s
     assert client.vector_stores.delete(store.id).deleted
     with pytest.raises(openai.NotFoundError) as missing:
         client.vector_stores.retrieve(store.id)
-    assert isinstance(missing.value.body, dict) and missing.value.body["type"] == "not_found_error"
+    assert isinstance(missing.value.body, dict) and missing.value.body["type"] == "invalid_request_error"
     assert store.id not in [s.id for s in client.vector_stores.list()]
     with pytest.raises(openai.NotFoundError):
         search(client, store.id, "penguins")
