@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,7 +21,7 @@ from api.chat_routes import router as chat_router
 from api.collection_routes import router as collection_router
 from api.engine import Engine
 from api.errors import error_bytes, retry_after, status_of
-from api.middleware import AccessLog, ApiKey, Deadline, HostGuard, RequestGuard
+from api.middleware import AccessLog, ApiKey, Deadline, HostGuard, JsonCors, RequestGuard
 from api.openai_files import router as openai_files_router
 from api.openai_store_files import router as openai_store_files_router
 from api.openai_stores import router as openai_stores_router
@@ -151,8 +150,8 @@ def create_app(settings: Settings | None = None,
                        max_url_bytes=settings.max_url_bytes, max_header_bytes=settings.max_header_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(HostGuard, allowed=allowed_hosts(settings))
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                       allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(JsonCors, allow_origins=settings.cors_origins,  # collections and stores PUT and DELETE too
+                       allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["Authorization", "Content-Type"])
     app.add_middleware(AccessLog, requests=metrics.requests, latency=metrics.latency)
     return app
 

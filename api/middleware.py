@@ -1,5 +1,6 @@
 """ASGI middleware: the host allow-list, request limits (URL, headers, body size, time and
-encoding), the per-request deadline, the API key, and the access log with metrics.
+encoding), the per-request deadline, the API key, CORS with JSON refusals, and the access
+log with metrics.
 
 They are middleware rather than route dependencies because they must also cover what
 FastAPI serves itself (/docs, /openapi.json) and requests that never reach a route.
@@ -18,6 +19,9 @@ import time
 from typing import Any
 
 from prometheus_client import Counter, Histogram
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import error_bytes
@@ -269,3 +273,20 @@ class AccessLog:
                 "ms": round(seconds * 1000, 2),
                 "client": (scope.get("client") or ("-",))[0],
             }))
+
+
+class JsonCors(CORSMiddleware):
+    """Starlette's CORS, whose refused preflight ("Disallowed CORS origin") is plain text,
+    answering it in JSON like every other error, naming the setting to change."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        reason = bytes(response.body).decode(errors="replace")
+        message = f"CORS preflight refused: {reason.removeprefix('Disallowed CORS ').lower()} not allowed"
+        if "origin" in reason:
+            message += " (RAG_CORS_ORIGINS lists the pages that may call this service)"
+        kept = {k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return Response(error_bytes("", response.status_code, message), status_code=response.status_code,
+                        media_type="application/json", headers=kept)

@@ -291,6 +291,9 @@ def test_cors_allow_list(locked: TestClient):
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "http://chat.example"
     other = locked.options("/query", headers={"Origin": "http://evil.example", **preflight})
     assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+    assert other.json()["detail"].startswith("CORS preflight refused: origin not allowed (RAG_CORS_ORIGINS")
+    delete = {"Access-Control-Request-Method": "DELETE"}  # collections and vector stores delete and PUT
+    assert locked.options("/collections/x", headers={"Origin": "http://chat.example", **delete}).status_code == 200
 
 
 def test_cors_is_off_by_default(client: TestClient):
