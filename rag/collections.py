@@ -229,7 +229,8 @@ def text_document(text: str, doc_id: str | None, title: str | None, metadata: di
     doc_id = checked_doc_id(doc_id or "doc-" + hashlib.sha256(text.encode()).hexdigest()[:16])
     path = Path(f"{doc_id}.txt")
     try:
-        meta = normalise_metadata({**(metadata or {}), **({"title": title} if title else {})}, path)
+        meta = normalise_metadata({**(metadata or {}), **({"title": title} if title else {})},
+                                  f"document '{doc_id}'")
     except CorpusError as exc:
         raise BadQueryError(str(exc)) from exc
     meta["title"] = meta["title"] or doc_id  # not the first line: cleaning drops lines that repeat the title

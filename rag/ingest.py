@@ -98,35 +98,36 @@ def load_document(path: Path) -> SourceDocument:
         raise CorpusError(
             f"{path.name}: doc_id '{doc_id}' must be 1-128 letters, digits, '.', '_' or '-'"
         )
-    metadata = normalise_metadata(metadata, path)
+    metadata = normalise_metadata(metadata, path.name)
     metadata["title"] = metadata["title"] or path.stem.replace("-", " ").replace("_", " ")
     metadata["source"] = metadata["source"] or path.name
     return SourceDocument(doc_id=doc_id, path=path, text=text, metadata=metadata)
 
 
-def normalise_metadata(metadata: dict[str, Any], path: Path) -> dict[str, Any]:
+def normalise_metadata(metadata: dict[str, Any], where: str) -> dict[str, Any]:
     """The known keys as str | None, every other value JSON-safe. YAML gives numbers,
     dates and lists where users meant text; the index stores JSON and the API strings.
     A known key's text is at most TEXT_KEY_CHARS long (a store may keep it in a field of
-    bounded size: Milvus's 4,096 bytes)."""
-    known = {key: _as_text(metadata.get(key), path, key) for key in TEXT_KEYS}
+    bounded size: Milvus's 4,096 bytes). `where` names the document in messages (its file
+    name, or "document 'x'")."""
+    known = {key: _as_text(metadata.get(key), where, key) for key in TEXT_KEYS}
     if too_long := [key for key, value in known.items() if value is not None and len(value) > TEXT_KEY_CHARS]:
-        raise CorpusError(f"{path.name}: metadata {', '.join(map(repr, too_long))} longer than "
+        raise CorpusError(f"{where}: metadata {', '.join(map(repr, too_long))} longer than "
                           f"{TEXT_KEY_CHARS:,} characters")
     out = known | {str(key): _json_safe(value) for key, value in metadata.items() if key not in TEXT_KEYS}
     # a JSON sidecar may escape a lone surrogate ("\ud800"): no response could carry it
     if not is_unicode_text(json.dumps(out, ensure_ascii=False)):
-        raise CorpusError(f"{path.name}: metadata holds text that is not valid Unicode (a lone surrogate)")
+        raise CorpusError(f"{where}: metadata holds text that is not valid Unicode (a lone surrogate)")
     return out
 
 
-def _as_text(value: Any, path: Path, key: str) -> str | None:
+def _as_text(value: Any, where: str, key: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, list | tuple) and not any(isinstance(v, list | tuple | dict) for v in value):
-        return ", ".join(t for v in value if (t := _as_text(v, path, key))) or None  # ["Ann", "Bob"]
+        return ", ".join(t for v in value if (t := _as_text(v, where, key))) or None  # ["Ann", "Bob"]
     if isinstance(value, list | tuple | dict):
-        raise CorpusError(f"{path.name}: metadata '{key}' must be text, a number, a date or a list of "
+        raise CorpusError(f"{where}: metadata '{key}' must be text, a number, a date or a list of "
                           f"them, not {value!r}")
     if isinstance(value, dt.date | dt.time):  # datetime is a date too
         return value.isoformat()

@@ -439,3 +439,5 @@ def test_oversized_headings_and_metadata_are_bounded_on_every_store(client: Test
     assert found and 0 < len(found[0]["citation"]["section"]) <= 501 and found[0]["citation"]["section"].endswith("…")
     r = client.post("/collections/notes/documents", json={"text": "Seals rest.", "metadata": {"source": "s" * 1001}})
     assert r.status_code == 422 and "longer than 1,000 characters" in r.json()["detail"]
+    r = client.post("/collections/notes/documents", json={"doc_id": "t", "text": "Seals rest.", "title": "t" * 1001})
+    assert r.json()["detail"] == "document 't': metadata 'title' longer than 1,000 characters"  # was "t.txt: …"
