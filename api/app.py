@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from api.chat_routes import router as chat_router
 from api.collection_routes import router as collection_router
@@ -39,6 +40,14 @@ log = logging.getLogger("rag.api")
 def json_error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return Response(error_bytes(request.url.path, status, message), status_code=status,
                     media_type="application/json", headers=headers)
+
+
+def methods_of(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at the request's path, sorted (asked of the router
+    method by method: included routers keep their routes to themselves)."""
+    return [method for method in ("DELETE", "GET", "PATCH", "POST", "PUT")
+            if any(isinstance(route, BaseRoute) and route.matches({**request.scope, "method": method})[0] == Match.FULL
+                   for route in app.router.routes)]
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
@@ -113,10 +122,12 @@ def create_app(settings: Settings | None = None,
         message = str(exc.detail)  # a message never quotes the path: paths are scrubbed from messages
         if exc.status_code == 404 and message == "Not Found":
             message = "no such route: the OpenAPI schema (openapi.json) lists them"
-        elif exc.status_code == 405:
-            allowed = (exc.headers or {}).get("allow") or (exc.headers or {}).get("Allow")
-            message = f"method {request.method} is not allowed here" + (f"; use {allowed}" if allowed else "")
-        return json_error(request, exc.status_code, message, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette's Allow names the first matching route's methods only
+            allowed = ", ".join(methods_of(app, request))
+            message = f"method {request.method} is not allowed here; use {allowed}"
+            headers = {"Allow": allowed}
+        return json_error(request, exc.status_code, message, headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

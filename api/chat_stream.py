@@ -73,6 +73,8 @@ class Frame:
               finish: str | None = None, **extra: Any) -> dict[str, Any]:
         body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        if self.include_usage:  # as OpenAI's: null on every chunk but the last
+            body["usage"] = None
         if citations is not None:  # on the first and the last chunk of a stream
             body["citations"] = [c.model_dump() for c in citations]
         return body

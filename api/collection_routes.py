@@ -166,6 +166,7 @@ async def _write(engine: EngineDep, name: str, doc: SourceDocument, response: Re
         response.status_code = 202
         return WriteResult(doc_id=doc.doc_id, status="in_progress", chunks=0, embedded=0)
     written = await engine.write(lambda c: c.upsert(name, doc, replace=replace, clean=clean))
+    engine.pending.forget((name, doc.doc_id))  # an earlier big write's "failed" no longer speaks for it
     response.status_code = 201 if written.status == "created" else 200
     return _result(written)
 
@@ -229,10 +230,12 @@ async def replace_document(name: str, doc_id: str, body: DocumentText, engine: E
 async def delete_document(name: str, doc_id: str, engine: EngineDep) -> Response:
     """Once this returns, no response holds a passage of the document (a big write of it
     still queued is finished first: writes run one after the other)."""
-    await engine.write(lambda c: c.remove(_writable(name, c), doc_id))
-    state = engine.pending.get((name, doc_id))
-    if state is not None and state["status"] != "in_progress":  # its status goes with it
-        engine.pending.pop((name, doc_id), None)
+    try:
+        await engine.write(lambda c: c.remove(_writable(name, c), doc_id))
+    except NotFoundError:
+        if engine.pending.forget((name, doc_id)) is None:  # a big write that failed leaves only its status
+            raise
+    engine.pending.forget((name, doc_id))  # its status goes with it
     return Response(status_code=204)
 
 

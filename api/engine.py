@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from api.write_states import State, WriteStates
 from rag.build import spec_of
 from rag.collections import DEFAULT, Collections
 from rag.conversation import trim_history
@@ -95,7 +96,7 @@ class Engine:
         # writes embed on their own thread, never on the event loop, and queue behind each other
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
         self.collections: Collections | None = None
-        self.pending: dict[tuple[str, str], dict[str, str | None]] = {}  # (collection, doc_id) of writes_later
+        self.pending = WriteStates()  # big writes answered 202, and vector store files being written
         self._collection_retrievers: dict[str, tuple[LiveStore, Retriever]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_lock = asyncio.Lock()
@@ -145,20 +146,18 @@ class Engine:
         failed with the reason), until a later write of the same document replaces it."""
         writes_allowed(self.settings)
         collections = self.live_collections()
-        state: dict[str, str | None] = {"status": "in_progress", "error": None, "content_hash": content_hash}
-        self.pending[key] = state
+        state = self.pending.start(key, content_hash)
 
         def run() -> None:
             try:
                 work(collections)
-                outcome: dict[str, str | None] = {"status": "completed", "error": None}
+                outcome: State = {"status": "completed", "error": None}
             except RagError as exc:
                 outcome = {"status": "failed", "error": str(exc)}
             except Exception as exc:  # a bug fails this write, and says so
                 log.exception("write %s failed", key)
                 outcome = {"status": "failed", "error": f"internal error: {type(exc).__name__}"}
-            if self.pending.get(key) is state:  # a later write of the document, queued behind, speaks for it
-                self.pending[key] = outcome
+            self.pending.finish(key, state, outcome)  # unless a later write of the document was queued
 
         self._writer.submit(run)
 

@@ -277,16 +277,26 @@ class AccessLog:
 
 class JsonCors(CORSMiddleware):
     """Starlette's CORS, whose refused preflight ("Disallowed CORS origin") is plain text,
-    answering it in JSON like every other error, naming the setting to change."""
+    answering it in JSON like every other error (OpenAI's shape under /v1), naming the
+    setting to change."""
 
-    def preflight_response(self, request_headers: Headers) -> Response:
-        response = super().preflight_response(request_headers)
-        if response.status_code < 400:
-            return response
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = Headers(scope=scope) if scope["type"] == "http" else Headers()
+        if (scope["type"] == "http" and scope["method"] == "OPTIONS" and "origin" in headers
+                and "access-control-request-method" in headers):  # a preflight: Starlette's test
+            response = self.preflight_response(request_headers=headers)
+            if response.status_code >= 400:
+                response = self._refusal(response, scope.get("path", ""))
+            await response(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    @staticmethod
+    def _refusal(response: Response, path: str) -> Response:
         reason = bytes(response.body).decode(errors="replace")
         message = f"CORS preflight refused: {reason.removeprefix('Disallowed CORS ').lower()} not allowed"
         if "origin" in reason:
             message += " (RAG_CORS_ORIGINS lists the pages that may call this service)"
         kept = {k: v for k, v in response.headers.items() if k.lower() not in ("content-type", "content-length")}
-        return Response(error_bytes("", response.status_code, message), status_code=response.status_code,
+        return Response(error_bytes(path, response.status_code, message), status_code=response.status_code,
                         media_type="application/json", headers=kept)

@@ -143,13 +143,11 @@ async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
         engine.write_later(key, write)
         return VectorStoreFile(id=file_id, created_at=now, usage_bytes=0, vector_store_id=f"vs_{name}",
                                status="in_progress", attributes=attributes)
-    state: dict[str, str | None] = {"status": "in_progress", "error": None}
-    engine.pending[key] = state
+    state = engine.pending.start(key)
     task = asyncio.ensure_future(engine.write(write))
 
     def done(finished: asyncio.Future[VectorStoreFile]) -> None:
-        if engine.pending.get(key) is state:
-            engine.pending.pop(key, None)
+        engine.pending.finish(key, state, None)  # written or failed: the store and its sidecar say which
         if not finished.cancelled():
             finished.exception()  # retrieved: a client that stopped waiting leaves no "never retrieved" warning
 
@@ -231,10 +229,8 @@ async def delete_vector_store_file(store_id: str, file_id: str, engine: EngineDe
         return gone
 
     gone = await engine.write(delete)
-    state = engine.pending.get(key)
-    if state is not None and state["status"] != "in_progress":
-        engine.pending.pop(key, None)
-        gone = gone or state["status"] == "failed"
+    state = engine.pending.forget(key)
+    gone = gone or (state is not None and state["status"] == "failed")
     if not gone:
         raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
     return Deleted(id=file_id, object="vector_store.file.deleted")

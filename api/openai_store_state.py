@@ -114,7 +114,7 @@ def failures(engine: Engine, name: str) -> dict[str, dict[str, Any]]:
 
 def writes_of(engine: Engine, name: str) -> dict[str, dict[str, Any]]:
     """The collection's writes the engine tracks (engine.pending), by doc_id: in_progress or failed."""
-    return {doc_id: dict(state) for (collection, doc_id), state in list(engine.pending.items())
+    return {doc_id: state for (collection, doc_id), state in engine.pending.items()
             if collection == name and state["status"] != "completed"}
 
 

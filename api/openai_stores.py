@@ -124,9 +124,9 @@ async def update_vector_store(store_id: str, body: StoreUpdate, engine: EngineDe
 async def delete_vector_store(store_id: str, engine: EngineDep) -> Deleted:
     name = collection_of(engine, store_id)
     await engine.write(lambda collections: collections.delete(name))
-    for key, state in list(engine.pending.items()):  # a store made again under the name starts clean
-        if key[0] == name and state["status"] != "in_progress":
-            engine.pending.pop(key, None)
+    for key, _ in engine.pending.items():  # a store made again under the name starts clean
+        if key[0] == name:
+            engine.pending.forget(key)
     return Deleted(id=store_id, object="vector_store.deleted")
 
 

@@ -60,7 +60,7 @@ FOLLOW = True
 # a question term held by more than this share of the candidates distinguishes none of them;
 # swept on the seed set (2026-11-25): see the module docstring
 COMMON = 1 / 3
-MIN_CANDIDATES = 4  # below this, a third of the candidates is a single sentence: every term is kept
+MIN_CANDIDATES = 4  # with fewer, "held by more than a third" tells nothing apart: every term is kept
 FEATURES = ("cosine", "rank", "terms", "specific", "other_year", "names", "kind")
 # logistic regression on the seed set's candidate sentences (`rag eval --fit-answer`), divided by
 # the cosine's weight and rounded; see the module docstring for how it was checked

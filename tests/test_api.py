@@ -171,9 +171,12 @@ def test_bad_get_query(client: TestClient):
     assert r.status_code == 422 and r.json()["detail"].startswith("unknown query parameter(s): question, top_k;")
     r = client.get("/query", params={"q": "x", "collection": "nope"})  # it was ignored: the built corpus answered
     assert r.status_code == 404 and "nope" in r.json()["detail"]
-    follow = client.get("/query", params=[("q", "Which countries have joined it recently?"),
-                                          ("history", "What is the BRICS group?")])
-    assert follow.status_code == 200
+    asked = "Which countries have joined it recently?"
+    follow = client.get("/query", params=[("q", asked), ("history", "What is the BRICS group?")]).json()
+    posted = client.post("/query", json={"question": asked, "history": ["What is the BRICS group?"]}).json()
+    alone = client.get("/query", params={"q": asked}).json()
+    rows = [[p["chunk_id"] for p in r["passages"]] for r in (follow, posted, alone)]
+    assert rows[0] == rows[1] != rows[2]  # the history is read, as POST reads it
 
 
 def test_limits_come_from_settings(built: Settings):
@@ -292,6 +295,8 @@ def test_cors_allow_list(locked: TestClient):
     other = locked.options("/query", headers={"Origin": "http://evil.example", **preflight})
     assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
     assert other.json()["detail"].startswith("CORS preflight refused: origin not allowed (RAG_CORS_ORIGINS")
+    refused = locked.options("/v1/chat/completions", headers={"Origin": "http://evil.example", **preflight})
+    assert refused.json()["error"]["type"] == "invalid_request_error"  # OpenAI's shape under /v1, as every error
     delete = {"Access-Control-Request-Method": "DELETE"}  # collections and vector stores delete and PUT
     assert locked.options("/collections/x", headers={"Origin": "http://chat.example", **delete}).status_code == 200
 

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -361,9 +362,8 @@ def test_a_big_document_is_accepted_with_202_and_its_status_polled(built: Settin
 
 def test_two_big_writes_of_one_document_in_a_row_and_a_delete(built: Settings):
     """Found by probing: a second big POST of other content, sent while the first was still
-    queued, was taken (202) and then failed behind it, and its "failed" status outlived
-    a DELETE. Now it is a 409 at once, a retry of the same content is taken, and a delete
-    takes the status with it."""
+    queued, was taken (202) and then failed behind it. Now it is a 409 at once, and a retry
+    of the same content is taken."""
     import threading
 
     small = built.model_copy(update={"sync_write_chars": 500})
@@ -378,14 +378,59 @@ def test_two_big_writes_of_one_document_in_a_row_and_a_delete(built: Settings):
         assert (first.status_code, again.status_code, other.status_code) == (202, 202, 409)
         assert "being written with other content" in other.json()["detail"]
         release.set()
-        deadline = time.monotonic() + 30
-        while (state := c.get("/collections/notes/documents/big").json())["status"] == "in_progress":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert state["status"] == "completed"
+        assert settled(c, "big")["status"] == "completed"
         assert c.delete("/collections/notes/documents/big").status_code == 204
         assert c.get("/collections/notes/documents/big").status_code == 404
-        assert c.delete("/collections/notes/documents/big").status_code == 404
+
+
+def test_a_failed_big_write_does_not_outlive_a_delete_or_a_later_write(built: Settings):
+    """The status of a big write that failed goes with a DELETE of the document (there is
+    no document: 204 all the same, then 404), and a later write that succeeds replaces it."""
+    from rag.errors import CorpusError
+
+    def fails(collections: Any) -> None:
+        raise CorpusError("no extractable text")
+
+    with TestClient(create_app(built, lambda name: FakeEmbedder()), base_url=BASE_URL) as c:
+        c.post("/collections", json={"name": "notes"})
+        engine = c.app.state.engine  # type: ignore[attr-defined]
+        for doc_id in ("ghost", "memo"):
+            engine.write_later(("notes", doc_id), fails)
+            assert settled(c, doc_id) == {"doc_id": doc_id, "status": "failed", "chunks": 0,
+                                          "error": "no extractable text"}
+        assert c.delete("/collections/notes/documents/ghost").status_code == 204
+        assert c.get("/collections/notes/documents/ghost").status_code == 404
+        assert c.delete("/collections/notes/documents/ghost").status_code == 404
+        assert c.post("/collections/notes/documents", json={"doc_id": "memo", "text": "Seals rest."}).status_code == 201
+        assert c.get("/collections/notes/documents/memo").json()["status"] == "completed"
+
+
+def test_write_states_keep_the_latest_write_of_a_document():
+    """An outcome counts only for the write still tracked; a finished state can be
+    forgotten, one in progress cannot."""
+    from api.write_states import WriteStates
+
+    states, key = WriteStates(), ("notes", "big")
+    first = states.start(key, "hash-a")
+    second = states.start(key, "hash-b")
+    states.finish(key, first, {"status": "failed", "error": "boom"})  # the earlier write, queued before
+    assert states.get(key) == {"status": "in_progress", "error": None, "content_hash": "hash-b"}
+    assert states.forget(key) is None and states.get(key) is not None  # in progress: kept
+    states.finish(key, second, {"status": "completed", "error": None})
+    assert states.get(key) == {"status": "completed", "error": None}
+    assert states.forget(key) == {"status": "completed", "error": None} and states.get(key) is None
+    third = states.start(key)
+    states.finish(key, third, None)  # forgotten once written
+    assert states.get(key) is None
+
+
+def settled(c: TestClient, doc_id: str) -> dict[str, Any]:
+    """The document's state once no write of it is in progress."""
+    deadline = time.monotonic() + 30
+    while (state := c.get(f"/collections/notes/documents/{doc_id}").json())["status"] == "in_progress":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return state
 
 
 def test_rows_are_never_reused_after_a_delete(built: Settings):
