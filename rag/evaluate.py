@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
 from rag.errors import RagError
 from rag.fusion import Fusion
 from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
@@ -79,6 +81,23 @@ class Question:
     topic: str | None = None  # unanswerable ones: "near" (about the corpus's subjects) or "off"
 
 
+class GoldRow(BaseModel):
+    doc_id: str
+    quote: str = Field(min_length=1)
+
+
+class QuestionRow(BaseModel):
+    """A line of a question set, as written (extra keys, such as `note`, are kept out)."""
+    model_config = ConfigDict(extra="ignore")
+    id: StrictStr | StrictInt
+    question: str = Field(min_length=1)
+    type: str
+    answerable: StrictBool
+    doc_ids: list[str] = []
+    gold_quotes: list[GoldRow] = []
+    topic: str | None = None
+
+
 def jsonl_rows(path: Path, what: str) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object) of each non-blank line; a RagError naming the line if
     one is not JSON, or the file if it cannot be read."""
@@ -86,6 +105,8 @@ def jsonl_rows(path: Path, what: str) -> Iterator[tuple[int, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise RagError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise RagError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from exc
     for number, line in enumerate(lines, start=1):
         if line.strip():
             try:
@@ -99,12 +120,14 @@ def load_questions(path: Path, store: ChunkStore) -> list[Question]:
     questions, seen = [], set()
     for number, row in jsonl_rows(path, "question set"):
         try:
-            qid = str(row["id"])
-            gold = [locate(g["doc_id"], g["quote"], store) for g in row.get("gold_quotes", [])]
-            question = Question(qid, row["question"], row["type"], bool(row["answerable"]),
-                                list(row.get("doc_ids", [])), gold, row.get("topic"))
-        except (KeyError, TypeError) as exc:
-            raise RagError(f"{path}:{number}: not a valid question ({exc})") from exc
+            valid = QuestionRow.model_validate(row)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"]) or "the line"
+            raise RagError(f"{path}:{number}: not a valid question: {where}: {first['msg']}") from None
+        qid = str(valid.id)
+        gold = [locate(g.doc_id, g.quote, store) for g in valid.gold_quotes]
+        question = Question(qid, valid.question, valid.type, valid.answerable, valid.doc_ids, gold, valid.topic)
         if qid in seen:
             raise RagError(f"{path}:{number}: duplicate question id '{qid}'")
         if question.answerable and not gold:

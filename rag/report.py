@@ -74,10 +74,9 @@ def terminal_details(report: dict[str, Any], calibrate: bool = False, fit_answer
                 f"                   {row['alone']:>5.3f}" for kind, row in chats.items()]
     if abstention := report.get("abstention"):
         back = abstention["held_back"]["configured"]
-        out.append(f"\nabstention (held-back third, configured settings): {back['unanswerable_flagged']:.0%} of "
-                   f"{back['unanswerable']} unanswerable flagged ({back['near_topic_flagged']:.0%} of "
-                   f"{back['near_topic']} near-topic, {back['off_topic_flagged']:.0%} of {back['off_topic']} "
-                   f"off-topic), {back['answerable_flagged']:.0%} of {back['answerable']} answerable flagged")
+        out.append(f"\nabstention (held-back third, configured settings): {_share(back, 'unanswerable')} "
+                   f"unanswerable flagged ({_share(back, 'near_topic')} near-topic, {_share(back, 'off_topic')} "
+                   f"off-topic), {_share(back, 'answerable')} answerable flagged")
         if calibrate:
             fitted = abstention["fitted"]
             out.append(f"fitted on the calibration split: RAG_ABSTAIN_SLOPE={fitted['slope']} "
@@ -174,5 +173,6 @@ def write_reports(report: dict[str, Any], out_dir: Path, name: str, title: str) 
 
 
 def _share(stats: dict[str, Any], group: str) -> str:
+    """"60% of 5", or "- of 0" for a group the split has none of."""
     n = stats[group]
-    return f"{stats[f'{group}_flagged']:.0%} of {n}" if n else "-"
+    return f"{stats[f'{group}_flagged']:.0%} of {n}" if n else "- of 0"

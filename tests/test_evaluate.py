@@ -65,7 +65,12 @@ def test_failures_show_what_came_back(retriever: Retriever, tmp_path: Path):
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ('{"id": "a"}', "not a valid question"),
+    ('{"id": "a"}', "not a valid question: question: Field required"),
+    ('{"id": "a", "question": 123, "type": "t", "answerable": false}', "question: Input should be a valid string"),
+    ('{"id": "a", "question": "q", "type": "t", "answerable": "yes"}', "answerable: Input should be a valid boolean"),
+    ('{"id": "a", "question": "q", "type": "t", "answerable": true, "gold_quotes": [{"doc_id": "d"}]}',
+     "gold_quotes.0.quote: Field required"),
+    ('["a list"]', "not a valid question: the line: Input should be a valid dictionary"),
     ('{"id": "a", "question"', r"q.jsonl:1: not valid JSON"),
     ('{"id": "a", "question": "q", "type": "fact/number", "answerable": true, "gold_quotes": '
      '[{"doc_id": "nope", "quote": "x"}]}', "gold quote cites unknown document 'nope'"),
@@ -78,6 +83,12 @@ def test_bad_question_files_are_refused(retriever: Retriever, tmp_path: Path, li
     path.write_text(line + "\n")
     with pytest.raises(RagError, match=message):
         load_questions(path, retriever.store)
+
+
+def test_a_question_file_that_is_not_utf8_is_refused(retriever: Retriever, tmp_path: Path):
+    (tmp_path / "q.jsonl").write_bytes(b'{"id": "a", "question": "caf\xe9"}\n')
+    with pytest.raises(RagError, match="is not UTF-8 text"):
+        load_questions(tmp_path / "q.jsonl", retriever.store)
 
 
 def test_duplicate_ids_are_refused(retriever: Retriever, tmp_path: Path):
@@ -104,6 +115,19 @@ def test_cli_writes_reports_and_gates(built: Settings, tmp_path: Path, monkeypat
                                 "--min-recall-at-5", "1.01", "--min-mrr-at-10", "0"])
     assert gated.exit_code == 2
     assert gated.stderr.strip() == f"error: regression gate failed for mode lexical: recall@5 {recall:.3f} < 1.01"
+    answerable_only = tmp_path / "answerable.jsonl"  # found by probing: no unanswerable question was a traceback
+    answerable_only.write_text("".join(line + "\n" for line in QUESTIONS.read_text().splitlines()
+                                       if '"answerable": true' in line))
+    only = runner.invoke(app, ["eval", "--out-dir", str(out), "--mode", "lexical", "--questions", str(answerable_only),
+                               "--conversations", str(tmp_path / "none.jsonl")])
+    assert only.exit_code == 0, only.output
+    assert "- of 0 unanswerable flagged" in only.stdout
+    for args, message in ((["--limit", "0"], "Invalid value for '--limit'"),
+                          (["--limit", "5"], "--limit applies to --beir only"),
+                          (["--beir", str(tmp_path), "--gate-mode", "lexical", "--min-recall-at-5", "0.5"],
+                           "recall@5 is not reported for BEIR")):  # it passed without a word
+        refused = runner.invoke(app, ["eval", "--mode", "lexical", *args])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
     bad = runner.invoke(app, ["eval", "--mode", "fuzzy"])
     assert bad.exit_code == 2 and "unknown mode(s): fuzzy" in bad.stderr
     one_mode = runner.invoke(app, ["eval", "--out-dir", str(out), "--mode", "lexical"])  # no gate: no gate mode
