@@ -4,10 +4,12 @@ Domain errors (`rag.errors`) and invalid settings become one line on stderr and 
 status 2; nothing prints a traceback for a mistake the user can fix.
 """
 
+import difflib
 import json
+import os
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from functools import wraps
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from rag.errors import RagError
 from rag.settings import Settings
@@ -48,13 +51,28 @@ def user_errors(command: F) -> F:
                 f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
             )
             fail(f"invalid settings: {problems}")
+        except SettingsError as exc:  # a value pydantic-settings cannot even parse
+            fail(f"invalid settings: {exc}")
 
     return wrapper  # type: ignore[return-value]
 
 
 def load_settings(corpus: Path | None = None, index: Path | None = None, **overrides: Any) -> Settings:
     given = {"corpus_dir": corpus, "index_dir": index, **overrides}
+    for line in unknown_settings(os.environ):
+        typer.echo(f"warning: {line}", err=True)
     return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+def unknown_settings(environ: Mapping[str, str]) -> list[str]:
+    """RAG_* variables that set nothing (a typo is otherwise silently ignored), with the
+    closest setting: "RAG_CHUNK_TOKEN is not a setting; did you mean RAG_CHUNK_TOKENS?"."""
+    known = {f"RAG_{name.upper()}" for name in Settings.model_fields}
+    out = []
+    for name in sorted(n for n in environ if n.startswith("RAG_") and n not in known):
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        out.append(f"{name} is not a setting" + (f"; did you mean {close[0]}?" if close else ""))
+    return out
 
 
 @app.command()

@@ -5,16 +5,19 @@ Every field can be set from the environment with the `RAG_` prefix
 Paths are relative to the working directory.
 """
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from rag.fusion import DEFAULT_FUSION
 from rag.types import Abstention
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# a list from the environment: a JSON list, or names separated by commas ("a.example,b.example")
+Names = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -43,8 +46,8 @@ class Settings(BaseSettings):
     vector_store: Literal["local", "milvus"] = Field(
         "local", description="local: files under index_dir (FAISS, SQLite, BM25 arrays); milvus: a Milvus "
         "server or cluster, or Milvus Lite in-process (pip install '.[milvus]')")
-    milvus_uri: str = Field("index/milvus.db", description="a file path runs Milvus Lite in-process; "
-                            "http://host:19530 talks to Milvus standalone or a cluster")
+    milvus_uri: str = Field("", description="a file path runs Milvus Lite in-process; http://host:19530 "
+                            "talks to Milvus standalone or a cluster; unset: <index_dir>/milvus.db")
     milvus_collection: str = Field("rag", pattern=r"^[A-Za-z][A-Za-z0-9_]{0,30}$",
                                    description="prefix of this index's Milvus collections")
     milvus_token: SecretStr | None = Field(None, description="Milvus credentials, 'user:password' or a token")
@@ -86,7 +89,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     api_key: SecretStr | None = Field(
         None, description="when set, every endpoint but /health needs 'Authorization: Bearer <key>'")
-    cors_origins: list[str] = Field(
+    cors_origins: Names = Field(
         default_factory=list, description='browser origins allowed to call us, e.g. ["http://localhost:3000"]')
     max_question_chars: int = Field(1000, ge=1)
     max_upload_bytes: int = Field(32 << 20, ge=1024, description="largest file upload (multipart), in bytes; "
@@ -107,7 +110,7 @@ class Settings(BaseSettings):
     max_queue: int = Field(256, ge=1, description="questions waiting for the model; beyond it: 503 with Retry-After")
     request_timeout_seconds: float = Field(30.0, gt=0, description="deadline of a request's answer (a stream's "
                                            "first byte); past it: 503 with Retry-After")
-    allowed_hosts: list[str] = Field(
+    allowed_hosts: Names = Field(
         default_factory=list, description='Host header values accepted, e.g. ["rag.example.org"]; empty: the '
         "loopback names when bound to a loopback address (blocks DNS rebinding), any host otherwise")
     public_url: str | None = Field(None, description="base URL of citation links, e.g. https://rag.example.org; "
@@ -156,6 +159,26 @@ class Settings(BaseSettings):
             raise ValueError("RAG_API_KEY must be printable ASCII without surrounding spaces "
                              "(HTTP headers cannot carry other characters reliably)")
         return value
+
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.strip().startswith("["):
+            try:
+                return json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not a JSON list ({exc}); or give names separated by commas") from None
+        return [name.strip() for name in value.split(",") if name.strip()]
+
+    @model_validator(mode="after")
+    def _milvus_beside_the_index(self) -> "Settings":
+        """An unset RAG_MILVUS_URI is a Milvus Lite file in the index folder, so --index and
+        RAG_INDEX_DIR move it too (it was index/milvus.db under the working folder)."""
+        if not self.milvus_uri:
+            self.milvus_uri = str(self.index_dir / "milvus.db")
+        return self
 
     @model_validator(mode="after")
     def _overlap_smaller_than_chunk(self) -> "Settings":

@@ -78,6 +78,28 @@ def test_bad_settings_are_reported(env: Settings, monkeypatch):
     assert result.stderr.startswith("error: invalid settings: chunk_tokens:")
 
 
+def test_settings_as_people_write_them(env: Settings, monkeypatch, tmp_path):
+    """Found by probing: RAG_ALLOWED_HOSTS=rag.example.org was a 72-line traceback (only a
+    JSON list parsed), a misspelled setting was silently ignored, and the Milvus Lite file
+    stayed under the working folder whatever --index said."""
+    from rag.cli import load_settings, unknown_settings
+
+    monkeypatch.setenv("RAG_ALLOWED_HOSTS", "rag.example.org, chat.example.org")
+    monkeypatch.setenv("RAG_CORS_ORIGINS", '["https://chat.example.org"]')
+    settings = load_settings(index=tmp_path / "idx")
+    assert settings.allowed_hosts == ["rag.example.org", "chat.example.org"]
+    assert settings.cors_origins == ["https://chat.example.org"]
+    assert settings.milvus_uri == str(tmp_path / "idx" / "milvus.db")
+    assert unknown_settings({"RAG_CHUNK_TOKEN": "200", "RAG_MODEL": "x", "HOME": "/"}) == [
+        "RAG_CHUNK_TOKEN is not a setting; did you mean RAG_CHUNK_TOKENS?"]
+    monkeypatch.setenv("RAG_CHUNK_TOKEN", "200")
+    monkeypatch.setenv("RAG_CORS_ORIGINS", "[not json")
+    result = runner.invoke(app, ["query", "x"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "warning: RAG_CHUNK_TOKEN is not a setting; did you mean RAG_CHUNK_TOKENS?" in result.stderr
+    assert "error: invalid settings: cors_origins: Value error, not a JSON list" in result.stderr
+
+
 def test_missing_corpus(env: Settings, tmp_path):
     result = runner.invoke(app, ["build", "--corpus", str(tmp_path / "nowhere")])
     assert result.exit_code == 2
