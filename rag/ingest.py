@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,8 @@ def load_document(path: Path) -> SourceDocument:
         text, metadata = raw, {}
     metadata.update(_read_sidecar(path))
 
-    doc_id = str(metadata.pop("doc_id", None) or path.stem)
+    doc_id = str(metadata.pop("doc_id", None) or doc_id_from_name(path.name)
+                 or "doc-" + hashlib.sha256(path.name.encode()).hexdigest()[:16])
     if not DOC_ID_PATTERN.match(doc_id):
         raise CorpusError(
             f"{path.name}: doc_id '{doc_id}' must be 1-128 letters, digits, '.', '_' or '-'"
@@ -102,6 +104,18 @@ def load_document(path: Path) -> SourceDocument:
     metadata["title"] = metadata["title"] or path.stem.replace("-", " ").replace("_", " ")
     metadata["source"] = metadata["source"] or path.name
     return SourceDocument(doc_id=doc_id, path=path, text=text, metadata=metadata)
+
+
+def doc_id_from_name(name: str) -> str | None:
+    """A file's doc_id from its name: the stem as it is when it is a valid id, else made
+    one ("my notes.txt" -> "my-notes", "café résumé.md" -> "cafe-resume"); None when nothing
+    of it is left ("北京.txt": the caller falls back to a hash)."""
+    stem = Path(name).stem
+    if DOC_ID_PATTERN.match(stem):
+        return stem
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", ascii_stem).strip("-._")[:100]
+    return slug if slug and DOC_ID_PATTERN.match(slug) else None
 
 
 def normalise_metadata(metadata: dict[str, Any], where: str) -> dict[str, Any]:

@@ -10,12 +10,11 @@ Left out: OCR (a scan is refused), Office formats, and archives.
 """
 
 import hashlib
-import re
 import tempfile
 from pathlib import Path
 
 from rag.errors import BadQueryError, CorpusError
-from rag.ingest import DOC_ID_PATTERN, SourceDocument, load_document
+from rag.ingest import DOC_ID_PATTERN, SourceDocument, doc_id_from_name, load_document
 from rag.pdf import extract_pdf
 
 TEXT_TYPES = (".txt", ".md", ".html", ".htm")
@@ -63,6 +62,5 @@ def checked_doc_id(doc_id: str) -> str:
 
 
 def _doc_id(name: str, data: bytes) -> str:
-    """From the file name when it makes a valid id, else from the content."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(name).stem).strip("-._")[:100]
-    return stem if stem and DOC_ID_PATTERN.match(stem) else "doc-" + hashlib.sha256(data).hexdigest()[:16]
+    """From the file name when it makes a valid id (rag.ingest.doc_id_from_name), else from the content."""
+    return doc_id_from_name(name) or "doc-" + hashlib.sha256(data).hexdigest()[:16]

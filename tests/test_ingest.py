@@ -73,6 +73,21 @@ def test_bad_doc_id_and_duplicates_are_refused(tmp_path: Path):
         load_corpus(tmp_path)
 
 
+def test_file_names_people_use_make_doc_ids(tmp_path: Path):
+    """Found by probing: "my notes.txt" stopped the whole build ("doc_id 'my notes' must be
+    1-128 letters…"); `rag add` took the same file as my-notes."""
+    import hashlib
+
+    from rag.uploads import uploaded_document
+
+    for name in ("my notes.txt", "café résumé.md", "北京.txt", "fp-china-russia-axis.txt"):
+        (tmp_path / name).write_text("Some text about trade.\n", encoding="utf-8")
+    ids = sorted(d.doc_id for d in load_corpus(tmp_path))
+    assert ids == sorted(["my-notes", "cafe-resume", "doc-" + hashlib.sha256("北京.txt".encode()).hexdigest()[:16],
+                          "fp-china-russia-axis"])
+    assert uploaded_document("my notes.txt", b"Some text about trade.")[0].doc_id == "my-notes"  # as rag add
+
+
 def test_missing_folder(tmp_path: Path):
     with pytest.raises(CorpusError, match="corpus folder not found"):
         load_corpus(tmp_path / "nope")
