@@ -13,6 +13,7 @@ Left out: GPU selection and query/document prompts (`prompt_name`).
 """
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -27,6 +28,13 @@ if TYPE_CHECKING:
 
 # Long builds show a progress bar; a handful of texts (a query) never does.
 PROGRESS_BAR_MIN_TEXTS = 256
+
+
+def shows_progress(texts: int) -> bool:
+    """A progress bar for this many texts: only when there are many, and only on a terminal
+    (redirected, a build's log held 140 KB of bar redraws, and a server's log had them
+    between its JSON lines)."""
+    return texts >= PROGRESS_BAR_MIN_TEXTS and sys.stderr.isatty()
 
 
 class Embedder(Protocol):

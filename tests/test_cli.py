@@ -171,3 +171,19 @@ def test_build_syncs_a_folder_into_a_live_collection_and_keeps_uploads(env: Sett
     kept = Collections(env, None)
     assert sorted(kept.get("field").documents) == ["a", "memo"]  # the upload stays
     kept.close()
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    """Found by probing: a redirected build log held 140 KB of bar redraws."""
+    import io
+
+    from rag.embed import PROGRESS_BAR_MIN_TEXTS, shows_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert not shows_progress(10 * PROGRESS_BAR_MIN_TEXTS)
+    monkeypatch.setattr("sys.stderr", Terminal())
+    assert shows_progress(PROGRESS_BAR_MIN_TEXTS) and not shows_progress(PROGRESS_BAR_MIN_TEXTS - 1)

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.embed import PROGRESS_BAR_MIN_TEXTS
+from rag.embed import shows_progress
 from rag.errors import ModelError
 
 FALLBACK = "set RAG_EMBED_BACKEND=torch"
@@ -129,7 +129,7 @@ def _pipeline(model_dir: Path) -> tuple[int, str, bool]:
 
 
 def _progress(batches: list[list[int]], total: int) -> Any:
-    if total < PROGRESS_BAR_MIN_TEXTS:
+    if not shows_progress(total):
         return batches
     from tqdm import tqdm
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rag.embed import PROGRESS_BAR_MIN_TEXTS
+from rag.embed import shows_progress
 from rag.errors import ModelError
 
 
@@ -53,7 +53,7 @@ class SentenceTransformerEmbedder:
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         vectors = self._model.encode(
             list(texts), batch_size=batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=len(texts) >= PROGRESS_BAR_MIN_TEXTS,
+            convert_to_numpy=True, show_progress_bar=shows_progress(len(texts)),
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
