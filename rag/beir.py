@@ -51,9 +51,17 @@ CHUNK_DEPTH = 1000  # chunks retrieved per query, enough for 100 distinct docume
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
         with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-    except (OSError, json.JSONDecodeError) as exc:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
         raise RagError(f"cannot read {path}: {exc}") from exc
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:  # its own "line 1" is the line's, not the file's
+                raise RagError(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno})") from exc
+    return rows
 
 
 def load_beir(folder: Path) -> tuple[list[SourceDocument], dict[str, str], dict[str, set[str]]]:

@@ -58,6 +58,14 @@ def test_not_a_beir_folder(tmp_path: Path):
         beir.load_beir(tmp_path)
 
 
+def test_a_bad_corpus_line_is_named_by_its_number(tmp_path: Path):
+    write_beir(tmp_path, {"d1": ("T", "text"), "d2": ("U", "more")}, {"q1": "text"}, [("q1", "d1")])
+    with open(tmp_path / "corpus.jsonl", "a") as handle:
+        handle.write('{"_id": "d3", "title": \n')
+    with pytest.raises(RagError, match=r"corpus.jsonl:3: not valid JSON"):  # it said line 1
+        beir.load_beir(tmp_path)
+
+
 SCIFACT = REPO.parent / "shared" / "benchmarks" / "scifact"
 
 
