@@ -182,8 +182,14 @@ def _split_front_matter(raw: str, path: Path) -> tuple[str, dict[str, Any]]:
 
     try:
         post = frontmatter.loads(raw)
+        handler = frontmatter.YAMLHandler()
+        # python-frontmatter reads a header that is a list or a bare string as no metadata at all
+        header = handler.load(handler.split(raw)[0]) if handler.detect(raw) else None
     except Exception as exc:  # yaml raises several unrelated types
         raise CorpusError(f"{path.name}: front matter is not valid YAML: {exc}") from exc
+    if header is not None and not isinstance(header, dict):
+        raise CorpusError(f"{path.name}: front matter must be keys with values (a YAML mapping), "
+                          f"not a {type(header).__name__}")
     return post.content, dict(post.metadata)
 
 

@@ -62,6 +62,13 @@ def test_bad_sidecar_is_refused(tmp_path: Path):
         load_corpus(tmp_path)
 
 
+def test_front_matter_that_is_no_mapping_is_refused(tmp_path: Path):
+    """As a sidecar that is no object is (python-frontmatter read a list as no metadata)."""
+    (tmp_path / "a.md").write_text("---\n- title\n- author\n---\nBody text.\n")
+    with pytest.raises(CorpusError, match="a.md: front matter must be keys with values"):
+        load_corpus(tmp_path)
+
+
 def test_bad_doc_id_and_duplicates_are_refused(tmp_path: Path):
     (tmp_path / "a.txt").write_text("x")
     (tmp_path / "a.md").write_text("y")
