@@ -174,7 +174,10 @@ def add(
                 data = path.read_bytes()
             except OSError as exc:
                 fail(f"cannot read {path}: {exc.strerror}")
-            doc, is_pdf = uploaded_document(path.name, data)
+            try:
+                doc, is_pdf = uploaded_document(path.name, data)
+            except RagError as exc:  # a damaged PDF's message does not name the file
+                fail(str(exc) if path.name in str(exc) else f"{path}: {exc}")
             written = collections.upsert(collection, doc, replace=True, origin="cli", clean=not is_pdf)
             typer.echo(str(written))
 

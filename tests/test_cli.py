@@ -148,6 +148,9 @@ def test_add_list_and_remove_documents_of_a_live_collection(env: Settings, tmp_p
     assert missing.exit_code != 0 and "no document 'notes'" in missing.output
     bad = runner.invoke(app, ["add", str(tmp_path / "x.docx"), "--collection", "field"])
     assert bad.exit_code != 0 and "cannot read" in bad.output
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 garbage")
+    damaged = runner.invoke(app, ["add", str(tmp_path / "broken.pdf"), "--collection", "field"])
+    assert damaged.exit_code == 2 and f"error: {tmp_path / 'broken.pdf'}: the PDF is damaged" in damaged.stderr
 
 
 def test_build_syncs_a_folder_into_a_live_collection_and_keeps_uploads(env: Settings, tmp_path: Path):
