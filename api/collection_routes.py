@@ -235,7 +235,8 @@ async def delete_document(name: str, doc_id: str, engine: EngineDep) -> Response
     except NotFoundError:
         if engine.pending.forget((name, doc_id)) is None:  # a big write that failed leaves only its status
             raise
-    engine.pending.forget((name, doc_id))  # its status goes with it
+    else:
+        engine.pending.forget((name, doc_id))  # its status goes with it
     return Response(status_code=204)
 
 
