@@ -15,14 +15,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
 from rag.errors import RagError
-from rag.evaluate import GoldQuote, covered_quotes, jsonl_rows, locate
+from rag.evaluate import GoldQuote, GoldRow, covered_quotes, jsonl_rows, locate, valid_row
 from rag.metrics import recall_at_k
 from rag.retrieve import Retriever
 from rag.stores.base import ChunkStore
 
 KINDS = ("follow-up", "topic-change")
 K = 5
+
+
+class TurnRow(BaseModel):
+    question: str = Field(min_length=1)
+    kind: str = "opening"
+    gold_quotes: list[GoldRow]
+
+
+class ChatRow(BaseModel):
+    """A line of the conversation set, as written (the same checks as a question's)."""
+    model_config = ConfigDict(extra="ignore")
+    id: StrictStr | StrictInt
+    turns: list[TurnRow] = Field(min_length=1)
 
 
 @dataclass(frozen=True)
@@ -34,12 +49,9 @@ class Chat:
 def load_conversations(path: Path, store: ChunkStore) -> list[Chat]:
     chats = []
     for number, row in jsonl_rows(path, "conversations"):
-        try:
-            turns = [(t["question"], t.get("kind", "opening"),
-                      [locate(g["doc_id"], g["quote"], store) for g in t["gold_quotes"]]) for t in row["turns"]]
-            chats.append(Chat(row["id"], turns))
-        except (KeyError, TypeError) as exc:
-            raise RagError(f"{path}:{number}: not a valid conversation ({exc})") from exc
+        valid = valid_row(ChatRow, row, f"{path}:{number}: not a valid conversation")
+        turns = [(t.question, t.kind, [locate(g.doc_id, g.quote, store) for g in t.gold_quotes]) for t in valid.turns]
+        chats.append(Chat(str(valid.id), turns))
         if any(kind not in ("opening", *KINDS) for _, kind, _ in turns):
             raise RagError(f"{path}:{number}: a turn's kind must be opening, follow-up or topic-change")
     return chats

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
@@ -98,6 +98,20 @@ class QuestionRow(BaseModel):
     topic: str | None = None
 
 
+Row = TypeVar("Row", bound=BaseModel)
+
+
+def valid_row(model: type[Row], row: Any, where: str) -> Row:
+    """A parsed JSONL line as `model`, or a RagError naming the first bad field:
+    "q.jsonl:3: not a valid question: answerable: Input should be a valid boolean"."""
+    try:
+        return model.model_validate(row)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        field = ".".join(str(part) for part in first["loc"]) or "the line"
+        raise RagError(f"{where}: {field}: {first['msg']}") from None
+
+
 def jsonl_rows(path: Path, what: str) -> Iterator[tuple[int, Any]]:
     """(line number, parsed object) of each non-blank line; a RagError naming the line if
     one is not JSON, or the file if it cannot be read."""
@@ -119,12 +133,7 @@ def load_questions(path: Path, store: ChunkStore) -> list[Question]:
     """Read the JSONL set and locate each gold quote in its document's cleaned text."""
     questions, seen = [], set()
     for number, row in jsonl_rows(path, "question set"):
-        try:
-            valid = QuestionRow.model_validate(row)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"]) or "the line"
-            raise RagError(f"{path}:{number}: not a valid question: {where}: {first['msg']}") from None
+        valid = valid_row(QuestionRow, row, f"{path}:{number}: not a valid question")
         qid = str(valid.id)
         gold = [locate(g.doc_id, g.quote, store) for g in valid.gold_quotes]
         question = Question(qid, valid.question, valid.type, valid.answerable, valid.doc_ids, gold, valid.topic)

@@ -103,7 +103,9 @@ def test_bad_conversation_files_are_refused(built, tmp_path):
     store = open_local(built.index_dir)
     for line, message in (('{"id": "c"}', "not a valid conversation"),
                           ('{"id": "c", "turns": [{"question": "q", "kind": "x", "gold_quotes": []}]}', "kind must be"),
-                          ("{", "not valid JSON")):
+                          ("{", "not valid JSON"),
+                          ('{"id": "c", "turns": [{"question": 5, "gold_quotes": []}]}',
+                           "not a valid conversation: turns.0.question: Input should be a valid string")):
         path = tmp_path / "c.jsonl"
         path.write_text(line + "\n")
         with pytest.raises(RagError, match=message):
