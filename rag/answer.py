@@ -137,16 +137,16 @@ def asked_kind(question: str) -> re.Pattern[str] | None:
     return None
 
 
-def _distinctive(terms: set[str], names: set[str], candidates: list[Candidate]) -> tuple[set[str], set[str]]:
+def _distinctive(terms: set[str], names: set[str], held: list[frozenset[str]],
+                  lowered: list[str]) -> tuple[set[str], set[str]]:
     """The question's terms and names less those held by more than COMMON of the
-    candidates: "China" and "Russia" in a corpus about the two say nothing about which
-    sentence answers, and a sentence that says "the countries" would lose to one that
-    names both for no other reason. Fewer than MIN_CANDIDATES candidates keep them all."""
-    if len(candidates) < MIN_CANDIDATES:
+    candidates (`held`: each one's terms, `lowered`: its text): "China" and "Russia" in a
+    corpus about the two say nothing about which sentence answers, and a sentence that says
+    "the countries" would lose to one that names both for no other reason. Fewer than
+    MIN_CANDIDATES candidates keep them all."""
+    if len(held) < MIN_CANDIDATES:
         return terms, names
-    held = [term_set(c.text) for c in candidates]
-    lowered = [c.text.lower() for c in candidates]
-    limit = COMMON * len(candidates)
+    limit = COMMON * len(held)
     return ({t for t in terms if sum(t in h for h in held) <= limit},
             {n for n in names if sum(n in text for text in lowered) <= limit})
 
@@ -158,15 +158,16 @@ def features(question: str, vector: np.ndarray, candidates: list[Candidate]) -> 
     years = set(_YEAR.findall(question))
     kind = asked_kind(question)
     cosines = np.stack([c.vector for c in candidates]) @ vector
-    terms, names = _distinctive(terms, names, candidates)
+    held = [term_set(c.text) for c in candidates]
+    texts = [c.text.lower() for c in candidates]
+    terms, names = _distinctive(terms, names, held, texts)
     rows = []
-    for candidate, cosine in zip(candidates, cosines.tolist()):
-        lowered = candidate.text.lower()
+    for candidate, cosine, its_terms, lowered in zip(candidates, cosines.tolist(), held, texts):
         said = set(_YEAR.findall(candidate.text))
         rows.append((
             cosine,
             candidate.rank - 1,
-            len(terms & term_set(candidate.text)) / len(terms) if terms else 0.0,
+            len(terms & its_terms) / len(terms) if terms else 0.0,
             # a year or number asked about must be there: "in 2024" is not "in 2025"
             sum(w in lowered for w in exact) / len(exact) if exact else 0.0,
             float(bool(years and said and not said & years)),  # it dates itself, to another year
