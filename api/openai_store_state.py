@@ -9,7 +9,6 @@ thread only, by temporary file and rename.
 
 import json
 import math
-import os
 import re
 import secrets
 import unicodedata
@@ -18,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from api.engine import Engine
-from api.openai_files import write_synced
 from api.openai_objects import FileCounts, VectorStore
 from rag.collections import DEFAULT, NAME, Collections
 from rag.errors import BadQueryError, ConflictError, NotFoundError, StorageError
+from rag.files import replace_text
 
 SIDECAR = "vector_store.json"
 MAX_PAIRS, MAX_KEY, MAX_VALUE = 16, 64, 512  # OpenAI's limits on metadata and attributes
@@ -76,10 +75,8 @@ def read_sidecar(folder: Path) -> dict[str, Any]:
 
 
 def save_sidecar(folder: Path, data: dict[str, Any]) -> None:
-    tmp = folder / f".{SIDECAR}.tmp"
     try:
-        write_synced(tmp, json.dumps(data, ensure_ascii=False, indent=1).encode())
-        os.replace(tmp, folder / SIDECAR)
+        replace_text(folder / SIDECAR, json.dumps(data, ensure_ascii=False, indent=1))
     except OSError as exc:
         raise StorageError(f"cannot write {SIDECAR} of collection '{folder.name}': {exc}") from exc
 

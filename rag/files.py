@@ -1,11 +1,12 @@
-"""File helpers for durable writes: checksums and fsync, shared by the index store and
-the ONNX export cache.
+"""File helpers for durable writes: checksums, fsync and atomic replacement, shared by
+the index store, the ONNX export cache and the vector stores' sidecars.
 
 Left out: Windows (fsync of a directory is POSIX).
 """
 
 import hashlib
 import os
+from contextlib import suppress
 from pathlib import Path
 
 
@@ -24,3 +25,20 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Atomically replace `path` with `text`, durably (file and folder fsynced): a crash
+    leaves the old text or the new, never half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_path(path.parent)

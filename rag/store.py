@@ -49,7 +49,7 @@ from rag.errors import (
     RagError,
     StorageError,
 )
-from rag.files import fsync_path, sha256_file
+from rag.files import fsync_path, replace_text, sha256_file
 
 FORMAT = "rag-index"
 FORMAT_VERSION = 2  # 2: SQLite chunks, raw vectors, own BM25 arrays, IVF above a size
@@ -170,10 +170,10 @@ def publish_build(index_dir: Path, folder: Path, manifest: dict[str, Any]) -> Pa
             fsync_path(path)
         for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):  # bm25/: its entries
             fsync_path(sub)
-        _replace_text(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))  # fsyncs folder
+        replace_text(folder / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))  # fsyncs folder
         os.rename(folder, final)
         fsync_path(builds)
-        _replace_text(index_dir / "CURRENT", build_id + "\n")
+        replace_text(index_dir / "CURRENT", build_id + "\n")
     except BaseException as exc:  # KeyboardInterrupt too: leave no half-written build behind
         shutil.rmtree(folder, ignore_errors=True)
         if _read_pointer(index_dir) != build_id:  # never live, so no reader can be loading it
@@ -185,26 +185,10 @@ def publish_build(index_dir: Path, folder: Path, manifest: dict[str, Any]) -> Pa
     # build redoes both (it reads the previous live build from CURRENT, not only HISTORY)
     kept = _kept_builds(index_dir, previous, build_id)
     with suppress(OSError):
-        _replace_text(index_dir / "HISTORY", "".join(f"{b}\n" for b in kept))
+        replace_text(index_dir / "HISTORY", "".join(f"{b}\n" for b in kept))
     with suppress(OSError):
         _prune(builds, kept)
     return final
-
-
-def _replace_text(path: Path, text: str) -> None:
-    """Atomically replace `path` with `text`, durably (file and folder fsynced)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_path(path.parent)
 
 
 def _kept_builds(index_dir: Path, previous: str | None, build_id: str) -> list[str]:

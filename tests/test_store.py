@@ -182,14 +182,14 @@ def test_disk_full_is_a_storage_error_and_keeps_the_live_index(built: Settings, 
 
 def test_no_permission_to_make_a_build_live(built: Settings, monkeypatch):
     live, builds = open_local(built.index_dir).build_id, _builds(built)
-    real = store._replace_text
+    real = store.replace_text
 
     def denied(path: Path, text: str) -> None:
         if path.name == "CURRENT":  # the very last step: the new build folder is complete
             raise PermissionError(errno.EACCES, "Permission denied")
         real(path, text)
 
-    monkeypatch.setattr(store, "_replace_text", denied)
+    monkeypatch.setattr(store, "replace_text", denied)
     with pytest.raises(StorageError, match=f"cannot write index at {built.index_dir}: Permission denied"):
         build_index(built, FakeEmbedder(), force=True)
     _assert_untouched(built, live, builds)
