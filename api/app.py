@@ -28,7 +28,7 @@ from api.openai_store_files import router as openai_store_files_router
 from api.openai_stores import router as openai_stores_router
 from api.routes import router
 from rag import __version__
-from rag.embed import Embedder
+from rag.encoders.base import Embedder
 from rag.errors import RagError
 from rag.settings import Settings
 

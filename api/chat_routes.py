@@ -40,13 +40,12 @@ from rag.chat import (
     sources_markdown,
     turns_from,
 )
-from rag.chunk import count_tokens
 from rag.collections import DEFAULT
 from rag.context import ContextBlock, pack
 from rag.conversation import is_follow_up
 from rag.errors import NotFoundError, UpstreamError
 from rag.settings import Settings
-from rag.text import is_unicode_text
+from rag.text import count_tokens, is_unicode_text
 from rag.types import Filters, Mode
 from rag.webui import sources_in_text, task_reply
 

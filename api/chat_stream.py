@@ -13,7 +13,7 @@ import anyio
 from fastapi.responses import StreamingResponse
 
 from rag.chat import ChatCitation, source_name
-from rag.chunk import count_tokens
+from rag.text import count_tokens
 
 
 async def in_words(text: str) -> AsyncIterator[str]:

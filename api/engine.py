@@ -40,7 +40,9 @@ from api.write_states import State, WriteStates
 from rag.build import spec_of
 from rag.collections import DEFAULT, Collections
 from rag.conversation import trim_history
-from rag.embed import Embedder, embedder_from
+from rag.encoders.base import Embedder
+from rag.encoders.load import embedder_from
+from rag.encoders.rerank import load_reranker
 from rag.errors import (
     BadQueryError,
     DeadlineError,
@@ -52,14 +54,13 @@ from rag.errors import (
     ReloadError,
     StorageError,
 )
-from rag.rerank import load_reranker
 from rag.retrieve import Reranker, Retriever
 from rag.schema import QueryResponse
 from rag.service import retriever_for
 from rag.settings import Settings
 from rag.store import clean_orphans
-from rag.stores import open_store
 from rag.stores.base import LiveStore
+from rag.stores.factory import open_store
 from rag.types import Filters, Mode
 
 T = TypeVar("T")

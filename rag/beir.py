@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from rag.build import build_index, spec_of
-from rag.embed import Embedder, embedder_from
+from rag.encoders.base import Embedder
+from rag.encoders.load import embedder_from
 from rag.errors import RagError
 from rag.evaluate import Variant
 from rag.ingest import SourceDocument
@@ -40,9 +41,9 @@ from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
 from rag.retrieve import Retriever
 from rag.service import retriever_for
 from rag.settings import Settings
-from rag.stores import open_store
 from rag.stores.base import ChunkStore
 from rag.stores.bm25 import bm25_scorer
+from rag.stores.factory import open_store
 from rag.types import Hit
 
 CHUNK_DEPTH = 1000  # chunks retrieved per query, enough for 100 distinct documents

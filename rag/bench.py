@@ -36,7 +36,8 @@ import httpx
 
 from rag.build import spec_of
 from rag.chunk import embed_input
-from rag.embed import Embedder, embedder_from, load_embedder
+from rag.encoders.base import Embedder
+from rag.encoders.load import embedder_from, load_embedder
 from rag.metrics import percentile
 from rag.settings import Settings
 
@@ -152,7 +153,7 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
         server.wait(timeout=30)
     from rag.profile import embed_rates, query_steps, sample_passages
     from rag.service import retriever_for
-    from rag.stores import open_store
+    from rag.stores.factory import open_store
 
     retriever = retriever_for(settings, open_store(settings, spec_of(settings)), served)
     steps = query_steps(retriever, QUESTIONS, repeats)

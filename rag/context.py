@@ -17,8 +17,8 @@ Left out: shortening a passage to fit (a cut passage would break its citation).
 
 from pydantic import BaseModel, Field
 
-from rag.chunk import count_tokens
 from rag.schema import Citation, Passage
+from rag.text import count_tokens
 
 
 class NumberedCitation(Citation):

@@ -29,11 +29,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from rag.errors import RagError
-from rag.fusion import Fusion
 from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
 from rag.retrieve import Retriever
 from rag.stores.base import ChunkStore
-from rag.types import MODES, Mode
+from rag.types import MODES, Fusion, Mode
 
 RECALL_KS = (1, 3, 5, 10)
 DEPTH = 10

@@ -17,68 +17,18 @@ Example, three chunks, dense [0.9, 0.5, 0.1], lexical [0.0, 4.0, 2.0], all candi
 Left out: learned fusion and more than two rankings.
 """
 
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
-Method = Literal["rrf", "convex"]
+from rag.stores.base import Ranking
+from rag.types import Fusion
 
-
-@dataclass(frozen=True)
-class Fusion:
-    method: Method = "rrf"
-    rrf_k: int = 60  # damps the weight of top ranks
-    alpha: float = 0.5  # weight of the dense ranking in convex fusion
-    depth: int = 1000  # each ranking's top that takes part (the retriever asks the store for it)
-
-    @property
-    def name(self) -> str:
-        return f"rrf{self.rrf_k}" if self.method == "rrf" else f"convex{self.alpha:g}"
-
-    @classmethod
-    def parse(cls, name: str, depth: int = 1000) -> "Fusion":
-        """Fusion.parse("rrf60"), Fusion.parse("convex0.7")"""
-        for method in ("rrf", "convex"):
-            if name.startswith(method):
-                number = name.removeprefix(method)
-                try:
-                    if method == "rrf":
-                        return cls("rrf", rrf_k=int(number), depth=depth)
-                    alpha = float(number)
-                    if 0 <= alpha <= 1:
-                        return cls("convex", alpha=alpha, depth=depth)
-                except ValueError:
-                    pass
-        raise ValueError(f"unknown fusion '{name}': use rrf<k> (e.g. rrf60) or convex<alpha> (e.g. convex0.5)")
-
-
-# chosen by `rag eval --sweep` on the seed set and SciFact together (2026-11-23): best nDCG@10 on both
-DEFAULT_FUSION = Fusion("convex", alpha=0.7, depth=1000)
-
-
-def top_rows(scores: np.ndarray, depth: int) -> np.ndarray:
-    """Rows of the `depth` highest finite scores, best first (ties: lower row first)."""
-    finite = np.flatnonzero(np.isfinite(scores))
-    if len(finite) > depth:  # keep every row tied with the depth-th, so ties go to the lower row
-        kth = scores[finite[np.argpartition(-scores[finite], depth - 1)[depth - 1]]]
-        finite = finite[scores[finite] >= kth]
-    return finite[np.lexsort((finite, -scores[finite]))][:depth]
-
-
-Ranking = tuple[np.ndarray, np.ndarray]  # rows and their scores, best first
 # What a side did not retrieve scores in convex fusion: BM25's floor (no query term), and
 # for cosine what unrelated texts score with normalised sentence embeddings (it can be
 # lower: a chosen floor, not a bound). Measured on SciFact against fusing full
 # score arrays (nDCG@10 0.736, MRR@10 0.703): this floor 0.735 / 0.701; the side's lowest
 # retrieved score instead 0.728 / 0.689. The seed set is unchanged either way.
 MISSING_SCORE = 0.0
-
-
-def ranking(scores: np.ndarray, depth: int) -> Ranking:
-    """The top `depth` of a full score array as a ranking; -inf means not retrieved."""
-    rows = top_rows(scores, depth)
-    return rows, scores[rows]
 
 
 def fuse(dense: Ranking, lexical: Ranking, fusion: Fusion) -> tuple[np.ndarray, np.ndarray]:

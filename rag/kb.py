@@ -42,9 +42,9 @@ from typing import Any
 import numpy as np
 
 from rag.errors import NotFoundError, StorageError
-from rag.fusion import Ranking
 from rag.live_index import LiveIndex
-from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
+from rag.records import ChunkRecord, DocumentRecord
+from rag.stores.base import LiveWrites, Ranking, Write
 from rag.stores.tables import CHUNK_COLUMNS
 from rag.types import Filters
 
@@ -67,21 +67,6 @@ CREATE INDEX IF NOT EXISTS sentences_by_hash ON sentences (text_hash);
 # highest in sqlite_sequence even when those rows are gone)
 NEXT_ROW = ("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '{table}'), -1), "
             "coalesce((SELECT max(row) FROM {table}), -1)) + 1")
-
-
-class LiveWrites:
-    """What a live collection (this module's, or rag.stores.milvus_live's) does with a write."""
-
-    @contextmanager
-    def writing(self, origin: str) -> Iterator["Write"]:
-        """One document's write: what `rag.build`'s batches hand a store writer, applied
-        atomically at the end of the block (nothing is applied if the block raises)."""
-        write = Write(origin)
-        yield write
-        self._apply(write)
-
-    def _apply(self, write: "Write") -> None:
-        raise NotImplementedError
 
 
 class KnowledgeBase(LiveWrites):
@@ -296,33 +281,6 @@ class KnowledgeBase(LiveWrites):
     def origin(self, doc_id: str) -> str | None:
         found = self._one("SELECT origin FROM documents WHERE doc_id = ?", doc_id)
         return None if found is None else str(found[0])
-
-
-class Write:
-    """What one write holds until it is applied: documents, chunks with vectors and BM25
-    texts, sentences with vectors (the StoreWriter calls rag.build makes)."""
-
-    def __init__(self, origin: str):
-        self.origin = origin
-        self.documents: list[DocumentRecord] = []
-        self.chunks: list[ChunkRecord] = []
-        self.vectors: list[np.ndarray] = []
-        self.lexical: list[str] = []
-        self.sentences: list[SentenceRecord] = []
-        self.sentence_vectors: list[np.ndarray] = []
-
-    def add_documents(self, documents: Iterable[DocumentRecord]) -> None:
-        self.documents += list(documents)
-
-    def add_chunks(self, chunks: Sequence[ChunkRecord], vectors: np.ndarray,
-                   lexical_texts: Sequence[str] | None = None) -> None:
-        self.chunks += list(chunks)
-        self.vectors += list(vectors)
-        self.lexical += list(lexical_texts) if lexical_texts is not None else [c.text for c in chunks]
-
-    def add_sentences(self, sentences: Sequence[SentenceRecord], vectors: np.ndarray) -> None:
-        self.sentences += list(sentences)
-        self.sentence_vectors += list(vectors)
 
 
 class _Chunks(Sequence[ChunkRecord]):

@@ -24,8 +24,8 @@ from collections import Counter
 
 import numpy as np
 
-from rag.fusion import Ranking, ranking
 from rag.lexical import DEFAULT_B, DEFAULT_K1, tokenize
+from rag.stores.base import Ranking, ranking
 
 
 class LiveIndex:

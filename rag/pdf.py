@@ -40,7 +40,6 @@ form fields, passwords (an encrypted PDF is refused), ligature/Unicode normalisa
 
 import re
 import threading
-from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 import pypdfium2 as pdfium
@@ -99,17 +98,6 @@ def extract_pdf(data: bytes) -> PdfText:
         pages.append((position, position + len(text)))
         position += len(text) + len(PAGE_SEPARATOR)
     return PdfText(text=PAGE_SEPARATOR.join(texts), pages=pages)
-
-
-def page_span(pages: list[tuple[int, int]], char_start: int, char_end: int) -> tuple[int, int]:
-    """1-based (first, last) page that text[char_start:char_end] touches. A span that touches
-    no page (inside a separator, or empty) gives the page before it, twice."""
-    if not pages or char_start < 0 or char_end < char_start:
-        raise ValueError(f"bad span {char_start}:{char_end} over {len(pages)} pages")
-    first = bisect_right([end for _, end in pages], char_start)  # pages ending at or before start
-    last = bisect_left([start for start, _ in pages], char_end)  # pages starting before end
-    first, last = min(first + 1, len(pages)), max(last, 1)
-    return (first, last) if first <= last else (last, last)
 
 
 def _read_pages(data: bytes) -> list[str]:

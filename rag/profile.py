@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rag.embed import Embedder
+from rag.encoders.base import Embedder
 from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.types import Laps
@@ -100,7 +100,7 @@ def compare_backends(settings: Settings, scifact: Path | None) -> dict[str, Any]
 
     from rag.beir import cache_key
     from rag.build import build_index, spec_of
-    from rag.embed import VECTOR_FAMILY
+    from rag.encoders.base import VECTOR_FAMILY
     from rag.stores.local import open_local
 
     def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

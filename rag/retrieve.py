@@ -44,17 +44,16 @@ import numpy as np
 
 from rag import answer as answers
 from rag import conversation
-from rag.embed import Embedder
+from rag.encoders.base import Embedder
 from rag.errors import BadQueryError
-from rag.fusion import DEFAULT_FUSION, MISSING_SCORE, Fusion, Ranking, fuse
+from rag.fusion import MISSING_SCORE, fuse
 from rag.lexical import term_set, tokenize
 from rag.passages import Group, group_hits, group_text
-from rag.pdf import page_span
-from rag.records import ChunkRecord
+from rag.records import ChunkRecord, page_span
 from rag.schema import AnswerSentence, Citation, Passage, QueryResponse, Span
-from rag.stores.base import FILTER_FIELDS, ChunkStore
+from rag.stores.base import FILTER_FIELDS, ChunkStore, Ranking
 from rag.text import is_unicode_text
-from rag.types import MODES, Abstention, Filters, Hit, Laps, Mode
+from rag.types import DEFAULT_FUSION, MODES, Abstention, Filters, Fusion, Hit, Laps, Mode
 
 Sentences = tuple[list[tuple[int, int]], list[str], list[np.ndarray]]  # a passage's: spans, texts, vectors
 HIGHLIGHT_NEAR = 0.9  # a second sentence is highlighted too if it scores >= 90% of the best

@@ -40,16 +40,16 @@ from tqdm import tqdm
 from rag.beir import _judged, beir_store
 from rag.build import build_manifest, spec_of
 from rag.chunk import embed_input
-from rag.embed import embedder_from
-from rag.fusion import Fusion, fuse
+from rag.encoders.load import embedder_from
+from rag.fusion import fuse
 from rag.metrics import percentile
 from rag.records import ChunkRecord, DocumentRecord
 from rag.settings import Settings
-from rag.store import size_on_disk
-from rag.stores import open_store, open_writer
 from rag.stores.ann import recall_at
+from rag.stores.factory import open_store, open_writer
 from rag.stores.local import LocalStore
-from rag.types import Filters
+from rag.stores.manifest import size_on_disk
+from rag.types import Filters, Fusion
 
 BLOCK = 8192  # synthetic rows generated, written and scanned at a time
 MIX = 0.35  # at most this share of another chunk's vector is mixed in
@@ -160,7 +160,7 @@ def _build_child(target_json: str, n: int, source_folder: str, results: Any) -> 
 def build_synthetic(target: Settings, n: int, source_folder: Path) -> float:
     """Write the N-chunk collection into the target store; returns the seconds it took
     from precomputed vectors (the source's), not counting loading the source."""
-    from rag.store import read_manifest
+    from rag.stores.manifest import read_manifest
 
     model = read_manifest(source_folder)["model"]
     source = Source(LocalStore(source_folder, read_manifest(source_folder)))

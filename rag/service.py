@@ -5,14 +5,14 @@ Left out: caching across calls (the HTTP service holds its own long-lived Retrie
 """
 
 from rag.build import spec_of
-from rag.embed import Embedder, embedder_from
-from rag.fusion import Fusion
-from rag.rerank import load_reranker
+from rag.encoders.base import Embedder
+from rag.encoders.load import embedder_from
+from rag.encoders.rerank import load_reranker
 from rag.retrieve import Reranker, Retriever
 from rag.settings import Settings
-from rag.stores import open_store
 from rag.stores.base import ChunkStore
-from rag.types import Abstention
+from rag.stores.factory import open_store
+from rag.types import Abstention, Fusion
 
 
 def open_retriever(settings: Settings) -> Retriever:

@@ -12,8 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from rag.fusion import DEFAULT_FUSION
-from rag.types import Abstention
+from rag.types import DEFAULT_FUSION, Abstention
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 # a list from the environment: a JSON list, or names separated by commas ("a.example,b.example")
@@ -141,7 +140,7 @@ class Settings(BaseSettings):
     @field_validator("fusion")
     @classmethod
     def _known_fusion(cls, value: str) -> str:
-        from rag.fusion import Fusion
+        from rag.types import Fusion
 
         Fusion.parse(value)  # raises ValueError with the accepted forms
         return value

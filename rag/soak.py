@@ -85,7 +85,7 @@ async def _load(url: str, clients: int, seconds: float, record: dict[str, Any]) 
 
 def _swapper(settings: Settings, every: float, stop: threading.Event, swaps: list[str], errors: list[str]) -> None:
     from rag.build import build_index
-    from rag.embed import embedder_from
+    from rag.encoders.load import embedder_from
 
     try:
         embedder = embedder_from(settings)

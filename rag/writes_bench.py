@@ -30,7 +30,7 @@ from typing import Any
 
 from rag.beir import _judged, beir_store
 from rag.collections import Collections, text_document
-from rag.embed import embedder_from
+from rag.encoders.load import embedder_from
 from rag.metrics import percentile
 from rag.records import DocumentRecord
 from rag.retrieve import Retriever
@@ -92,7 +92,7 @@ def _impact(settings: Settings, embedder: Any, big_text: str) -> dict[str, Any]:
     from rag.bench import QUESTIONS
     from rag.build import spec_of
     from rag.service import retriever_for
-    from rag.stores import open_store
+    from rag.stores.factory import open_store
 
     seed = settings.model_copy(update={"vector_store": "local"})
     retriever = retriever_for(seed, open_store(seed, spec_of(seed)), embedder)

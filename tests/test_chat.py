@@ -19,8 +19,8 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from rag.chat import NO_ANSWER, turns_from
-from rag.chunk import count_tokens
 from rag.settings import Settings
+from rag.text import count_tokens
 
 QUESTION = "imports of Russian oil rose 49 percent to $76.4 billion"
 

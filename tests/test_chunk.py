@@ -5,9 +5,10 @@ from itertools import pairwise
 import pytest
 from conftest import FakeEmbedder
 
-from rag.chunk import ChunkParams, chunk_document, count_tokens, embed_input, split_sentences
+from rag.chunk import ChunkParams, chunk_document, embed_input, split_sentences
 from rag.clean import clean
 from rag.errors import SettingsError
+from rag.text import count_tokens
 
 SENTENCES = [f"Sentence number {i} talks about trade and oil in some detail." for i in range(40)]
 TEXT = "Heading One\n\n" + " ".join(SENTENCES[:20]) + "\n\n" + " ".join(SENTENCES[20:])

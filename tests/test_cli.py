@@ -180,7 +180,7 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     """Found by probing: a redirected build log held 140 KB of bar redraws."""
     import io
 
-    from rag.embed import PROGRESS_BAR_MIN_TEXTS, shows_progress
+    from rag.encoders.base import PROGRESS_BAR_MIN_TEXTS, shows_progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

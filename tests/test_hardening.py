@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
 import rag.store
-import rag.stores
+import rag.stores.factory
 from api.app import create_app
 from api.chat_stream import sse
 from rag.build import build_index
@@ -117,7 +117,9 @@ def test_an_empty_doc_filter_on_context_is_a_422(client: TestClient):
 
 
 def test_fusion_of_no_candidates_is_empty():
-    from rag.fusion import DEFAULT_FUSION, fuse, ranking
+    from rag.fusion import fuse
+    from rag.stores.base import ranking
+    from rag.types import DEFAULT_FUSION
 
     nothing = ranking(np.full(3, -np.inf), 10)  # every chunk filtered out
     rows, fused = fuse(nothing, nothing, DEFAULT_FUSION)
@@ -149,7 +151,7 @@ def test_good_content_parts_still_work(client: TestClient):
 
 
 def test_any_load_failure_is_reported_and_the_watcher_survives(built: Settings, monkeypatch):
-    real_load = rag.stores.open_store
+    real_load = rag.stores.factory.open_store
     calls = {"n": 0}
 
     def flaky_load(*args: Any, **kwargs: Any) -> Any:
@@ -191,7 +193,7 @@ def test_start_up_survives_a_loader_crash(built: Settings, monkeypatch):
 def test_a_transient_load_error_is_retried_by_the_next_poll(built: Settings, monkeypatch, error: str):
     from rag.errors import IndexBusyError, StorageError
 
-    real_load = rag.stores.open_store
+    real_load = rag.stores.factory.open_store
     calls = {"n": 0}
 
     def busy_once(*args: Any, **kwargs: Any) -> Any:

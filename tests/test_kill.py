@@ -17,7 +17,7 @@ from rag.build import build_index, spec_of
 from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.store import clean_orphans
-from rag.stores import open_store
+from rag.stores.factory import open_store
 
 TESTS = Path(__file__).resolve().parent
 CHILD = textwrap.dedent("""

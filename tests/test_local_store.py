@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
-from rag.store import new_manifest
 from rag.stores import ann
 from rag.stores.bm25 import Bm25Index, Bm25Writer
 from rag.stores.local import LocalStore, open_local
 from rag.stores.local_writer import LocalWriter
+from rag.stores.manifest import new_manifest
 from rag.types import Filters
 
 DIM = 32

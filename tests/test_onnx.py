@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from rag.build import build_index, spec_of
-from rag.embed import load_embedder, local_folder, resolve_model_path
 from rag.encoders import onnx_export
+from rag.encoders.load import load_embedder, local_folder, resolve_model_path
 from rag.errors import IndexMismatchError, ModelError
 from rag.settings import DEFAULT_MODEL, Settings
 from rag.stores.local import open_local

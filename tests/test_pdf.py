@@ -13,15 +13,8 @@ from fpdf.enums import AccessPermission
 from PIL import Image
 
 from rag.errors import CorpusError
-from rag.pdf import (
-    PAGE_SEPARATOR,
-    PdfDamagedError,
-    PdfEncryptedError,
-    PdfNoTextError,
-    _normalise,
-    extract_pdf,
-    page_span,
-)
+from rag.pdf import PAGE_SEPARATOR, PdfDamagedError, PdfEncryptedError, PdfNoTextError, _normalise, extract_pdf
+from rag.records import page_span
 
 FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"  # matplotlib is a runtime dependency
 

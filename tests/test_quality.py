@@ -9,12 +9,13 @@ from conftest import FakeEmbedder
 
 from rag.abstain import fit_logistic, held_back, rates
 from rag.errors import BadQueryError
-from rag.fusion import Fusion, Ranking, fuse, ranking, top_rows
+from rag.fusion import fuse
 from rag.records import ChunkRecord
 from rag.retrieve import Retriever, near_duplicates
 from rag.settings import Settings
+from rag.stores.base import Ranking, ranking, top_rows
 from rag.stores.local import open_local
-from rag.types import Abstention, Filters
+from rag.types import Abstention, Filters, Fusion
 
 INF = -np.inf
 

@@ -8,7 +8,7 @@ from conftest import CORPUS
 
 from rag.build import build_index, spec_of
 from rag.chunk import embed_input
-from rag.embed import load_embedder
+from rag.encoders.load import load_embedder
 from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.stores.local import open_local

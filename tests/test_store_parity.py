@@ -16,7 +16,7 @@ from rag.evaluate import evaluate, load_questions, variants
 from rag.migrate import migrate_to_milvus
 from rag.retrieve import Retriever
 from rag.settings import Settings
-from rag.stores import open_store
+from rag.stores.factory import open_store
 
 QUESTIONS = Path(__file__).resolve().parent.parent / "eval" / "questions.jsonl"
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.embed import shows_progress
+from rag.encoders.base import shows_progress
 from rag.errors import ModelError
 
 FALLBACK = "set RAG_EMBED_BACKEND=torch"

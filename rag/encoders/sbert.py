@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from rag.embed import shows_progress
+from rag.encoders.base import shows_progress
 from rag.errors import ModelError
 
 

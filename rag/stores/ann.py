@@ -29,7 +29,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from rag.fusion import Ranking, ranking
+from rag.stores.base import Ranking, ranking
 
 EXACT_LIMIT = 50_000  # chunks; above it, the exact scan's ~4.5 ms a query (at 50k) keeps growing linearly
 RECALL_TARGET = 0.97  # 0.95 is the promise; the margin covers real questions vs pseudo-queries

@@ -6,7 +6,7 @@ order; every backend uses the same rows, so rankings, fusion and hits are backen
 
 Reading (`ChunkStore`):
 - searches return rankings, never score arrays: each side's top `depth` rows with their
-  scores (`rag.fusion.Ranking`), filters applied inside the search (pushed down), so an
+  scores (`rag.stores.base.Ranking`), filters applied inside the search (pushed down), so an
   ANN index or a remote engine serves it as well as an exact scan;
 - chunk text, documents and sentences are fetched by key, only for the hits a response
   returns (`chunks`, `documents`, `sentences`); nothing requires the whole corpus in memory.
@@ -22,18 +22,35 @@ the other way in: read like a build, written one document at a time (`writing`, 
 Left out: in-place updates of a build (a build writes a whole new one).
 """
 
-from collections.abc import Iterable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
 
-from rag.fusion import Ranking
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.types import Filters
 
 FILTER_FIELDS = ("doc_ids", "sources", "sections")
+
+
+def top_rows(scores: np.ndarray, depth: int) -> np.ndarray:
+    """Rows of the `depth` highest finite scores, best first (ties: lower row first)."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    if len(finite) > depth:  # keep every row tied with the depth-th, so ties go to the lower row
+        kth = scores[finite[np.argpartition(-scores[finite], depth - 1)[depth - 1]]]
+        finite = finite[scores[finite] >= kth]
+    return finite[np.lexsort((finite, -scores[finite]))][:depth]
+
+
+Ranking = tuple[np.ndarray, np.ndarray]  # rows and their scores, best first
+
+
+def ranking(scores: np.ndarray, depth: int) -> Ranking:
+    """The top `depth` of a full score array as a ranking; -inf means not retrieved."""
+    rows = top_rows(scores, depth)
+    return rows, scores[rows]
 
 
 class ChunkStore(Protocol):
@@ -159,3 +176,45 @@ class LiveStore(ChunkStore, Protocol):
     def reusable(self, doc_id: str) -> VectorSource | None:
         """Where a write of `doc_id` takes the vectors of its unchanged text from."""
         ...
+
+
+class LiveWrites:
+    """What a live collection (this module's, or rag.stores.milvus_live's) does with a write."""
+
+    @contextmanager
+    def writing(self, origin: str) -> Iterator["Write"]:
+        """One document's write: what `rag.build`'s batches hand a store writer, applied
+        atomically at the end of the block (nothing is applied if the block raises)."""
+        write = Write(origin)
+        yield write
+        self._apply(write)
+
+    def _apply(self, write: "Write") -> None:
+        raise NotImplementedError
+
+
+class Write:
+    """What one write holds until it is applied: documents, chunks with vectors and BM25
+    texts, sentences with vectors (the StoreWriter calls rag.build makes)."""
+
+    def __init__(self, origin: str):
+        self.origin = origin
+        self.documents: list[DocumentRecord] = []
+        self.chunks: list[ChunkRecord] = []
+        self.vectors: list[np.ndarray] = []
+        self.lexical: list[str] = []
+        self.sentences: list[SentenceRecord] = []
+        self.sentence_vectors: list[np.ndarray] = []
+
+    def add_documents(self, documents: Iterable[DocumentRecord]) -> None:
+        self.documents += list(documents)
+
+    def add_chunks(self, chunks: Sequence[ChunkRecord], vectors: np.ndarray,
+                   lexical_texts: Sequence[str] | None = None) -> None:
+        self.chunks += list(chunks)
+        self.vectors += list(vectors)
+        self.lexical += list(lexical_texts) if lexical_texts is not None else [c.text for c in chunks]
+
+    def add_sentences(self, sentences: Sequence[SentenceRecord], vectors: np.ndarray) -> None:
+        self.sentences += list(sentences)
+        self.sentence_vectors += list(vectors)

@@ -30,11 +30,12 @@ from typing import Any
 import numpy as np
 
 from rag.errors import IndexCorruptError
-from rag.fusion import Ranking, ranking
 from rag.records import ChunkRecord, SentenceRecord
-from rag.store import IndexSpec, open_build
+from rag.store import open_build
 from rag.stores import ann
+from rag.stores.base import Ranking, ranking
 from rag.stores.bm25 import Bm25Index
+from rag.stores.manifest import IndexSpec
 from rag.stores.tables import CACHE_ROWS, ChunkTable, DocumentTable, Tables
 from rag.stores.tables import FILE as TABLES
 from rag.types import Filters

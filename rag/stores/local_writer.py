@@ -26,10 +26,11 @@ import numpy as np
 
 from rag.errors import StorageError
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
-from rag.store import build_lock, publish_build, remove_orphans, storage_error
+from rag.store import build_lock, publish_build, remove_orphans
 from rag.stores import ann
 from rag.stores.bm25 import Bm25Writer
 from rag.stores.local import CODED, FILTER_CODES, FILTER_NAMES, SENTENCE_VECTORS, VECTORS, read_vectors
+from rag.stores.manifest import storage_error
 from rag.stores.tables import FILE as TABLES
 from rag.stores.tables import TableWriter
 

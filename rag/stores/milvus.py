@@ -43,10 +43,10 @@ from rag.errors import (
     IndexMismatchError,
     IndexMissingError,
 )
-from rag.fusion import Ranking
 from rag.lexical import tokenize
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
-from rag.store import IndexSpec
+from rag.stores.base import Ranking
+from rag.stores.manifest import IndexSpec
 from rag.stores.milvus_client import (
     BATCH,
     CACHE_ROWS,

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from rag.errors import IndexBusyError, SettingsError, StorageError
-from rag.fusion import Ranking
 from rag.lexical import DEFAULT_B, DEFAULT_K1, tokenize
 from rag.records import ChunkRecord
+from rag.stores.base import Ranking
 from rag.types import Filters
 
 TOP_K = 16_384  # Milvus's cap on a search's limit

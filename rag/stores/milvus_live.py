@@ -37,10 +37,9 @@ from typing import Any
 import numpy as np
 
 from rag.errors import BadQueryError, NotFoundError
-from rag.fusion import Ranking
-from rag.kb import LiveWrites, Write
 from rag.lexical import tokenize
 from rag.records import ChunkRecord, DocumentRecord
+from rag.stores.base import LiveWrites, Ranking, Write
 from rag.stores.milvus_client import (
     BATCH,
     CACHE_ROWS,

