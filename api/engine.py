@@ -58,9 +58,9 @@ from rag.retrieve import Reranker, Retriever
 from rag.schema import QueryResponse
 from rag.service import retriever_for
 from rag.settings import Settings
-from rag.store import clean_orphans
 from rag.stores.base import LiveStore
 from rag.stores.factory import open_store
+from rag.stores.local.builds import clean_orphans
 from rag.types import Filters, Mode
 
 T = TypeVar("T")

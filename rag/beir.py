@@ -42,8 +42,8 @@ from rag.retrieve import Retriever
 from rag.service import retriever_for
 from rag.settings import Settings
 from rag.stores.base import ChunkStore
-from rag.stores.bm25 import bm25_scorer
 from rag.stores.factory import open_store
+from rag.stores.local.bm25 import bm25_scorer
 from rag.types import Hit
 
 CHUNK_DEPTH = 1000  # chunks retrieved per query, enough for 100 distinct documents

@@ -1,4 +1,4 @@
-"""Named collections of live documents (rag.kb), under `<index_dir>/collections/<name>/`.
+"""Named collections of live documents (rag.stores.local.live), under `<index_dir>/collections/<name>/`.
 
 `default` is the built corpus (`rag build` of the corpus folder into the index): it is
 listed and searched like the others but written only by `rag build`. Every other
@@ -11,7 +11,7 @@ it is (nothing embedded); changed content re-embeds only the chunks and sentence
 text changed (the collection's own vectors are reused by hash).
 
 A collection lives in the store the service is configured with (`RAG_VECTOR_STORE`):
-a KnowledgeBase (SQLite) for `local`, a MilvusCollection (rag.stores.milvus_live) for
+a KnowledgeBase (SQLite) for `local`, a MilvusCollection (rag.stores.milvus.live) for
 `milvus`. Either way its manifest.json is here, and records where the documents are; a
 collection made in the other store is refused with a 409 naming it.
 
@@ -35,10 +35,10 @@ from rag.clean import CleanRules
 from rag.encoders.base import Embedder
 from rag.errors import BadQueryError, ConflictError, CorpusError, IndexMismatchError, NotFoundError, RagError
 from rag.ingest import SourceDocument, normalise_metadata
-from rag.kb import KnowledgeBase
 from rag.settings import Settings
 from rag.stores.base import LiveStore
 from rag.stores.factory import milvus_token
+from rag.stores.local.live import KnowledgeBase
 from rag.text import is_unicode_text
 from rag.uploads import checked_doc_id
 
@@ -117,7 +117,7 @@ class Collections:
             raise ConflictError(f"collection '{folder.name}' lives in the {backend} store; this service uses "
                                 f"{self.settings.vector_store} (RAG_VECTOR_STORE)")
         if backend == "milvus":
-            from rag.stores.milvus_live import MilvusCollection
+            from rag.stores.milvus.live import MilvusCollection
 
             return MilvusCollection(self.settings.milvus_uri, manifest, milvus_token(self.settings))
         return KnowledgeBase(folder, manifest)
@@ -139,7 +139,7 @@ class Collections:
         manifest = build_manifest(self.settings, self.embedder.dimension, self.embedder.max_tokens,
                                   collection=name)
         if self.settings.vector_store == "milvus":  # its Milvus collections first: the rename registers them
-            from rag.stores.milvus_versions import create_collection
+            from rag.stores.milvus.versions import create_collection
 
             manifest["store"] = create_collection(self.settings.milvus_uri, self.settings.milvus_collection,
                                                   uuid.uuid4().hex[:12], self.embedder.dimension,
@@ -158,7 +158,7 @@ class Collections:
             kb.close()
             shutil.rmtree(self.root / name)  # unregistered: what follows may fail without harm
             if (store := kb.manifest.get("store", {})).get("backend") == "milvus":
-                from rag.stores.milvus_versions import drop_collection
+                from rag.stores.milvus.versions import drop_collection
 
                 drop_collection(self.settings.milvus_uri, store["prefix"], store["tag"], milvus_token(self.settings))
 

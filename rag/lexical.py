@@ -1,7 +1,7 @@
 """The BM25 tokenizer, shared by every store so that lexical search means the same
 everywhere: lowercase word characters, English stopwords removed, Snowball English
 stemming (PyStemmer), the usual setting of the published BM25 baselines. The BM25
-index itself is the store's (`rag.stores.bm25` locally, Milvus's BM25 function there).
+index itself is the store's (`rag.stores.local.bm25` locally, Milvus's BM25 function there).
 
 Example:
     >>> tokenize("Russia's oil exports rose")

@@ -19,7 +19,7 @@ from rag.build import spec_of
 from rag.chunk import embed_input
 from rag.settings import Settings
 from rag.stores.factory import open_writer
-from rag.stores.local import LocalStore, open_local
+from rag.stores.local.store import LocalStore, open_local
 from rag.stores.manifest import new_manifest
 
 BATCH = 1000  # rows per write

@@ -101,7 +101,7 @@ def compare_backends(settings: Settings, scifact: Path | None) -> dict[str, Any]
     from rag.beir import cache_key
     from rag.build import build_index, spec_of
     from rag.encoders.base import VECTOR_FAMILY
-    from rag.stores.local import open_local
+    from rag.stores.local.store import open_local
 
     def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         c = (a * b).sum(axis=1)

@@ -95,7 +95,7 @@ class Retriever:
             return self._query(question, k, filters, mode, max_per_doc, query_vector, laps, history)
 
     def _consistent(self) -> Any:
-        """A live collection's lock (rag.kb): a query sees the collection before a write or
+        """A live collection's lock (rag.stores.local.live): a query sees the collection before a write or
         after it, never between, and the rows it found are still there when it reads them."""
         return getattr(self.store, "lock", nullcontext())
 

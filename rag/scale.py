@@ -45,9 +45,9 @@ from rag.fusion import fuse
 from rag.metrics import percentile
 from rag.records import ChunkRecord, DocumentRecord
 from rag.settings import Settings
-from rag.stores.ann import recall_at
 from rag.stores.factory import open_store, open_writer
-from rag.stores.local import LocalStore
+from rag.stores.local.ann import recall_at
+from rag.stores.local.store import LocalStore
 from rag.stores.manifest import size_on_disk
 from rag.types import Filters, Fusion
 

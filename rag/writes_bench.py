@@ -36,8 +36,8 @@ from rag.records import DocumentRecord
 from rag.retrieve import Retriever
 from rag.scale import Source
 from rag.settings import Settings
-from rag.stores.local import LocalStore
-from rag.stores.milvus_client import release_lite
+from rag.stores.local.store import LocalStore
+from rag.stores.milvus.client import release_lite
 
 SIZES = (100, 100_000)
 UPSERTS = 15

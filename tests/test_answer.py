@@ -98,7 +98,7 @@ def test_bad_conversation_files_are_refused(built, tmp_path):
 
     from rag.conversations import load_conversations
     from rag.errors import RagError
-    from rag.stores.local import open_local
+    from rag.stores.local.store import open_local
 
     store = open_local(built.index_dir)
     for line, message in (('{"id": "c"}', "not a valid conversation"),

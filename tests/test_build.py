@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from conftest import FakeEmbedder
 
-import rag.stores.bm25
-from rag import store
+import rag.stores.local.bm25
+from rag.stores.local import builds as store
 from rag.build import build_index
 from rag.errors import (
     CorpusError,
@@ -20,7 +20,7 @@ from rag.errors import (
     StorageError,
 )
 from rag.settings import Settings
-from rag.stores.local import open_local
+from rag.stores.local.store import open_local
 
 
 def test_every_chunk_cites_its_exact_span(built: Settings):
@@ -78,14 +78,14 @@ def test_force_rebuilds(built: Settings):
 def test_a_crash_while_writing_leaves_the_previous_index_loadable(built: Settings, monkeypatch):
     before = open_local(built.index_dir)
     (built.corpus_dir / "new-article.txt").write_text("A new article about Arctic shipping routes. " * 20)
-    real_finish = rag.stores.bm25.Bm25Writer.finish
+    real_finish = rag.stores.local.bm25.Bm25Writer.finish
 
     def crash_half_way(self: Any) -> Any:
         real_finish(self)
         (self.folder / "docs.npy").write_text("half written")
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(rag.stores.bm25.Bm25Writer, "finish", crash_half_way)
+    monkeypatch.setattr(rag.stores.local.bm25.Bm25Writer, "finish", crash_half_way)
     with pytest.raises(StorageError, match="simulated"):
         build_index(built, FakeEmbedder())
     after = open_local(built.index_dir)

@@ -109,7 +109,7 @@ def test_missing_corpus(env: Settings, tmp_path):
 def test_disk_full_is_one_line_and_exit_2(env: Settings, monkeypatch):
     import errno
 
-    from rag.stores import tables
+    from rag.stores.local import tables
 
     assert runner.invoke(app, ["build"]).exit_code == 0
 

@@ -1,5 +1,5 @@
 """Live collections over HTTP: documents added, replaced and deleted while queries run,
-and the promises of rag.kb: read your writes, no stale passages, upsert by content,
+and the promises of rag.stores.local.live: read your writes, no stale passages, upsert by content,
 acknowledged means durable (SIGKILL), never half a document, queries never fail during writes."""
 
 import os
@@ -169,7 +169,7 @@ SERVER = textwrap.dedent("""
 
 def start_server(settings: Settings) -> tuple[subprocess.Popen, str]:
     if settings.vector_store == "milvus":  # this process opened the Milvus Lite file (the build): let go of it
-        from rag.stores.milvus_client import release_lite
+        from rag.stores.milvus.client import release_lite
 
         release_lite(settings.milvus_uri)
     port = free_port()

@@ -14,7 +14,7 @@ from rag.errors import RagError
 from rag.evaluate import evaluate, load_questions, variants
 from rag.retrieve import Retriever
 from rag.settings import Settings
-from rag.stores.local import open_local
+from rag.stores.local.store import open_local
 
 QUESTIONS = REPO / "eval" / "questions.jsonl"
 

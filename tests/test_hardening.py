@@ -20,8 +20,8 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
-import rag.store
 import rag.stores.factory
+import rag.stores.local.builds
 from api.app import create_app
 from api.chat_stream import sse
 from rag.build import build_index
@@ -94,7 +94,7 @@ def test_lone_surrogate_in_a_chat_message_is_a_422(client: TestClient):
 def test_library_refuses_a_lone_surrogate_too(built: Settings):
     from rag.errors import BadQueryError
     from rag.service import retriever_for
-    from rag.stores.local import open_local
+    from rag.stores.local.store import open_local
 
     retriever = retriever_for(built, open_local(built.index_dir), FakeEmbedder())
     with pytest.raises(BadQueryError, match="lone surrogate"):

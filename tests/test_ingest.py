@@ -108,7 +108,7 @@ def test_metadata_of_any_type_becomes_text_or_json(tmp_path: Path):
 
     from rag.build import build_index
     from rag.settings import Settings
-    from rag.stores.local import open_local
+    from rag.stores.local.store import open_local
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

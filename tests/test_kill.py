@@ -16,8 +16,8 @@ from conftest import FakeEmbedder
 from rag.build import build_index, spec_of
 from rag.retrieve import Retriever
 from rag.settings import Settings
-from rag.store import clean_orphans
 from rag.stores.factory import open_store
+from rag.stores.local.builds import clean_orphans
 
 TESTS = Path(__file__).resolve().parent
 CHILD = textwrap.dedent("""

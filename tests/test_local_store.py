@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
-from rag.stores import ann
-from rag.stores.bm25 import Bm25Index, Bm25Writer
-from rag.stores.local import LocalStore, open_local
-from rag.stores.local_writer import LocalWriter
+from rag.stores.local import ann
+from rag.stores.local.bm25 import Bm25Index, Bm25Writer
+from rag.stores.local.store import LocalStore, open_local
+from rag.stores.local.writer import LocalWriter
 from rag.stores.manifest import new_manifest
 from rag.types import Filters
 
@@ -116,11 +116,11 @@ def test_chunks_documents_and_sentences_are_read_by_row(ivf_store):
 
 
 def test_the_live_index_scores_as_a_rebuilt_one_after_adds_and_removes():
-    """rag.live_index keeps BM25 statistics of the live rows only: after removals its
+    """rag.stores.local.live_index keeps BM25 statistics of the live rows only: after removals its
     lexical scores equal a BM25 index built from the remaining texts alone, and dense
     search never returns a removed row."""
-    from rag.live_index import LiveIndex
-    from rag.stores.bm25 import bm25_scorer
+    from rag.stores.local.bm25 import bm25_scorer
+    from rag.stores.local.live_index import LiveIndex
 
     corpus, vectors = texts(400, seed=3), clustered_vectors(400)
     live = LiveIndex(DIM)

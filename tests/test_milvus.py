@@ -16,9 +16,9 @@ pytest.importorskip("pymilvus")
 from rag.errors import IndexBusyError, IndexMismatchError, IndexMissingError, StorageError
 from rag.lexical import DEFAULT_B, DEFAULT_K1, tokenize
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
-from rag.stores.bm25 import bm25_scorer
+from rag.stores.local.bm25 import bm25_scorer
 from rag.stores.manifest import IndexSpec
-from rag.stores.milvus import MilvusStore, milvus_writer, open_milvus
+from rag.stores.milvus.store import MilvusStore, milvus_writer, open_milvus
 from rag.types import Filters
 
 DIM = 16

@@ -1,4 +1,4 @@
-"""Live collections in Milvus Lite (rag.stores.milvus_live), where a write is several
+"""Live collections in Milvus Lite (rag.stores.milvus.live), where a write is several
 Milvus calls and no transaction: a write cut off between them shows the old version or
 the new one, never both or part of either, and the next open removes what it left."""
 
@@ -17,7 +17,7 @@ from rag.settings import Settings
 
 pytest.importorskip("pymilvus")
 
-from rag.stores.milvus_live import MilvusCollection
+from rag.stores.milvus.live import MilvusCollection
 
 
 @pytest.fixture
@@ -151,7 +151,7 @@ def test_a_milvus_lite_file_held_by_another_process_is_one_clear_error(tmp_path:
     import sys
 
     from rag.errors import StorageError
-    from rag.stores.milvus_client import connect
+    from rag.stores.milvus.client import connect
 
     uri = str(tmp_path / "held.db")
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pymilvus import MilvusClient\n"

@@ -18,7 +18,7 @@ from rag.encoders import onnx_export
 from rag.encoders.load import load_embedder, local_folder, resolve_model_path
 from rag.errors import IndexMismatchError, ModelError
 from rag.settings import DEFAULT_MODEL, Settings
-from rag.stores.local import open_local
+from rag.stores.local.store import open_local
 
 TEXTS = ["What was the value of trade between China and Russia in 2024?", "x", "Arctic " * 400,
          "Xi Jinping and Vladimir Putin have met more than 40 times.", "🇨🇳 \x00 é"]

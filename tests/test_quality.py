@@ -14,7 +14,7 @@ from rag.records import ChunkRecord
 from rag.retrieve import Retriever, near_duplicates
 from rag.settings import Settings
 from rag.stores.base import Ranking, ranking, top_rows
-from rag.stores.local import open_local
+from rag.stores.local.store import open_local
 from rag.types import Abstention, Filters, Fusion
 
 INF = -np.inf

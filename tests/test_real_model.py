@@ -11,7 +11,7 @@ from rag.chunk import embed_input
 from rag.encoders.load import load_embedder
 from rag.retrieve import Retriever
 from rag.settings import Settings
-from rag.stores.local import open_local
+from rag.stores.local.store import open_local
 
 pytestmark = pytest.mark.model
 

@@ -10,15 +10,15 @@ from typing import Any
 import pytest
 from conftest import FakeEmbedder
 
-import rag.stores.local
-import rag.stores.local_writer
+import rag.stores.local.store
+import rag.stores.local.writer
 from rag import build as build_module
-from rag import store
+from rag.stores.local import builds as store
 from rag.build import build_index
 from rag.errors import IndexBusyError, IndexCorruptError, StorageError
 from rag.settings import Settings
-from rag.store import clean_orphans
-from rag.stores.local import open_local
+from rag.stores.local.builds import clean_orphans
+from rag.stores.local.store import open_local
 
 
 def _rebuild(settings: Settings) -> str:
@@ -60,14 +60,14 @@ def test_a_build_pruned_mid_read_is_transient(built: Settings, monkeypatch):
     reading = store.current_build(built.index_dir)
     newer = _rebuild(built)
     (built.index_dir / "CURRENT").write_text(reading.name + "\n")
-    real = rag.stores.local.Tables
+    real = rag.stores.local.store.Tables
 
     def pruned_meanwhile(path: Path) -> Any:
         (built.index_dir / "CURRENT").write_text(newer + "\n")
         shutil.rmtree(reading)
         return real(path)
 
-    monkeypatch.setattr(rag.stores.local, "Tables", pruned_meanwhile)
+    monkeypatch.setattr(rag.stores.local.store, "Tables", pruned_meanwhile)
     with pytest.raises(IndexBusyError, match="retry") as info:
         open_local(built.index_dir)
     assert not isinstance(info.value, IndexCorruptError)
@@ -79,7 +79,7 @@ def test_an_os_error_on_the_live_build_is_a_storage_error(built: Settings, monke
     def denied(self: Any, path: Path, rows: int, in_memory: bool = False) -> Any:
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(rag.stores.local.Bm25Index, "__init__", denied)
+    monkeypatch.setattr(rag.stores.local.store.Bm25Index, "__init__", denied)
     with pytest.raises(StorageError, match="cannot read index at .*: Permission denied"):
         open_local(built.index_dir)
 
@@ -166,14 +166,14 @@ def _assert_untouched(settings: Settings, live: str, builds: list[str]) -> None:
 
 def test_disk_full_is_a_storage_error_and_keeps_the_live_index(built: Settings, monkeypatch):
     live, builds = open_local(built.index_dir).build_id, _builds(built)
-    real = rag.stores.local_writer.Bm25Writer.add
+    real = rag.stores.local.writer.Bm25Writer.add
 
     def full_disk(self: Any, texts: Any) -> None:
         real(self, texts)
         (self.folder / "docs.npy").write_text("half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rag.stores.local_writer.Bm25Writer, "add", full_disk)
+    monkeypatch.setattr(rag.stores.local.writer.Bm25Writer, "add", full_disk)
     with pytest.raises(StorageError) as info:
         build_index(built, FakeEmbedder(), force=True)
     assert str(info.value) == f"cannot write index at {built.index_dir}: No space left on device"

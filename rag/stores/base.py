@@ -16,7 +16,7 @@ sentences with theirs into a writer, then commits; the new build goes live atomi
 commit, and a writer closed without commit (an exception, a kill) leaves the live build
 serving and removes what it wrote.
 
-Live collections (`LiveStore`: rag.kb in SQLite, rag.stores.milvus_live in Milvus) are
+Live collections (`LiveStore`: rag.stores.local.live in SQLite, rag.stores.milvus.live in Milvus) are
 the other way in: read like a build, written one document at a time (`writing`, `delete`).
 
 Left out: in-place updates of a build (a build writes a whole new one).
@@ -118,7 +118,8 @@ class VectorSource(Protocol):
 
 
 class DocumentSink(Protocol):
-    """What a build hands its documents to: a store writer, or one write of a live collection (rag.kb)."""
+    """What a build hands its documents to: a store writer, or one write of a live collection
+    (rag.stores.local.live)."""
 
     def add_documents(self, documents: Iterable[DocumentRecord]) -> None: ...
 
@@ -156,8 +157,8 @@ class StoreWriter(Protocol):
 
 
 class LiveStore(ChunkStore, Protocol):
-    """A collection written one document at a time while it serves (rag.kb's in SQLite,
-    rag.stores.milvus_live's in Milvus); queries hold `lock` while they read."""
+    """A collection written one document at a time while it serves (rag.stores.local.live's in SQLite,
+    rag.stores.milvus.live's in Milvus); queries hold `lock` while they read."""
 
     lock: Any
     version: int  # bumped by every write
@@ -179,7 +180,7 @@ class LiveStore(ChunkStore, Protocol):
 
 
 class LiveWrites:
-    """What a live collection (this module's, or rag.stores.milvus_live's) does with a write."""
+    """What a live collection (this module's, or rag.stores.milvus.live's) does with a write."""
 
     @contextmanager
     def writing(self, origin: str) -> Iterator["Write"]:

@@ -11,10 +11,10 @@ from rag.stores.manifest import IndexSpec
 def open_store(settings: Settings, spec: IndexSpec | None) -> ChunkStore:
     """The live build of the configured store, checked against `spec`."""
     if settings.vector_store == "milvus":
-        from rag.stores.milvus import open_milvus
+        from rag.stores.milvus.store import open_milvus
 
         return open_milvus(settings.milvus_uri, spec, settings.milvus_collection, token=milvus_token(settings))
-    from rag.stores.local import open_local
+    from rag.stores.local.store import open_local
 
     return open_local(settings.index_dir, spec)
 
@@ -22,10 +22,10 @@ def open_store(settings: Settings, spec: IndexSpec | None) -> ChunkStore:
 def open_writer(settings: Settings, dimension: int, log: Any = None) -> StoreWriter:
     """A writer for a new build of the configured store (use it as a context manager)."""
     if settings.vector_store == "milvus":
-        from rag.stores.milvus import milvus_writer
+        from rag.stores.milvus.store import milvus_writer
 
         return milvus_writer(settings.milvus_uri, dimension, settings.milvus_collection, token=milvus_token(settings))
-    from rag.stores.local_writer import LocalWriter
+    from rag.stores.local.writer import LocalWriter
 
     return LocalWriter(settings.index_dir, dimension, log)
 

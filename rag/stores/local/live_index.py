@@ -1,21 +1,21 @@
 """In-memory search over a collection that changes while it serves: vectors and BM25
 postings that rows are added to and removed from one document at a time.
 
-A row is a chunk's key in the collection's SQLite file (rag.kb), never reused, so a slot
+A row is a chunk's key in the collection's SQLite file (rag.stores.local.live), never reused, so a slot
 here maps to one row for ever. Adding a document appends its chunks' vectors and postings;
 removing one marks its slots dead (and takes its terms out of the document frequencies).
 Neither touches the other documents: the cost of a write does not grow with the collection.
 Searches skip dead slots:
 - dense: exact inner product over the live vectors (one matrix product; ~4 ms a query at
   100k chunks of 384 dimensions on 2 cores);
-- lexical: BM25 (Lucene's variant, as rag.stores.bm25) with the statistics of the live
+- lexical: BM25 (Lucene's variant, as rag.stores.local.bm25) with the statistics of the live
   rows, computed at query time from per-term postings (slot and term frequency arrays).
 
 Dead slots stay in the arrays (masked) until the owner rebuilds the index from its rows,
-which rag.kb does when they outnumber the live ones: one rewrite for many deletes.
+which rag.stores.local.live does when they outnumber the live ones: one rewrite for many deletes.
 
 Left out: an ANN index over a changing collection (a collection past the exact limit is
-built into the local store by `rag build`, or lives in Milvus), and persistence (rag.kb
+built into the local store by `rag build`, or lives in Milvus), and persistence (rag.stores.local.live
 rebuilds this from SQLite on start).
 """
 

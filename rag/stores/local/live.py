@@ -2,7 +2,7 @@
 
 SQLite in WAL mode is the source of truth for a collection's documents, chunks and
 sentences, vectors included (float32 blobs), in `<index_dir>/collections/<name>/kb.sqlite`.
-The search indexes (rag.live_index: vectors and BM25 postings in memory) are derived from
+The search indexes (rag.stores.local.live_index: vectors and BM25 postings in memory) are derived from
 it: rebuilt from it on open, and updated after each write.
 
 The promises, and how they are kept:
@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 
 from rag.errors import NotFoundError, StorageError
-from rag.live_index import LiveIndex
 from rag.records import ChunkRecord, DocumentRecord
 from rag.stores.base import LiveWrites, Ranking, Write
-from rag.stores.tables import CHUNK_COLUMNS
+from rag.stores.local.live_index import LiveIndex
+from rag.stores.local.tables import CHUNK_COLUMNS
 from rag.types import Filters
 
 SCHEMA = """

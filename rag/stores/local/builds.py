@@ -5,9 +5,9 @@
       HISTORY                    the builds kept, oldest first, one name a line (the live one last)
       builds/<build_id>/
         manifest.json            versions, parameters, corpus hash, file checksums
-        ...                      the store's own files (rag.stores.local)
+        ...                      the store's own files (rag.stores.local.store)
 
-A build is written into `builds/.tmp-<random>/` (rag.stores.local_writer), every file and
+A build is written into `builds/.tmp-<random>/` (rag.stores.local.writer), every file and
 folder fsynced, renamed to `builds/<id>/`, and only then made live by atomically replacing
 `CURRENT` (os.replace, then fsync of the folder): `publish_build`. A crash at any point
 leaves the previous CURRENT, and so the previous index, untouched; its debris (`.tmp-*`

@@ -1,9 +1,9 @@
-"""How a live collection lies in Milvus (rag.stores.milvus_live reads and writes it).
+"""How a live collection lies in Milvus (rag.stores.milvus.live reads and writes it).
 
 Each collection is five Milvus collections `<prefix>_live_<tag>_<kind>` (the tag is made
 at creation and kept in the collection's manifest.json, so a collection deleted and made
 again under its name is another one):
-- chunks, sentences, parts: as a build's (rag.stores.milvus); every write of a document
+- chunks, sentences, parts: as a build's (rag.stores.milvus.store); every write of a document
   is a new version `gen`, and its rows' keys are `gen << KEY_BITS | i` (i: the row's
   place in the version), so a version's rows are found by key, never by a filter (a
   filter scans every row in Milvus Lite: ~150 ms at 100k chunks, a key read ~1 ms);
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from rag.records import ChunkRecord, SentenceRecord
-from rag.stores.milvus_client import (
+from rag.stores.milvus.client import (
     NO_VECTOR,
     PLACEHOLDER_INDEX,
     Field,

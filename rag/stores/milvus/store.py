@@ -19,7 +19,7 @@ Commit flushes the build, then upserts that row (one row: atomic), then drops al
 but the live one and the one before it. Collections read with Strong consistency; Milvus
 wants a vector in every collection, hence the 2-dimension `_` placeholders.
 
-Milvus Lite (a URI ending in .db) differs (rag.stores.milvus_client handles it). Its BM25
+Milvus Lite (a URI ending in .db) differs (rag.stores.milvus.client handles it). Its BM25
 statistics are per segment: exact for a build of one segment (up to ~128 MB), drifting beyond.
 
 Left out: concurrent builders (the last commit wins), removing builds of a writer killed
@@ -47,7 +47,7 @@ from rag.lexical import tokenize
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.stores.base import Ranking
 from rag.stores.manifest import IndexSpec
-from rag.stores.milvus_client import (
+from rag.stores.milvus.client import (
     BATCH,
     CACHE_ROWS,
     CHUNK_COLUMNS,

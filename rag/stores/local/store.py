@@ -2,13 +2,13 @@
 
     builds/<build_id>/
       manifest.json     versions, parameters (ANN type, nprobe, BM25), counts, file checksums
-      chunks.sqlite     documents, chunks and sentences (rag.stores.tables)
+      chunks.sqlite     documents, chunks and sentences (rag.stores.local.tables)
       vectors.f32       chunk vectors, float32, row-major (rows x dimension)
       sentence_vectors.f32
       filters.i32       per chunk: source code, section code (int32, row-major); names in filters.json
       filters.json      the source and section names those codes stand for
-      bm25/             BM25 postings (rag.stores.bm25)
-      ann.faiss         the IVF index, above rag.stores.ann.EXACT_LIMIT chunks
+      bm25/             BM25 postings (rag.stores.local.bm25)
+      ann.faiss         the IVF index, above rag.stores.local.ann.EXACT_LIMIT chunks
 
 What stays in memory: the vectors of an exact-size collection, the IVF index (its lists
 hold the vectors: 1.5 GB at a million 384-d chunks), the filter codes (8 bytes a chunk)
@@ -31,13 +31,13 @@ import numpy as np
 
 from rag.errors import IndexCorruptError
 from rag.records import ChunkRecord, SentenceRecord
-from rag.store import open_build
-from rag.stores import ann
 from rag.stores.base import Ranking, ranking
-from rag.stores.bm25 import Bm25Index
+from rag.stores.local import ann
+from rag.stores.local.bm25 import Bm25Index
+from rag.stores.local.builds import open_build
+from rag.stores.local.tables import CACHE_ROWS, ChunkTable, DocumentTable, Tables
+from rag.stores.local.tables import FILE as TABLES
 from rag.stores.manifest import IndexSpec
-from rag.stores.tables import CACHE_ROWS, ChunkTable, DocumentTable, Tables
-from rag.stores.tables import FILE as TABLES
 from rag.types import Filters
 
 VECTORS, SENTENCE_VECTORS, FILTER_CODES, FILTER_NAMES = "vectors.f32", "sentence_vectors.f32", "filters.i32", \
@@ -46,7 +46,7 @@ CODED = ("sources", "sections")  # filter fields kept as per-row codes; doc_ids 
 
 
 def open_local(index_dir: Path, spec: IndexSpec | None = None) -> "LocalStore":
-    """The live local build, checked (see rag.store.open_build)."""
+    """The live local build, checked (see rag.stores.local.builds.open_build)."""
     return open_build(index_dir, spec, LocalStore)
 
 
@@ -65,7 +65,7 @@ class LocalStore:
         dimension = manifest["model"]["dimension"]
         entry = manifest["store"]["dense_index"]
         self._tables = Tables(folder / TABLES)
-        try:  # an OSError is a StorageError, anything else a damaged build (rag.store.open_build)
+        try:  # an OSError is a StorageError, anything else a damaged build (rag.stores.local.builds.open_build)
             self._open(folder, dimension, entry)
         except BaseException:
             self._tables.close()

@@ -1,7 +1,7 @@
 """A live collection in Milvus: documents added, replaced and deleted while it serves,
-with the promises of rag.kb, kept without transactions (Milvus has none across rows).
+with the promises of rag.stores.local.live, kept without transactions (Milvus has none across rows).
 
-The layout (five Milvus collections, keys, pointers, intents) is in rag.stores.milvus_versions.
+The layout (five Milvus collections, keys, pointers, intents) is in rag.stores.milvus.versions.
 
 A write: record the intent in pending, insert the new version's rows, upsert the
 document's pointer row (one row: atomic), delete the old version's rows by key, drop the
@@ -40,7 +40,7 @@ from rag.errors import BadQueryError, NotFoundError
 from rag.lexical import tokenize
 from rag.records import ChunkRecord, DocumentRecord
 from rag.stores.base import LiveWrites, Ranking, Write
-from rag.stores.milvus_client import (
+from rag.stores.milvus.client import (
     BATCH,
     CACHE_ROWS,
     CHUNK_COLUMNS,
@@ -59,7 +59,7 @@ from rag.stores.milvus_client import (
     scored_ranking,
     sorted_ranking,
 )
-from rag.stores.milvus_versions import (
+from rag.stores.milvus.versions import (
     KEY_BITS,
     POINTER_FIELDS,
     STAMP,
@@ -78,7 +78,7 @@ RECOVER_AFTER_S = 600  # on a cluster, an intent this old belongs to a writer th
 
 class MilvusCollection(LiveWrites, Searches):
     """One live collection in Milvus: the ChunkStore the retriever searches, and the
-    writer of its documents (the interface of rag.kb.KnowledgeBase)."""
+    writer of its documents (the interface of rag.stores.local.live.KnowledgeBase)."""
 
     def __init__(self, uri: str, manifest: dict[str, Any], token: str | None = None):
         store = manifest["store"]

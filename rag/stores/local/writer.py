@@ -1,4 +1,4 @@
-"""Writing a local build in a stream (the layout is in rag.stores.local).
+"""Writing a local build in a stream (the layout is in rag.stores.local.store).
 
 Everything goes into `builds/.tmp-<random>/` as it arrives: rows into SQLite, vectors
 appended to raw float32 files, BM25 postings spilled in batches, filter codes appended.
@@ -6,7 +6,7 @@ Memory holds one batch plus what grows with the number of documents and distinct
 terms (source of each document, the BM25 vocabulary), never the chunks themselves.
 `commit` builds the SQL indexes, the BM25 arrays and (above the exact limit) the IVF
 index, fsyncs every file, writes the manifest with their checksums and hands the folder
-to `rag.store.publish_build`, which makes it live atomically. The build lock is held from
+to `rag.stores.local.builds.publish_build`, which makes it live atomically. The build lock is held from
 the writer's start to its end, and leaving without a commit removes the folder.
 
 Left out: resuming an interrupted build (it starts over).
@@ -26,13 +26,13 @@ import numpy as np
 
 from rag.errors import StorageError
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
-from rag.store import build_lock, publish_build, remove_orphans
-from rag.stores import ann
-from rag.stores.bm25 import Bm25Writer
-from rag.stores.local import CODED, FILTER_CODES, FILTER_NAMES, SENTENCE_VECTORS, VECTORS, read_vectors
+from rag.stores.local import ann
+from rag.stores.local.bm25 import Bm25Writer
+from rag.stores.local.builds import build_lock, publish_build, remove_orphans
+from rag.stores.local.store import CODED, FILTER_CODES, FILTER_NAMES, SENTENCE_VECTORS, VECTORS, read_vectors
+from rag.stores.local.tables import FILE as TABLES
+from rag.stores.local.tables import TableWriter
 from rag.stores.manifest import storage_error
-from rag.stores.tables import FILE as TABLES
-from rag.stores.tables import TableWriter
 
 
 class LocalWriter:

@@ -1,5 +1,5 @@
-"""Milvus plumbing shared by builds (rag.stores.milvus) and live collections
-(rag.stores.milvus_live): connecting (Milvus Lite from a file path, a server from a URI),
+"""Milvus plumbing shared by builds (rag.stores.milvus.store) and live collections
+(rag.stores.milvus.live): connecting (Milvus Lite from a file path, a server from a URI),
 errors as one line, collection layouts and indexes, filter expressions and string
 literals, search hits as rankings with the local store's scores.
 
