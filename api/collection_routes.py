@@ -4,7 +4,7 @@ Writes run on the engine's writer thread (they embed), never on the event loop, 
 the API key when one is set; `RAG_READ_ONLY=1` turns them all off (403). A write returns
 after it is durable and visible to the next query.
 
-Documents come as JSON or as a multipart file (.txt, .md, .html, .pdf: rag.uploads); a
+Documents come as JSON or as a multipart file (.txt, .md, .html, .pdf: rag.ingest.uploads); a
 body over RAG_MAX_UPLOAD_BYTES is refused (413) before more is read.
 
 The same collections, in whichever store the service uses (local or Milvus), are OpenAI
@@ -24,8 +24,8 @@ from api.routes import ERRORS, EngineDep, summary
 from api.schemas import DocumentDetail, ErrorBody
 from rag.collections import DEFAULT, Collections, Written, check_name, text_document
 from rag.errors import BadQueryError, ConflictError, NotFoundError
-from rag.ingest import SourceDocument
-from rag.uploads import uploaded_document
+from rag.ingest.corpus import SourceDocument
+from rag.ingest.uploads import uploaded_document
 
 router = APIRouter(tags=["collections"])
 

@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 import numpy as np
 
 from api.write_states import State, WriteStates
-from rag.build import spec_of
 from rag.collections import DEFAULT, Collections
 from rag.conversation import trim_history
 from rag.encoders.base import Embedder
@@ -54,6 +53,7 @@ from rag.errors import (
     ReloadError,
     StorageError,
 )
+from rag.ingest.build import spec_of
 from rag.retrieve import Reranker, Retriever
 from rag.schema import QueryResponse
 from rag.service import retriever_for

@@ -33,7 +33,7 @@ from rag.errors import (
     StorageError,
     UpstreamError,
 )
-from rag.uploads import UnsupportedTypeError
+from rag.ingest.uploads import UnsupportedTypeError
 
 STATUS_OF: list[tuple[type[RagError], int]] = [
     (UnsupportedTypeError, 415),

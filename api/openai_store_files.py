@@ -43,10 +43,10 @@ from api.openai_store_state import (
 from api.routes import ERRORS, EngineDep, SettingsDep
 from rag.collections import Collections
 from rag.errors import BadQueryError, CorpusError, NotFoundError
-from rag.ingest import SourceDocument
+from rag.ingest.corpus import SourceDocument
+from rag.ingest.uploads import UnsupportedTypeError, uploaded_document
 from rag.records import DocumentRecord
 from rag.settings import Settings
-from rag.uploads import UnsupportedTypeError, uploaded_document
 
 router = APIRouter(prefix="/v1", tags=["openai vector stores"])
 POLL_AFTER_MS = 250

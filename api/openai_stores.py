@@ -4,7 +4,7 @@ attaching them: api.openai_store_files; what a store keeps: api.openai_store_sta
 
 A vector store is a collection: its id is `vs_<collection name>`, the name
 derived from the store's name (`vs_default` is the built corpus: listed and searched, not
-written). Attaching a file to a store reads it (rag.uploads: .txt, .md, .html, .pdf) and
+written). Attaching a file to a store reads it (rag.ingest.uploads: .txt, .md, .html, .pdf) and
 writes it into the collection as the document whose doc_id is the file id, on the
 engine's writer thread: before the response, or, for a text past RAG_SYNC_WRITE_CHARS,
 queued (`in_progress` until written: the clients' `*_and_poll` helpers wait for it). A

@@ -34,10 +34,10 @@ from typing import Any
 import aiohttp
 import httpx
 
-from rag.build import spec_of
-from rag.chunk import embed_input
 from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from, load_embedder
+from rag.ingest.build import spec_of
+from rag.ingest.chunk import embed_input
 from rag.metrics import percentile
 from rag.settings import Settings
 

@@ -37,13 +37,13 @@ def build(
                                                    "uploaded documents kept)")] = None,
 ) -> None:
     """Clean, chunk and embed the corpus into the index (skips work when nothing changed)."""
-    from rag.build import build_index
+    from rag.ingest.build import build_index
 
     settings = load_settings(corpus, index)
     if collection is not None and collection != "default":
-        from rag.build import embedder_from
         from rag.collections import Collections
-        from rag.ingest import load_corpus
+        from rag.ingest.build import embedder_from
+        from rag.ingest.corpus import load_corpus
 
         documents = load_corpus(settings.corpus_dir)
         with Collections(settings, embedder_from(settings)) as collections:
@@ -76,7 +76,7 @@ def migrate(
     index: IndexOpt = None,
 ) -> None:
     """Copy the live local index into Milvus (RAG_MILVUS_URI) without embedding again."""
-    from rag.migrate import migrate_to_milvus
+    from rag.ingest.migrate import migrate_to_milvus
 
     if to != "milvus":
         fail(f"--to must be milvus (to go back, rebuild with RAG_VECTOR_STORE=local rag build), got {to!r}")
@@ -112,9 +112,9 @@ def add(
     index: IndexOpt = None,
 ) -> None:
     """Add or replace files in a live collection (a running service sees them at its next query)."""
-    from rag.build import embedder_from
     from rag.collections import Collections
-    from rag.uploads import uploaded_document
+    from rag.ingest.build import embedder_from
+    from rag.ingest.uploads import uploaded_document
 
     settings = load_settings(index=index)
     with Collections(settings, embedder_from(settings)) as collections:
@@ -165,8 +165,8 @@ def query(
     index: IndexOpt = None,
 ) -> None:
     """Print the passages that best answer QUESTION, each with its citation."""
-    from rag.build import embedder_from
     from rag.collections import DEFAULT, Collections
+    from rag.ingest.build import embedder_from
     from rag.service import open_retriever, retriever_for
     from rag.types import Filters
 
@@ -229,7 +229,7 @@ def bench(
 ) -> None:
     """Benchmark the real server: latency vs raw model time, throughput at 1/8/32 clients, memory."""
     from rag.bench import run_bench, table
-    from rag.build import build_index
+    from rag.ingest.build import build_index
 
     settings = load_settings(index=index)
     if backend not in (None, "local", "milvus"):

@@ -30,17 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rag.build import Batches, build_manifest, spec_of
-from rag.clean import CleanRules
 from rag.encoders.base import Embedder
 from rag.errors import BadQueryError, ConflictError, CorpusError, IndexMismatchError, NotFoundError, RagError
-from rag.ingest import SourceDocument, normalise_metadata
+from rag.ingest.build import Batches, build_manifest, spec_of
+from rag.ingest.clean import CleanRules
+from rag.ingest.corpus import SourceDocument, normalise_metadata
+from rag.ingest.uploads import checked_doc_id
 from rag.settings import Settings
 from rag.stores.base import LiveStore
 from rag.stores.factory import milvus_token
 from rag.stores.local.live import KnowledgeBase
 from rag.text import is_unicode_text
-from rag.uploads import checked_doc_id
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT = "default"
@@ -182,7 +182,7 @@ class Collections:
     def sync(self, name: str, documents: list[SourceDocument], log: Callable[[str], None] = lambda m: None
              ) -> dict[str, int]:
         """Make the collection's synced documents those of a folder (`documents`, from
-        rag.ingest.load_corpus): new and changed files are written (changed chunks only are
+        rag.ingest.corpus.load_corpus): new and changed files are written (changed chunks only are
         embedded), documents whose files are gone are removed. Documents uploaded over HTTP
         or added with `rag add` are never removed by a sync. Counts by outcome."""
         kb, _ = self.ensure(name)

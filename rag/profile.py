@@ -7,7 +7,7 @@ chunk-embedding rates of the build against the raw model on the same passages.
 - `embed_rates`: passages/s of the raw model at its best batch size (the model call
   alone, on batches already tokenised and sorted by length for the ONNX backend; the
   sentence-transformers `encode` at that batch size for torch), against the build's own
-  path (`rag.build.embed_texts`: everything a build does to embed, tokenisation included).
+  path (`rag.ingest.build.embed_texts`: everything a build does to embed, tokenisation included).
 
 Left out: profiling inside the model call (ONNX Runtime's own profiler does that).
 """
@@ -47,8 +47,8 @@ def sample_passages(limit: int, scifact: Path | None, fallback: Sequence[str], e
     if scifact is None or not (scifact / "corpus.jsonl").is_file():
         return list(fallback)[:limit], "seed corpus chunks"
     from rag.beir import load_beir
-    from rag.build import as_is
-    from rag.chunk import ChunkParams, chunk_document
+    from rag.ingest.build import as_is
+    from rag.ingest.chunk import ChunkParams, chunk_document
 
     documents, _, _ = load_beir(scifact)
     params = ChunkParams(settings.chunk_tokens, settings.chunk_overlap_tokens, embedder.max_tokens)
@@ -64,7 +64,7 @@ def sample_passages(limit: int, scifact: Path | None, fallback: Sequence[str], e
 
 def embed_rates(embedder: Embedder, texts: list[str], batch_size: int) -> dict[str, Any]:
     """Passages/s: the raw model's best over BATCH_SIZES, and the build's path."""
-    from rag.build import embed_texts
+    from rag.ingest.build import embed_texts
 
     raw = {b: len(texts) / _raw_model_call(embedder, texts, b) for b in BATCH_SIZES}
     best = max(raw, key=lambda b: raw[b])
@@ -99,8 +99,8 @@ def compare_backends(settings: Settings, scifact: Path | None) -> dict[str, Any]
     import numpy as np
 
     from rag.beir import cache_key
-    from rag.build import build_index, spec_of
     from rag.encoders.base import VECTOR_FAMILY
+    from rag.ingest.build import build_index, spec_of
     from rag.stores.local.store import open_local
 
     def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

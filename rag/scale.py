@@ -38,10 +38,10 @@ import numpy as np
 from tqdm import tqdm
 
 from rag.beir import _judged, beir_store
-from rag.build import build_manifest, spec_of
-from rag.chunk import embed_input
 from rag.encoders.load import embedder_from
 from rag.fusion import fuse
+from rag.ingest.build import build_manifest, spec_of
+from rag.ingest.chunk import embed_input
 from rag.metrics import percentile
 from rag.records import ChunkRecord, DocumentRecord
 from rag.settings import Settings

@@ -4,10 +4,10 @@ the HTTP service and the eval harness share.
 Left out: caching across calls (the HTTP service holds its own long-lived Retriever).
 """
 
-from rag.build import spec_of
 from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from
 from rag.encoders.rerank import load_reranker
+from rag.ingest.build import spec_of
 from rag.retrieve import Reranker, Retriever
 from rag.settings import Settings
 from rag.stores.base import ChunkStore

@@ -84,8 +84,8 @@ async def _load(url: str, clients: int, seconds: float, record: dict[str, Any]) 
 
 
 def _swapper(settings: Settings, every: float, stop: threading.Event, swaps: list[str], errors: list[str]) -> None:
-    from rag.build import build_index
     from rag.encoders.load import embedder_from
+    from rag.ingest.build import build_index
 
     try:
         embedder = embedder_from(settings)

@@ -16,7 +16,7 @@ files, or Milvus (a Milvus Lite file in the temporary folder unless RAG_MILVUS_U
 server). The queries of the big-write test run on the local seed index either way.
 
 Left out: concurrent writers (the service has one writer thread) and files (PDF extraction
-adds ~1 ms a page: rag.pdf).
+adds ~1 ms a page: rag.ingest.pdf).
 """
 
 import statistics
@@ -90,7 +90,7 @@ def run_writes(settings: Settings, scifact: Path, log: Callable[[str], None]) ->
 
 def _impact(settings: Settings, embedder: Any, big_text: str) -> dict[str, Any]:
     from rag.bench import QUESTIONS
-    from rag.build import spec_of
+    from rag.ingest.build import spec_of
     from rag.service import retriever_for
     from rag.stores.factory import open_store
 

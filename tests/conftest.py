@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from rag.bench import free_port
-from rag.build import build_index
+from rag.ingest.build import build_index
 from rag.settings import Settings
 
 # matplotlib (the eval chart) caches fonts under ~/.cache unless told otherwise: keep

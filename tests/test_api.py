@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
-from rag.build import build_index
+from rag.ingest.build import build_index
 from rag.settings import Settings
 
 QUESTION = "What was the value of trade between China and Russia in 2024?"

@@ -9,8 +9,6 @@ import pytest
 from conftest import FakeEmbedder
 
 import rag.stores.local.bm25
-from rag.stores.local import builds as store
-from rag.build import build_index
 from rag.errors import (
     CorpusError,
     IndexCorruptError,
@@ -19,7 +17,9 @@ from rag.errors import (
     RagError,
     StorageError,
 )
+from rag.ingest.build import build_index
 from rag.settings import Settings
+from rag.stores.local import builds as store
 from rag.stores.local.store import open_local
 
 
@@ -152,7 +152,7 @@ def test_unreadable_manifest_is_detected(built: Settings):
 
 
 def test_other_settings_are_refused(built: Settings):
-    from rag.build import spec_of
+    from rag.ingest.build import spec_of
 
     other = built.model_copy(update={"model": "some-other-model", "chunk_tokens": 99})
     with pytest.raises(IndexMismatchError) as info:

@@ -5,9 +5,9 @@ from itertools import pairwise
 import pytest
 from conftest import FakeEmbedder
 
-from rag.chunk import ChunkParams, chunk_document, embed_input, split_sentences
-from rag.clean import clean
 from rag.errors import SettingsError
+from rag.ingest.chunk import ChunkParams, chunk_document, embed_input, split_sentences
+from rag.ingest.clean import clean
 from rag.text import count_tokens
 
 SENTENCES = [f"Sentence number {i} talks about trade and oil in some detail." for i in range(40)]
@@ -101,6 +101,6 @@ def test_ids_are_stable_when_earlier_text_changes():
 
 def test_same_text_twice_gets_distinct_ids():
     doc = clean("Part A\n\nSame words here.\n\nPart B\n\nSame words here.", rules=__import__(
-        "rag.clean", fromlist=["CleanRules"]).CleanRules(repeated_min_chars=1000))
+        "rag.ingest.clean", fromlist=["CleanRules"]).CleanRules(repeated_min_chars=1000))
     chunks = chunk_document("d", "T", doc, ChunkParams(50, 0, 256), FakeEmbedder().count_tokens)
     assert len(chunks) == 2 and chunks[0].chunk_id != chunks[1].chunk_id

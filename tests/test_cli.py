@@ -7,9 +7,9 @@ import pytest
 from conftest import FakeEmbedder
 from typer.testing import CliRunner
 
-from rag import build as build_module
 from rag import service
 from rag.cli import app
+from rag.ingest import build as build_module
 from rag.settings import Settings
 
 runner = CliRunner()

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from rag.bench import free_port
-from rag.build import build_index
+from rag.ingest.build import build_index
 from rag.settings import Settings
 
 BASE_URL = "http://127.0.0.1"

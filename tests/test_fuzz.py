@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from api.app import create_app
-from rag.build import build_index
+from rag.ingest.build import build_index
 from rag.settings import Settings
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))

@@ -24,7 +24,7 @@ import rag.stores.factory
 import rag.stores.local.builds
 from api.app import create_app
 from api.chat_stream import sse
-from rag.build import build_index
+from rag.ingest.build import build_index
 from rag.settings import Settings
 
 BASE_URL = "http://127.0.0.1"

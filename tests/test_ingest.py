@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from rag.errors import CorpusError
-from rag.ingest import load_corpus, load_document
+from rag.ingest.corpus import load_corpus, load_document
 
 
 def test_bundled_corpus_has_its_metadata():
@@ -85,7 +85,7 @@ def test_file_names_people_use_make_doc_ids(tmp_path: Path):
     1-128 letters…"); `rag add` took the same file as my-notes."""
     import hashlib
 
-    from rag.uploads import uploaded_document
+    from rag.ingest.uploads import uploaded_document
 
     for name in ("my notes.txt", "café résumé.md", "北京.txt", "fp-china-russia-axis.txt"):
         (tmp_path / name).write_text("Some text about trade.\n", encoding="utf-8")
@@ -106,7 +106,7 @@ def test_metadata_of_any_type_becomes_text_or_json(tmp_path: Path):
 
     from conftest import FakeEmbedder
 
-    from rag.build import build_index
+    from rag.ingest.build import build_index
     from rag.settings import Settings
     from rag.stores.local.store import open_local
 
@@ -154,7 +154,7 @@ def test_metadata_that_cannot_be_text_is_refused(tmp_path: Path, front_matter, s
 
 def test_metadata_with_a_lone_surrogate_is_refused(tmp_path):
     from rag.errors import CorpusError
-    from rag.ingest import load_document
+    from rag.ingest.corpus import load_document
 
     (tmp_path / "a.txt").write_text("Some text.")
     (tmp_path / "a.meta.json").write_text('{"title": "bad \\ud800 title"}')

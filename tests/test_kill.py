@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import FakeEmbedder
 
-from rag.build import build_index, spec_of
+from rag.ingest.build import build_index, spec_of
 from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.stores.factory import open_store
@@ -24,7 +24,7 @@ CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
     from conftest import FakeEmbedder
-    from rag.build import build_index
+    from rag.ingest.build import build_index
     from rag.settings import Settings
     settings = Settings.model_validate_json(sys.argv[1])
     print("started", flush=True)

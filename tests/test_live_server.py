@@ -14,7 +14,7 @@ import pytest
 from conftest import CORPUS, FakeEmbedder, free_port, running_server
 
 from api.app import create_app
-from rag.build import build_index
+from rag.ingest.build import build_index
 from rag.settings import Settings
 
 

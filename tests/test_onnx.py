@@ -13,10 +13,10 @@ from conftest import FakeEmbedder
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from rag.build import build_index, spec_of
 from rag.encoders import onnx_export
 from rag.encoders.load import load_embedder, local_folder, resolve_model_path
 from rag.errors import IndexMismatchError, ModelError
+from rag.ingest.build import build_index, spec_of
 from rag.settings import DEFAULT_MODEL, Settings
 from rag.stores.local.store import open_local
 

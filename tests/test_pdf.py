@@ -13,7 +13,7 @@ from fpdf.enums import AccessPermission
 from PIL import Image
 
 from rag.errors import CorpusError
-from rag.pdf import PAGE_SEPARATOR, PdfDamagedError, PdfEncryptedError, PdfNoTextError, _normalise, extract_pdf
+from rag.ingest.pdf import PAGE_SEPARATOR, PdfDamagedError, PdfEncryptedError, PdfNoTextError, _normalise, extract_pdf
 from rag.records import page_span
 
 FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"  # matplotlib is a runtime dependency

@@ -5,8 +5,8 @@ from collections import Counter
 
 from conftest import CORPUS, REPO
 
-from rag.clean import clean
-from rag.ingest import load_corpus
+from rag.ingest.clean import clean
+from rag.ingest.corpus import load_corpus
 
 TYPES = {"fact/number", "who/when/where", "why/how", "multi-passage", "compare", "unanswerable"}
 ROWS = [json.loads(line) for line in (REPO / "eval" / "questions.jsonl").read_text().splitlines() if line.strip()]

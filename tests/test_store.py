@@ -12,11 +12,11 @@ from conftest import FakeEmbedder
 
 import rag.stores.local.store
 import rag.stores.local.writer
-from rag import build as build_module
-from rag.stores.local import builds as store
-from rag.build import build_index
 from rag.errors import IndexBusyError, IndexCorruptError, StorageError
+from rag.ingest import build as build_module
+from rag.ingest.build import build_index
 from rag.settings import Settings
+from rag.stores.local import builds as store
 from rag.stores.local.builds import clean_orphans
 from rag.stores.local.store import open_local
 

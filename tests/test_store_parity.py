@@ -11,9 +11,9 @@ from fastapi.testclient import TestClient
 pytest.importorskip("pymilvus")
 
 from api.app import create_app
-from rag.build import build_index, spec_of
 from rag.evaluate import evaluate, load_questions, variants
-from rag.migrate import migrate_to_milvus
+from rag.ingest.build import build_index, spec_of
+from rag.ingest.migrate import migrate_to_milvus
 from rag.retrieve import Retriever
 from rag.settings import Settings
 from rag.stores.factory import open_store

@@ -19,8 +19,8 @@ from api.app import create_app
 from api.openai_objects import page
 from api.openai_stores import derive_name
 from rag.attribute_filters import check_filter, matches
-from rag.build import build_index
 from rag.errors import BadQueryError
+from rag.ingest.build import build_index
 from rag.settings import Settings
 
 

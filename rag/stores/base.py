@@ -184,7 +184,7 @@ class LiveWrites:
 
     @contextmanager
     def writing(self, origin: str) -> Iterator["Write"]:
-        """One document's write: what `rag.build`'s batches hand a store writer, applied
+        """One document's write: what `rag.ingest.build`'s batches hand a store writer, applied
         atomically at the end of the block (nothing is applied if the block raises)."""
         write = Write(origin)
         yield write
@@ -196,7 +196,7 @@ class LiveWrites:
 
 class Write:
     """What one write holds until it is applied: documents, chunks with vectors and BM25
-    texts, sentences with vectors (the StoreWriter calls rag.build makes)."""
+    texts, sentences with vectors (the StoreWriter calls rag.ingest.build makes)."""
 
     def __init__(self, origin: str):
         self.origin = origin

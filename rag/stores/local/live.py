@@ -19,7 +19,7 @@ The promises, and how they are kept:
   never reused, so a row means one chunk version for ever (caches by row stay valid).
 
 A write goes through the same cleaning, chunking and embedding as `rag build`
-(rag.build's batches, this object standing in for a store writer), and reuses the vectors
+(rag.ingest.build's batches, this object standing in for a store writer), and reuses the vectors
 of chunks and sentences whose text is unchanged, so uploading identical content again
 embeds nothing and re-uploading an edited document embeds only its changed chunks.
 

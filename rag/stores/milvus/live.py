@@ -361,7 +361,7 @@ class MilvusCollection(LiveWrites, Searches):
 
 
 class OldVersion:
-    """A document's live version as a source of vectors for its next write (rag.build's
+    """A document's live version as a source of vectors for its next write (rag.ingest.build's
     `previous`): its chunks and sentences read by key, kept where the hash matches."""
 
     def __init__(self, collection: MilvusCollection, pointer: Pointer):

@@ -30,12 +30,12 @@ import numpy as np
 from tqdm import tqdm
 
 from rag import __version__
-from rag.chunk import Chunk, ChunkParams, chunk_document, embed_input, split_sentences
-from rag.clean import CleanDocument, CleanRules, Section, clean
 from rag.encoders.base import VECTOR_FAMILY, Embedder
 from rag.encoders.load import embedder_from
 from rag.errors import CorpusError, RagError
-from rag.ingest import SourceDocument, load_corpus
+from rag.ingest.chunk import Chunk, ChunkParams, chunk_document, embed_input, split_sentences
+from rag.ingest.clean import CleanDocument, CleanRules, Section, clean
+from rag.ingest.corpus import SourceDocument, load_corpus
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.settings import Settings
 from rag.stores.base import ChunkStore, DocumentSink, VectorSource

@@ -1,7 +1,7 @@
 """A file sent over HTTP as a document: `.txt`, `.md` (YAML front matter), `.html` (main
 content) or `.pdf` (text by page).
 
-Text files go through the same reader as the corpus folder (rag.ingest) and are cleaned
+Text files go through the same reader as the corpus folder (rag.ingest.corpus) and are cleaned
 like it. A PDF's text is kept as extracted (not cleaned: cleaning drops lines, and the
 page spans must keep pointing into the text), and its page spans are kept in the
 document's metadata (`pages`), from which every citation gets `page_start` and `page_end`.
@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 
 from rag.errors import BadQueryError, CorpusError
-from rag.ingest import DOC_ID_PATTERN, SourceDocument, doc_id_from_name, load_document
-from rag.pdf import extract_pdf
+from rag.ingest.corpus import DOC_ID_PATTERN, SourceDocument, doc_id_from_name, load_document
+from rag.ingest.pdf import extract_pdf
 
 TEXT_TYPES = (".txt", ".md", ".html", ".htm")
 TYPES = (*TEXT_TYPES, ".pdf")
@@ -62,5 +62,5 @@ def checked_doc_id(doc_id: str) -> str:
 
 
 def _doc_id(name: str, data: bytes) -> str:
-    """From the file name when it makes a valid id (rag.ingest.doc_id_from_name), else from the content."""
+    """From the file name when it makes a valid id (rag.ingest.corpus.doc_id_from_name), else from the content."""
     return doc_id_from_name(name) or "doc-" + hashlib.sha256(data).hexdigest()[:16]

@@ -25,8 +25,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rag.clean import CleanDocument
 from rag.errors import SettingsError
+from rag.ingest.clean import CleanDocument
 from rag.records import ChunkSpan
 from rag.text import count_tokens
 

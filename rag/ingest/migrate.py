@@ -15,8 +15,8 @@ from itertools import islice
 
 from tqdm import tqdm
 
-from rag.build import spec_of
-from rag.chunk import embed_input
+from rag.ingest.build import spec_of
+from rag.ingest.chunk import embed_input
 from rag.settings import Settings
 from rag.stores.factory import open_writer
 from rag.stores.local.store import LocalStore, open_local
