@@ -41,9 +41,9 @@ from rag.chat import (
     turns_from,
 )
 from rag.collections import DEFAULT
-from rag.context import ContextBlock, pack
-from rag.conversation import is_follow_up
 from rag.errors import NotFoundError, UpstreamError
+from rag.search.context import ContextBlock, pack
+from rag.search.conversation import is_follow_up
 from rag.settings import Settings
 from rag.text import count_tokens, is_unicode_text
 from rag.types import Filters, Mode
@@ -195,7 +195,7 @@ async def condensed(question: str, history: list[str], settings: Settings) -> tu
     """With an upstream model configured, a follow-up is rewritten by it into a standalone
     question (searched without history), within RAG_LLM_CONDENSE_SECONDS; on a timeout, an
     error or an unusable answer, the question is searched with its history as without a
-    model (rag.conversation's heuristic). A self-contained question is not sent."""
+    model (rag.search.conversation's heuristic). A self-contained question is not sent."""
     if not (settings.llm_base_url and settings.llm_model and history and is_follow_up(question, history[-1])):
         return question, history
     turns = [{"role": "user", "content": turn} for turn in history[-settings.max_history_turns:]]

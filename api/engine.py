@@ -38,7 +38,6 @@ import numpy as np
 
 from api.write_states import State, WriteStates
 from rag.collections import DEFAULT, Collections
-from rag.conversation import trim_history
 from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from
 from rag.encoders.rerank import load_reranker
@@ -54,8 +53,9 @@ from rag.errors import (
     StorageError,
 )
 from rag.ingest.build import spec_of
-from rag.retrieve import Reranker, Retriever
 from rag.schema import QueryResponse
+from rag.search.conversation import trim_history
+from rag.search.retriever import Reranker, Retriever
 from rag.service import retriever_for
 from rag.settings import Settings
 from rag.stores.base import LiveStore

@@ -23,8 +23,8 @@ from api.schemas import (
 )
 from rag.errors import BadQueryError, NotFoundError
 from rag.records import DocumentRecord
-from rag.retrieve import Retriever
 from rag.schema import QueryResponse
+from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.types import Filters, Mode
 

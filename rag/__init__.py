@@ -2,7 +2,7 @@
 
 The pipeline, one module per step:
     ingest -> clean -> chunk -> embed -> store (FAISS + BM25 + manifest) -> retrieve
-`rag.ingest.build.build_index` runs the first five; `rag.retrieve.Retriever` answers queries.
+`rag.ingest.build.build_index` runs the first five; `rag.search.retriever.Retriever` answers queries.
 """
 
 import os

@@ -8,9 +8,9 @@ by looking at scores). `answerable` is confidence >= 0.5.
 - cosine: the best dense cosine similarity between the question and any chunk;
 - missing: evidence the bi-encoder cannot give, the share of the question's years,
   numbers and quoted terms that the top passages never mention
-  (rag.answer.missing_share): "trade in 1995" retrieves the 2024 figures, close in
+  (rag.search.answer.missing_share): "trade in 1995" retrieves the 2024 figures, close in
   meaning, but never says 1995;
-- answer: the score of the answer's lead sentence (rag.answer.choose: cosine, the
+- answer: the score of the answer's lead sentence (rag.search.answer.choose: cosine, the
   question's terms, the kind of thing asked for, ...): whether some sentence answers it,
   not only whether a passage is on its subject. Centred on its mean over the calibration
   split, so a response without sentences (an index built without them) counts as neither.
@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from rag.answer import missing_share
 from rag.evaluate import Question
-from rag.retrieve import Retriever
+from rag.search.answer import missing_share
+from rag.search.retriever import Retriever
 from rag.types import Abstention
 
 Features = tuple[float, float, float | None]  # best cosine, missing share, lead-sentence score (None: no sentences)

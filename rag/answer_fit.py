@@ -1,8 +1,8 @@
-"""`rag eval --fit-answer`: the answer-sentence weights (rag.answer.WEIGHTS) fitted on a
+"""`rag eval --fit-answer`: the answer-sentence weights (rag.search.answer.WEIGHTS) fitted on a
 question set, and checked on questions they were not fitted on.
 
 Every candidate sentence of every answerable question (the sentences of its top
-ANSWER_PASSAGES passages) is a row of rag.answer.features, labelled 1 when it covers half
+ANSWER_PASSAGES passages) is a row of rag.search.answer.features, labelled 1 when it covers half
 of a gold quote or more (the answer metric's test). A logistic regression (rag.abstain's
 Newton fit, ridge `L2`) gives one weight per feature; divided by the cosine's, they are
 on the scale `choose` adds them on. The check is two-fold by question order (fitted on
@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from rag.abstain import fit_logistic
-from rag.answer import FEATURES, WEIGHTS, Candidate, choose, features
 from rag.evaluate import Question, covers_quote
-from rag.retrieve import Retriever
+from rag.search.answer import FEATURES, WEIGHTS, Candidate, choose, features
+from rag.search.retriever import Retriever
 
 L2 = 1.0  # ridge: a few hundred rows, a handful of positives per question
 

@@ -38,7 +38,7 @@ from rag.evaluate import Variant
 from rag.ingest.build import build_index, spec_of
 from rag.ingest.corpus import SourceDocument
 from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
-from rag.retrieve import Retriever
+from rag.search.retriever import Retriever
 from rag.service import retriever_for
 from rag.settings import Settings
 from rag.stores.base import ChunkStore

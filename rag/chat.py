@@ -1,9 +1,9 @@
 """Answers for chat frontends, with their sources kept all the way to the screen.
 
 - `turns_from(messages)`: the last user message is the question, the earlier user
-  messages its history (a follow-up, "and in 2023?", is searched with them: rag.conversation).
+  messages its history (a follow-up, "and in 2023?", is searched with them: rag.search.conversation).
 - `extractive_answer(response, link)`: no language model needed. The answer sentences
-  (`rag.answer`: the sentence that answers the question first), each followed by its
+  (`rag.search.answer`: the sentence that answers the question first), each followed by its
   passage's marker [n]; then a Markdown "Sources" list with title, section and a link to
   the passage on this service. When the retriever abstains (`answerable` false)
   the answer says so plainly and cites nothing.
@@ -17,7 +17,7 @@ Example answer:
     [1] China and Russia: Exploring Ties ... — What are their economic ties? (http://127.0.0.1:8000/#cite=...)
 
 Left out: abstractive answers without an upstream model, and condensing a follow-up with
-the upstream model (rag.conversation's heuristic reads it with the earlier turns).
+the upstream model (rag.search.conversation's heuristic reads it with the earlier turns).
 """
 
 import re
@@ -26,9 +26,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rag.context import ContextBlock
 from rag.errors import BadQueryError
 from rag.schema import Passage, QueryResponse
+from rag.search.context import ContextBlock
 
 NO_ANSWER = "I could not find an answer to that in the documents I have."
 ANSWER_PASSAGES = 3  # passages whose highlighted sentences make the extractive answer
@@ -129,7 +129,7 @@ def sources_markdown(citations: Sequence[ChatCitation]) -> str:
 
 
 def extractive_answer(response: QueryResponse, link: Link) -> ChatAnswer:
-    """The answer sentences (rag.answer), the one answering the question first, each
+    """The answer sentences (rag.search.answer), the one answering the question first, each
     followed by its passage's marker; passages numbered in the order the answer cites them.
     A response without answer sentences (an index built without sentences) falls back to
     the highlights of the top passages."""

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 from rag.errors import RagError
 from rag.evaluate import GoldQuote, GoldRow, covered_quotes, jsonl_rows, locate, valid_row
 from rag.metrics import recall_at_k
-from rag.retrieve import Retriever
+from rag.search.retriever import Retriever
 from rag.stores.base import ChunkStore
 
 KINDS = ("follow-up", "topic-change")

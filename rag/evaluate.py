@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from rag.errors import RagError
 from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
-from rag.retrieve import Retriever
+from rag.search.retriever import Retriever
 from rag.stores.base import ChunkStore
 from rag.types import MODES, Fusion, Mode
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.encoders.base import Embedder
-from rag.retrieve import Retriever
+from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.types import Laps
 

@@ -39,11 +39,11 @@ from tqdm import tqdm
 
 from rag.beir import _judged, beir_store
 from rag.encoders.load import embedder_from
-from rag.fusion import fuse
 from rag.ingest.build import build_manifest, spec_of
 from rag.ingest.chunk import embed_input
 from rag.metrics import percentile
 from rag.records import ChunkRecord, DocumentRecord
+from rag.search.fusion import fuse
 from rag.settings import Settings
 from rag.stores.factory import open_store, open_writer
 from rag.stores.local.ann import recall_at

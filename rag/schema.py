@@ -49,7 +49,7 @@ class AnswerSentence(BaseModel):
     doc_id: str
     char_start: int = Field(ge=0)
     char_end: int = Field(ge=0)
-    score: float = Field(description="how well it answers the question (rag.answer)")
+    score: float = Field(description="how well it answers the question (rag.search.answer)")
 
 
 class QueryResponse(BaseModel):

@@ -8,7 +8,7 @@ from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from
 from rag.encoders.rerank import load_reranker
 from rag.ingest.build import spec_of
-from rag.retrieve import Reranker, Retriever
+from rag.search.retriever import Reranker, Retriever
 from rag.settings import Settings
 from rag.stores.base import ChunkStore
 from rag.stores.factory import open_store

@@ -47,8 +47,8 @@ class Abstention:
     """confidence = 1 / (1 + exp(-(slope * best_cosine + missing_weight * missing
     + answer_weight * (answer - answer_center) + offset))), `missing` the share of the
     question's years, numbers and quoted terms that the returned passages never mention
-    (rag.answer.missing_share), `answer` the score of the answer's lead sentence
-    (rag.answer.choose: how well some sentence answers it; no sentences, no evidence: 0)."""
+    (rag.search.answer.missing_share), `answer` the score of the answer's lead sentence
+    (rag.search.answer.choose: how well some sentence answers it; no sentences, no evidence: 0)."""
 
     slope: float = 14.457  # fitted on the seed questions for the default model (rag eval --calibrate)
     offset: float = -5.005

@@ -33,8 +33,8 @@ from rag.collections import Collections, text_document
 from rag.encoders.load import embedder_from
 from rag.metrics import percentile
 from rag.records import DocumentRecord
-from rag.retrieve import Retriever
 from rag.scale import Source
+from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.local.store import LocalStore
 from rag.stores.milvus.client import release_lite

@@ -1,10 +1,10 @@
-"""Answer sentences (rag.answer): what a question asks for wins over topicality alone, the
+"""Answer sentences (rag.search.answer): what a question asks for wins over topicality alone, the
 sentence after the best one follows it, and no sentence is said twice."""
 
 import numpy as np
 from conftest import FakeEmbedder
 
-from rag.answer import Candidate, asked_kind, choose, missing_share, specifics
+from rag.search.answer import Candidate, asked_kind, choose, missing_share, specifics
 
 FAKE = FakeEmbedder()
 
@@ -58,7 +58,7 @@ def test_the_next_sentence_follows_and_nothing_is_said_twice():
 
 # ------------------------------------------------------------------ conversations
 
-from rag.conversation import is_follow_up, resolve, trim_history  # noqa: E402
+from rag.search.conversation import is_follow_up, resolve, trim_history  # noqa: E402
 
 
 def test_follow_ups_are_told_from_new_topics():

@@ -324,7 +324,7 @@ def test_a_write_by_another_process_is_seen_at_the_next_query(built: Settings):
     if built.vector_store == "milvus":
         pytest.skip("a Milvus Lite file is one process's (a second one cannot open it)")
     from rag.collections import Collections, text_document
-    from rag.retrieve import Retriever
+    from rag.search.retriever import Retriever
 
     writer, server = Collections(built, FakeEmbedder()), Collections(built, FakeEmbedder())
     writer.create("notes")
@@ -449,7 +449,7 @@ def test_rows_are_never_reused_after_a_delete(built: Settings):
 def test_a_crashed_create_and_a_deleted_collection_are_handled(built: Settings):
     from rag.collections import Collections
     from rag.errors import NotFoundError
-    from rag.retrieve import Retriever
+    from rag.search.retriever import Retriever
 
     collections = Collections(built, FakeEmbedder())
     half = collections.root / ".tmp-half"

@@ -12,7 +12,7 @@ from rag import service
 from rag.cli import app
 from rag.errors import RagError
 from rag.evaluate import evaluate, load_questions, variants
-from rag.retrieve import Retriever
+from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.local.store import open_local
 

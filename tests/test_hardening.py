@@ -117,7 +117,7 @@ def test_an_empty_doc_filter_on_context_is_a_422(client: TestClient):
 
 
 def test_fusion_of_no_candidates_is_empty():
-    from rag.fusion import fuse
+    from rag.search.fusion import fuse
     from rag.stores.base import ranking
     from rag.types import DEFAULT_FUSION
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import FakeEmbedder
 
 from rag.ingest.build import build_index, spec_of
-from rag.retrieve import Retriever
+from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.factory import open_store
 from rag.stores.local.builds import clean_orphans

@@ -12,7 +12,7 @@ from test_collections import article
 
 from rag.collections import Collections, text_document
 from rag.errors import ConflictError
-from rag.retrieve import Retriever
+from rag.search.retriever import Retriever
 from rag.settings import Settings
 
 pytest.importorskip("pymilvus")

@@ -9,9 +9,9 @@ from conftest import FakeEmbedder
 
 from rag.abstain import fit_logistic, held_back, rates
 from rag.errors import BadQueryError
-from rag.fusion import fuse
 from rag.records import ChunkRecord
-from rag.retrieve import Retriever, near_duplicates
+from rag.search.fusion import fuse
+from rag.search.retriever import Retriever, near_duplicates
 from rag.settings import Settings
 from rag.stores.base import Ranking, ranking, top_rows
 from rag.stores.local.store import open_local

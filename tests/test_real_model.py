@@ -9,7 +9,7 @@ from conftest import CORPUS
 from rag.encoders.load import load_embedder
 from rag.ingest.build import build_index, spec_of
 from rag.ingest.chunk import embed_input
-from rag.retrieve import Retriever
+from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.local.store import open_local
 

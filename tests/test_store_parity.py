@@ -14,7 +14,7 @@ from api.app import create_app
 from rag.evaluate import evaluate, load_questions, variants
 from rag.ingest.build import build_index, spec_of
 from rag.ingest.migrate import migrate_to_milvus
-from rag.retrieve import Retriever
+from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.factory import open_store
 

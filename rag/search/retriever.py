@@ -4,7 +4,7 @@ The searching is the store's (`rag.stores`: rankings with filters pushed down); 
 module turns rankings into passages. Modes:
 - "dense": cosine similarity of the question's embedding to the chunks';
 - "lexical": BM25;
-- "hybrid": each side's top `fusion.depth` fused (`rag.fusion`; RRF or a convex
+- "hybrid": each side's top `fusion.depth` fused (`rag.search.fusion`; RRF or a convex
   combination, set by `fusion`); only the top few become hits.
 Each passage reports the component scores its mode computed (`scores`).
 
@@ -42,15 +42,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rag import answer as answers
-from rag import conversation
 from rag.encoders.base import Embedder
 from rag.errors import BadQueryError
-from rag.fusion import MISSING_SCORE, fuse
 from rag.lexical import term_set, tokenize
-from rag.passages import Group, group_hits, group_text
 from rag.records import ChunkRecord, page_span
 from rag.schema import AnswerSentence, Citation, Passage, QueryResponse, Span
+from rag.search import answer as answers
+from rag.search import conversation
+from rag.search.fusion import MISSING_SCORE, fuse
+from rag.search.passages import Group, group_hits, group_text
 from rag.stores.base import FILTER_FIELDS, ChunkStore, Ranking
 from rag.text import is_unicode_text
 from rag.types import DEFAULT_FUSION, MODES, Abstention, Filters, Fusion, Hit, Laps, Mode
@@ -90,7 +90,7 @@ class Retriever:
               max_per_doc: int | None = None, query_vector: np.ndarray | None = None,
               laps: Laps | None = None, history: Sequence[str] = ()) -> QueryResponse:
         """`history`: the earlier user turns, oldest first (a follow-up is read with them,
-        rag.conversation). `laps`, when given, collects the milliseconds of each step (`rag bench`)."""
+        rag.search.conversation). `laps`, when given, collects the milliseconds of each step (`rag bench`)."""
         with self._consistent():
             return self._query(question, k, filters, mode, max_per_doc, query_vector, laps, history)
 
@@ -247,7 +247,7 @@ class Retriever:
 
     def passage(self, rank: int, group: Group, sentences: "Sentences", query_vector: np.ndarray,
                 terms: set[str]) -> Passage:
-        """A passage: one chunk, or overlapping chunks of a document merged (rag.passages)."""
+        """A passage: one chunk, or overlapping chunks of a document merged (rag.search.passages)."""
         chunk = self.store.chunks[group.hit.row]
         citation = self._paged(self.citation(group.hit.row).model_copy(
             update={"char_start": group.char_start, "char_end": group.char_end}))
@@ -285,7 +285,7 @@ class Retriever:
 
     def answer(self, question: str, query_vector: np.ndarray, groups: list[Group],
                sentences: list["Sentences"]) -> list[AnswerSentence]:
-        """The sentences of the top passages that answer the question, best first (rag.answer)."""
+        """The sentences of the top passages that answer the question, best first (rag.search.answer)."""
         return [AnswerSentence(text=c.text, passage=c.rank, doc_id=c.doc_id, char_start=c.char_start,
                                char_end=c.char_end, score=c.score)
                 for c in answers.choose(question, query_vector, _candidates(groups, sentences))]
