@@ -36,9 +36,9 @@ import httpx
 
 from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from, load_embedder
+from rag.evaluation.metrics import percentile
 from rag.ingest.build import spec_of
 from rag.ingest.chunk import embed_input
-from rag.metrics import percentile
 from rag.settings import Settings
 
 DEFAULT_SCIFACT = Path("../shared/benchmarks/scifact")

@@ -11,7 +11,7 @@ import typer
 
 from rag.cli_base import IndexOpt, app, fail, load_settings, user_errors
 
-BEIR_UNREPORTED = ("recall@5",)  # rag.beir reports nDCG@10, Recall@10/100 and MRR@10
+BEIR_UNREPORTED = ("recall@5",)  # rag.evaluation.beir reports nDCG@10, Recall@10/100 and MRR@10
 
 
 @app.command("eval")
@@ -44,8 +44,8 @@ def eval_command(
     index: IndexOpt = None,
 ) -> None:
     """Measure retrieval (Recall@k, MRR@10, nDCG@10, latency) per mode; gate on thresholds."""
-    from rag.evaluate import SWEEP, variants
-    from rag.report import terminal_details, terminal_summary, write_reports
+    from rag.evaluation.report import terminal_details, terminal_summary, write_reports
+    from rag.evaluation.retrieval import SWEEP, variants
     from rag.types import MODES
 
     if unknown := [m for m in mode or () if m not in MODES]:
@@ -68,7 +68,7 @@ def eval_command(
         fail(f"{', '.join(unreported)} is not reported for BEIR (nDCG@10, Recall@10, Recall@100, MRR@10 are): "
              "a gate on it would never run")
     if beir is not None:
-        from rag.beir import evaluate_beir, evaluate_whole_docs
+        from rag.evaluation.beir import evaluate_beir, evaluate_whole_docs
 
         if whole_docs:
             report = evaluate_whole_docs(beir, settings, limit=limit, log=lambda m: typer.echo(m, err=True))
@@ -77,8 +77,8 @@ def eval_command(
             report = evaluate_beir(beir, settings, columns, limit=limit, log=lambda m: typer.echo(m, err=True))
             name, title = f"beir-{beir.name}", f"BEIR {beir.name}"
     else:
-        from rag.abstain import calibrate as fit_abstention
-        from rag.evaluate import answer_hits, evaluate, highlight_hits, load_questions
+        from rag.evaluation.calibrate import calibrate as fit_abstention
+        from rag.evaluation.retrieval import answer_hits, evaluate, highlight_hits, load_questions
         from rag.service import open_retriever
 
         retriever = open_retriever(settings)
@@ -88,11 +88,11 @@ def eval_command(
         report["highlights"] = highlight_hits(retriever, question_set)
         report["answer"] = answer_hits(retriever, question_set)
         if fit_answer:
-            from rag.answer_fit import fit_answer as fit_answer_weights
+            from rag.evaluation.fit_answer import fit_answer as fit_answer_weights
 
             report["answer"]["fit"] = fit_answer_weights(retriever, question_set)
         if conversations.is_file():
-            from rag.conversations import follow_up_recall, load_conversations
+            from rag.evaluation.conversations import follow_up_recall, load_conversations
 
             report["conversations"] = follow_up_recall(retriever, load_conversations(conversations, retriever.store))
         name, title = "seed", f"Seed questions ({questions.name})"

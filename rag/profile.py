@@ -46,7 +46,7 @@ def sample_passages(limit: int, scifact: Path | None, fallback: Sequence[str], e
     as `settings` say, when its folder is there, else of the seed index."""
     if scifact is None or not (scifact / "corpus.jsonl").is_file():
         return list(fallback)[:limit], "seed corpus chunks"
-    from rag.beir import load_beir
+    from rag.evaluation.beir import load_beir
     from rag.ingest.build import as_is
     from rag.ingest.chunk import ChunkParams, chunk_document
 
@@ -98,8 +98,8 @@ def compare_backends(settings: Settings, scifact: Path | None) -> dict[str, Any]
 
     import numpy as np
 
-    from rag.beir import cache_key
     from rag.encoders.base import VECTOR_FAMILY
+    from rag.evaluation.beir import cache_key
     from rag.ingest.build import build_index, spec_of
     from rag.stores.local.store import open_local
 

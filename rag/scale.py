@@ -37,11 +37,11 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from rag.beir import _judged, beir_store
 from rag.encoders.load import embedder_from
+from rag.evaluation.beir import _judged, beir_store
+from rag.evaluation.metrics import percentile
 from rag.ingest.build import build_manifest, spec_of
 from rag.ingest.chunk import embed_input
-from rag.metrics import percentile
 from rag.records import ChunkRecord, DocumentRecord
 from rag.search.fusion import fuse
 from rag.settings import Settings

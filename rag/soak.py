@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 
 from rag.bench import QUESTIONS, rss_mb, start_server, wait_ready
-from rag.metrics import percentile
+from rag.evaluation.metrics import percentile
 from rag.settings import Settings
 
 KINDS = ["query"] * 12 + ["context"] * 3 + ["chat_stream"] * 2 + ["chat"] * 2 + ["hostile"]  # 60/15/10/10/5 %

@@ -28,10 +28,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rag.beir import _judged, beir_store
 from rag.collections import Collections, text_document
 from rag.encoders.load import embedder_from
-from rag.metrics import percentile
+from rag.evaluation.beir import _judged, beir_store
+from rag.evaluation.metrics import percentile
 from rag.records import DocumentRecord
 from rag.scale import Source
 from rag.search.retriever import Retriever

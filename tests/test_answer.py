@@ -96,8 +96,8 @@ def test_history_is_trimmed_to_the_newest_turns_that_fit():
 def test_bad_conversation_files_are_refused(built, tmp_path):
     import pytest
 
-    from rag.conversations import load_conversations
     from rag.errors import RagError
+    from rag.evaluation.conversations import load_conversations
     from rag.stores.local.store import open_local
 
     store = open_local(built.index_dir)
@@ -122,9 +122,9 @@ def test_a_sentence_dated_to_another_year_does_not_lead():
 
 
 def test_answer_weights_are_fitted_from_which_sentences_hold_the_gold_quote():
-    """A feature that picks out the gold sentences gets the weight (rag.answer_fit)."""
-    from rag.answer_fit import answer_metric, fit_weights
-    from rag.evaluate import GoldQuote, Question
+    """A feature that picks out the gold sentences gets the weight (rag.evaluation.fit_answer)."""
+    from rag.evaluation.fit_answer import answer_metric, fit_weights
+    from rag.evaluation.retrieval import GoldQuote, Question
 
     examples = []
     for year in range(2000, 2020):

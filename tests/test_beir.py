@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO, FakeEmbedder
 
-from rag import beir
 from rag.errors import RagError
-from rag.evaluate import variants
+from rag.evaluation import beir
+from rag.evaluation.retrieval import variants
 from rag.settings import Settings
 
 

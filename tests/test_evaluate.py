@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from rag import service
 from rag.cli import app
 from rag.errors import RagError
-from rag.evaluate import evaluate, load_questions, variants
+from rag.evaluation.retrieval import evaluate, load_questions, variants
 from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.local.store import open_local

@@ -8,7 +8,7 @@ import ir_measures
 import pytest
 from ir_measures import RR, R, nDCG
 
-from rag.metrics import mrr_at_k, ndcg_at_k, recall_at_k
+from rag.evaluation.metrics import mrr_at_k, ndcg_at_k, recall_at_k
 
 F, T = False, True
 
@@ -39,7 +39,7 @@ def test_recall_by_hand():
 
 
 def test_percentile_by_hand():
-    from rag.metrics import latency_summary, percentile
+    from rag.evaluation.metrics import latency_summary, percentile
 
     assert percentile([5, 1, 4, 2, 3], 0.95) == 5 and percentile([5, 1, 4, 2, 3], 0.5) == 3
     # 20 values: p95 is the value at index round(0.95 * 19) = 18 of the sorted list

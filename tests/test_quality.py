@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import FakeEmbedder
 
-from rag.abstain import fit_logistic, held_back, rates
 from rag.errors import BadQueryError
+from rag.evaluation.calibrate import fit_logistic, held_back, rates
 from rag.records import ChunkRecord
 from rag.search.fusion import fuse
 from rag.search.retriever import Retriever, near_duplicates
@@ -225,7 +225,7 @@ def test_an_answering_sentence_is_evidence_and_none_is_neutral():
 
 
 def test_rates_and_split():
-    from rag.evaluate import Question
+    from rag.evaluation.retrieval import Question
 
     a = Abstention(slope=10.0, offset=-5.0, missing_weight=-10.0)  # boundary at cosine 0.5 with nothing missing
     questions = [Question(f"q{i}", "q", "t", answerable, [], [], topic) for i, (answerable, topic) in
@@ -251,7 +251,7 @@ def test_no_response_says_a_sentence_twice_over_the_question_set(retriever: Retr
     still its document's slice, and k passages come back."""
     from pathlib import Path
 
-    from rag.evaluate import load_questions
+    from rag.evaluation.retrieval import load_questions
 
     questions = load_questions(Path(__file__).resolve().parent.parent / "eval" / "questions.jsonl", retriever.store)
     merged = 0
@@ -271,7 +271,7 @@ def test_no_response_says_a_sentence_twice_over_the_question_set(retriever: Retr
 def test_no_passage_is_never_answerable(retriever: Retriever, monkeypatch: pytest.MonkeyPatch):
     """A lexical query no chunk matches returns nothing: nothing to answer from, whatever
     the question's cosine to the corpus (found by probing: it said answerable at 0.79)."""
-    from rag.abstain import Abstention
+    from rag.evaluation.calibrate import Abstention
 
     monkeypatch.setattr(retriever, "abstention", Abstention(slope=0.0, offset=5.0))  # answerable to anything
     response = retriever.query("zzqxv wvutq", 3, mode="lexical")

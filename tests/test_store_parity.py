@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 pytest.importorskip("pymilvus")
 
 from api.app import create_app
-from rag.evaluate import evaluate, load_questions, variants
+from rag.evaluation.retrieval import evaluate, load_questions, variants
 from rag.ingest.build import build_index, spec_of
 from rag.ingest.migrate import migrate_to_milvus
 from rag.search.retriever import Retriever

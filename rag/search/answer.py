@@ -28,7 +28,7 @@ COMMON 1 (all kept), 0.91 at 0.6, 0.93 at 0.5 to 0.4, 0.94 at 0.35 to 0.25 and 0
 0.2; a third lies inside the plateau (2026-11-25).
 
 The weights (WEIGHTS) are a logistic regression's over the seed set's candidate sentences,
-labelled by whether they cover half of a gold quote (rag.answer_fit, `rag eval
+labelled by whether they cover half of a gold quote (rag.evaluation.fit_answer, `rag eval
 --fit-answer`), rounded. Checked on questions they were not fitted on (two folds by
 question order), the answer metric is 0.886 and 0.971 (mean 0.929), 0.943 over the set;
 with every term and name kept it was 0.857 and 0.943 (mean 0.900); the hand-set weights

@@ -18,7 +18,7 @@ candidates before that.
 
 Every response says whether the corpus seems to hold an answer: `confidence` is a
 logistic function of the best dense cosine similarity, the specifics the passages miss
-and the answer's lead-sentence score (rag.abstain, calibrated on the seed questions with
+and the answer's lead-sentence score (rag.evaluation.calibrate, calibrated on the seed questions with
 `rag eval --calibrate`), 0 when no passage comes back, and `answerable` is
 `confidence >= 0.5`. Highlights mark the
 passage sentence(s) that best match the question: cosine similarity plus

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
 from rag.errors import RagError
-from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
+from rag.evaluation.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
 from rag.search.retriever import Retriever
 from rag.stores.base import ChunkStore
 from rag.types import MODES, Fusion, Mode

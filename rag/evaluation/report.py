@@ -1,6 +1,6 @@
 """Write an evaluation report: a terminal table, JSON, Markdown and a PNG chart of modes.
 
-The report is the dict that `rag.evaluate.evaluate` or `rag.beir.evaluate_beir` returns:
+The report is the dict that `rag.evaluation.retrieval.evaluate` or `rag.evaluation.beir.evaluate_beir` returns:
 {"modes": {mode: {"overall": {metric: value}, ...}}, ...}.
 
 Left out: HTML reports and comparisons against earlier runs (diff two JSON files for that).

@@ -3,7 +3,7 @@ question set, and checked on questions they were not fitted on.
 
 Every candidate sentence of every answerable question (the sentences of its top
 ANSWER_PASSAGES passages) is a row of rag.search.answer.features, labelled 1 when it covers half
-of a gold quote or more (the answer metric's test). A logistic regression (rag.abstain's
+of a gold quote or more (the answer metric's test). A logistic regression (rag.evaluation.calibrate's
 Newton fit, ridge `L2`) gives one weight per feature; divided by the cosine's, they are
 on the scale `choose` adds them on. The check is two-fold by question order (fitted on
 the odd-numbered, scored on the even-numbered, and the other way round), with the answer
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from rag.abstain import fit_logistic
-from rag.evaluate import Question, covers_quote
+from rag.evaluation.calibrate import fit_logistic
+from rag.evaluation.retrieval import Question, covers_quote
 from rag.search.answer import FEATURES, WEIGHTS, Candidate, choose, features
 from rag.search.retriever import Retriever
 

@@ -34,10 +34,10 @@ import numpy as np
 from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from
 from rag.errors import RagError
-from rag.evaluate import Variant
+from rag.evaluation.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
+from rag.evaluation.retrieval import Variant
 from rag.ingest.build import build_index, spec_of
 from rag.ingest.corpus import SourceDocument
-from rag.metrics import latency_summary, mrr_at_k, ndcg_at_k, recall_at_k
 from rag.search.retriever import Retriever
 from rag.service import retriever_for
 from rag.settings import Settings

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.evaluate import Question
+from rag.evaluation.retrieval import Question
 from rag.search.answer import missing_share
 from rag.search.retriever import Retriever
 from rag.types import Abstention

@@ -18,8 +18,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from rag.errors import RagError
-from rag.evaluate import GoldQuote, GoldRow, covered_quotes, jsonl_rows, locate, valid_row
-from rag.metrics import recall_at_k
+from rag.evaluation.metrics import recall_at_k
+from rag.evaluation.retrieval import GoldQuote, GoldRow, covered_quotes, jsonl_rows, locate, valid_row
 from rag.search.retriever import Retriever
 from rag.stores.base import ChunkStore
 
