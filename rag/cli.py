@@ -228,31 +228,31 @@ def bench(
     index: IndexOpt = None,
 ) -> None:
     """Benchmark the real server: latency vs raw model time, throughput at 1/8/32 clients, memory."""
-    from rag.bench import run_bench, table
+    from rag.bench.serve import run_bench, table
     from rag.ingest.build import build_index
 
     settings = load_settings(index=index)
     if backend not in (None, "local", "milvus"):
         fail(f"--backend must be local or milvus, got {backend!r}")
     if writes:
-        from rag.bench import DEFAULT_SCIFACT
-        from rag.writes_bench import run_writes, writes_table
+        from rag.bench.serve import DEFAULT_SCIFACT
+        from rag.bench.writes import run_writes, writes_table
 
         timed = run_writes(settings.model_copy(update={"vector_store": backend or settings.vector_store}),
                            DEFAULT_SCIFACT, log=lambda m: typer.echo(m, err=True))
         typer.echo(json.dumps(timed) if as_json else writes_table(timed))
         return
     if scale is not None:
-        from rag.bench import DEFAULT_SCIFACT
-        from rag.scale import run_scale, scale_table
+        from rag.bench.scale import run_scale, scale_table
+        from rag.bench.serve import DEFAULT_SCIFACT
 
         measured = run_scale(settings, scale, backend or settings.vector_store, DEFAULT_SCIFACT,
                              log=lambda m: typer.echo(m, err=True))
         typer.echo(json.dumps(measured) if as_json else scale_table(measured))
         return
     if backends:
-        from rag.bench import DEFAULT_SCIFACT
-        from rag.profile import compare_backends
+        from rag.bench.profile import compare_backends
+        from rag.bench.serve import DEFAULT_SCIFACT
 
         for backend, sets in compare_backends(settings, DEFAULT_SCIFACT).items():
             for name, c in sets.items():
@@ -261,7 +261,7 @@ def bench(
         return
     build_index(settings, log=lambda m: typer.echo(m, err=True))  # no-op when up to date
     if soak is not None:
-        from rag.soak import run_soak, soak_table
+        from rag.bench.soak import run_soak, soak_table
 
         out = out or Path("eval/reports/soak.json")
         soaked = run_soak(settings, soak, out=out)

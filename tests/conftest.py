@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rag.bench import free_port
+from rag.bench.serve import free_port
 from rag.ingest.build import build_index
 from rag.settings import Settings
 

@@ -20,7 +20,7 @@ from conftest import FakeEmbedder
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from rag.bench import free_port
+from rag.bench.serve import free_port
 from rag.ingest.build import build_index
 from rag.settings import Settings
 

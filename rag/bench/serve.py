@@ -151,7 +151,7 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
     finally:
         server.terminate()
         server.wait(timeout=30)
-    from rag.profile import embed_rates, query_steps, sample_passages
+    from rag.bench.profile import embed_rates, query_steps, sample_passages
     from rag.service import retriever_for
     from rag.stores.factory import open_store
 

@@ -28,12 +28,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from rag.bench.scale import Source
 from rag.collections import Collections, text_document
 from rag.encoders.load import embedder_from
 from rag.evaluation.beir import _judged, beir_store
 from rag.evaluation.metrics import percentile
 from rag.records import DocumentRecord
-from rag.scale import Source
 from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.local.store import LocalStore
@@ -89,7 +89,7 @@ def run_writes(settings: Settings, scifact: Path, log: Callable[[str], None]) ->
 
 
 def _impact(settings: Settings, embedder: Any, big_text: str) -> dict[str, Any]:
-    from rag.bench import QUESTIONS
+    from rag.bench.serve import QUESTIONS
     from rag.ingest.build import spec_of
     from rag.service import retriever_for
     from rag.stores.factory import open_store
