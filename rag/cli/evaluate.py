@@ -9,12 +9,11 @@ from typing import Annotated
 
 import typer
 
-from rag.cli_base import IndexOpt, app, fail, load_settings, user_errors
+from rag.cli.base import IndexOpt, fail, load_settings, user_errors
 
 BEIR_UNREPORTED = ("recall@5",)  # rag.evaluation.beir reports nDCG@10, Recall@10/100 and MRR@10
 
 
-@app.command("eval")
 @user_errors
 def eval_command(
     questions: Annotated[Path, typer.Option(help="question set (JSONL)")] = Path("eval/questions.jsonl"),

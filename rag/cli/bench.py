@@ -1,0 +1,116 @@
+"""`rag bench serve|soak|scale|writes|backends`: each benchmark its own subcommand.
+
+SciFact (real texts and queries, distinct vectors) feeds the benchmarks that need a corpus
+larger than the seed one; `--scifact` says where it is (the BEIR folder).
+
+Left out: comparing two runs (diff their JSON files).
+"""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from rag.cli.base import IndexOpt, fail, load_settings, user_errors
+
+app = typer.Typer(help="Benchmarks: the real server, a soak, a million chunks, live writes, encoder backends.",
+                  no_args_is_help=True)
+
+SciFactOpt = Annotated[Path, typer.Option("--scifact", help="the SciFact BEIR folder (corpus.jsonl, "
+                                          "queries.jsonl, qrels/)")]
+DEFAULT_SCIFACT = Path("../shared/benchmarks/scifact")  # where the shared benchmarks sit beside a checkout
+BackendOpt = Annotated[str | None, typer.Option(help="local or milvus [RAG_VECTOR_STORE]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+
+
+def _log(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _store(backend: str | None, configured: str) -> str:
+    if backend not in (None, "local", "milvus"):
+        fail(f"--backend must be local or milvus, got {backend!r}")
+    return backend or configured
+
+
+@app.command("serve")
+@user_errors
+def serve(
+    repeats: Annotated[int, typer.Option(help="single-client queries (and raw encodes) to time")] = 200,
+    queries: Annotated[int, typer.Option(help="queries per concurrency level, split over the rounds")] = 640,
+    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("eval/reports/bench.json"),
+    scifact: SciFactOpt = DEFAULT_SCIFACT,
+    index: IndexOpt = None,
+) -> None:
+    """The real server: latency vs raw model time, throughput at 1/8/32 clients, memory."""
+    from rag.bench.serve import run_bench, table
+    from rag.ingest.build import build_index
+
+    settings = load_settings(index=index)
+    build_index(settings, log=_log)  # no-op when up to date
+    result = run_bench(settings, repeats=repeats, queries=queries, out=out, scifact=scifact)
+    typer.echo(table(result))
+    typer.echo(f"\nwrote {out}")
+
+
+@app.command("soak")
+@user_errors
+def soak(
+    seconds: Annotated[float, typer.Argument(help="seconds of mixed load with index swaps", min=40)],
+    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("eval/reports/soak.json"),
+    index: IndexOpt = None,
+) -> None:
+    """Mixed load with index swaps: failures, p99 and RSS growth."""
+    from rag.bench.soak import run_soak, soak_table
+    from rag.ingest.build import build_index
+
+    settings = load_settings(index=index)
+    build_index(settings, log=_log)  # no-op when up to date
+    soaked = run_soak(settings, seconds, out=out)
+    typer.echo(soak_table(soaked))
+    typer.echo(f"\nwrote {out}")
+    if soaked["failed"]:
+        fail(f"{soaked['failed']} requests failed during the soak")
+
+
+@app.command("scale")
+@user_errors
+def scale(
+    chunks: Annotated[int, typer.Argument(help="chunks in the collection", min=1000, max=100_000_000)],
+    backend: BackendOpt = None,
+    as_json: JsonOpt = False,
+    scifact: SciFactOpt = DEFAULT_SCIFACT,
+    index: IndexOpt = None,
+) -> None:
+    """Build an N-chunk collection from SciFact's real embeddings; time its searches, recall, build, memory."""
+    from rag.bench.scale import run_scale, scale_table
+
+    settings = load_settings(index=index)
+    measured = run_scale(settings, chunks, _store(backend, settings.vector_store), scifact, log=_log)
+    typer.echo(json.dumps(measured) if as_json else scale_table(measured))
+
+
+@app.command("writes")
+@user_errors
+def writes(backend: BackendOpt = None, as_json: JsonOpt = False, scifact: SciFactOpt = DEFAULT_SCIFACT,
+           index: IndexOpt = None) -> None:
+    """Time adding and deleting a one-page document in live collections of 100 and 100,000 chunks."""
+    from rag.bench.writes import run_writes, writes_table
+
+    settings = load_settings(index=index)
+    store = _store(backend, settings.vector_store)
+    timed = run_writes(settings.model_copy(update={"vector_store": store}), scifact, log=_log)
+    typer.echo(json.dumps(timed) if as_json else writes_table(timed))
+
+
+@app.command("backends")
+@user_errors
+def backends(scifact: SciFactOpt = DEFAULT_SCIFACT, index: IndexOpt = None) -> None:
+    """Cosine of every vector of each encoder backend to torch's, on the seed corpus and cached SciFact."""
+    from rag.bench.profile import compare_backends
+
+    for backend, sets in compare_backends(load_settings(index=index), scifact).items():
+        for name, c in sets.items():
+            typer.echo(f"{backend:<10} {name:<16} {c['vectors']:>6} vectors  cosine to torch: "
+                       f"min {c['min']:.7f}, mean {c['mean']:.7f}")
