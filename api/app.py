@@ -14,19 +14,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
-from api.chat_routes import router as chat_router
-from api.collection_routes import router as collection_router
 from api.engine import Engine
 from api.errors import error_bytes, retry_after, status_of
+from api.metrics import Metrics
 from api.middleware import AccessLog, ApiKey, Deadline, HostGuard, JsonCors, RequestGuard
-from api.openai_files import router as openai_files_router
-from api.openai_store_files import router as openai_store_files_router
-from api.openai_stores import router as openai_stores_router
-from api.routes import router
+from api.routes.chat import router as chat_router
+from api.routes.collections import router as collection_router
+from api.routes.documents import router as documents_router
+from api.routes.files import router as openai_files_router
+from api.routes.page import router as page_router
+from api.routes.query import router as query_router
+from api.routes.service import router as service_router
+from api.routes.vector_store_files import router as openai_store_files_router
+from api.routes.vector_stores import router as openai_stores_router
 from rag import __version__
 from rag.encoders.base import Embedder
 from rag.errors import RagError
@@ -61,29 +64,6 @@ def allowed_hosts(settings: Settings) -> list[str]:
     return LOOPBACK_NAMES if loopback else ["*"]
 
 
-class Metrics:
-    """A registry per app, so several apps (tests) never collide."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.requests = Counter("rag_requests_total", "HTTP requests", ["method", "route", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("rag_request_seconds", "HTTP request latency", ["route"],
-                                 registry=self.registry,
-                                 buckets=(.002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5))
-        self.index_chunks = Gauge("rag_index_chunks", "chunks in the live index", registry=self.registry)
-        self.index_documents = Gauge("rag_index_documents", "documents in the live index",
-                                     registry=self.registry)
-        self.batch_size = Gauge("rag_last_batch_size", "questions in the latest model batch",
-                                registry=self.registry)
-        self.batch_sizes = Histogram("rag_batch_size", "questions per model call", registry=self.registry,
-                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128))
-
-    def observe_batch(self, size: int) -> None:
-        self.batch_size.set(size)
-        self.batch_sizes.observe(size)
-
-
 def create_app(settings: Settings | None = None,
                embedder_factory: Callable[[str], Embedder] | None = None) -> FastAPI:
     settings = settings or Settings()
@@ -102,8 +82,10 @@ def create_app(settings: Settings | None = None,
     )
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
     engine.on_batch = metrics.observe_batch
-    app.include_router(router)
+    for router in (query_router, documents_router, service_router):
+        app.include_router(router)
     app.include_router(chat_router)
+    app.include_router(page_router)
     app.include_router(collection_router)
     app.include_router(openai_files_router)
     app.include_router(openai_stores_router)

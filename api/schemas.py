@@ -5,7 +5,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rag.records import DocumentRecord
 from rag.schema import Citation
+from rag.search.retriever import Retriever
 from rag.types import Mode
 
 EXAMPLE_QUESTION = "What was the value of trade between China and Russia in 2024?"
@@ -84,3 +86,10 @@ class Reloaded(BaseModel):
 
 class ErrorBody(BaseModel):
     detail: str = Field(examples=["question must not be empty"])
+
+
+def summary(retriever: Retriever, doc: DocumentRecord) -> dict[str, object]:
+    meta = doc.metadata
+    return {"doc_id": doc.doc_id, "title": meta["title"], "source": meta["source"],
+            "author": meta.get("author"), "date": meta.get("date"), "url": meta.get("url"),
+            "n_chunks": retriever.chunk_count(doc.doc_id), "n_chars": len(doc.text)}

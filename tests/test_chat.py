@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
-from rag.chat import NO_ANSWER, turns_from
+from api.chat.answers import NO_ANSWER, turns_from
 from rag.settings import Settings
 from rag.text import count_tokens
 
@@ -236,7 +236,7 @@ def test_upstream_model_answers_from_the_packed_context(built: Settings):
 
 
 def test_upstream_dying_mid_stream_still_ends_with_sources(built: Settings):
-    from api.chat_routes import UPSTREAM_CUT
+    from api.chat.upstream import UPSTREAM_CUT
 
     with running_server(fake_upstream([], die_after=2)) as upstream:
         settings = built.model_copy(update={"llm_base_url": f"{upstream}/v1", "llm_model": "tiny"})
@@ -308,7 +308,7 @@ def test_chat_page_in_headless_chromium(built: Settings, tmp_path):
 def condensing_upstream(seen: list[dict[str, Any]], rewrite: str, delay: float = 0.0) -> FastAPI:
     """An upstream that rewrites follow-ups into `rewrite` (after `delay` seconds) and answers
     anything else like fake_upstream."""
-    from api.chat_routes import CONDENSE_PROMPT
+    from api.chat.upstream import CONDENSE_PROMPT
 
     inner = fake_upstream(seen)
     app = FastAPI()

@@ -23,7 +23,7 @@ from pydantic import SecretStr, ValidationError
 import rag.stores.factory
 import rag.stores.local.builds
 from api.app import create_app
-from api.chat_stream import sse
+from api.chat.stream import sse
 from rag.ingest.build import build_index
 from rag.settings import Settings
 

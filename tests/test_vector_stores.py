@@ -1,4 +1,4 @@
-"""The OpenAI Files and Vector Stores APIs (api.openai_stores), driven by the official
+"""The OpenAI Files and Vector Stores APIs (api.routes.vector_stores), driven by the official
 `openai` client with only `base_url` changed: what a user of OpenAI's file search does."""
 
 import io
@@ -16,9 +16,9 @@ from pydantic import SecretStr
 from test_collections import PDF_PAGES, article, pdf_bytes
 
 from api.app import create_app
-from api.openai_objects import page
-from api.openai_stores import derive_name
-from rag.attribute_filters import check_filter, matches
+from api.openai.filters import check_filter, matches
+from api.openai.objects import page
+from api.routes.vector_stores import derive_name
 from rag.errors import BadQueryError
 from rag.ingest.build import build_index
 from rag.settings import Settings

@@ -14,8 +14,8 @@ from conftest import FakeEmbedder, running_server
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.chat.webui import from_open_webui, sources_in_text, task_reply, title
 from rag.settings import Settings
-from rag.webui import from_open_webui, sources_in_text, task_reply, title
 
 QUESTION = "imports of Russian oil rose 49 percent to $76.4 billion"
 BASE_URL = "http://127.0.0.1"

@@ -1,5 +1,5 @@
-"""What a vector store keeps beside its collection, shared by api.openai_stores and
-api.openai_store_files: the store id <-> collection name, `vector_store.json` (display
+"""What a vector store keeps beside its collection, shared by api.routes.vector_stores and
+api.routes.vector_store_files: the store id <-> collection name, `vector_store.json` (display
 name, metadata, creation time, files that failed), OpenAI's limits on metadata and
 attributes, and the writes the engine tracks.
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from api.engine import Engine
-from api.openai_objects import FileCounts, VectorStore
+from api.openai.objects import FileCounts, VectorStore
 from rag.collections import DEFAULT, NAME, Collections
 from rag.errors import BadQueryError, ConflictError, NotFoundError, StorageError
 from rag.files import replace_text

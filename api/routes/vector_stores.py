@@ -1,6 +1,6 @@
 """OpenAI's Vector Stores API over live collections (rag.collections), so that a stock
-OpenAI client works with only its `base_url` changed (the Files it attaches: api.openai_files;
-attaching them: api.openai_store_files; what a store keeps: api.openai_store_state).
+OpenAI client works with only its `base_url` changed (the Files it attaches: api.routes.files;
+attaching them: api.routes.vector_store_files; what a store keeps: api.openai.state).
 
 A vector store is a collection: its id is `vs_<collection name>`, the name
 derived from the store's name (`vs_default` is the built corpus: listed and searched, not
@@ -31,8 +31,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from api.openai_files import WRITE_ERRORS, stored_files
-from api.openai_objects import (
+from api.deps import ERRORS, WRITE_ERRORS, EngineDep, SettingsDep, check_question
+from api.openai.files import stored_files
+from api.openai.filters import check_filter, matches
+from api.openai.objects import (
     Deleted,
     NewStore,
     Page,
@@ -44,8 +46,7 @@ from api.openai_objects import (
     VectorStore,
     page,
 )
-from api.openai_store_files import attach
-from api.openai_store_state import (
+from api.openai.state import (
     check_pairs,
     collection_of,
     created_at_of,
@@ -55,8 +56,7 @@ from api.openai_store_state import (
     store_object,
     writable,
 )
-from api.routes import ERRORS, EngineDep, SettingsDep, check_question
-from rag.attribute_filters import check_filter, matches
+from api.openai.store_files import attach
 from rag.collections import DEFAULT, Collections
 from rag.records import DocumentRecord
 from rag.types import Filters

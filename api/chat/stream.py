@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 from fastapi.responses import StreamingResponse
 
-from rag.chat import ChatCitation, source_name
+from api.chat.answers import ChatCitation, source_name
 from rag.text import count_tokens
 
 

@@ -18,10 +18,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import FormData, UploadFile  # what request.form() gives (FastAPI's is a subclass)
 
-from api.routes import ERRORS, EngineDep, summary
-from api.schemas import DocumentDetail, ErrorBody
+from api.deps import ERRORS, EngineDep, form_file
+from api.schemas import DocumentDetail, ErrorBody, summary
 from rag.collections import DEFAULT, Collections, Written, check_name, text_document
 from rag.errors import BadQueryError, ConflictError, NotFoundError
 from rag.ingest.corpus import SourceDocument
@@ -193,18 +192,6 @@ def document_text(name: str, doc_id: str, engine: EngineDep) -> DocumentDetail:
         raise NotFoundError(f"no document '{doc_id}' in collection '{name}'")
     return DocumentDetail.model_validate({**summary(engine.retriever_of(name), doc), "metadata": doc.metadata,
                                           "sections": doc.sections, "text": doc.text})
-
-
-async def form_file(request: Request, max_fields: int) -> tuple[UploadFile, FormData]:
-    """The multipart form's `file` and the whole form; a 422 naming what is wrong."""
-    try:
-        form = await request.form(max_files=1, max_fields=max_fields)
-    except Exception as exc:  # a malformed multipart body (python-multipart raises its own types)
-        raise BadQueryError(f"cannot read the multipart form: {exc}") from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise BadQueryError("send the file in a multipart field named 'file'")
-    return upload, form
 
 
 async def _upload(request: Request) -> tuple[SourceDocument, bool]:
