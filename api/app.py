@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
-from api.engine import Engine
+from api.engine.lifecycle import Engine
 from api.errors import error_bytes, retry_after, status_of
 from api.metrics import Metrics
 from api.middleware import AccessLog, ApiKey, Deadline, HostGuard, JsonCors, RequestGuard
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None,
         description="Ranked passages with exact citations over a folder of articles.",
     )
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
-    engine.on_batch = metrics.observe_batch
+    engine.batcher.on_batch = metrics.observe_batch
     for router in (query_router, documents_router, service_router):
         app.include_router(router)
     app.include_router(chat_router)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from starlette.datastructures import FormData, UploadFile  # what request.form() gives (FastAPI's is a subclass)
 
-from api.engine import Engine
+from api.engine.lifecycle import Engine
 from api.schemas import ErrorBody
 from rag.errors import BadQueryError
 from rag.search.retriever import Retriever

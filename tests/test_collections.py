@@ -408,7 +408,7 @@ def test_a_failed_big_write_does_not_outlive_a_delete_or_a_later_write(built: Se
 def test_write_states_keep_the_latest_write_of_a_document():
     """An outcome counts only for the write still tracked; a finished state can be
     forgotten, one in progress cannot."""
-    from api.write_states import WriteStates
+    from api.engine.writes import WriteStates
 
     states, key = WriteStates(), ("notes", "big")
     first = states.start(key, "hash-a")

@@ -160,7 +160,7 @@ def test_any_load_failure_is_reported_and_the_watcher_survives(built: Settings, 
             raise ValueError("a bug in the loader")
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr("api.engine.open_store", flaky_load)
+    monkeypatch.setattr("api.engine.lifecycle.open_store", flaky_load)
     with client_for(built.model_copy(update={"reload_poll_seconds": 0.05})) as c:
         first = c.get("/ready").json()["build_id"]
         build_index(built, FakeEmbedder(), force=True)
@@ -174,7 +174,7 @@ def test_any_load_failure_is_reported_and_the_watcher_survives(built: Settings, 
 
 def test_admin_reload_of_a_failing_build_is_a_clean_409(built: Settings, monkeypatch):
     with client_for(built.model_copy(update={"reload_poll_seconds": 0})) as c:
-        monkeypatch.setattr("api.engine.open_store", lambda *a, **k: (_ for _ in ()).throw(MemoryError("boom")))
+        monkeypatch.setattr("api.engine.lifecycle.open_store", lambda *a, **k: (_ for _ in ()).throw(MemoryError("boom")))
         build_index(built, FakeEmbedder(), force=True)
         r = c.post("/admin/reload")
         assert r.status_code == 409 and "MemoryError: boom" in r.json()["detail"]
@@ -182,7 +182,7 @@ def test_admin_reload_of_a_failing_build_is_a_clean_409(built: Settings, monkeyp
 
 
 def test_start_up_survives_a_loader_crash(built: Settings, monkeypatch):
-    monkeypatch.setattr("api.engine.open_store", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    monkeypatch.setattr("api.engine.lifecycle.open_store", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
     with client_for(built.model_copy(update={"reload_poll_seconds": 0})) as c:
         r = c.get("/ready")
         assert (r.status_code, r.json()) == (503, {"detail": "RuntimeError: no"})
@@ -204,7 +204,7 @@ def test_a_transient_load_error_is_retried_by_the_next_poll(built: Settings, mon
             raise StorageError("cannot read index at x: Too many open files") from OSError(24, "EMFILE")
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr("api.engine.open_store", busy_once)
+    monkeypatch.setattr("api.engine.lifecycle.open_store", busy_once)
     with client_for(built.model_copy(update={"reload_poll_seconds": 0.05})) as c:
         first = c.get("/ready").json()["build_id"]
         build_index(built, FakeEmbedder(), force=True)  # one build only: a retry must load it
@@ -478,7 +478,7 @@ def test_two_host_headers_are_refused_and_ipv6_loopback_is_allowed(built: Settin
 
 
 def test_a_model_failure_that_is_not_the_questions_fault_is_not_a_422():
-    from api.engine import encode_each
+    from api.engine.batching import encode_each
 
     class Broken(FakeEmbedder):
         def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
@@ -571,7 +571,7 @@ def test_a_client_leaving_mid_stream_closes_the_upstream_connection(built: Setti
 def test_which_load_failures_a_later_poll_retries():
     import errno as errnos
 
-    from api.engine import _may_pass
+    from api.engine.reload import _may_pass
     from rag.errors import IndexBusyError, IndexCorruptError, StorageError
 
     def storage(code: int) -> StorageError:

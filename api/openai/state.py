@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from api.engine import Engine
+from api.engine.lifecycle import Engine
 from api.openai.objects import FileCounts, VectorStore
 from rag.collections import DEFAULT, NAME, Collections
 from rag.errors import BadQueryError, ConflictError, NotFoundError, StorageError

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from api.engine import Engine, writes_allowed
+from api.engine.lifecycle import Engine
+from api.engine.writes import writes_allowed
 from api.openai.files import StoredFiles, stored_files
 from api.openai.objects import (
     FileObject,

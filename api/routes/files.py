@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from api.deps import ERRORS, WRITE_ERRORS, SettingsDep, form_file
-from api.engine import writes_allowed
+from api.engine.writes import writes_allowed
 from api.openai.files import PURPOSES, stored_files
 from api.openai.objects import Deleted, FileObject, Page, page
 from api.schemas import ErrorBody

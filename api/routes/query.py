@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from api.deps import ERRORS, EngineDep, SettingsDep, check_question
-from api.engine import Engine
+from api.engine.lifecycle import Engine
 from api.schemas import (
     EXAMPLE_QUESTION,
     QueryRequest,

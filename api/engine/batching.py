@@ -1,0 +1,173 @@
+"""Micro-batching: questions wait in a bounded queue; one worker thread takes everything
+queued, embeds it in one model call and searches each question. While a batch runs, new
+questions queue up and form the next batch, so a lone client pays no waiting window and
+many clients share model calls. `batch_wait_ms` adds a fixed window for bigger batches.
+The event loop never runs model or search code.
+
+Isolation: a question the model rejects fails alone. When a batch's model call raises,
+each question is encoded on its own and only the ones that fail again get an error.
+A full queue answers at once (OverloadedError, 503 with Retry-After) instead of piling
+up work nobody will wait for, and every question has a deadline (`request_timeout_seconds`).
+The batch loop survives any exception; if it ever stops, /ready says so.
+
+Left out: priorities between clients; several worker threads (one model call at a time
+uses every core the model is given).
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rag.encoders.base import Embedder
+from rag.errors import BadQueryError, DeadlineError, NotReadyError, OverloadedError, RagError
+from rag.schema import QueryResponse
+from rag.search.retriever import Retriever
+from rag.settings import Settings
+from rag.types import Filters, Mode
+
+log = logging.getLogger("rag.engine")
+Default = Callable[[], Retriever | NotReadyError]  # the built corpus's retriever, or why there is none
+
+
+@dataclass
+class Job:
+    question: str
+    k: int
+    filters: Filters
+    mode: Mode | None
+    max_per_doc: int | None
+    future: asyncio.Future[QueryResponse] = field(repr=False)
+    history: tuple[str, ...] = ()  # earlier user turns, oldest first
+    retriever: Retriever | None = None  # a live collection's; None: the built corpus's
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class Batcher:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.worker_error: str | None = None  # set if the batch loop ever stops
+        self.on_batch: Callable[[int], None] = lambda size: None  # the app counts batch sizes for /metrics
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=settings.max_queue)
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")
+
+    async def answer(self, job: Job) -> QueryResponse:
+        """Queue the job and wait for its answer, within the request deadline."""
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            raise OverloadedError(f"{self.settings.max_queue} questions are already waiting; "
+                                  "retry in a moment") from None
+        try:  # a timed-out future is cancelled, and the batch loop skips it
+            return await asyncio.wait_for(job.future, self.settings.request_timeout_seconds)
+        except TimeoutError:
+            raise DeadlineError(f"no answer within {self.settings.request_timeout_seconds:g} s; "
+                                "the service is busy, retry in a moment") from None
+
+    def start(self, embedder: Embedder, default: Default) -> asyncio.Task[None]:
+        batch = asyncio.create_task(self._batch_loop(embedder, default))
+        batch.add_done_callback(self._batch_loop_ended)
+        return batch
+
+    def _batch_loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        self.worker_error = f"the query worker stopped: {task.exception()!r}"
+        log.error(self.worker_error)
+
+    async def _next_batch(self) -> list[Job]:
+        loop = asyncio.get_running_loop()
+        wait = self.settings.batch_wait_ms / 1000
+        batch = [await self._queue.get()]
+        deadline = loop.time() + wait
+        while len(batch) < self.settings.max_batch:
+            try:
+                if wait and (left := deadline - loop.time()) > 0:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                else:
+                    batch.append(self._queue.get_nowait())
+            except (asyncio.QueueEmpty, TimeoutError):
+                break
+        return [job for job in batch if not job.future.done()]  # skip clients that gave up
+
+    async def _batch_loop(self, embedder: Embedder, default: Default) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            live = await self._next_batch()
+            if not live:
+                continue
+            self.on_batch(len(live))
+            results: list[QueryResponse | BaseException]
+            try:
+                results = list(await loop.run_in_executor(self.worker, answer_batch, embedder, default(), live))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a bug must fail these requests, never the loop
+                log.exception("batch of %d failed", len(live))
+                results = [exc if isinstance(exc, RagError) else RuntimeError("internal error")] * len(live)
+            for job, result in zip(live, results):
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+
+
+def answer_batch(embedder: Embedder, default: Retriever | NotReadyError,
+                 jobs: list[Job]) -> list[QueryResponse | Exception]:
+    """Runs in the worker thread: one model call for the batch, then one search each.
+    Every mode needs the question's vector: confidence and highlights use it. `default`
+    fails only its own queries: a live collection answers without it."""
+    vectors = encode_each(embedder, [j.question for j in jobs])
+    out: list[QueryResponse | Exception] = []
+    for job, vector in zip(jobs, vectors):
+        if isinstance(vector, Exception):
+            out.append(vector)
+            continue
+        retriever = job.retriever or default
+        if isinstance(retriever, NotReadyError):
+            out.append(retriever)
+            continue
+        try:
+            response = retriever.query(job.question, job.k, job.filters, job.mode, job.max_per_doc,
+                                       query_vector=vector, history=job.history)
+            took_ms = round((time.perf_counter() - job.queued_at) * 1000, 3)
+            out.append(response.model_copy(update={"took_ms": took_ms}))
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+INPUT_ERRORS = (TypeError, ValueError, UnicodeError)  # what tokenizers raise for text they cannot take
+
+
+def encode_each(embedder: Embedder, questions: list[str]) -> list[np.ndarray | Exception]:
+    """One model call for all; if it raises, one call per question, so that a question the
+    model rejects fails alone and the others are answered. A rejection of the text itself
+    (TypeError, ValueError, UnicodeError) is the question's fault: 422. Anything else (the
+    runtime out of memory, a broken model) is the server's, and stays a 500."""
+    try:
+        return list(embedder.encode(questions))
+    except Exception as exc:
+        if len(questions) == 1:
+            return [_rejected(exc)]
+    out: list[np.ndarray | Exception] = []
+    for question in questions:
+        try:
+            out.append(embedder.encode([question])[0])
+        except Exception as exc:
+            out.append(_rejected(exc))
+    return out
+
+
+def _rejected(exc: Exception) -> Exception:
+    if not isinstance(exc, INPUT_ERRORS):
+        log.error("the model failed on a question: %r", exc)
+        return exc
+    log.warning("the model rejected a question: %r", exc)
+    return BadQueryError(f"the embedding model cannot encode this question ({type(exc).__name__})")

@@ -1,0 +1,176 @@
+"""What the service runs on: the model, loaded once at start-up, and the three parts that
+share it: the built corpus kept current (`reload.LiveIndex`), questions answered in
+batches (`batching.Batcher`), and writes on their own thread (`writes.Writer`). Live
+collections get a retriever each, made once and kept while the collection lives.
+
+Left out: several worker processes (one process with batching keeps one model copy in
+memory); GPU placement.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from api.engine.batching import Batcher, Job
+from api.engine.reload import LiveIndex
+from api.engine.writes import Key, Writer, WriteStates
+from rag.collections import DEFAULT, Collections
+from rag.encoders.base import Embedder
+from rag.encoders.load import embedder_from
+from rag.encoders.rerank import load_reranker
+from rag.errors import NotReadyError, RagError
+from rag.ingest.build import spec_of
+from rag.schema import QueryResponse
+from rag.search.conversation import trim_history
+from rag.search.retriever import Reranker, Retriever
+from rag.service import retriever_for
+from rag.settings import Settings
+from rag.stores.base import LiveStore
+from rag.stores.factory import open_store
+from rag.stores.local.builds import clean_orphans
+from rag.types import Filters, Mode
+
+T = TypeVar("T")
+log = logging.getLogger("rag.engine")
+WARM_UP_QUESTION = "How do China and Russia cooperate?"
+
+
+class Engine:
+    def __init__(self, settings: Settings, embedder_factory: Callable[[str], Embedder] | None = None):
+        self.settings = settings
+        self._embedder_factory = embedder_factory or (lambda name: embedder_from(settings))
+        self.embedder: Embedder | None = None
+        self.reranker: Reranker | None = None
+        self.index = LiveIndex(settings)
+        self.batcher = Batcher(settings)
+        self.writer = Writer(settings)
+        self.collections: Collections | None = None
+        self._collection_retrievers: dict[str, tuple[LiveStore, Retriever]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, clean_orphans, self.settings.index_dir)
+        try:
+            self.embedder = await loop.run_in_executor(self.batcher.worker, self._load_model)
+        except Exception as exc:  # the process stays up and /ready says why
+            log.exception("model not loaded")
+            self.index.not_ready = f"model not loaded: {exc}"
+            return
+        self.collections = Collections(self.settings, self.embedder)
+        with contextlib.suppress(RagError):
+            await self.reload()
+        self._tasks.append(self.batcher.start(self.embedder, self._default))
+        if self.settings.reload_poll_seconds > 0:
+            self._tasks.append(asyncio.create_task(self.index.watch(self._load_retriever)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self.batcher.worker.shutdown(wait=True, cancel_futures=True)
+        self.writer.shutdown()
+        if self.collections is not None:
+            self.collections.close()
+
+    def _load_model(self) -> Embedder:
+        embedder = self._embedder_factory(self.settings.model)
+        embedder.encode([WARM_UP_QUESTION])  # first call pays one-off costs; no request will
+        if self.settings.reranker:  # once: index reloads reuse it
+            self.reranker = load_reranker(self.settings.reranker)
+        return embedder
+
+    # ------------------------------------------------------------ what /ready reports
+
+    @property
+    def retriever(self) -> Retriever | None:
+        return self.index.retriever
+
+    @property
+    def not_ready(self) -> str | None:
+        return self.index.not_ready
+
+    @property
+    def reload_error(self) -> str | None:
+        return self.index.reload_error
+
+    @property
+    def pending(self) -> WriteStates:
+        return self.writer.pending
+
+    # ------------------------------------------------------------ writes
+
+    async def write(self, work: Callable[[Collections], T]) -> T:
+        """Run a write (it embeds) on the writer thread; read-only service: 403."""
+        return await self.writer.write(self.live_collections(), work)
+
+    def write_later(self, key: Key, work: Callable[[Collections], Any], content_hash: str | None = None) -> None:
+        """Queue a long write (a big file) on the writer thread and return at once
+        (`Writer.write_later`)."""
+        self.writer.write_later(self.live_collections(), key, work, content_hash)
+
+    def live_collections(self) -> Collections:
+        if self.collections is None:
+            raise NotReadyError(self.not_ready or "collections are not open yet")
+        return self.collections
+
+    # ------------------------------------------------------------ reload
+
+    async def reload(self, explicit: bool = False) -> bool:
+        """Load the live build if it differs from the one served. True if swapped."""
+        if self.embedder is None:  # the model failed to load: nothing to serve an index with
+            if explicit:
+                raise NotReadyError(self.not_ready or "the model is not loaded")
+            return False
+        return await self.index.reload(self._load_retriever, explicit)
+
+    def _load_retriever(self) -> Retriever:
+        assert self.embedder is not None
+        store = open_store(self.settings, spec_of(self.settings))
+        return retriever_for(self.settings, store, self.embedder, self.reranker)
+
+    # ------------------------------------------------------------ queries
+
+    def live(self) -> Retriever:
+        if self.batcher.worker_error is not None:
+            raise NotReadyError(self.batcher.worker_error)
+        if self.retriever is None:
+            raise NotReadyError(self.not_ready or "no index loaded")
+        return self.retriever
+
+    def _default(self) -> Retriever | NotReadyError:
+        """The built corpus's retriever, or why there is none (which fails only its own queries:
+        a live collection answers without it)."""
+        try:
+            return self.live()
+        except NotReadyError as exc:
+            return exc
+
+    def retriever_of(self, collection: str) -> Retriever:
+        """The built corpus's retriever for `default`, else the live collection's."""
+        if collection == DEFAULT:
+            return self.live()
+        kb = self.live_collections().get(collection)
+        known = self._collection_retrievers.get(collection)
+        if known is None or known[0] is not kb:  # a collection deleted and made again is another one
+            assert self.embedder is not None
+            known = (kb, retriever_for(self.settings, kb, self.embedder, self.reranker))
+            self._collection_retrievers[collection] = known
+        return known[1]
+
+    async def query(self, question: str, k: int, filters: Filters, mode: Mode | None,
+                    max_per_doc: int | None = None, history: Sequence[str] = (),
+                    collection: str = DEFAULT) -> QueryResponse:
+        retriever = self.retriever_of(collection)
+        history = tuple(trim_history(history, self.settings.max_history_turns, self.settings.max_history_chars))
+        # checked before queueing
+        retriever.validate(question, k, filters, mode or retriever.default_mode, max_per_doc, history)
+        future: asyncio.Future[QueryResponse] = asyncio.get_running_loop().create_future()
+        return await self.batcher.answer(Job(question, k, filters, mode, max_per_doc, future, history=history,
+                                             retriever=None if collection == DEFAULT else retriever))

@@ -1,0 +1,117 @@
+"""Writes: they embed on their own thread (`Writer`), never on the event loop, and queue
+behind each other; RAG_READ_ONLY turns them off (`writes_allowed`).
+
+The states of writes the service tracks past their request, by (collection, doc_id):
+`in_progress` (with the content's hash), then `completed` or `failed` with the reason.
+A big document is answered 202 and written later on the writer thread
+(`Writer.write_later`); a vector store file is tracked while its write runs. The writer thread
+records outcomes while the event loop starts, reads and forgets writes, so every change
+takes one lock, and an outcome is recorded only if its write is still the one tracked:
+a later write of the same document, queued behind it, speaks for the document.
+
+Left out: keeping states across restarts (a write cut off by one is not acknowledged).
+"""
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from rag.collections import Collections
+from rag.errors import RagError, ReadOnlyError
+from rag.settings import Settings
+
+T = TypeVar("T")
+log = logging.getLogger("rag.engine")
+
+Key = tuple[str, str]  # (collection, doc_id)
+State = dict[str, str | None]  # status, error, content_hash
+
+
+class WriteStates:
+    def __init__(self) -> None:
+        self._states: dict[Key, State] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Key) -> State | None:
+        with self._lock:
+            found = self._states.get(key)
+            return dict(found) if found is not None else None
+
+    def items(self) -> Iterator[tuple[Key, State]]:
+        """A snapshot, safe to iterate while writes go on."""
+        with self._lock:
+            snapshot = [(key, dict(state)) for key, state in self._states.items()]
+        return iter(snapshot)
+
+    def start(self, key: Key, content_hash: str | None = None) -> State:
+        """Track a new write of the document (replacing what was tracked); its token for `finish`."""
+        state: State = {"status": "in_progress", "error": None, "content_hash": content_hash}
+        with self._lock:
+            self._states[key] = state
+        return state
+
+    def finish(self, key: Key, started: State, outcome: State | None) -> None:
+        """Record a write's outcome (None: forget it), unless another write of the document
+        was started since."""
+        with self._lock:
+            if self._states.get(key) is started:
+                if outcome is None:
+                    del self._states[key]
+                else:
+                    self._states[key] = outcome
+
+    def forget(self, key: Key) -> State | None:
+        """Drop a finished write's state (a delete, or a later write that succeeded); one in
+        progress is kept. The state dropped, if any."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is None or state["status"] == "in_progress":
+                return None
+            return self._states.pop(key)
+
+
+def writes_allowed(settings: Settings) -> None:
+    """Every write's gate: RAG_READ_ONLY turns them off (403)."""
+    if settings.read_only:
+        raise ReadOnlyError("this service is read-only (RAG_READ_ONLY): writes are off")
+
+
+class Writer:
+    """The writer thread, and the states of the writes it runs past their request."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pending = WriteStates()  # big writes answered 202, and vector store files being written
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
+
+    async def write(self, collections: Collections, work: Callable[[Collections], T]) -> T:
+        """Run a write (it embeds) on the writer thread; read-only service: 403."""
+        writes_allowed(self.settings)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, collections)
+
+    def write_later(self, collections: Collections, key: Key, work: Callable[[Collections], Any],
+                    content_hash: str | None = None) -> None:
+        """Queue a long write (a big file) on the writer thread and return at once; its
+        state is in `pending[key]` (in_progress, with the content's hash, then completed or
+        failed with the reason), until a later write of the same document replaces it."""
+        writes_allowed(self.settings)
+        state = self.pending.start(key, content_hash)
+
+        def run() -> None:
+            try:
+                work(collections)
+                outcome: State = {"status": "completed", "error": None}
+            except RagError as exc:
+                outcome = {"status": "failed", "error": str(exc)}
+            except Exception as exc:  # a bug fails this write, and says so
+                log.exception("write %s failed", key)
+                outcome = {"status": "failed", "error": f"internal error: {type(exc).__name__}"}
+            self.pending.finish(key, state, outcome)  # unless a later write of the document was queued
+
+        self._thread.submit(run)
+
+    def shutdown(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
