@@ -26,6 +26,7 @@ run: build
 
 lint: $(STAMP)
 	$(BIN)/ruff check rag api tests
+	$(BIN)/lint-imports   # the layering in pyproject.toml: no upward import, no cycle
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
