@@ -20,10 +20,8 @@ Every response says whether the corpus seems to hold an answer: `confidence` is 
 logistic function of the best dense cosine similarity, the specifics the passages miss
 and the answer's lead-sentence score (rag.evaluation.calibrate, calibrated on the seed questions with
 `rag eval --calibrate`), 0 when no passage comes back, and `answerable` is
-`confidence >= 0.5`. Highlights mark the
-passage sentence(s) that best match the question: cosine similarity plus
-`highlight_lexical_weight` times the share of the question's terms the sentence holds
-(0.3: top highlight on the gold quote for 81% of relevant seed passages, 76% without).
+`confidence >= 0.5`. The passages themselves (text, citation, highlights, answer
+sentences) are assembled by `rag.search.passages.Passages`.
 
 Example:
     retriever = Retriever(open_local(Path("index")), load_embedder("all-MiniLM-L6-v2"))
@@ -36,7 +34,6 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
-from functools import lru_cache
 from itertools import chain, islice
 from typing import Any, Protocol
 
@@ -44,19 +41,16 @@ import numpy as np
 
 from rag.encoders.base import Embedder
 from rag.errors import BadQueryError
-from rag.lexical import term_set, tokenize
-from rag.records import ChunkRecord, page_span
-from rag.schema import AnswerSentence, Citation, Passage, QueryResponse, Span
+from rag.lexical import tokenize
+from rag.records import ChunkRecord
+from rag.schema import Citation, QueryResponse
 from rag.search import answer as answers
 from rag.search import conversation
 from rag.search.fusion import MISSING_SCORE, fuse
-from rag.search.passages import Group, group_hits, group_text
+from rag.search.passages import Passages, candidates, group_hits
 from rag.stores.base import FILTER_FIELDS, ChunkStore, Ranking
 from rag.text import is_unicode_text
 from rag.types import DEFAULT_FUSION, MODES, Abstention, Filters, Fusion, Hit, Laps, Mode
-
-Sentences = tuple[list[tuple[int, int]], list[str], list[np.ndarray]]  # a passage's: spans, texts, vectors
-HIGHLIGHT_NEAR = 0.9  # a second sentence is highlighted too if it scores >= 90% of the best
 
 
 class Reranker(Protocol):
@@ -79,10 +73,7 @@ class Retriever:
         self.default_mode, self.fusion, self.abstention = default_mode, fusion, abstention
         self.reranker, self.rerank_depth = reranker, rerank_depth
         self.collapse_overlap = collapse_overlap
-        self.highlight_lexical_weight = highlight_lexical_weight
-        # citations read a document's metadata, not its text: keep the recent ones, per store
-        # version (a live collection bumps it on every write, so a replaced title never shows)
-        self._metadata = lru_cache(maxsize=4096)(lambda doc_id, version: self.store.documents[doc_id].metadata)
+        self.passages = Passages(store, highlight_lexical_weight)
 
     # ------------------------------------------------------------------ answers
 
@@ -112,11 +103,11 @@ class Retriever:
         ranked, best = self._ranked(turn.text, k, filters, mode, query_vector, None, True, laps)
         groups = group_hits(ranked, self.store.chunks, k, max_per_doc)
         terms = set(tokenize(question))
-        sentences = [self._sentences(g) for g in groups]
-        passages = [self.passage(rank, g, s, query_vector, terms)
+        sentences = [self.passages.sentences(g) for g in groups]
+        passages = [self.passages.passage(rank, g, s, query_vector, terms)
                     for rank, (g, s) in enumerate(zip(groups, sentences), start=1)]
         _lap(laps, "passages and highlights")
-        answer = self.answer(question, query_vector, groups, sentences)
+        answer = self.passages.answer(question, query_vector, groups, sentences)
         _lap(laps, "answer sentences")
         # dense and hybrid rankings hold the best dense score already; lexical needs the product
         missing = answers.missing_share(question, [p.text for p in passages])
@@ -243,75 +234,15 @@ class Retriever:
                 break
         return kept
 
-    # ------------------------------------------------------------------ passages
-
-    def passage(self, rank: int, group: Group, sentences: "Sentences", query_vector: np.ndarray,
-                terms: set[str]) -> Passage:
-        """A passage: one chunk, or overlapping chunks of a document merged (rag.search.passages)."""
-        chunk = self.store.chunks[group.hit.row]
-        citation = self._paged(self.citation(group.hit.row).model_copy(
-            update={"char_start": group.char_start, "char_end": group.char_end}))
-        return Passage(rank=rank, chunk_id=chunk.chunk_id, text=group_text(group, self.store.chunks),
-                       score=round(group.hit.score, 6),
-                       scores={k: round(v, 6) for k, v in group.hit.components.items()},
-                       highlights=self.highlights(sentences, query_vector, terms), citation=citation,
-                       chunk_ids=[self.store.chunks[r].chunk_id for r in group.rows])
-
-    def _sentences(self, group: Group) -> "Sentences":
-        """The sentences of a passage's chunks, each once, in reading order: spans, texts, vectors."""
-        found: dict[tuple[int, int], tuple[str, np.ndarray]] = {}
-        for row in group.rows:
-            chunk = self.store.chunks[row]
-            spans, vectors = self.store.sentences(row)
-            for (a, b), vector in zip(spans, vectors):
-                found.setdefault((a, b), (chunk.text[a - chunk.char_start:b - chunk.char_start], vector))
-        spans = sorted(found)
-        return spans, [found[s][0] for s in spans], [found[s][1] for s in spans]
-
-    def highlights(self, sentences: "Sentences", query_vector: np.ndarray, terms: set[str]) -> list[Span]:
-        """The sentence of a passage that best matches the question (`terms`: its BM25
-        tokens), and a second one if it scores nearly as well; document offsets, best first."""
-        spans, texts, vectors = sentences
-        if not spans:
-            return []
-        scores = np.stack(vectors) @ query_vector
-        if terms and self.highlight_lexical_weight:
-            shares = [len(terms & term_set(text)) / len(terms) for text in texts]
-            scores = scores + self.highlight_lexical_weight * np.asarray(shares)
-        order = np.argsort(-scores)
-        chosen = [order[0]] + [i for i in order[1:2] if scores[i] >= HIGHLIGHT_NEAR * scores[order[0]] > 0]
-        return [Span(char_start=spans[i][0], char_end=spans[i][1], score=round(float(scores[i]), 4))
-                for i in chosen]
-
-    def answer(self, question: str, query_vector: np.ndarray, groups: list[Group],
-               sentences: list["Sentences"]) -> list[AnswerSentence]:
-        """The sentences of the top passages that answer the question, best first (rag.search.answer)."""
-        return [AnswerSentence(text=c.text, passage=c.rank, doc_id=c.doc_id, char_start=c.char_start,
-                               char_end=c.char_end, score=c.score)
-                for c in answers.choose(question, query_vector, _candidates(groups, sentences))]
-
     def answer_candidates(self, question: str, k: int = 5) -> tuple[np.ndarray, list[answers.Candidate]]:
         """The question's vector and the sentences its answer is chosen from (`rag eval --fit-answer`)."""
         vector = self.embedder.encode([question])[0]
         ranked, _ = self._ranked(question, k, Filters(), self.default_mode, vector, None, True)
         groups = group_hits(ranked, self.store.chunks, k, None)
-        return vector, _candidates(groups, [self._sentences(g) for g in groups])
+        return vector, candidates(groups, [self.passages.sentences(g) for g in groups])
 
     def citation(self, row: int) -> Citation:
-        chunk = self.store.chunks[row]
-        meta = self._metadata(chunk.doc_id, getattr(self.store, "version", 0))
-        return self._paged(Citation(
-            doc_id=chunk.doc_id, title=str(meta["title"]), source=str(meta["source"]),
-            url=meta.get("url"), section=chunk.section, char_start=chunk.char_start, char_end=chunk.char_end,
-        ))
-
-    def _paged(self, citation: Citation) -> Citation:
-        """With the pages it is on, for a document that has pages (a PDF)."""
-        pages = self._metadata(citation.doc_id, getattr(self.store, "version", 0)).get("pages")
-        if not pages:
-            return citation
-        first, last = page_span([tuple(p) for p in pages], citation.char_start, citation.char_end)
-        return citation.model_copy(update={"page_start": first, "page_end": last})
+        return self.passages.citation(row)
 
     def chunk_count(self, doc_id: str) -> int:
         return self.store.chunk_count(doc_id)
@@ -326,14 +257,6 @@ def _fused_hits(rows: np.ndarray, fused: np.ndarray, dense: Ranking, lexical: Ra
     for row, score in zip(rows.tolist(), fused.tolist()):
         yield Hit(row, score, {"dense": known["dense"].get(row, MISSING_SCORE),
                                "lexical": known["lexical"].get(row, MISSING_SCORE), "fused": score})
-
-
-def _candidates(groups: list[Group], sentences: list[Sentences]) -> list[answers.Candidate]:
-    """The sentences of the top ANSWER_PASSAGES passages, each with its passage's rank."""
-    return [answers.Candidate(rank, group.doc_id, a, b, text, vector)
-            for rank, (group, (spans, texts, vectors)) in enumerate(
-                zip(groups[:answers.ANSWER_PASSAGES], sentences), start=1)
-            for (a, b), text, vector in zip(spans, texts, vectors)]
 
 
 def _hits(side: str, found: Ranking) -> list[Hit]:
