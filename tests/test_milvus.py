@@ -18,7 +18,8 @@ from rag.lexical import DEFAULT_B, DEFAULT_K1, tokenize
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.stores.local.bm25 import bm25_scorer
 from rag.stores.manifest import IndexSpec
-from rag.stores.milvus.store import MilvusStore, milvus_writer, open_milvus
+from rag.stores.milvus.store import MilvusStore, open_milvus
+from rag.stores.milvus.writer import milvus_writer
 from rag.types import Filters
 
 DIM = 16

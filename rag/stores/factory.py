@@ -22,7 +22,7 @@ def open_store(settings: Settings, spec: IndexSpec | None) -> ChunkStore:
 def open_writer(settings: Settings, dimension: int, log: Any = None) -> StoreWriter:
     """A writer for a new build of the configured store (use it as a context manager)."""
     if settings.vector_store == "milvus":
-        from rag.stores.milvus.store import milvus_writer
+        from rag.stores.milvus.writer import milvus_writer
 
         return milvus_writer(settings.milvus_uri, dimension, settings.milvus_collection, token=milvus_token(settings))
     from rag.stores.local.writer import LocalWriter
