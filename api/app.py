@@ -19,8 +19,9 @@ from starlette.routing import BaseRoute, Match
 
 from api.engine.lifecycle import Engine
 from api.errors import error_bytes, retry_after, status_of
+from api.guards import HostGuard, RequestGuard
 from api.metrics import Metrics
-from api.middleware import AccessLog, ApiKey, Deadline, HostGuard, JsonCors, RequestGuard
+from api.middleware import AccessLog, ApiKey, Deadline, JsonCors
 from api.routes.chat import router as chat_router
 from api.routes.collections import router as collection_router
 from api.routes.documents import router as documents_router

@@ -14,6 +14,8 @@ import json
 import re
 from typing import Any
 
+from starlette.types import Scope, Send
+
 from rag.errors import (
     BadQueryError,
     ConflictError,
@@ -88,3 +90,12 @@ def error_bytes(path: str, status: int, message: str) -> bytes:
     """The body as bytes. ASCII-escaped, so that a message quoting bad input (a lone
     surrogate) can always be sent."""
     return json.dumps(error_body(path, status, message)).encode()
+
+
+async def send_error(scope: Scope, send: Send, status: int, message: str,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = error_bytes(scope.get("path", ""), status, message)
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+        *(headers or [])]})
+    await send({"type": "http.response.body", "body": payload})
