@@ -17,6 +17,9 @@ Example (BODY is any paragraph of 25 words or more, which ends the page's head):
 
 Left out: tables, lists nested deeper than one line, and languages other than English
 (the phrase patterns are English).
+
+Why one module of ~330 lines: the rules run in one order over one list of lines, and
+each pass is a few lines; split, the order they run in would no longer read top to bottom.
 """
 
 import re

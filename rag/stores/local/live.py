@@ -29,6 +29,10 @@ indexes from the rows before it searches (once per foreign write: O(collection))
 
 Left out: an ANN index (search is exact over the live rows: a collection past ~100k chunks
 belongs in a built index or in Milvus).
+
+Why one module of ~320 lines: the row views (`_Chunks`, `_Documents`) read the collection's
+connection and lock, which are private to `KnowledgeBase`; moving them out would bring
+back access to private state across modules.
 """
 
 import json
