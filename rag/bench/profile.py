@@ -77,16 +77,10 @@ def embed_rates(embedder: Embedder, texts: list[str], batch_size: int) -> dict[s
 
 
 def _raw_model_call(embedder: Any, texts: list[str], batch_size: int) -> float:
-    """The model alone; returns the seconds spent in it."""
-    if hasattr(embedder, "_session"):  # ONNX: tokenise and sort outside the clock
-        encodings = embedder._tokenizer.encode_batch(texts)
-        encodings.sort(key=lambda e: len(e.ids))
-        started = time.perf_counter()
-        for i in range(0, len(encodings), batch_size):
-            embedder._run(encodings[i:i + batch_size])
-        return time.perf_counter() - started
+    """The model alone (the encoder's `model_only`); returns the seconds spent in it."""
+    run = embedder.model_only(texts, batch_size)
     started = time.perf_counter()
-    embedder._model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+    run()
     return time.perf_counter() - started
 
 

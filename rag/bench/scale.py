@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rag.encoders.load import embedder_from
-from rag.evaluation.beir import _judged, beir_store
+from rag.evaluation.beir import beir_store, judged_queries
 from rag.evaluation.metrics import percentile
 from rag.ingest.build import build_manifest, spec_of
 from rag.ingest.chunk import embed_input
@@ -99,7 +99,7 @@ class Source:
 
 def run_scale(settings: Settings, n: int, backend: str, scifact: Path, log: Callable[[str], None]) -> dict[str, Any]:
     embedder = embedder_from(settings)
-    documents, queries, _, judged = _judged(scifact, None)
+    documents, queries, _, judged = judged_queries(scifact, None)
     local_settings = settings.model_copy(update={"vector_store": "local"})  # the source is always the local cache
     _, source_store = beir_store(scifact, local_settings, embedder, documents, log)
     assert isinstance(source_store, LocalStore)

@@ -31,7 +31,7 @@ from typing import Any
 from rag.bench.scale import Source
 from rag.collections import Collections, text_document
 from rag.encoders.load import embedder_from
-from rag.evaluation.beir import _judged, beir_store
+from rag.evaluation.beir import beir_store, judged_queries
 from rag.evaluation.metrics import percentile
 from rag.records import DocumentRecord
 from rag.search.retriever import Retriever
@@ -46,7 +46,7 @@ FILL_DOCUMENT_CHUNKS = 10
 
 def run_writes(settings: Settings, scifact: Path, log: Callable[[str], None]) -> dict[str, Any]:
     embedder = embedder_from(settings)
-    documents, _, _, _ = _judged(scifact, None)
+    documents, _, _, _ = judged_queries(scifact, None)
     local = settings.model_copy(update={"vector_store": "local"})
     _, store = beir_store(scifact, local, embedder, documents, log)
     assert isinstance(store, LocalStore)

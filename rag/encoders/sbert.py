@@ -10,7 +10,7 @@ query/document prompts (`prompt_name`) for models that want them.
 """
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -56,6 +56,11 @@ class SentenceTransformerEmbedder:
             convert_to_numpy=True, show_progress_bar=shows_progress(len(texts)),
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
+
+    def model_only(self, texts: Sequence[str], batch_size: int) -> Callable[[], object]:
+        """The model's own work on `texts`, to time against the build's path (`rag bench`)."""
+        return lambda: self._model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
+                                          show_progress_bar=False)
 
 
 def _no_cuda() -> bool:

@@ -114,7 +114,7 @@ def _doc_metrics(ranked: list[str], relevant: set[str]) -> dict[str, float]:
             "recall@100": recall_at_k(covered, len(relevant), 100), "mrr@10": mrr_at_k(flags, 10)}
 
 
-def _judged(folder: Path, limit: int | None) -> tuple[list[SourceDocument], dict[str, str], dict[str, set[str]],
+def judged_queries(folder: Path, limit: int | None) -> tuple[list[SourceDocument], dict[str, str], dict[str, set[str]],
                                                       list[str]]:
     documents, queries, qrels = load_beir(folder)
     judged = [q for q in sorted(qrels, key=_natural) if q in queries][:limit]
@@ -126,7 +126,7 @@ def _judged(folder: Path, limit: int | None) -> tuple[list[SourceDocument], dict
 def evaluate_whole_docs(folder: Path, settings: Settings, limit: int | None = None,
                         log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
     """The published setting: one truncated vector per document, BM25 on the same text."""
-    documents, queries, qrels, judged = _judged(folder, limit)
+    documents, queries, qrels, judged = judged_queries(folder, limit)
     texts = [f"{d.metadata['title']} {d.text}".strip() for d in documents]
     ids = [d.doc_id for d in documents]
     cache = settings.cache_dir / "beir" / f"{folder.name}-{cache_key(folder, settings)}-whole.npy"
@@ -171,7 +171,7 @@ def beir_store(folder: Path, settings: Settings, embedder: Embedder, documents: 
 
 def evaluate_beir(folder: Path, settings: Settings, columns: list[Variant], limit: int | None = None,
                   log: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-    documents, queries, qrels, judged = _judged(folder, limit)
+    documents, queries, qrels, judged = judged_queries(folder, limit)
     embedder = embedder_from(settings)
     log(f"{folder.name}: {len(documents)} documents, {len(judged)} judged queries")
     local, store = beir_store(folder, settings, embedder, documents, log)
