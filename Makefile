@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, as the local CPU wheel: an unpinned torch would pull a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	# the service, plus what rag eval's chart and rag bench need, plus the tests' tools
+	$(BIN)/pip install --quiet -e '.[dev,report,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -6,6 +6,7 @@ larger than the seed one; `--scifact` says where it is (the BEIR folder).
 Left out: comparing two runs (diff their JSON files).
 """
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Annotated
@@ -28,6 +29,13 @@ def _log(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _load_generator() -> None:
+    """serve and soak drive the server with aiohttp, the `bench` extra: say so, not ImportError."""
+    if importlib.util.find_spec("aiohttp") is None:
+        fail("this benchmark's load generator needs aiohttp, the `bench` extra: "
+             "pip install -e '.[bench]' (make install has it)")
+
+
 def _store(backend: str | None, configured: str) -> str:
     if backend not in (None, "local", "milvus"):
         fail(f"--backend must be local or milvus, got {backend!r}")
@@ -44,6 +52,7 @@ def serve(
     index: IndexOpt = None,
 ) -> None:
     """The real server: latency vs raw model time, throughput at 1/8/32 clients, memory."""
+    _load_generator()
     from rag.bench.serve import run_bench, table
     from rag.ingest.build import build_index
 
@@ -62,6 +71,7 @@ def soak(
     index: IndexOpt = None,
 ) -> None:
     """Mixed load with index swaps: failures, p99 and RSS growth."""
+    _load_generator()
     from rag.bench.soak import run_soak, soak_table
     from rag.ingest.build import build_index
 

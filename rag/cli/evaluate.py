@@ -43,7 +43,7 @@ def eval_command(
     index: IndexOpt = None,
 ) -> None:
     """Measure retrieval (Recall@k, MRR@10, nDCG@10, latency) per mode; gate on thresholds."""
-    from rag.evaluation.report import terminal_details, terminal_summary, write_reports
+    from rag.evaluation.report import CHART_EXTRA, chart_available, terminal_details, terminal_summary, write_reports
     from rag.evaluation.retrieval import SWEEP, variants
     from rag.types import MODES
 
@@ -100,6 +100,8 @@ def eval_command(
         typer.echo(line)
     paths = write_reports(report, out_dir, name, title)
     typer.echo("reports: " + ", ".join(str(p) for p in paths))
+    if not chart_available():
+        typer.echo(f"no chart: {CHART_EXTRA}", err=True)
 
     if min_answer is not None and (answer := report.get("answer")) and answer["contains_gold"] < min_answer:
         fail(f"answer gate failed: {answer['contains_gold']:.3f} of answers hold a gold quote < {min_answer}")

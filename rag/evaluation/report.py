@@ -6,6 +6,7 @@ The report is the dict that `rag.evaluation.retrieval.evaluate` or `rag.evaluati
 Left out: HTML reports and comparisons against earlier runs (diff two JSON files for that).
 """
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -163,13 +164,24 @@ def chart(report: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+CHART_EXTRA = "the chart needs matplotlib, the `report` extra: pip install -e '.[report]' (make install has it)"
+
+
 def write_reports(report: dict[str, Any], out_dir: Path, name: str, title: str) -> list[Path]:
+    """The JSON and Markdown reports, and the chart when matplotlib (the `report` extra) is
+    installed; `chart_available()` says whether it is."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.json", out_dir / f"{name}.md", out_dir / f"{name}.png"]
+    paths = [out_dir / f"{name}.json", out_dir / f"{name}.md"]
     paths[0].write_text(json.dumps(report, indent=2, ensure_ascii=False))
     paths[1].write_text(markdown(report, title))
-    chart(report, paths[2], title)
+    if chart_available():
+        paths.append(out_dir / f"{name}.png")
+        chart(report, paths[2], title)
     return paths
+
+
+def chart_available() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _share(stats: dict[str, Any], group: str) -> str:

@@ -1,0 +1,153 @@
+"""What tests share besides fixtures: a deterministic fake embedding model, a real server
+on a free loopback port, and a TestClient for the app with the fake model.
+
+Every test writes only under pytest's tmp_path.
+"""
+
+import hashlib
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from rag.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO / "corpus"
+WORD = re.compile(r"\w+")
+BASE_URL = "http://127.0.0.1"  # a loopback Host: the service bound to loopback answers only to loopback names
+
+
+class FakeEmbedder:
+    """Bag of hashed lowercase words, L2-normalised: texts that share words are close.
+
+    count_tokens is one token per word plus [CLS] and [SEP], so limits are easy to reason
+    about; `encoded` records every text embedded, so tests can count model calls.
+    """
+
+    name = "fake"
+
+    def __init__(self, dimension: int = 64, max_tokens: int = 256):
+        self.dimension = dimension
+        self.max_tokens = max_tokens
+        self.encoded: list[str] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(WORD.findall(text)) + 2
+
+    def vector(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dimension, dtype=np.float32)
+        for word in WORD.findall(text.lower()):
+            v[int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dimension] += 1.0
+        norm = float(np.linalg.norm(v))
+        return v / norm if norm else v
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        self.encoded += list(texts)
+        return np.stack([self.vector(t) for t in texts]) if texts else np.zeros((0, self.dimension), np.float32)
+
+
+def client_for(settings: Settings, embedder: FakeEmbedder | None = None, **kwargs: Any) -> TestClient:
+    """A TestClient of the app serving `settings` with the fake model (use it as a context manager)."""
+    fake = embedder or FakeEmbedder()
+    return TestClient(create_app(settings, embedder_factory=lambda name: fake), base_url=BASE_URL, **kwargs)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def running_server(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port, in a thread; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def article(topic: str, version: int = 1, paragraphs: int = 6) -> str:
+    return "\n\n".join(f"Paragraph {i} about {topic} (version {version}). The {topic} matters for trade, energy "
+                       f"and security in region {i}. Experts discuss {topic} policy number {i * version}."
+                       for i in range(paragraphs))
+
+
+PDF_PAGES = [[f"Sentence {n} on page {page} tells of penguin colony {n} and krill survey number {n * page}."
+              for n in range(1, 9)] for page in range(1, 5)]  # ~190 tokens a page: chunks cross pages
+
+
+def pdf_bytes(pages: list[list[str]], font: str = "Helvetica", encrypt: dict | None = None) -> bytes:
+    """A PDF with known text on known pages (fpdf2); `font` a built-in name, or a .ttf of
+    matplotlib's that is embedded."""
+    import matplotlib
+    from fpdf import FPDF
+
+    fonts = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    pdf = FPDF()
+    pdf.set_auto_page_break(False)
+    if font.endswith(".ttf"):
+        pdf.add_font("embedded", fname=str(fonts / font))
+        font = "embedded"
+    pdf.set_font(font, size=11)
+    for paragraphs in pages:
+        pdf.add_page()
+        for paragraph in paragraphs:
+            pdf.multi_cell(0, 6, paragraph, new_x="LMARGIN", new_y="NEXT")
+            pdf.ln(4)
+    if encrypt:
+        pdf.set_encryption(**encrypt)
+    return bytes(pdf.output())
+
+
+def fake_upstream(seen: list[dict[str, Any]], die_after: int | None = None) -> FastAPI:
+    """A tiny OpenAI-compatible server that answers from whatever context it was given
+    (and, with `die_after`, drops the connection after that many streamed words)."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def complete(request: Request) -> Any:
+        body = await request.json()
+        seen.append({"body": body, "auth": request.headers.get("authorization")})
+        words = ["China", "bought", "more", "Russian", "oil", "[1]."]
+        if not body.get("stream"):
+            return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
+                                 "finish_reason": "stop"}]}
+
+        async def events() -> Any:
+            for i, w in enumerate(words):
+                if die_after is not None and i == die_after:
+                    raise RuntimeError("upstream crashed")
+                chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
+                         "choices": [{"index": 0, "delta": {"content": w + (" " if i < len(words) - 1 else "")},
+                                      "finish_reason": None}]}
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
