@@ -4,7 +4,6 @@ foundation, end to end. Slower (loads torch and the model): marked `model`."""
 from pathlib import Path
 
 import pytest
-from conftest import CORPUS
 
 from rag.encoders.load import load_embedder
 from rag.ingest.build import build_index, spec_of
@@ -12,6 +11,7 @@ from rag.ingest.chunk import embed_input
 from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.local.store import open_local
+from tests.helpers import CORPUS
 
 pytestmark = pytest.mark.model
 

@@ -8,27 +8,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import FakeEmbedder
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from api.app import create_app
 from rag.ingest.build import build_index
 from rag.settings import Settings
+from tests.helpers import FakeEmbedder, client_for
 
 QUESTION = "What was the value of trade between China and Russia in 2024?"
-BASE_URL = "http://127.0.0.1"  # bound to loopback, the service answers only to loopback Host names
-
-
-def client_for(settings: Settings, embedder: FakeEmbedder | None = None) -> TestClient:
-    fake = embedder or FakeEmbedder()
-    return TestClient(create_app(settings, embedder_factory=lambda name: fake), base_url=BASE_URL)
-
-
-@pytest.fixture
-def client(built: Settings) -> Iterator[TestClient]:
-    with client_for(built) as c:
-        yield c
 
 
 # ------------------------------------------------------------------ answers

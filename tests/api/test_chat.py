@@ -11,9 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import FakeEmbedder, running_server
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -21,22 +19,16 @@ from api.app import create_app
 from api.chat.answers import NO_ANSWER, turns_from
 from rag.settings import Settings
 from rag.text import count_tokens
+from tests.helpers import BASE_URL, FakeEmbedder, fake_upstream, running_server
 
 QUESTION = "imports of Russian oil rose 49 percent to $76.4 billion"
 
 
-BASE_URL = "http://127.0.0.1"  # a loopback Host: the service bound to loopback refuses others
 
 
 def app_for(settings: Settings) -> Any:
     fake = FakeEmbedder()
     return create_app(settings, embedder_factory=lambda name: fake)
-
-
-@pytest.fixture
-def client(built: Settings) -> Iterator[TestClient]:
-    with TestClient(app_for(built), base_url=BASE_URL) as c:
-        yield c
 
 
 @pytest.fixture
@@ -184,36 +176,6 @@ def test_chat_reads_a_follow_up_with_the_conversation(client: TestClient):
 # ------------------------------------------------------------------ upstream model
 
 
-def fake_upstream(seen: list[dict[str, Any]], die_after: int | None = None) -> FastAPI:
-    """A tiny OpenAI-compatible server that answers from whatever context it was given
-    (and, with `die_after`, drops the connection after that many streamed words)."""
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions", response_model=None)
-    async def complete(request: Request) -> Any:
-        body = await request.json()
-        seen.append({"body": body, "auth": request.headers.get("authorization")})
-        words = ["China", "bought", "more", "Russian", "oil", "[1]."]
-        if not body.get("stream"):
-            return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": " ".join(words)},
-                                 "finish_reason": "stop"}]}
-
-        async def events() -> Any:
-            for i, w in enumerate(words):
-                if die_after is not None and i == die_after:
-                    raise RuntimeError("upstream crashed")
-                chunk = {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
-                         "choices": [{"index": 0, "delta": {"content": w + (" " if i < len(words) - 1 else "")},
-                                      "finish_reason": None}]}
-                yield f"data: {json.dumps(chunk)}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream")
-
-    return app
-
-
 def test_upstream_model_answers_from_the_packed_context(built: Settings):
     seen: list[dict[str, Any]] = []
     with running_server(fake_upstream(seen)) as upstream:
@@ -250,7 +212,7 @@ def test_upstream_dying_mid_stream_still_ends_with_sources(built: Settings):
 
 
 def test_unreachable_upstream_is_a_502(built: Settings):
-    from conftest import free_port
+    from tests.helpers import free_port
 
     settings = built.model_copy(update={"llm_base_url": f"http://127.0.0.1:{free_port()}/v1", "llm_model": "m"})
     with TestClient(app_for(settings), base_url=BASE_URL) as c:
@@ -275,6 +237,7 @@ def test_page_is_served_without_a_key(built: Settings):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
 def test_chat_page_in_headless_chromium(built: Settings, tmp_path):
     from playwright.sync_api import sync_playwright

@@ -9,13 +9,14 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import FakeEmbedder, running_server
 
 from api.app import create_app
 from rag.settings import Settings
+from tests.helpers import FakeEmbedder, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")]
 
 QUESTIONS = [
     "imports of Russian oil rose 49 percent to $76.4 billion",
@@ -58,6 +59,7 @@ def ask(page: Any, question: str) -> None:
     page.wait_for_selector("[data-testid=pending]", state="detached")
 
 
+@pytest.mark.slow
 def test_sixty_questions_in_a_row(built: Settings):
     # a 16 KiB body limit (default 64 KiB) makes the old failure quick: the old page sent
     # every answer back with its Sources list and was refused (413) from question 26 on
@@ -129,7 +131,7 @@ def test_every_sentence_marker_is_rendered(built: Settings):
 def test_a_dropped_file_goes_into_the_chosen_collection_and_is_asked_about(built: Settings, tmp_path):
     """The page lists the collections, uploads a chosen file with its progress shown, shows
     a refused file's reason, and answers from the collection chosen in the list."""
-    from test_collections import PDF_PAGES, pdf_bytes
+    from tests.helpers import PDF_PAGES, pdf_bytes
 
     report = tmp_path / "survey.pdf"
     report.write_bytes(pdf_bytes(PDF_PAGES))

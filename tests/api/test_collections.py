@@ -10,31 +10,19 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import FakeEmbedder
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from rag.bench.serve import free_port
 from rag.ingest.build import build_index
 from rag.settings import Settings
-
-BASE_URL = "http://127.0.0.1"
-TESTS = Path(__file__).resolve().parent
+from tests.helpers import BASE_URL, PDF_PAGES, REPO, FakeEmbedder, article, free_port, pdf_bytes
 
 
-def article(topic: str, version: int = 1, paragraphs: int = 6) -> str:
-    return "\n\n".join(f"Paragraph {i} about {topic} (version {version}). The {topic} matters for trade, energy "
-                       f"and security in region {i}. Experts discuss {topic} policy number {i * version}."
-                       for i in range(paragraphs))
-
-
-@pytest.fixture(params=["local", "milvus"])
+@pytest.fixture(params=["local", pytest.param("milvus", marks=pytest.mark.milvus)])
 def built(request: pytest.FixtureRequest, settings: Settings, fake_embedder: FakeEmbedder) -> Settings:
     """The corpus built, and collections made, in each store: local files, and Milvus Lite."""
     if request.param == "milvus":
@@ -43,12 +31,6 @@ def built(request: pytest.FixtureRequest, settings: Settings, fake_embedder: Fak
                                                "milvus_uri": str(settings.index_dir.parent / "milvus.db")})
     build_index(settings, fake_embedder)
     return settings
-
-
-@pytest.fixture
-def client(built: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(built, lambda name: FakeEmbedder()), base_url=BASE_URL) as c:
-        yield c
 
 
 def passages(client: TestClient, question: str, collection: str = "notes", k: int = 10) -> list[dict]:
@@ -102,6 +84,7 @@ def test_bad_requests_are_clear_4xx(client: TestClient, built: Settings):
         assert r.status_code == 403 and "read-only" in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_interleaved_writes_never_show_a_deleted_or_replaced_version(client: TestClient):
     """200 uploads, replacements, deletions and queries: after each write returns, no query
     returns a version it replaced or removed."""
@@ -158,13 +141,13 @@ SERVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, {tests!r})
     import uvicorn
-    from conftest import FakeEmbedder
+    from tests.helpers import FakeEmbedder
     from api.app import create_app
     from rag.settings import Settings
     settings = Settings.model_validate_json(sys.argv[1])
     uvicorn.run(create_app(settings, lambda name: FakeEmbedder()), host="127.0.0.1", port=int(sys.argv[2]),
                 log_level="warning")
-""").format(tests=str(TESTS))
+""").format(tests=str(REPO))
 
 
 def start_server(settings: Settings) -> tuple[subprocess.Popen, str]:
@@ -188,6 +171,7 @@ def start_server(settings: Settings) -> tuple[subprocess.Popen, str]:
     raise AssertionError("server did not start")
 
 
+@pytest.mark.slow
 def test_acknowledged_writes_survive_sigkill(built: Settings):
     """Uploads stream in; the server is killed with SIGKILL mid-stream and restarted:
     every acknowledged document is there and searchable, none is partial, and the
@@ -253,16 +237,6 @@ def test_each_collection_is_a_model_for_openai_clients(client: TestClient):
 
 
 # ------------------------------------------------------------------ file uploads
-
-def pdf_bytes(pages: list[list[str]], encrypt: dict | None = None) -> bytes:
-    from test_pdf import build
-
-    return build(pages, encrypt=encrypt)
-
-
-PDF_PAGES = [[f"Sentence {n} on page {page} tells of penguin colony {n} and krill survey number {n * page}."
-              for n in range(1, 9)] for page in range(1, 5)]  # ~190 tokens a page: chunks cross pages
-
 
 def upload(client: TestClient, filename: str, data: bytes, collection: str = "notes", **fields: str):
     return client.post(f"/collections/{collection}/documents", files={"file": (filename, data)}, data=fields)

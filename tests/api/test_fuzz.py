@@ -13,13 +13,15 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import CORPUS, FakeEmbedder, running_server
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
 from api.app import create_app
 from rag.ingest.build import build_index
 from rag.settings import Settings
+from tests.helpers import CORPUS, FakeEmbedder, running_server
+
+pytestmark = pytest.mark.slow
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
 

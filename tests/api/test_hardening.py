@@ -8,13 +8,12 @@ import json
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import FakeEmbedder, running_server
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from fastapi.testclient import TestClient
@@ -26,8 +25,8 @@ from api.app import create_app
 from api.chat.stream import sse
 from rag.ingest.build import build_index
 from rag.settings import Settings
+from tests.helpers import BASE_URL, FakeEmbedder, client_for, running_server
 
-BASE_URL = "http://127.0.0.1"
 QUESTION = "What was the value of trade between China and Russia in 2024?"
 POISON = "poison"
 
@@ -46,17 +45,6 @@ class PickyFake(FakeEmbedder):
         if any(POISON in t for t in texts):
             raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
         return super().encode(texts, batch_size)
-
-
-def client_for(settings: Settings, embedder: FakeEmbedder | None = None, **kwargs: Any) -> TestClient:
-    fake = embedder or FakeEmbedder()
-    return TestClient(create_app(settings, embedder_factory=lambda name: fake), base_url=BASE_URL, **kwargs)
-
-
-@pytest.fixture
-def client(built: Settings) -> Iterator[TestClient]:
-    with client_for(built) as c:
-        yield c
 
 
 # ------------------------------------------------------------------ 1. batch isolation

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CORPUS, FakeEmbedder, free_port, running_server
 
 from api.app import create_app
 from rag.ingest.build import build_index
 from rag.settings import Settings
+from tests.helpers import CORPUS, FakeEmbedder, free_port, running_server
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

@@ -10,10 +10,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import FakeEmbedder, running_server
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from test_collections import PDF_PAGES, article, pdf_bytes
 
 from api.app import create_app
 from api.openai.filters import check_filter, matches
@@ -22,9 +20,10 @@ from api.routes.vector_stores import derive_name
 from rag.errors import BadQueryError
 from rag.ingest.build import build_index
 from rag.settings import Settings
+from tests.helpers import PDF_PAGES, FakeEmbedder, article, pdf_bytes, running_server
 
 
-@pytest.fixture(scope="module", params=["local", "milvus"])
+@pytest.fixture(scope="module", params=["local", pytest.param("milvus", marks=pytest.mark.milvus)])
 def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """A one-document built corpus (the default collection): quick to build; vector stores
     in each store (local files, Milvus Lite)."""

@@ -6,19 +6,17 @@ with the Sources list; citation links use RAG_PUBLIC_URL."""
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import FakeEmbedder, running_server
 from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.chat.webui import from_open_webui, sources_in_text, task_reply, title
 from rag.settings import Settings
+from tests.helpers import BASE_URL, FakeEmbedder, running_server
 
 QUESTION = "imports of Russian oil rose 49 percent to $76.4 billion"
-BASE_URL = "http://127.0.0.1"
 AIOHTTP = {"User-Agent": "Python/3.11 aiohttp/3.11.18"}  # what Open WebUI's backend sends by default
 
 # ---- Open WebUI's default task templates (backend/open_webui/config.py; Open WebUI is BSD-3-Clause
@@ -321,19 +319,8 @@ def app_for(settings: Settings, fake: FakeEmbedder | None = None) -> Any:
     return create_app(settings, embedder_factory=lambda name: fake)
 
 
-@pytest.fixture
-def fake() -> FakeEmbedder:
-    return FakeEmbedder()
-
-
-@pytest.fixture
-def client(built: Settings, fake: FakeEmbedder) -> Iterator[TestClient]:
-    with TestClient(app_for(built, fake), base_url=BASE_URL) as c:
-        yield c
-
-
-def test_task_requests_are_answered_without_retrieval(client: TestClient, fake: FakeEmbedder):
-    seen = len(fake.encoded)
+def test_task_requests_are_answered_without_retrieval(client: TestClient, served_embedder: FakeEmbedder):
+    seen = len(served_embedder.encoded)
     long_chat = [{"role": "user", "content": FIRST + " " + "context " * 200}, {"role": "assistant", "content": ANSWER}]
     for template, key, value in [(TITLE_06, "title", "How much oil did China import"), (TAGS, "tags", []),
                                  (FOLLOW_UPS, "follow_ups", []), (TITLE_NEW, "title", "How much oil did China import")]:
@@ -346,14 +333,14 @@ def test_task_requests_are_answered_without_retrieval(client: TestClient, fake: 
         assert body["object"] == "chat.completion" and body["choices"][0]["finish_reason"] == "stop"
         assert parsed(body["choices"][0]["message"]["content"])[key] == value
         assert body["citations"] == []
-    assert len(fake.encoded) == seen  # no question was embedded: no retrieval ran
+    assert len(served_embedder.encoded) == seen  # no question was embedded: no retrieval ran
     with client.stream("POST", "/v1/chat/completions",
                        json={"model": "rag", "stream": True, "messages": task(render(TAGS, CHAT))}) as r:
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
     streamed = "".join(json.loads(x[6:])["choices"][0]["delta"].get("content") or "" for x in lines[:-1])
     assert parsed(streamed) == {"tags": []}
-    assert len(fake.encoded) == seen
+    assert len(served_embedder.encoded) == seen
 
 
 def test_a_question_mentioning_task_is_answered(client: TestClient):
@@ -435,7 +422,7 @@ def test_never_and_always_hold_on_both_paths(built: Settings, mode: str):
 
 
 def test_sources_setting_on_the_upstream_model_path(built: Settings):
-    from test_chat import fake_upstream
+    from tests.helpers import fake_upstream
 
     with running_server(fake_upstream([])) as upstream:
         settings = built.model_copy(update={"llm_base_url": f"{upstream}/v1", "llm_model": "tiny",

@@ -4,13 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FakeEmbedder
 from typer.testing import CliRunner
 
 from rag import service
 from rag.cli import app
 from rag.ingest import build as build_module
 from rag.settings import Settings
+from tests.helpers import FakeEmbedder
 
 runner = CliRunner()
 
@@ -190,3 +190,39 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
     assert not shows_progress(10 * PROGRESS_BAR_MIN_TEXTS)
     monkeypatch.setattr("sys.stderr", Terminal())
     assert shows_progress(PROGRESS_BAR_MIN_TEXTS) and not shows_progress(PROGRESS_BAR_MIN_TEXTS - 1)
+
+
+def test_bench_is_a_group_of_subcommands():
+    result = runner.invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0, result.output
+    for command in ("serve", "soak", "scale", "writes", "backends"):
+        assert command in result.stdout
+    assert runner.invoke(app, ["bench", "--scale", "1000"]).exit_code != 0  # the old flags are gone
+
+
+def test_a_missing_extra_is_named_not_an_import_error(env: Settings, monkeypatch, tmp_path: Path):
+    import importlib.util
+
+    from rag.evaluation import report
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("aiohttp", "matplotlib") else real(name, *a))
+    for command in (["bench", "serve"], ["bench", "soak", "60"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, result.output
+        assert "the `bench` extra" in result.stderr and "Traceback" not in result.output
+    monkeypatch.setattr(report, "markdown", lambda report, title: f"# {title}")
+    paths = report.write_reports({"modes": {}}, tmp_path, "seed", "Seed")  # rag eval without the chart's extra
+    assert [p.name for p in paths] == ["seed.json", "seed.md"] and all(p.exists() for p in paths)
+
+
+def test_the_library_cli_never_imports_the_service():
+    import subprocess
+    import sys
+
+    code = "import sys, rag.cli; assert not any(m == 'api' or m.startswith('api.') for m in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    from api.cli import app as service_app  # the `rag` script's app: rag's commands plus serve
+
+    assert "serve" in {c.name or c.callback.__name__ for c in service_app.registered_commands}  # type: ignore[union-attr]

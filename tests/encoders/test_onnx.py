@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import FakeEmbedder
 from fastapi.testclient import TestClient
 
 from api.app import create_app
@@ -19,6 +18,7 @@ from rag.errors import IndexMismatchError, ModelError
 from rag.ingest.build import build_index, spec_of
 from rag.settings import DEFAULT_MODEL, Settings
 from rag.stores.local.store import open_local
+from tests.helpers import FakeEmbedder
 
 TEXTS = ["What was the value of trade between China and Russia in 2024?", "x", "Arctic " * 400,
          "Xi Jinping and Vladimir Putin have met more than 40 times.", "🇨🇳 \x00 é"]

@@ -6,12 +6,12 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import REPO, FakeEmbedder
 
 from rag.errors import RagError
 from rag.evaluation import beir
 from rag.evaluation.retrieval import variants
 from rag.settings import Settings
+from tests.helpers import REPO, FakeEmbedder
 
 
 def write_beir(folder: Path, docs: dict[str, tuple[str, str]], queries: dict[str, str],
@@ -70,6 +70,7 @@ SCIFACT = REPO.parent / "shared" / "benchmarks" / "scifact"
 
 
 @pytest.mark.beir
+@pytest.mark.slow
 @pytest.mark.skipif(not SCIFACT.is_dir(), reason="shared/benchmarks/scifact is not beside the repo")
 def test_scifact_slice_with_the_real_model(tmp_path: Path):
     """20 judged queries against their relevant abstracts plus 400 random others."""

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, FakeEmbedder
 from typer.testing import CliRunner
 
 from rag import service
@@ -15,6 +14,7 @@ from rag.evaluation.retrieval import evaluate, load_questions, variants
 from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.local.store import open_local
+from tests.helpers import REPO, FakeEmbedder
 
 QUESTIONS = REPO / "eval" / "questions.jsonl"
 

@@ -3,10 +3,9 @@
 import json
 from collections import Counter
 
-from conftest import CORPUS, REPO
-
 from rag.ingest.clean import clean
 from rag.ingest.corpus import load_corpus
+from tests.helpers import CORPUS, REPO
 
 TYPES = {"fact/number", "who/when/where", "why/how", "multi-passage", "compare", "unanswerable"}
 ROWS = [json.loads(line) for line in (REPO / "eval" / "questions.jsonl").read_text().splitlines() if line.strip()]

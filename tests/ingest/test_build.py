@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeEmbedder
 
 import rag.stores.local.bm25
 from rag.errors import (
@@ -21,6 +20,7 @@ from rag.ingest.build import build_index
 from rag.settings import Settings
 from rag.stores.local import builds as store
 from rag.stores.local.store import open_local
+from tests.helpers import FakeEmbedder
 
 
 def test_every_chunk_cites_its_exact_span(built: Settings):

@@ -3,12 +3,12 @@
 from itertools import pairwise
 
 import pytest
-from conftest import FakeEmbedder
 
 from rag.errors import SettingsError
 from rag.ingest.chunk import ChunkParams, chunk_document, embed_input, split_sentences
 from rag.ingest.clean import clean
 from rag.text import count_tokens
+from tests.helpers import FakeEmbedder
 
 SENTENCES = [f"Sentence number {i} talks about trade and oil in some detail." for i in range(40)]
 TEXT = "Heading One\n\n" + " ".join(SENTENCES[:20]) + "\n\n" + " ".join(SENTENCES[20:])

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from conftest import CORPUS
 
 from rag.ingest.clean import CleanRules, clean
+from tests.helpers import CORPUS
 
 LONG = ("This paragraph is long enough to be body text, with more than twenty-five words in it, "
         "so the head of the page ends right here and the rest is article.")

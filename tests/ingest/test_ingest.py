@@ -9,7 +9,7 @@ from rag.ingest.corpus import load_corpus, load_document
 
 
 def test_bundled_corpus_has_its_metadata():
-    from conftest import CORPUS
+    from tests.helpers import CORPUS
 
     docs = {d.doc_id: d for d in load_corpus(CORPUS)}
     assert sorted(docs) == ["cfr-china-russia-backgrounder", "fp-china-russia-axis",
@@ -104,11 +104,10 @@ def test_metadata_of_any_type_becomes_text_or_json(tmp_path: Path):
     """YAML and JSON give numbers, dates and lists where the API serves strings."""
     import json
 
-    from conftest import FakeEmbedder
-
     from rag.ingest.build import build_index
     from rag.settings import Settings
     from rag.stores.local.store import open_local
+    from tests.helpers import FakeEmbedder
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

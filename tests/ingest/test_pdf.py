@@ -4,9 +4,7 @@ import io
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import matplotlib
 import pytest
 from fpdf import FPDF
 from fpdf.enums import AccessPermission
@@ -15,8 +13,7 @@ from PIL import Image
 from rag.errors import CorpusError
 from rag.ingest.pdf import PAGE_SEPARATOR, PdfDamagedError, PdfEncryptedError, PdfNoTextError, _normalise, extract_pdf
 from rag.records import page_span
-
-FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"  # matplotlib is a runtime dependency
+from tests.helpers import pdf_bytes
 
 PAGES = [
     ["The first page opens the report.", "Revenue grew in the north."],
@@ -26,30 +23,13 @@ PAGES = [
 ]
 
 
-def build(pages: list[list[str]], font: str = "Helvetica", encrypt: dict | None = None) -> bytes:
-    pdf = FPDF()
-    pdf.set_auto_page_break(False)
-    if font.endswith(".ttf"):
-        pdf.add_font("embedded", fname=str(FONTS / font))
-        font = "embedded"
-    pdf.set_font(font, size=11)
-    for paragraphs in pages:
-        pdf.add_page()
-        for paragraph in paragraphs:
-            pdf.multi_cell(0, 6, paragraph, new_x="LMARGIN", new_y="NEXT")
-            pdf.ln(4)
-    if encrypt:
-        pdf.set_encryption(**encrypt)
-    return bytes(pdf.output())
-
-
 def words(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
 @pytest.fixture(scope="module")
 def report() -> bytes:
-    return build(PAGES)
+    return pdf_bytes(PAGES)
 
 
 def test_each_page_holds_its_sentences_and_span(report):
@@ -90,7 +70,7 @@ def test_page_span_edges():
 
 
 def test_blank_page_keeps_numbering():
-    doc = extract_pdf(build([["Before the blank page."], [], ["After the blank page."]]))
+    doc = extract_pdf(pdf_bytes([["Before the blank page."], [], ["After the blank page."]]))
     assert [doc.text[s:e] for s, e in doc.pages] == ["Before the blank page.", "", "After the blank page."]
     start = doc.text.index("After")
     assert page_span(doc.pages, start, start + 5) == (3, 3)
@@ -98,16 +78,16 @@ def test_blank_page_keeps_numbering():
 
 def test_unicode_round_trips():
     lines = ["“Curly quotes” and an em—dash: café, naïve, Straße, ½ µ Ω.", "Привет мир, Καλημέρα κόσμε."]
-    doc = extract_pdf(build([lines, ["Second page — ünïcödé too."]], font="DejaVuSans.ttf"))
+    doc = extract_pdf(pdf_bytes([lines, ["Second page — ünïcödé too."]], font="DejaVuSans.ttf"))
     assert doc.text == "\n".join(lines) + PAGE_SEPARATOR + "Second page — ünïcödé too."
     # CJK and astral-plane text, in the fonts at hand (LastResort draws placeholders, but its
     # character map is real, so the text must come back exactly)
-    assert extract_pdf(build([["北京 欢迎你"]], font="LastResortHE-Regular.ttf")).text == "北京 欢迎你"
-    assert extract_pdf(build([["Bold 𝐀𝐁𝐂 here"]], font="STIXGeneral.ttf")).text == "Bold 𝐀𝐁𝐂 here"
+    assert extract_pdf(pdf_bytes([["北京 欢迎你"]], font="LastResortHE-Regular.ttf")).text == "北京 欢迎你"
+    assert extract_pdf(pdf_bytes([["Bold 𝐀𝐁𝐂 here"]], font="STIXGeneral.ttf")).text == "Bold 𝐀𝐁𝐂 here"
 
 
 def test_line_end_hyphen_is_left_as_printed():
-    doc = extract_pdf(build([["a manip-\nulation and a well-\nknown fact"]]))
+    doc = extract_pdf(pdf_bytes([["a manip-\nulation and a well-\nknown fact"]]))
     assert doc.text == "a manip-\nulation and a well-\nknown fact"
 
 
@@ -121,11 +101,11 @@ def test_normalise_removes_what_no_consumer_can_take():
 ], ids=["user-password", "no-copy-permission"])
 def test_encrypted_pdf_is_refused(encrypt):
     with pytest.raises(PdfEncryptedError, match="^the PDF is encrypted$"):
-        extract_pdf(build(PAGES, encrypt=encrypt))
+        extract_pdf(pdf_bytes(PAGES, encrypt=encrypt))
 
 
 def test_owner_password_that_allows_copying_is_read():
-    doc = extract_pdf(build(PAGES, encrypt={"owner_password": "owner"}))
+    doc = extract_pdf(pdf_bytes(PAGES, encrypt={"owner_password": "owner"}))
     assert "Staff costs fell by a tenth." in doc.text
 
 

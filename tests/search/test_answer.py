@@ -2,9 +2,9 @@
 sentence after the best one follows it, and no sentence is said twice."""
 
 import numpy as np
-from conftest import FakeEmbedder
 
 from rag.search.answer import Candidate, asked_kind, choose, missing_share, specifics
+from tests.helpers import FakeEmbedder
 
 FAKE = FakeEmbedder()
 

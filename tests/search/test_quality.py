@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import FakeEmbedder
 
 from rag.errors import BadQueryError
 from rag.evaluation.calibrate import fit_logistic, held_back, rates
@@ -16,6 +15,7 @@ from rag.settings import Settings
 from rag.stores.base import Ranking, ranking, top_rows
 from rag.stores.local.store import open_local
 from rag.types import Abstention, Filters, Fusion
+from tests.helpers import REPO, FakeEmbedder
 
 INF = -np.inf
 
@@ -249,11 +249,10 @@ def test_no_response_says_a_sentence_twice_over_the_question_set(retriever: Retr
     """Overlapping chunks of a document are merged into one passage: across the whole seed
     set, no two passages of a response share a character of a document, every passage is
     still its document's slice, and k passages come back."""
-    from pathlib import Path
 
     from rag.evaluation.retrieval import load_questions
 
-    questions = load_questions(Path(__file__).resolve().parent.parent / "eval" / "questions.jsonl", retriever.store)
+    questions = load_questions(REPO / "eval" / "questions.jsonl", retriever.store)
     merged = 0
     for q in questions:
         response = retriever.query(q.question, k=5)

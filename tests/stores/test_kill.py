@@ -11,26 +11,27 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FakeEmbedder
 
 from rag.ingest.build import build_index, spec_of
 from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.factory import open_store
 from rag.stores.local.builds import clean_orphans
+from tests.helpers import REPO, FakeEmbedder
 
-TESTS = Path(__file__).resolve().parent
+pytestmark = pytest.mark.slow
+
 CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {tests!r})
-    from conftest import FakeEmbedder
+    from tests.helpers import FakeEmbedder
     from rag.ingest.build import build_index
     from rag.settings import Settings
     settings = Settings.model_validate_json(sys.argv[1])
     print("started", flush=True)
     build_index(settings, FakeEmbedder(), force=True)
     print("done", flush=True)
-""").format(tests=str(TESTS))
+""").format(tests=str(REPO))
 
 
 def big_corpus(folder: Path, documents: int = 120) -> None:
@@ -47,7 +48,7 @@ def answer(settings: Settings) -> list[str]:
         store.close()
 
 
-@pytest.mark.parametrize("store", ["local", "milvus"])
+@pytest.mark.parametrize("store", ["local", pytest.param("milvus", marks=pytest.mark.milvus)])
 def test_a_build_killed_at_any_point_leaves_the_previous_index_serving(settings: Settings, tmp_path: Path,
                                                                          store: str):
     if store == "milvus":

@@ -22,6 +22,8 @@ from rag.stores.milvus.store import MilvusStore, open_milvus
 from rag.stores.milvus.writer import milvus_writer
 from rag.types import Filters
 
+pytestmark = pytest.mark.milvus  # Milvus Lite, in process
+
 DIM = 16
 SPEC = IndexSpec("fake-model", 200, 20)
 MANIFEST = {"model": {"name": "fake-model", "dimension": DIM, "vectors": "fp32"},

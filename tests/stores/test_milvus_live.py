@@ -7,17 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeEmbedder
-from test_collections import article
 
 from rag.collections import Collections, text_document
 from rag.errors import ConflictError
 from rag.search.retriever import Retriever
 from rag.settings import Settings
+from tests.helpers import FakeEmbedder, article
 
 pytest.importorskip("pymilvus")
 
 from rag.stores.milvus.live import MilvusCollection
+
+pytestmark = pytest.mark.milvus  # Milvus Lite, in process
 
 
 @pytest.fixture

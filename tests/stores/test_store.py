@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FakeEmbedder
 
 import rag.stores.local.store
 import rag.stores.local.writer
@@ -19,6 +18,7 @@ from rag.settings import Settings
 from rag.stores.local import builds as store
 from rag.stores.local.builds import clean_orphans
 from rag.stores.local.store import open_local
+from tests.helpers import FakeEmbedder
 
 
 def _rebuild(settings: Settings) -> str:

@@ -5,8 +5,9 @@ a Milvus store adds: unreachable, not installed, built with another model."""
 from pathlib import Path
 
 import pytest
-from conftest import FakeEmbedder
 from fastapi.testclient import TestClient
+
+from tests.helpers import REPO, FakeEmbedder
 
 pytest.importorskip("pymilvus")
 
@@ -18,7 +19,9 @@ from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.stores.factory import open_store
 
-QUESTIONS = Path(__file__).resolve().parent.parent / "eval" / "questions.jsonl"
+pytestmark = pytest.mark.milvus  # Milvus Lite, in process
+
+QUESTIONS = REPO / "eval" / "questions.jsonl"
 
 
 @pytest.fixture
