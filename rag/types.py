@@ -93,5 +93,6 @@ class Fusion:
         raise ValueError(f"unknown fusion '{name}': use rrf<k> (e.g. rrf60) or convex<alpha> (e.g. convex0.5)")
 
 
-# chosen by `rag eval --sweep` on the seed set and SciFact together (2026-11-23): best nDCG@10 on both
+# chosen by `rag eval --sweep` on the seed set and SciFact together: best nDCG@10 on both
+# (docs/benchmarks.md#retrieval-by-mode-seed-set-and-scifact)
 DEFAULT_FUSION = Fusion("convex", alpha=0.7, depth=1000)

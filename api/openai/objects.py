@@ -1,8 +1,8 @@
 """The objects of OpenAI's Files and Vector Stores APIs, as openai-python's types define
 them (`types/vector_store.py`, `types/vector_stores/vector_store_file.py`,
 `types/vector_store_search_response.py`, `types/file_object.py`, ...), the request
-bodies the routes in api/openai_files.py, api/openai_stores.py and api/openai_store_files.py take, and OpenAI's
-cursor paging of lists (`page`).
+bodies the routes in api/routes/files.py, api/routes/vector_stores.py and
+api/routes/vector_store_files.py take, and OpenAI's cursor paging of lists (`page`).
 
 Left out: the fields of objects we never return (file batches, expiry policies).
 """

@@ -8,7 +8,7 @@ Documents come as JSON or as a multipart file (.txt, .md, .html, .pdf: rag.inges
 body over RAG_MAX_UPLOAD_BYTES is refused (413) before more is read.
 
 The same collections, in whichever store the service uses (local or Milvus), are OpenAI
-vector stores in api/openai_stores.py.
+vector stores in api/routes/vector_stores.py.
 
 Left out: renaming a collection.
 """

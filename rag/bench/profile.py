@@ -1,4 +1,4 @@
-"""Where the time goes, for `rag bench`: the steps of one /query in this process, and
+"""Where the time goes, for `rag bench serve`: the steps of one /query in this process, and
 chunk-embedding rates of the build against the raw model on the same passages.
 
 - `query_steps`: p50 milliseconds of encode, dense search, lexical search, fusion,

@@ -1,4 +1,4 @@
-"""`rag bench --scale N`: build an N-chunk collection from real embeddings and measure it.
+"""`rag bench scale N`: build an N-chunk collection from real embeddings and measure it.
 
 The data is real, not uniform noise (on which ANN recall means nothing): SciFact's
 chunks, embedded by the configured model (the cached `rag eval --beir` index), expanded
@@ -18,7 +18,7 @@ Measured, per backend (`local`, `milvus`):
 - size on disk, and a real `rag serve` on the collection: seconds until /ready, RSS after 50 queries.
 
 Left out: sentences (highlights) in the synthetic collection, and concurrent load (that
-is `rag bench` on the seed corpus).
+is `rag bench serve` on the seed corpus).
 """
 
 import json

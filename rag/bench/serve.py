@@ -1,12 +1,12 @@
-"""`rag bench`: measure the real server against the raw model, in one run.
+"""`rag bench serve`: measure the real server against the raw model, in one run.
 
 1. launch `rag serve` as a subprocess on a free port and time /ready from launch;
 2. the raw model time to encode one short question, in this process, and /query latency
    with one client, measured in alternating rounds so that both medians see the same
    machine noise (the load on a shared 2-core machine drifts within a minute);
-4. throughput (queries/s) with 1, 8 and 32 concurrent clients over a fixed question list,
+3. throughput (queries/s) with 1, 8 and 32 concurrent clients over a fixed question list,
    in alternating rounds too, each figure the median of its rounds;
-5. the server's resident memory (VmRSS, and its peak VmHWM).
+4. the server's resident memory (VmRSS, and its peak VmHWM).
 
 Prints a table with the ratios that the targets are stated in and writes JSON.
 Every figure comes from this one run, on this machine, so ratios compare like with like.

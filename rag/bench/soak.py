@@ -1,4 +1,4 @@
-"""`rag bench --soak SECONDS`: a long mixed load on the real server, to show that nothing
+"""`rag bench soak SECONDS`: a long mixed load on the real server, to show that nothing
 fails and nothing leaks.
 
 The server (`rag serve`, real model) runs on a private copy of the index, and for the
@@ -15,7 +15,7 @@ failures, latency p50/p99 per kind, swaps seen by the server, and the server's R
 after a warm-up (the first `warmup_seconds`, when allocators and caches fill) and at the
 end. Target: 0 failures, RSS growth <= 5%.
 
-Left out: uploads and deletes (the live knowledge base does not exist yet).
+Left out: writes to live collections during the soak (`rag bench writes` times them apart).
 """
 
 import asyncio

@@ -1,8 +1,8 @@
-"""`rag bench --writes`: what adding and deleting one document costs in a live collection
+"""`rag bench writes`: what adding and deleting one document costs in a live collection
 of 100 chunks and of 100,000.
 
 Each collection is filled with SciFact chunks and their real embeddings (the cached
-`rag eval --beir` index, as `rag bench --scale` uses), 10 chunks a document. Then, timed
+`rag eval --beir` index, as `rag bench scale` uses), 10 chunks a document. Then, timed
 one at a time with the configured model: `UPSERTS` one-page documents (two SciFact
 abstracts, ~450 words: cleaned, chunked, embedded with their sentences, written, indexed),
 each found by the next query (a word only it holds); then `UPSERTS` deletes. p50 and p95 per size.

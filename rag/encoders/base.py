@@ -33,6 +33,6 @@ class Embedder(Protocol):
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray: ...
 
 
-# vectors of one family are interchangeable (cosine >= 0.9999, `rag bench --backends`);
+# vectors of one family are interchangeable (cosine >= 0.9999, `rag bench backends`);
 # an index built with one family refuses queries encoded by another
 VECTOR_FAMILY = {"torch": "fp32", "onnx": "fp32", "onnx-int8": "int8"}

@@ -8,12 +8,11 @@ Pooling module's config (mean or CLS). Then:
 - the ONNX graph gives the last hidden state; pooling and L2 normalisation are numpy.
 
 fp32 vectors match the torch backend's to cosine >= 0.9999 (checked by `rag bench
---backends`), so an index built with one serves queries encoded by the other.
+backends`), so an index built with one serves queries encoded by the other.
 
 Threads: `threads` intra-op threads and one inter-op thread, with spinning off: on a
 2-core machine an idle thread that spins takes the core from the event loop and from
-search (measured, 32 clients: 312 and 322 q/s without spinning, 257 and 297 with, in two
-alternating rounds).
+search (measured: docs/benchmarks.md#threads-spinning-and-the-load-generator).
 
 Left out: models whose sentence-transformers pipeline has more than Transformer ->
 Pooling -> Normalize (Dense layers, prompts): they are refused with a message that
@@ -107,7 +106,7 @@ class OnnxEmbedder:
 
     def model_only(self, texts: Sequence[str], batch_size: int) -> Callable[[], object]:
         """The model's own work on `texts`, tokenised and sorted by length outside it, to
-        time against the build's path (`rag bench`)."""
+        time against the build's path (`rag bench serve`)."""
         encodings = self._tokenizer.encode_batch(list(texts))
         encodings.sort(key=lambda e: len(e.ids))
         return lambda: [self._run(encodings[i:i + batch_size]) for i in range(0, len(encodings), batch_size)]

@@ -13,8 +13,8 @@ process exports at a time (a lock file in `onnx/`); one that waited finds the ex
 
 Why not sentence-transformers' own ONNX backend: it needs `optimum-onnx`, which pins
 transformers < 4.58 and so sentence-transformers 5.x (ours is 6.x); through it, a loaded
-model costs 575 MB and still imports torch, against ~190 MB here without torch, and
-~4.8 ms a question against ~3.7 ms (measured on this machine, 2026-11-24). The export
+model costs about three times the memory, still imports torch, and is slower a question
+(measured: docs/benchmarks.md#onnx-export-against-sentence-transformers-onnx-backend). The export
 itself does need torch and transformers, which the torch backend installs anyway.
 
 Left out: graph optimisation passes beyond ONNX Runtime's own at load (O2/O3 measured

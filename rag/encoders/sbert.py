@@ -58,7 +58,7 @@ class SentenceTransformerEmbedder:
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def model_only(self, texts: Sequence[str], batch_size: int) -> Callable[[], object]:
-        """The model's own work on `texts`, to time against the build's path (`rag bench`)."""
+        """The model's own work on `texts`, to time against the build's path (`rag bench serve`)."""
         return lambda: self._model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
                                           show_progress_bar=False)
 

@@ -9,8 +9,9 @@ on the scale `choose` adds them on. The check is two-fold by question order (fit
 the odd-numbered, scored on the even-numbered, and the other way round), with the answer
 metric itself, so what is reported was never fitted on.
 
-Example: on the seed set (2026-11-25) the fit gives terms 1.9 and rank -0.6 for cosine 1;
-the two folds score 0.886 and 0.971 (the hand-set weights before it: 0.771 and 0.943).
+Example: on the seed set the fit gives terms 1.9 and rank -0.6 for cosine 1 (the
+rounded weights are rag.search.answer.WEIGHTS); what the folds score:
+docs/benchmarks.md#answer-weights-example-ragevaluationfit_answerpy.
 
 Left out: fitting the selection rules (the next sentence, how many more) and pairwise or
 listwise losses.

@@ -224,7 +224,7 @@ def _previous(settings: Settings, spec: IndexSpec) -> ChunkStore | None:
 
 
 def embed_texts(texts: list[str], embedder: Embedder, batch_size: int) -> np.ndarray:
-    """What a build does to embed new texts (none reused), for `rag bench`."""
+    """What a build does to embed new texts (none reused), for `rag bench serve`."""
     return embed_reusing(texts, embedder, batch_size, None)[0]
 
 

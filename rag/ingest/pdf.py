@@ -13,21 +13,10 @@ password, an unsupported security handler, or an owner password that forbids cop
 `PdfDamagedError` (not a PDF, no %%EOF in the last 1024 bytes, so truncated, or unreadable
 by PDFium), `PdfNoTextError` (no page holds text: a scan). No library exception escapes.
 
-Library: pypdfium2 (PDFium; Apache-2.0/BSD-3-Clause, PDFium BSD-3). Measured 2026-11-24 on
-this machine (2 cores, under `nice`), best of 3, against pypdf 7.1.1 (BSD-3) and pdfplumber
-0.11.10 (MIT, on pdfminer.six); PyMuPDF left out (AGPL). Pages/s, pypdfium2 / pypdf / pdfplumber:
-- fpdf2, 200 pages, core font:           5560 / 1030 / 58   all three exact on 200/200 pages
-- fpdf2, 20 pages, DejaVu: “quotes”, em—dash, é, Привет, Καλημέρα:  3860 / 450 / 60   all exact
-- fpdf2, 5 pages, + 北京 (LastResort font):  2990 / 420 / 63   all exact
-- matplotlib, 10 pages, Type 3 / Type 42 fonts:  3010 / 220 / 110, 4330 / 220 / 110   all exact
-- libtasn1.pdf (TeX, 36 pages):          1140 / 77 / 22
-- shared-mime-info-spec.pdf (17 pages):  1140 / 90 / 23
-- 100 pages, 108 MB (a 1 MB image a page):  715 / 240 pages/s, peak RSS +106 / +209 MiB
-("exact": each page's text equals the known text up to whitespace.) On the two real PDFs
-pypdfium2 and pypdf both give 12,719 and 5,234 words, 99.0% and 100% the same: pypdf splits
-"parsing ." before some full stops, PDFium drops TeX's "©" (pypdf: "c©"); pdfplumber runs words
-together ("Thisisversion0.21of..."): 86% and 21% the same. Non-BMP text (𝐀𝐁𝐂) comes out right
-through `get_text_range`. Chosen: pypdfium2, as correct as pypdf and 3-20x faster.
+Library: pypdfium2 (PDFium; Apache-2.0/BSD-3-Clause, PDFium BSD-3), chosen over pypdf
+(BSD-3) and pdfplumber (MIT, on pdfminer.six): as correct as pypdf and 3-20x faster;
+PyMuPDF left out (AGPL). Non-BMP text (𝐀𝐁𝐂) comes out right through `get_text_range`.
+Measured figures: docs/benchmarks.md#pdf-libraries-ragingestpdfpy.
 Line-end hyphens: the 31 in libtasn1.pdf all split one word ("manip-ulation"), but PDFium
 marks "well-\\nknown" and "end-\\n\\nNew para" the same way, so joining is left to the caller.
 

@@ -23,26 +23,20 @@ Distinctive: a term or name held by more than COMMON (a third) of the candidates
 out, as it tells none of them apart. In a corpus about China and Russia the two names are
 in most sentences, and "reaching an all-time high of $245 billion in 2024", which says
 "the countries", lost to "China is currently Russia's number-one trading partner" on them.
-Swept with the weights then configured, the answer metric on the seed set was 0.900 at
-COMMON 1 (all kept), 0.91 at 0.6, 0.93 at 0.5 to 0.4, 0.94 at 0.35 to 0.25 and 0.90 at
-0.2; a third lies inside the plateau (2026-11-25).
+A third lies inside the plateau of a sweep on the seed set (measured figures:
+docs/benchmarks.md#answer-sentences-ragsearchanswerpy).
 
 The weights (WEIGHTS) are a logistic regression's over the seed set's candidate sentences,
 labelled by whether they cover half of a gold quote (rag.evaluation.fit_answer, `rag eval
---fit-answer`), rounded. Checked on questions they were not fitted on (two folds by
-question order), the answer metric is 0.886 and 0.971 (mean 0.929), 0.943 over the set;
-with every term and name kept it was 0.857 and 0.943 (mean 0.900); the hand-set weights
-before (cosine 1, terms 0.3, specific 0.2, names 0.1, kind 0.15, rank 0.05, and a third
-sentence only if it scored 90% of the best) gave 0.771 and 0.943, 0.857 over the set
-(2026-11-25). What the fit says: the question's terms and the top passage count for much
-more than the hand-set weights gave them. A single sentence of the top 3 passages covers
-the gold quote for 0.986 of the questions: the selection, not retrieval, is what is left.
+--fit-answer`), rounded. They were checked on questions they were not fitted on (two
+folds by question order). What the fit says: the question's terms and the top passage
+count for much more than the hand-set weights gave them. The selection, not retrieval, is
+what is left (measured figures: docs/benchmarks.md#answer-sentences-ragsearchanswerpy).
 
-Measured and left out: weighing question terms by how few candidates hold them (a smooth
-IDF, names untouched), and scoring long sentences by their best clause (embedded apart):
-neither changed the metric; the share of the question's word pairs a sentence holds
-("trade between", fitted weight 0.8): folds 0.857 / 0.914, no better; question words
-left out of the terms: 0.800 / 0.914.
+Tried and left out: weighing question terms by how few candidates hold them (a smooth
+IDF, names untouched), scoring long sentences by their best clause (embedded apart), the
+share of the question's word pairs a sentence holds ("trade between"), and leaving question
+words out of the terms: none did better (docs/benchmarks.md#answer-sentences-ragsearchanswerpy).
 
 Left out: abstractive answers (an upstream model does those) and sentence fusion.
 """
@@ -58,7 +52,7 @@ ANSWER_PASSAGES = 3
 MORE_SENTENCES = 2
 FOLLOW = True
 # a question term held by more than this share of the candidates distinguishes none of them;
-# swept on the seed set (2026-11-25): see the module docstring
+# swept on the seed set: docs/benchmarks.md#answer-sentences-ragsearchanswerpy
 COMMON = 1 / 3
 MIN_CANDIDATES = 4  # with fewer, "held by more than a third" tells nothing apart: every term is kept
 FEATURES = ("cosine", "rank", "terms", "specific", "other_year", "names", "kind")
@@ -118,7 +112,7 @@ def missing_share(question: str, texts: list[str]) -> float:
     question has none. Evidence for abstention a bi-encoder cannot give. Names are left
     out: passages name things in other ways ("Sudanese" for Sudan, the article for "the
     Foreign Policy analysis"), and on the seed set a missing name was no evidence (its
-    fitted weight came out positive, 2026-11-25)."""
+    fitted weight came out positive)."""
     exact, _ = specifics(question)
     if not exact:
         return 0.0

@@ -15,9 +15,9 @@ follow-ups keeps its topic), the new turn weighted higher:
 A self-contained question after a conversation is searched alone: it is not dragged back
 to the old topic. The weights were chosen on eval/conversations.jsonl (`rag eval` prints
 follow-up Recall@5 with and without the conversation). Function words (pronouns, "still",
-"before") do not count as topic terms, and "which one" always refers back: follow-up
-Recall@5 0.880 -> 0.935 on that set, topic changes unchanged at 0.938 (2026-11-25; the
-misses read showed follow-ups taken for new topics, not tuned per chat).
+"before") do not count as topic terms, and "which one" always refers back: the misses
+read showed follow-ups taken for new topics (not tuned per chat; measured figures:
+docs/benchmarks.md#follow-ups-ragsearchconversationpy).
 
 Left out: rewriting with a language model (with an upstream model configured, the chat
 endpoint could condense the question; not done here), and coreference beyond one turn.

@@ -81,7 +81,7 @@ class Retriever:
               max_per_doc: int | None = None, query_vector: np.ndarray | None = None,
               laps: Laps | None = None, history: Sequence[str] = ()) -> QueryResponse:
         """`history`: the earlier user turns, oldest first (a follow-up is read with them,
-        rag.search.conversation). `laps`, when given, collects the milliseconds of each step (`rag bench`)."""
+        rag.search.conversation). `laps`, when given, collects the milliseconds of each step (`rag bench serve`)."""
         with self._consistent():
             return self._query(question, k, filters, mode, max_per_doc, query_vector, laps, history)
 

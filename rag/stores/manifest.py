@@ -3,7 +3,7 @@ format version, the model and the chunker's parameters, checked on open against 
 settings ask for (`IndexSpec`); an index of another format or model is refused, never
 read.
 
-Left out: the local store's build folders (rag.stores.local.store.builds), which keep the
+Left out: the local store's build folders (rag.stores.local.builds), which keep the
 manifest beside their files.
 """
 

@@ -1,17 +1,16 @@
 """Dense search of the local store: exact below a size, an IVF index (FAISS) above it.
 
 - up to `EXACT_LIMIT` chunks: one matrix product over the vectors and a partial sort
-  (exact; measured by `rag bench --scale`: see the README for the crossover);
+  (exact; measured by `rag bench scale`: docs/benchmarks.md#storage-at-scale);
 - above it: `IndexIVFFlat`, inner product, `nlist` ~ 4 * sqrt(N) lists (a power of two),
   k-means trained on a sample of 64 vectors per list. `nprobe` is chosen at build time by
   measurement: the smallest power of two whose recall@10 against exact search, on
   CALIBRATION_QUERIES pseudo-queries, reaches RECALL_TARGET. A pseudo-query is a stored
   vector plus Gaussian noise of norm QUERY_NOISE (cosine ~0.3 to where it came from):
   measured on 100k SciFact-derived chunks, that noise needs the same nprobe as SciFact's
-  real test questions at every recall level (nprobe 4/16/64: real 0.83/0.92/0.97,
-  pseudo 0.80/0.93/0.98), while pseudo-queries near their source (noise 0.9) reach 0.95
-  at nprobe 1 and made real questions' recall 0.83. Type, nlist, nprobe and the measured
-  recall go into the manifest.
+  real test questions at every recall level, while pseudo-queries near their source choose
+  too small an nprobe (docs/benchmarks.md#ann-calibration-ragstoreslocalannpy). Type,
+  nlist, nprobe and the measured recall go into the manifest.
 
 IVF-Flat over HNSW: at a million 384-d vectors it trains and adds in about a minute on 2
 cores (HNSW takes several times longer to insert), it keeps the exact vectors (no

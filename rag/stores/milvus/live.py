@@ -249,7 +249,7 @@ class MilvusCollection(LiveWrites, Searches):
 
     def _apply(self, write: Write) -> None:
         """Each document of the write as its own version (one write holds one document,
-        but for `rag bench`'s fills): its switch is atomic, the write as a whole is not."""
+        but for `rag bench writes`'s fills): its switch is atomic, the write as a whole is not."""
         by_doc: dict[str, tuple[list[int], list[int]]] = {d.doc_id: ([], []) for d in write.documents}
         for i, chunk in enumerate(write.chunks):
             by_doc[chunk.doc_id][0].append(i)
