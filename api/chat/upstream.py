@@ -20,7 +20,7 @@ from rag.search.conversation import is_follow_up
 from rag.settings import Settings
 from rag.text import is_unicode_text
 
-log = logging.getLogger("api.chat")
+log = logging.getLogger("rag.chat")
 UPSTREAM_CUT = " […the language model stopped before finishing its answer]"
 
 
