@@ -108,12 +108,12 @@ class Engine:
 
     async def write(self, work: Callable[[Collections], T]) -> T:
         """Run a write (it embeds) on the writer thread; read-only service: 403."""
-        return await self.writer.write(self.live_collections(), work)
+        return await self.writer.write(self.live_collections, work)
 
     def write_later(self, key: Key, work: Callable[[Collections], Any], content_hash: str | None = None) -> None:
         """Queue a long write (a big file) on the writer thread and return at once
         (`Writer.write_later`)."""
-        self.writer.write_later(self.live_collections(), key, work, content_hash)
+        self.writer.write_later(self.live_collections, key, work, content_hash)
 
     def live_collections(self) -> Collections:
         if self.collections is None:

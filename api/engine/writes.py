@@ -87,22 +87,24 @@ class Writer:
         self.pending = WriteStates()  # big writes answered 202, and vector store files being written
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
 
-    async def write(self, collections: Collections, work: Callable[[Collections], T]) -> T:
-        """Run a write (it embeds) on the writer thread; read-only service: 403."""
+    async def write(self, collections: Callable[[], Collections], work: Callable[[Collections], T]) -> T:
+        """Run a write (it embeds) on the writer thread; read-only service: 403, checked
+        before `collections` is asked for (a read-only service that is not ready says 403)."""
         writes_allowed(self.settings)
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work, collections)
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, collections())
 
-    def write_later(self, collections: Collections, key: Key, work: Callable[[Collections], Any],
+    def write_later(self, collections: Callable[[], Collections], key: Key, work: Callable[[Collections], Any],
                     content_hash: str | None = None) -> None:
         """Queue a long write (a big file) on the writer thread and return at once; its
         state is in `pending[key]` (in_progress, with the content's hash, then completed or
         failed with the reason), until a later write of the same document replaces it."""
         writes_allowed(self.settings)
+        live = collections()
         state = self.pending.start(key, content_hash)
 
         def run() -> None:
             try:
-                work(collections)
+                work(live)
                 outcome: State = {"status": "completed", "error": None}
             except RagError as exc:
                 outcome = {"status": "failed", "error": str(exc)}

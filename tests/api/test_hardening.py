@@ -485,6 +485,18 @@ def test_admin_reload_keeps_the_real_reason_when_the_model_did_not_load(built: S
         assert (r.status_code, r.json()) == (503, {"detail": "model not loaded: no model here"})
 
 
+def test_a_read_only_service_refuses_writes_with_403_even_before_it_is_ready(built: Settings):
+    def failing(name: str) -> Any:
+        raise RuntimeError("no model here")
+
+    read_only = built.model_copy(update={"read_only": True})
+    with TestClient(create_app(read_only, embedder_factory=failing), base_url=BASE_URL) as c:
+        for method, path, body in [("POST", "/collections", {"name": "notes"}), ("DELETE", "/collections/notes", None),
+                                   ("DELETE", "/collections/notes/documents/d", None)]:
+            r = c.request(method, path, json=body)
+            assert r.status_code == 403 and "read-only" in r.json()["detail"], (path, r.text)
+
+
 def upstream_sending(chunks: list[str]) -> FastAPI:
     """An upstream that streams these raw SSE data lines, or answers them joined when not streaming."""
     app = FastAPI()
