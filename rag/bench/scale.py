@@ -218,7 +218,7 @@ def _recall(store: Any, source: Source, n: int, vectors: np.ndarray) -> float:
 def _serve(target: Settings, questions: list[str]) -> dict[str, float | None]:
     """Seconds until `rag serve` on the collection is ready (model, index, checksums) and its
     RSS (MB) after 50 queries; None where it never got ready."""
-    from rag.bench.serve import rss_mb, start_server
+    from rag.bench.server import rss_mb, start_server
 
     env = {"RAG_VECTOR_STORE": target.vector_store, "RAG_MILVUS_URI": target.milvus_uri,
            "RAG_HIGHLIGHTS": "false"}

@@ -23,10 +23,7 @@ import asyncio
 import json
 import os
 import re
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from rag.bench.server import QUESTIONS, rss_mb, start_server, wait_ready
 from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from, load_embedder
 from rag.evaluation.metrics import percentile
@@ -46,20 +44,6 @@ TARGETS = {"p50_over_torch_encode": "<= 0.75", "qps_32_over_1": ">= 3.5", "serve
            "ready_seconds": "<= 5", "build_over_raw_best": ">= 0.9"}
 ROUNDS = 10  # alternations of raw-encode and one-client blocks
 THROUGHPUT_ROUNDS = 5  # alternations of the 1-, 8- and 32-client runs
-QUESTIONS = [
-    "What was the value of trade between China and Russia in 2024?",
-    "Are China and Russia formal allies?",
-    "How many times have Xi and Putin met?",
-    "Why does Russia depend more on China than the reverse?",
-    "What is the Power of Siberia 2 pipeline?",
-    "When did China and Russia hold their first joint military drill?",
-    "What role do BRICS and the SCO play for Beijing and Moscow?",
-    "How do China and Russia cooperate on North Korea?",
-    "What did Zelenskyy accuse China of in April 2025?",
-    "What is the Polar Silk Road?",
-    "How did the Wagner mutiny affect China's position?",
-    "Which countries joined BRICS as of 2025?",
-]
 
 
 def encode_times_ms(embedder: Embedder, n: int) -> list[float]:
@@ -69,21 +53,6 @@ def encode_times_ms(embedder: Embedder, n: int) -> list[float]:
         embedder.encode([QUESTIONS[i % len(QUESTIONS)]])
         times.append((time.perf_counter() - started) * 1000)
     return times
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> dict[str, float]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) / 1024
-    return fields
 
 
 def _session(url: str, clients: int) -> aiohttp.ClientSession:
@@ -190,37 +159,11 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
     return result
 
 
-def start_server(index_dir: Path, reload_poll_seconds: float,
-                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """`rag serve` on `index_dir` in a subprocess on a free port, with `env` added to the
-    environment; the process and its URL."""
-    port = free_port()
-    env = {**os.environ, "RAG_PORT": str(port), "RAG_INDEX_DIR": str(index_dir),
-           "RAG_RELOAD_POLL_SECONDS": str(reload_poll_seconds), **(env or {})}
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return server, f"http://127.0.0.1:{port}"
-
-
 def batch_histogram(url: str) -> dict[str, float]:
     """Sum and count of the server's rag_batch_size histogram."""
     text = httpx.get(url + "/metrics", timeout=10).text
     found = dict(re.findall(r"^rag_batch_size_(sum|count) ([0-9.e+]+)$", text, re.M))
     return {k: float(v) for k, v in found.items()}
-
-
-def wait_ready(url: str, server: subprocess.Popen[bytes], launched: float) -> float:
-    with httpx.Client(base_url=url, timeout=5) as http:
-        while time.perf_counter() - launched < 120:
-            if server.poll() is not None:
-                raise RuntimeError(f"server exited with status {server.returncode}")
-            try:
-                if http.get("/ready").status_code == 200:
-                    return time.perf_counter() - launched
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-    raise RuntimeError("server not ready after 120 s")
 
 
 def table(r: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 
 import aiohttp
 
-from rag.bench.serve import QUESTIONS, rss_mb, start_server, wait_ready
+from rag.bench.server import QUESTIONS, rss_mb, start_server, wait_ready
 from rag.evaluation.metrics import percentile
 from rag.settings import Settings
 

@@ -89,7 +89,7 @@ def run_writes(settings: Settings, scifact: Path, log: Callable[[str], None]) ->
 
 
 def _impact(settings: Settings, embedder: Any, big_text: str) -> dict[str, Any]:
-    from rag.bench.serve import QUESTIONS
+    from rag.bench.server import QUESTIONS
     from rag.ingest.build import spec_of
     from rag.service import retriever_for
     from rag.stores.factory import open_store

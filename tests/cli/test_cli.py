@@ -226,3 +226,13 @@ def test_the_library_cli_never_imports_the_service():
     from api.cli import app as service_app  # the `rag` script's app: rag's commands plus serve
 
     assert "serve" in {c.name or c.callback.__name__ for c in service_app.registered_commands}  # type: ignore[union-attr]
+
+
+def test_only_serve_and_soak_need_the_bench_extra():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['aiohttp'] = None\n"
+            "import rag.bench.scale, rag.bench.writes, rag.bench.profile, rag.bench.server")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
