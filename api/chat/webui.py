@@ -54,7 +54,7 @@ from typing import Any, Literal
 SourcesMode = Literal["auto", "always", "never"]
 
 TASK_LINE = re.compile(r"^[ \t]*###[ \t]*Task:", re.M)
-HISTORY = re.compile(r"<chat_history>(.*?)</chat_history>", re.S)
+HISTORY_OPEN, HISTORY_CLOSE = "<chat_history>", "</chat_history>"
 ROLE_LINE = re.compile(r"^(USER|ASSISTANT|SYSTEM|TOOL|DEVELOPER|FUNCTION):[ \t]?", re.M)
 JSON_KEY = re.compile(r'\{\s*"(\w+)"\s*:\s*([\["{]?)')
 TITLE_WORDS = 6
@@ -83,11 +83,12 @@ def task_reply(messages: Sequence[Any]) -> str | None:
         return json.dumps({"tool_calls": []})
     if prompt.lstrip().startswith(EMOJI_PROMPT):
         return NEUTRAL_EMOJI
-    history = HISTORY.search(prompt)
+    history = _history_block(prompt)
     if history is None or not TASK_LINE.search(prompt):
         return None
-    instructions = prompt[:history.start()] + prompt[history.end():]  # never read keys from the chat itself
-    turns_in_history = _history_turns(history.group(1))
+    start, end = history
+    instructions = prompt[:start] + prompt[end:]  # never read keys from the chat itself
+    turns_in_history = _history_turns(prompt[start + len(HISTORY_OPEN):end - len(HISTORY_CLOSE)])
     questions = [text for role, text in turns_in_history if role == "USER" and text]
     key = JSON_KEY.search(instructions)
     if key is None:  # an admin template asking for plain text
@@ -130,6 +131,20 @@ def sources_in_text(mode: SourcesMode, stream: bool, headers: Mapping[str, str],
     if mode != "auto":
         return mode == "always"
     return not (stream and from_open_webui(headers, body))
+
+
+def _history_block(prompt: str) -> tuple[int, int] | None:
+    """The span of the first `<chat_history>...</chat_history>` block, tags included, as
+    the regex `<chat_history>(.*?)</chat_history>` (re.S) finds it, or None. Two forward
+    str.find scans: the regex tried every opening tag and scanned to the end of the text
+    from each when none closed, quadratic (a 56 KB message of opening tags took 1.6 s on
+    the event loop). The first opening tag is the one: a closing tag after any later one
+    is also after it."""
+    start = prompt.find(HISTORY_OPEN)
+    if start < 0:
+        return None
+    close = prompt.find(HISTORY_CLOSE, start + len(HISTORY_OPEN))
+    return None if close < 0 else (start, close + len(HISTORY_CLOSE))
 
 
 def _history_turns(history: str) -> list[tuple[str, str]]:

@@ -127,13 +127,41 @@ def _fit_sentences(
         words = [(a + m.start(), a + m.end()) for m in re.finditer(r"\S+", text[a:b])]
         first = 0
         while first < len(words):
-            last = first  # grow the piece word by word while it still fits
-            while last + 1 < len(words) and _fits(text, words[first][0], words[last + 1][1], params, model_tokens):
-                last += 1
+            def fits(last: int, first: int = first, words: list[tuple[int, int]] = words) -> bool:
+                return _fits(text, words[first][0], words[last][1], params, model_tokens)
+
+            last = _most_that_fit(first, len(words), fits)  # the piece: as many words as still fit
             s, e = words[first][0], words[last][1]
             out.append((s, e, count_tokens(text[s:e])))
             first = last + 1
     return out
+
+
+def _most_that_fit(first: int, end: int, fits: Callable[[int], bool]) -> int:
+    """The largest `last` in [first, end) with fits(last), `first` if none: galloping, then
+    bisecting, so O(log n) counts of the piece. Growing the piece a word at a time counted
+    it again per word, target_tokens times the work per byte of ordinary text (a megabyte
+    of "a a a" took ~20 s). Token counts grow with the text, so this is the piece the
+    word-by-word growth found."""
+    good, bad, step = first, end, 1
+    while good + step < end:
+        if not fits(good + step):
+            bad = good + step
+            break
+        good, step = good + step, step * 2
+    return _bisect_fit(good, bad, fits)
+
+
+def _bisect_fit(good: int, bad: int, fits: Callable[[int], bool]) -> int:
+    """The largest index in [good, bad) that fits, where `good` fits (or is the least one
+    can have) and `bad` does not (or is the end): O(log n) calls of `fits`."""
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 def _fits(text: str, start: int, end: int, params: ChunkParams, model_tokens: Callable[[int, int], int]) -> bool:
@@ -155,14 +183,22 @@ def _pack(
         while j < n and (j == i or total + sentences[j][2] <= params.target_tokens):
             total += sentences[j][2]
             j += 1
-        # the model's tokenizer has the last word: shrink until the embedding input fits
-        while (n_model := model_tokens(sentences[i][0], sentences[j - 1][1])) > params.max_model_tokens:
-            if j - 1 == i:
+        # the model's tokenizer has the last word: shrink until the embedding input fits,
+        # bisecting (one sentence at a time counted the chunk once per sentence dropped)
+        counts: dict[int, int] = {}  # last sentence -> model tokens of the chunk i..last
+
+        def fits(last: int, i: int = i, counts: dict[int, int] = counts) -> bool:
+            counts[last] = model_tokens(sentences[i][0], sentences[last][1])
+            return counts[last] <= params.max_model_tokens
+
+        if not fits(j - 1):
+            if j - 1 == i or not fits(i):
                 raise SettingsError(  # a single word with the title and section does not fit
                     f"a {sentences[i][2]}-token piece of text does not fit the model's "
                     f"{params.max_model_tokens} tokens, even cut at words"
                 )
-            j -= 1
+            j = _bisect_fit(i, j - 1, fits) + 1
+        n_model = counts[j - 1]
         spans.append((sentences[i][0], sentences[j - 1][1], n_model))
         if j >= n:
             break

@@ -101,7 +101,11 @@ class Chosen:
 def specifics(question: str) -> tuple[set[str], set[str]]:
     """The question's numbers, years and quoted terms; and its names (capitalised words past
     the first). Lowercased."""
-    exact = {m.group(0).strip("\"“”").lower() for m in _SPECIFIC.finditer(question)}
+    # “ past the last ” opens no quote: masked (same length, same class for the other
+    # alternatives), else the regex scans from each such “ to the end, quadratic
+    last_close = question.rfind("”") + 1
+    masked = question[:last_close] + question[last_close:].replace("“", "\0")
+    exact = {question[m.start():m.end()].strip("\"“”").lower() for m in _SPECIFIC.finditer(masked)}
     names = {m.group(0).lower() for m in _NAME.finditer(question)}
     return {f for f in exact if f}, names - exact
 

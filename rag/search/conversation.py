@@ -105,8 +105,10 @@ def _resolved(history: list[str], encode: Callable[[list[str]], np.ndarray]) -> 
         start -= 1
     chain = history[start:]
     vectors = encode(chain)
-    turn = Turn(chain[0], vectors[0])
-    for text, vector in zip(chain[1:], vectors[1:]):
-        combined = vector + PREVIOUS_WEIGHT * turn.vector
-        turn = Turn(f"{text} {turn.text}", combined / (float(np.linalg.norm(combined)) or 1.0))
-    return turn
+    vector = vectors[0]
+    for later in vectors[1:]:
+        combined = later + PREVIOUS_WEIGHT * vector
+        vector = combined / (float(np.linalg.norm(combined)) or 1.0)
+    # newest turn first, joined once: prefixing each turn to the text so far copied it
+    # again per turn, quadratic in the length of the chain
+    return Turn(" ".join(reversed(chain)), vector)
