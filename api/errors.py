@@ -33,12 +33,14 @@ from rag.errors import (
     ReadOnlyError,
     ReloadError,
     StorageError,
+    TooLargeError,
     UpstreamError,
 )
 from rag.ingest.uploads import UnsupportedTypeError
 
 STATUS_OF: list[tuple[type[RagError], int]] = [
     (UnsupportedTypeError, 415),
+    (TooLargeError, 413),
     (CorpusError, 422),  # a document sent over HTTP that cannot be read
     (BadQueryError, 422),
     (NotFoundError, 404),

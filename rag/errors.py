@@ -13,6 +13,14 @@ class CorpusError(RagError):
     """The corpus folder is missing, empty, or holds a file that cannot be read."""
 
 
+class TooLargeError(CorpusError):
+    """A document past a size limit: pages of a PDF, characters of extracted text (HTTP 413)."""
+
+
+class ParserLimitError(CorpusError):
+    """A file's parser crashed or ran past its memory, CPU or time limit; the document alone fails."""
+
+
 class ModelError(RagError):
     """The embedding model cannot be found or loaded offline."""
 

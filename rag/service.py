@@ -34,5 +34,6 @@ def retriever_for(settings: Settings, store: ChunkStore, embedder: Embedder,
                               settings.abstain_answer_weight, settings.abstain_answer_center),
         reranker=reranker,
         rerank_depth=settings.rerank_depth, collapse_overlap=settings.collapse_overlap,
+        max_filter_values=settings.max_filter_values,
         highlight_lexical_weight=settings.highlight_lexical_weight,
     )

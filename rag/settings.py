@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     # --- query defaults
     default_k: int = Field(5, ge=1, le=50)
     max_k: int = Field(50, ge=1)
+    max_filter_values: int = Field(100, ge=1, description="values of one filter (doc_ids, sources, sections); "
+                                   "more: 422")
     default_mode: Literal["dense", "lexical", "hybrid"] = "hybrid"
     fusion: str = Field(DEFAULT_FUSION.name,
                         description="hybrid fusion: rrf<k> (e.g. rrf60) or convex<alpha> (e.g. convex0.5)")
@@ -88,6 +90,8 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     api_key: SecretStr | None = Field(
         None, description="when set, every endpoint but /health needs 'Authorization: Bearer <key>'")
+    allow_open: bool = Field(False, description="serve on a non-loopback address without RAG_API_KEY (refused "
+                             "otherwise): an open service meant, e.g. behind an authenticating proxy")
     cors_origins: Names = Field(
         default_factory=list, description='browser origins allowed to call us, e.g. ["http://localhost:3000"]')
     max_question_chars: int = Field(1000, ge=1)
@@ -97,6 +101,15 @@ class Settings(BaseSettings):
                                   "before the response (~3 s of embedding on 2 cores: 40k words took 40 s); "
                                   "longer ones get 202 and a status to poll")
     read_only: bool = Field(False, description="turn every write (collections, documents) off: 403")
+    max_write_queue: int = Field(64, ge=1, description="writes waiting for (or on) the writer thread; more: "
+                                 "503 with Retry-After")
+    # untrusted files are parsed in a worker process under these limits (rag.ingest.sandbox)
+    parse_memory_mb: int = Field(1024, ge=256, description="address space of a file's parser process, in MB")
+    parse_cpu_seconds: int = Field(30, ge=1, description="CPU time a file's parser may use")
+    parse_wall_seconds: float = Field(60.0, gt=0, description="a file's parser is killed after this")
+    max_pdf_pages: int = Field(2000, ge=1, description="pages of a PDF; more: 413")
+    max_document_chars: int = Field(1_000_000, ge=1000, description="characters of text extracted from one "
+                                    "document; more: 413 (a million take ~2 minutes to embed on 2 cores)")
     max_history_turns: int = Field(4, ge=0, le=50, description="earlier user turns a follow-up is read with; "
                                    "more are trimmed, oldest first")
     max_history_chars: int = Field(4000, ge=0, description="characters of earlier user turns kept, newest first")
@@ -115,7 +128,11 @@ class Settings(BaseSettings):
     public_url: str | None = Field(None, description="base URL of citation links, e.g. https://rag.example.org; "
                                    "unset: the request's own (checked) Host")
     # uvicorn's limits against slow or greedy clients
-    limit_concurrency: int = Field(256, ge=1, description="open connections + tasks before uvicorn answers 503")
+    limit_concurrency: int = Field(256, ge=1, description="requests in flight (headers in, response not yet out) "
+                                   "before 503 with Retry-After")
+    max_connections: int = Field(1000, ge=1, description="open connections held; more are closed at once")
+    header_timeout_seconds: float = Field(10.0, gt=0, description="a request's headers must arrive within this, "
+                                          "else its connection is closed (slow clients)")
     keep_alive_seconds: float = Field(5.0, gt=0, description="idle keep-alive connections are closed after this")
     body_timeout_seconds: float = Field(10.0, gt=0, description="a request body must arrive within this")
     max_url_bytes: int = Field(8192, ge=256, description="path + query string; longer: 414")

@@ -6,7 +6,9 @@
   (`rag.search.answer`: the sentence that answers the question first), each followed by its
   passage's marker [n]; then a Markdown "Sources" list with title, section and a link to
   the passage on this service. When the retriever abstains (`answerable` false)
-  the answer says so plainly and cites nothing.
+  the answer says so plainly and cites nothing. Document text quoted in it, like titles
+  and sections, is Markdown-escaped (`plain`): a document cannot put a link or HTML on
+  the reader's screen.
 - `llm_messages(question, block)`: the prompt for an upstream OpenAI-compatible model,
   told to answer only from the numbered context and to cite [n].
 
@@ -105,8 +107,9 @@ MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
 
 
 def plain(text: str) -> str:
-    """A title or section as inert Markdown text: one line, special characters escaped, so
-    a document titled '[x](javascript:...)' shows as text and never as a link or HTML."""
+    """A title, section or quoted sentence as inert Markdown text: one line, special
+    characters escaped, so a document titled '[x](javascript:...)' shows as text and never
+    as a link or HTML."""
     line = " ".join(text.split())
     return MARKDOWN_SPECIAL.sub(r"\\\1", line)
 
@@ -142,7 +145,7 @@ def extractive_answer(response: QueryResponse, link: Link) -> ChatAnswer:
             passage = response.passages[sentence.passage - 1]
             if passage not in used:
                 used.append(passage)
-            parts.append(f"{sentence.text} [{used.index(passage) + 1}]")
+            parts.append(f"{plain(sentence.text)} [{used.index(passage) + 1}]")
         citations = cite(used, link)
         return ChatAnswer(text=" ".join(parts) + sources_markdown(citations), citations=citations)
     return _highlights_answer(response, link)
@@ -166,7 +169,7 @@ def _highlights_answer(response: QueryResponse, link: Link) -> ChatAnswer:
         seen.update(fresh)
         sentences += [(s, len(used)) for s in fresh]
     citations = cite(used, link)
-    body = " ".join(f"{s} [{n}]" for s, n in sentences)
+    body = " ".join(f"{plain(s)} [{n}]" for s, n in sentences)
     return ChatAnswer(text=body + sources_markdown(citations), citations=citations)
 
 

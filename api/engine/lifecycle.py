@@ -27,7 +27,7 @@ from rag.search.conversation import trim_history
 from rag.search.retriever import Reranker, Retriever
 from rag.service import retriever_for
 from rag.settings import Settings
-from rag.stores.base import LiveStore
+from rag.stores.base import FILTER_FIELDS, LiveStore
 from rag.stores.factory import open_store
 from rag.stores.local.builds import clean_orphans
 from rag.types import Filters, Mode
@@ -169,8 +169,13 @@ class Engine:
                     collection: str = DEFAULT) -> QueryResponse:
         retriever = self.retriever_of(collection)
         history = tuple(trim_history(history, self.settings.max_history_turns, self.settings.max_history_chars))
-        # checked before queueing
-        retriever.validate(question, k, filters, mode or retriever.default_mode, max_per_doc, history)
+        # checked before queueing; filter values are looked up in the store (a remote one for
+        # Milvus): then off the event loop
+        checks = (question, k, filters, mode or retriever.default_mode, max_per_doc, history)
+        if any(getattr(filters, name) for name in FILTER_FIELDS):
+            await asyncio.get_running_loop().run_in_executor(None, retriever.validate, *checks)
+        else:
+            retriever.validate(*checks)
         future: asyncio.Future[QueryResponse] = asyncio.get_running_loop().create_future()
         return await self.batcher.answer(Job(question, k, filters, mode, max_per_doc, future, history=history,
                                              retriever=None if collection == DEFAULT else retriever))

@@ -2,7 +2,8 @@
 behind each other; RAG_READ_ONLY turns them off (`writes_allowed`).
 
 The states of writes the service tracks past their request, by (collection, doc_id):
-`in_progress` (with the content's hash), then `completed` or `failed` with the reason.
+`in_progress` (with the content's hash), then `completed` or `failed` with the reason
+(paths scrubbed from it, as from every error response: api.errors.scrub_paths).
 A big document is answered 202 and written later on the writer thread
 (`Writer.write_later`); a vector store file is tracked while its write runs. The writer thread
 records outcomes while the event loop starts, reads and forgets writes, so every change
@@ -19,8 +20,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from api.errors import scrub_paths
 from rag.collections import Collections
-from rag.errors import RagError, ReadOnlyError
+from rag.errors import OverloadedError, RagError, ReadOnlyError
 from rag.settings import Settings
 
 T = TypeVar("T")
@@ -80,18 +82,37 @@ def writes_allowed(settings: Settings) -> None:
 
 
 class Writer:
-    """The writer thread, and the states of the writes it runs past their request."""
+    """The writer thread, and the states of the writes it runs past their request. At most
+    `max_write_queue` writes wait or run at once; more: OverloadedError (503, Retry-After)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.pending = WriteStates()  # big writes answered 202, and vector store files being written
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
+        self._queued = 0
+        self._queue_lock = threading.Lock()
 
     async def write(self, collections: Callable[[], Collections], work: Callable[[Collections], T]) -> T:
         """Run a write (it embeds) on the writer thread; read-only service: 403, checked
         before `collections` is asked for (a read-only service that is not ready says 403)."""
         writes_allowed(self.settings)
-        return await asyncio.get_running_loop().run_in_executor(self._thread, work, collections())
+        live = collections()
+        self._take()
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._counted, work, live)
+
+    def _take(self) -> None:
+        with self._queue_lock:
+            if self._queued >= self.settings.max_write_queue:
+                raise OverloadedError(f"{self._queued} writes are already queued; retry in a moment "
+                                      "(RAG_MAX_WRITE_QUEUE)")
+            self._queued += 1
+
+    def _counted(self, work: Callable[[Collections], T], collections: Collections) -> T:
+        try:
+            return work(collections)
+        finally:
+            with self._queue_lock:
+                self._queued -= 1
 
     def write_later(self, collections: Callable[[], Collections], key: Key, work: Callable[[Collections], Any],
                     content_hash: str | None = None) -> None:
@@ -100,14 +121,15 @@ class Writer:
         failed with the reason), until a later write of the same document replaces it."""
         writes_allowed(self.settings)
         live = collections()
+        self._take()
         state = self.pending.start(key, content_hash)
 
         def run() -> None:
             try:
-                work(live)
+                self._counted(work, live)
                 outcome: State = {"status": "completed", "error": None}
-            except RagError as exc:
-                outcome = {"status": "failed", "error": str(exc)}
+            except RagError as exc:  # its message, without the server's paths (as every error response)
+                outcome = {"status": "failed", "error": scrub_paths(str(exc))}
             except Exception as exc:  # a bug fails this write, and says so
                 log.exception("write %s failed", key)
                 outcome = {"status": "failed", "error": f"internal error: {type(exc).__name__}"}

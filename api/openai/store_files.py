@@ -13,6 +13,7 @@ from typing import Any
 
 from api.engine.lifecycle import Engine
 from api.engine.writes import writes_allowed
+from api.errors import scrub_paths
 from api.openai.files import StoredFiles, stored_files
 from api.openai.objects import (
     FileObject,
@@ -30,6 +31,7 @@ from api.openai.state import (
 from rag.collections import Collections
 from rag.errors import BadQueryError, CorpusError, NotFoundError
 from rag.ingest.corpus import SourceDocument
+from rag.ingest.sandbox import ParseLimits, parse_limits
 from rag.ingest.uploads import UnsupportedTypeError, uploaded_document
 from rag.records import DocumentRecord
 from rag.settings import Settings
@@ -94,11 +96,12 @@ async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
     doc: SourceDocument | None = None
     is_pdf, error = False, None
     try:  # extraction (a PDF) is CPU work: not on the event loop
-        doc, is_pdf = await asyncio.get_running_loop().run_in_executor(None, _read, files, info, file_id)
+        doc, is_pdf = await asyncio.get_running_loop().run_in_executor(None, _read, files, info, file_id,
+                                                                         parse_limits(settings))
     except UnsupportedTypeError as exc:
-        error = LastError(code="unsupported_file", message=str(exc))
-    except (BadQueryError, CorpusError) as exc:  # empty, not UTF-8, encrypted, damaged, a scan
-        error = LastError(code="invalid_file", message=str(exc))
+        error = LastError(code="unsupported_file", message=scrub_paths(str(exc)))
+    except (BadQueryError, CorpusError) as exc:  # empty, not UTF-8, encrypted, damaged, a scan, past a limit
+        error = LastError(code="invalid_file", message=scrub_paths(str(exc)))
 
     def write(collections: Collections) -> VectorStoreFile:
         folder = writable(collections, name)
@@ -114,7 +117,7 @@ async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
             try:
                 written = collections.upsert(name, doc, replace=True, clean=not is_pdf)
             except (BadQueryError, CorpusError) as exc:  # nothing left to index once cleaned
-                problem = LastError(code="invalid_file", message=str(exc))
+                problem = LastError(code="invalid_file", message=scrub_paths(str(exc)))
             else:
                 if failed.pop(file_id, None) is not None:
                     save_sidecar(folder, sidecar)
@@ -140,8 +143,8 @@ async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
     return await asyncio.shield(task)  # a client that leaves (or the request deadline) does not stop the write
 
 
-def _read(files: StoredFiles, info: FileObject, file_id: str) -> tuple[SourceDocument, bool]:
-    doc, is_pdf = uploaded_document(info.filename, files.data(file_id), file_id)
+def _read(files: StoredFiles, info: FileObject, file_id: str, limits: ParseLimits) -> tuple[SourceDocument, bool]:
+    doc, is_pdf = uploaded_document(info.filename, files.data(file_id), file_id, limits)
     if doc.metadata.get("title") == file_id.replace("-", " "):  # a text file's title defaults to its stem
         doc.metadata["title"] = Path(info.filename).stem
     return doc, is_pdf

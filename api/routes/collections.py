@@ -24,6 +24,7 @@ from api.schemas import DocumentDetail, ErrorBody, summary
 from rag.collections import DEFAULT, Collections, Written, check_name, text_document
 from rag.errors import BadQueryError, ConflictError, NotFoundError
 from rag.ingest.corpus import SourceDocument
+from rag.ingest.sandbox import ParseLimits, parse_limits
 from rag.ingest.uploads import uploaded_document
 
 router = APIRouter(tags=["collections"])
@@ -52,6 +53,7 @@ class NewDocument(BaseModel):
 class DocumentText(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
+    doc_id: str | None = Field(None, description="the path's doc_id, if sent (as in POST's body); another is a 422")
     title: str | None = None
     metadata: dict[str, Any] | None = None
 
@@ -133,7 +135,7 @@ async def add_document(name: str, request: Request, engine: EngineDep, response:
     replaces). PDF passages cite their pages."""
     clean = True
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        doc, is_pdf = await _upload(request)
+        doc, is_pdf = await _upload(request, parse_limits(engine.settings))
         clean = not is_pdf
     else:
         try:
@@ -194,21 +196,25 @@ def document_text(name: str, doc_id: str, engine: EngineDep) -> DocumentDetail:
                                           "sections": doc.sections, "text": doc.text})
 
 
-async def _upload(request: Request) -> tuple[SourceDocument, bool]:
+async def _upload(request: Request, limits: ParseLimits) -> tuple[SourceDocument, bool]:
     upload, form = await form_file(request, max_fields=4)
     doc_id = form.get("doc_id")
     if doc_id is not None and not isinstance(doc_id, str):
         raise BadQueryError("doc_id must be a text field")
     data = await upload.read()
-    # extraction (a PDF) is CPU work: not on the event loop
+    # parsing runs in a worker process (rag.ingest.sandbox); waiting for it is not the event loop's
     return await asyncio.get_running_loop().run_in_executor(
-        None, uploaded_document, upload.filename or "upload", data, doc_id or None)
+        None, uploaded_document, upload.filename or "upload", data, doc_id or None, limits)
 
 
 @router.put("/collections/{name}/documents/{doc_id}", responses={**ERRORS, 201: {"model": WriteResult}})
 async def replace_document(name: str, doc_id: str, body: DocumentText, engine: EngineDep,
                            response: Response) -> WriteResult:
-    """Add or replace a document; only the chunks whose text changed are embedded again."""
+    """Add or replace a document; only the chunks whose text changed are embedded again. The
+    body may repeat the path's doc_id (a POST body sent again); another doc_id is a 422."""
+    if body.doc_id is not None and body.doc_id != doc_id:
+        raise BadQueryError(f"doc_id: the body's {body.doc_id!r} is not the path's {doc_id!r} "
+                            "(leave it out, or send the same)")
     doc = text_document(body.text, doc_id, body.title, body.metadata)
     return await _write(engine, name, doc, response, replace=True)
 

@@ -40,6 +40,7 @@ def add(
     """Add or replace files in a live collection (a running service sees them at its next query)."""
     from rag.collections import Collections
     from rag.ingest.build import embedder_from
+    from rag.ingest.sandbox import parse_limits
     from rag.ingest.uploads import uploaded_document
 
     settings = load_settings(index=index)
@@ -52,7 +53,7 @@ def add(
             except OSError as exc:
                 fail(f"cannot read {path}: {exc.strerror}")
             try:
-                doc, is_pdf = uploaded_document(path.name, data)
+                doc, is_pdf = uploaded_document(path.name, data, limits=parse_limits(settings))
             except RagError as exc:  # a damaged PDF's message does not name the file
                 fail(str(exc) if path.name in str(exc) else f"{path}: {exc}")
             written = collections.upsert(collection, doc, replace=True, origin="cli", clean=not is_pdf)

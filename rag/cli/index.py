@@ -31,8 +31,9 @@ def build(
         from rag.collections import Collections
         from rag.ingest.build import embedder_from
         from rag.ingest.corpus import load_corpus
+        from rag.ingest.sandbox import parse_limits
 
-        documents = load_corpus(settings.corpus_dir)
+        documents = load_corpus(settings.corpus_dir, parse_limits(settings))
         with Collections(settings, embedder_from(settings)) as collections:
             counts = collections.sync(collection, documents, log=lambda m: typer.echo(m, err=True))
         typer.echo(f"synced {settings.corpus_dir} into collection {collection}: "

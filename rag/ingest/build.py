@@ -36,6 +36,7 @@ from rag.errors import CorpusError, RagError
 from rag.ingest.chunk import Chunk, ChunkParams, chunk_document, embed_input, split_sentences
 from rag.ingest.clean import CleanDocument, CleanRules, Section, clean
 from rag.ingest.corpus import SourceDocument, load_corpus
+from rag.ingest.sandbox import parse_limits
 from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
 from rag.settings import Settings
 from rag.stores.base import ChunkStore, DocumentSink, VectorSource
@@ -95,7 +96,7 @@ def build_index(
     text that is already clean (benchmark abstracts): each document is one section.
     `progress` shows a progress bar on stderr."""
     started = time.perf_counter()
-    documents = load_corpus(settings.corpus_dir) if documents is None else documents
+    documents = load_corpus(settings.corpus_dir, parse_limits(settings)) if documents is None else documents
     spec = spec_of(settings)
     digest = corpus_hash(documents, rules, settings.highlights)
     previous = _previous(settings, spec)

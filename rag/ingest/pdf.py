@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import pypdfium2 as pdfium
 import pypdfium2.raw as pdfium_c
 
-from rag.errors import CorpusError
+from rag.errors import CorpusError, TooLargeError
 
 PAGE_SEPARATOR = "\n\n"
 _COPY_TEXT = 1 << 4  # bit 5 of the /P permissions: copy or extract text and graphics
@@ -70,14 +70,16 @@ class PdfText:
     pages: list[tuple[int, int]]  # page n's (char_start, char_end) in text, at index n-1
 
 
-def extract_pdf(data: bytes) -> PdfText:
-    """The text of every page of the PDF in `data`; raises a `CorpusError` subclass."""
+def extract_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = None) -> PdfText:
+    """The text of every page of the PDF in `data`; raises a `CorpusError` subclass, a
+    `TooLargeError` past `max_pages` pages or `max_chars` characters of text (checked as
+    the pages are read, so a huge PDF is never read whole)."""
     if b"%PDF-" not in data[:1024]:
         raise PdfDamagedError("not a PDF file (no %PDF- header)")
     if b"%%EOF" not in data[-1024:]:
         raise PdfDamagedError("truncated (no %%EOF at the end)")
     with _LOCK:
-        raw_texts = _read_pages(data)
+        raw_texts = _read_pages(data, max_pages, max_chars)
     texts = [_normalise(t) for t in raw_texts]
     if not any(texts):
         raise PdfNoTextError()
@@ -89,7 +91,7 @@ def extract_pdf(data: bytes) -> PdfText:
     return PdfText(text=PAGE_SEPARATOR.join(texts), pages=pages)
 
 
-def _read_pages(data: bytes) -> list[str]:
+def _read_pages(data: bytes, max_pages: int | None, max_chars: int | None) -> list[str]:
     try:
         document = pdfium.PdfDocument(data)
     except pdfium.PdfiumError as exc:
@@ -104,13 +106,19 @@ def _read_pages(data: bytes) -> list[str]:
     try:
         if not pdfium_c.FPDF_GetDocPermissions(document) & _COPY_TEXT:
             raise PdfEncryptedError()
-        texts = []
+        if max_pages is not None and len(document) > max_pages:
+            raise TooLargeError(f"the PDF has {len(document)} pages; the limit is {max_pages} (RAG_MAX_PDF_PAGES)")
+        texts, chars = [], 0
         for number in range(1, len(document) + 1):
             page = document[number - 1]
             textpage = page.get_textpage()
             texts.append(textpage.get_text_range())
             textpage.close()
             page.close()
+            chars += len(texts[-1])
+            if max_chars is not None and chars > max_chars:
+                raise TooLargeError(f"the PDF holds more than {max_chars} characters of text by page {number} "
+                                    "(RAG_MAX_DOCUMENT_CHARS)")
         return texts
     except (CorpusError, MemoryError):
         raise

@@ -13,9 +13,10 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-from rag.errors import BadQueryError, CorpusError
+from rag.errors import BadQueryError, CorpusError, TooLargeError
 from rag.ingest.corpus import DOC_ID_PATTERN, SourceDocument, doc_id_from_name, load_document
 from rag.ingest.pdf import extract_pdf
+from rag.ingest.sandbox import ParseLimits, check_chars, run_limited
 
 TEXT_TYPES = (".txt", ".md", ".html", ".htm")
 TYPES = (*TEXT_TYPES, ".pdf")
@@ -25,10 +26,13 @@ class UnsupportedTypeError(BadQueryError):
     """A file type the service does not read (HTTP 415)."""
 
 
-def uploaded_document(filename: str, data: bytes, doc_id: str | None = None) -> tuple[SourceDocument, bool]:
+def uploaded_document(filename: str, data: bytes, doc_id: str | None = None,
+                      limits: ParseLimits = ParseLimits()) -> tuple[SourceDocument, bool]:
     """The document in an uploaded file, and whether it is a PDF (kept as extracted, with
-    pages). Refuses an unsupported type, an empty file, text that is not UTF-8, and an
-    encrypted, damaged or text-free PDF, each with the reason."""
+    pages). Refuses an unsupported type, an empty file, text that is not UTF-8, an
+    encrypted, damaged or text-free PDF, and a document past `limits` (pages, characters:
+    413), each with the reason. The file is parsed in a worker process under `limits`
+    (rag.ingest.sandbox): a parser that crashes or overruns fails this document alone."""
     name = Path(filename or "upload").name
     suffix = Path(name).suffix.lower()
     if suffix not in TYPES:
@@ -37,9 +41,16 @@ def uploaded_document(filename: str, data: bytes, doc_id: str | None = None) -> 
     if not data.strip():
         raise BadQueryError(f"{name} is empty")
     doc_id = checked_doc_id(doc_id or _doc_id(name, data))
+    what = f"the {suffix.lstrip('.').upper()} parser on {name}"
+    return run_limited(parse_upload, name, suffix, data, doc_id, limits, limits=limits, what=what)
+
+
+def parse_upload(name: str, suffix: str, data: bytes, doc_id: str,
+                 limits: ParseLimits) -> tuple[SourceDocument, bool]:
+    """What `uploaded_document` runs in the worker process."""
     try:
         if suffix == ".pdf":
-            pdf = extract_pdf(data)
+            pdf = extract_pdf(data, max_pages=limits.max_pages, max_chars=limits.max_chars)
             lead = len(pdf.text) - len(pdf.text.lstrip())  # the build strips the text: pages move with it
             pages = [[max(0, a - lead), max(0, b - lead)] for a, b in pdf.pages]
             metadata = {"title": Path(name).stem, "source": name, "pages": pages}
@@ -48,15 +59,18 @@ def uploaded_document(filename: str, data: bytes, doc_id: str | None = None) -> 
             path = Path(folder) / f"{doc_id}{suffix}"
             path.write_bytes(data)
             doc = load_document(path)
+        check_chars(doc.text, limits)
         doc.metadata["source"] = doc.metadata.get("source") if doc.metadata.get("source") != path.name else name
         return SourceDocument(doc_id, Path(name), doc.text, doc.metadata), False
+    except TooLargeError as exc:
+        raise TooLargeError(f"{name}: {exc}") from exc
     except CorpusError as exc:
         raise BadQueryError(str(exc).replace(f"{doc_id}{suffix}", name)) from exc
 
 
 def checked_doc_id(doc_id: str) -> str:
     """A doc_id sent over HTTP, refused (422) unless it is one the corpus folder could give."""
-    if not DOC_ID_PATTERN.match(doc_id):
+    if not DOC_ID_PATTERN.fullmatch(doc_id):
         raise BadQueryError(f"doc_id {doc_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
     return doc_id
 

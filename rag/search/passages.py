@@ -142,9 +142,13 @@ class Passages:
     def citation(self, row: int) -> Citation:
         chunk = self.store.chunks[row]
         meta = self._metadata(chunk.doc_id, getattr(self.store, "version", 0))
+        # a reader may follow citation.url: only an http(s) one is kept (javascript:, file:, data: are
+        # null), here rather than at ingest, so that indexes built before the rule comply too
+        url = meta.get("url")
+        url = url if isinstance(url, str) and url[:8].lower().startswith(("http://", "https://")) else None
         return self.paged(Citation(
             doc_id=chunk.doc_id, title=str(meta["title"]), source=str(meta["source"]),
-            url=meta.get("url"), section=chunk.section, char_start=chunk.char_start, char_end=chunk.char_end,
+            url=url, section=chunk.section, char_start=chunk.char_start, char_end=chunk.char_end,
         ))
 
     def paged(self, citation: Citation) -> Citation:

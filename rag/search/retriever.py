@@ -68,12 +68,13 @@ class Retriever:
     def __init__(self, store: ChunkStore, embedder: Embedder, max_k: int = 50, default_mode: Mode = "hybrid",
                  fusion: Fusion = DEFAULT_FUSION, abstention: Abstention = Abstention(),
                  reranker: Reranker | None = None, rerank_depth: int = 20, collapse_overlap: float = 0.5,
-                 highlight_lexical_weight: float = 0.3):
+                 highlight_lexical_weight: float = 0.3, max_filter_values: int = 100):
         self.store, self.embedder, self.max_k = store, embedder, max_k
         self.default_mode, self.fusion, self.abstention = default_mode, fusion, abstention
         self.reranker, self.rerank_depth = reranker, rerank_depth
         self.collapse_overlap = collapse_overlap
         self.passages = Passages(store, highlight_lexical_weight)
+        self.max_filter_values = max_filter_values
 
     # ------------------------------------------------------------------ answers
 
@@ -187,6 +188,9 @@ class Retriever:
                 continue
             if not len(values):  # "only these: none" is almost surely a client bug
                 raise BadQueryError(f"{name} is empty: leave it out (or null) to search everything")
+            if len(values) > self.max_filter_values:  # each is looked up in the store: bounded work
+                raise BadQueryError(f"{name} has {len(values)} values; the limit is {self.max_filter_values} "
+                                    "(RAG_MAX_FILTER_VALUES)")
             if unknown := self.store.unknown(name, list(values)):
                 raise BadQueryError(f"unknown {name}: {', '.join(unknown)}")
 

@@ -319,3 +319,20 @@ def test_query_history_too_long_is_trimmed_and_bad_entries_are_refused(client: T
         r = client.post("/query", json={"question": "Which countries joined it?", "history": bad})
         assert r.status_code == 422 and where in r.json()["detail"]
     assert client.post("/query", json={"question": "x", "history": [3]}).status_code == 422
+
+
+def test_a_citation_url_is_kept_only_with_an_http_or_https_scheme(client: TestClient):
+    """Any other scheme (javascript:, file:, data:) is null in citations, as an index built before
+    the rule has them too; the document's metadata keeps what it was given."""
+    client.post("/collections", json={"name": "notes"})
+    urls = {"js": "javascript:alert(1)", "file": "file:///etc/passwd", "data": "data:text/html,<b>x</b>",
+            "spaced": " javascript:alert(1)", "none": None, "web": "https://example.org/walrus",
+            "upper": "HTTP://Example.org/seal", "bare": "example.org/walrus"}
+    for doc_id, url in urls.items():
+        r = client.post("/collections/notes/documents", json={"doc_id": doc_id, "text": f"Walruses {doc_id} rest.",
+                                                              "metadata": {"url": url}})
+        assert r.status_code == 201, r.text
+    found = client.post("/query", json={"question": "walruses rest", "k": 10, "collection": "notes"}).json()
+    cited = {p["citation"]["doc_id"]: p["citation"]["url"] for p in found["passages"]}
+    assert cited == {"js": None, "file": None, "data": None, "spaced": None, "none": None, "bare": None,
+                     "web": "https://example.org/walrus", "upper": "HTTP://Example.org/seal"}

@@ -4,6 +4,7 @@ OpenAI-compatible server, abstention, and the chat page in headless Chromium."""
 
 import asyncio
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from typing import Any
@@ -313,3 +314,17 @@ def test_an_upstream_model_condenses_a_follow_up_or_the_heuristic_takes_over(bui
     else:  # too slow: the follow-up was searched with its history (oil), and still answered
         assert any("oil" in c["text"] for c in answer.model_extra["citations"])
     assert alone.choices[0].message.content
+
+
+def test_quoted_document_text_is_markdown_escaped_as_titles_are(built: Settings):
+    """A document's own text, quoted in the answer, shows as text: never a link or HTML."""
+    from tests.helpers import client_for
+
+    hostile = "Walruses haul out on [the ice](javascript:alert(1)) <img src=x onerror=alert(1)> every March."
+    with client_for(built.model_copy(update={"abstain_offset": 50.0})) as c:  # the fake model never abstains
+        c.post("/collections", json={"name": "notes"})
+        assert c.post("/collections/notes/documents", json={"doc_id": "w", "text": hostile}).status_code == 201
+        body = {"model": "rag:notes", "messages": [{"role": "user", "content": "walruses haul out on the ice"}]}
+        text = c.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    assert "\\[the ice\\]\\(javascript:alert\\(1\\)\\) \\<img src=x onerror=alert\\(1\\)\\>" in text, text
+    assert not re.search(r"(?<!\\)\[the ice|(?<!\\)<img", text)

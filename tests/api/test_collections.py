@@ -460,3 +460,36 @@ def test_oversized_headings_and_metadata_are_bounded_on_every_store(client: Test
     assert r.status_code == 422 and "longer than 1,000 characters" in r.json()["detail"]
     r = client.post("/collections/notes/documents", json={"doc_id": "t", "text": "Seals rest.", "title": "t" * 1001})
     assert r.json()["detail"] == "document 't': metadata 'title' longer than 1,000 characters"  # was "t.txt: …"
+
+
+def test_put_takes_a_body_that_repeats_the_path_doc_id(client: TestClient):
+    """As POST's body may: the same doc_id is taken, another is a 422 saying so."""
+    client.post("/collections", json={"name": "notes"})
+    r = client.put("/collections/notes/documents/seals", json={"doc_id": "seals", "text": "Seals rest on ice."})
+    assert r.status_code == 201 and r.json()["doc_id"] == "seals", r.text
+    r = client.put("/collections/notes/documents/seals", json={"doc_id": "walrus", "text": "Walruses rest."})
+    assert r.status_code == 422 and r.json()["detail"] == (
+        "doc_id: the body's 'walrus' is not the path's 'seals' (leave it out, or send the same)")
+    assert [d["doc_id"] for d in client.get("/collections/notes/documents").json()] == ["seals"]
+
+
+def test_a_doc_id_with_a_trailing_newline_is_a_422(client: TestClient):
+    """`DOC_ID_PATTERN.match` took 'abc\\n': PUT …/abc%0A answered 201 and listed a lookalike of 'abc'."""
+    client.post("/collections", json={"name": "notes"})
+    assert client.put("/collections/notes/documents/abc%0A", json={"text": "Seals rest."}).status_code == 422
+    assert client.post("/collections/notes/documents", json={"doc_id": "abc\n", "text": "Seals rest."}
+                       ).status_code == 422
+    assert upload(client, "seals.txt", b"Seals rest.", doc_id="abc\n").status_code == 422
+    assert client.get("/collections/notes/documents").json() == []
+
+
+def test_a_failed_big_write_names_no_server_path(built: Settings):
+    from rag.errors import CorpusError
+
+    def fails(collections: Any) -> None:
+        raise CorpusError("cannot read /srv/rag/index/collections/notes/kb.sqlite: disk I/O error")
+
+    with TestClient(create_app(built, lambda name: FakeEmbedder()), base_url=BASE_URL) as c:
+        c.post("/collections", json={"name": "notes"})
+        c.app.state.engine.write_later(("notes", "memo"), fails)  # type: ignore[attr-defined]
+        assert settled(c, "memo")["error"] == "cannot read …/kb.sqlite: disk I/O error"

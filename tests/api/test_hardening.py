@@ -497,6 +497,25 @@ def test_a_read_only_service_refuses_writes_with_403_even_before_it_is_ready(bui
             assert r.status_code == 403 and "read-only" in r.json()["detail"], (path, r.text)
 
 
+def test_a_filter_names_a_bounded_number_of_values(client: TestClient):
+    r = client.post("/query", json={"question": "trade", "doc_ids": [f"d{i}" for i in range(300)]})
+    assert r.status_code == 422 and "300 values; the limit is 100" in r.json()["detail"]
+
+
+def test_a_full_write_queue_is_a_503_with_retry_after(built: Settings):
+    import threading
+
+    release = threading.Event()
+    with client_for(built.model_copy(update={"max_write_queue": 2})) as c:
+        engine = c.app.state.engine  # type: ignore[attr-defined]
+        assert c.post("/collections", json={"name": "notes"}).status_code == 201
+        engine.write_later(("notes", "hold"), lambda collections: release.wait(30))  # the writer is busy
+        engine.write_later(("notes", "next"), lambda collections: None)  # and one waits: the queue is full
+        r = c.post("/collections/notes/documents", json={"doc_id": "d", "text": "Penguins eat krill."})
+        release.set()
+        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "RAG_MAX_WRITE_QUEUE" in r.text
+
+
 def upstream_sending(chunks: list[str]) -> FastAPI:
     """An upstream that streams these raw SSE data lines, or answers them joined when not streaming."""
     app = FastAPI()

@@ -159,3 +159,85 @@ def test_metadata_with_a_lone_surrogate_is_refused(tmp_path):
     (tmp_path / "a.meta.json").write_text('{"title": "bad \\ud800 title"}')
     with pytest.raises(CorpusError, match="a.txt: metadata holds text that is not valid Unicode"):
         load_document(tmp_path / "a.txt")
+
+
+def _bomb(levels: int) -> str:
+    """YAML front matter of a few hundred bytes whose aliases expand 10x a level."""
+    lines = ["l0: &l0 [" + ", ".join(["x"] * 10) + "]"]
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, levels)]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize(("front_matter", "field", "line"), [
+    ("title: A title\nsource: *t", "source", 3),  # an alias
+    ("base: &b {author: Ann}\nmore:\n  <<: *b\n  date: 2024", "base", 2),  # a merge key needs an anchor and an alias
+    ("title: &t A title", "title", 2),  # an anchor alone
+    (_bomb(5), "l0", 2),  # 100,000 x's once expanded; 9 levels exhausted memory
+])
+def test_yaml_anchors_and_aliases_are_refused_before_they_expand(tmp_path: Path, front_matter, field, line):
+    (tmp_path / "a.md").write_text(f"---\n{front_matter}\n---\nBody.")
+    with pytest.raises(CorpusError, match=rf"a\.md: metadata '{field}' uses a YAML (anchor|alias) \([&*]\w+ on line {line}\)"):
+        load_document(tmp_path / "a.md")
+
+
+def test_a_yaml_bomb_of_nine_levels_is_refused_at_once(tmp_path: Path):
+    import time
+
+    (tmp_path / "a.md").write_text(f"---\n{_bomb(9)}\n---\nBody.")
+    start = time.monotonic()
+    with pytest.raises(CorpusError, match="YAML anchor"):
+        load_document(tmp_path / "a.md")
+    assert time.monotonic() - start < 1
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+def test_metadata_is_bounded_in_size_depth_and_keys_naming_the_field(tmp_path: Path):
+    """One rule for front matter, sidecars and metadata sent as JSON (rag.collections.text_document)."""
+    import json
+
+    from rag.collections import text_document
+    from rag.errors import BadQueryError
+    from rag.ingest.corpus import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_METADATA_KEYS
+
+    assert (MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_METADATA_KEYS) == (16_384, 8, 256)
+    at_limits = {"deep": json.loads(_nested(MAX_METADATA_DEPTH)),
+                 "keys": {f"k{i}": i for i in range(MAX_METADATA_KEYS - 3)}, "notes": "n" * 10_000}
+    (tmp_path / "ok.txt").write_text("Body.")
+    (tmp_path / "ok.meta.json").write_text(json.dumps(at_limits))
+    assert load_document(tmp_path / "ok.txt").metadata["deep"] == at_limits["deep"]
+
+    cases = [  # metadata, the field named, what the message says
+        ({"deep": json.loads(_nested(MAX_METADATA_DEPTH + 1))}, "deep", "nested deeper than 8 levels"),
+        ({"deep": {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {}}}}}}}}}}, "deep", "nested deeper than 8"),
+        ({"tags": {f"k{i}": i for i in range(300)}}, "tags", "more than 256 keys"),
+        ({"extra": [["x" * 1000] * 20]}, "extra", "16,384 bytes"),  # nested lists count too
+        ({"notes": "n" * 17_000}, "notes", "16,384 bytes"),
+    ]
+    for metadata, field, says in cases:
+        (tmp_path / "a.txt").write_text("Body.")
+        (tmp_path / "a.meta.json").write_text(json.dumps(metadata))
+        with pytest.raises(CorpusError, match=rf"a\.txt: metadata .*'{field}'.*{says}|a\.txt: metadata.*{says}.*'{field}'"):
+            load_document(tmp_path / "a.txt")
+        with pytest.raises(BadQueryError, match=rf"document 't': metadata .*'{field}'|document 't': .*{says}"):
+            text_document("Body.", "t", None, metadata)
+    (tmp_path / "b.md").write_text(f"---\ndeep: {_nested(MAX_METADATA_DEPTH + 1)}\n---\nBody.")
+    with pytest.raises(CorpusError, match=r"b\.md: metadata 'deep' is nested deeper than 8 levels"):
+        load_document(tmp_path / "b.md")
+    (tmp_path / "c.md").write_text(f"---\ndeep: {_nested(900)}\n---\nBody.")  # refused before it is built
+    with pytest.raises(CorpusError, match=r"c\.md: metadata 'deep' is nested deeper than 8 levels"):
+        load_document(tmp_path / "c.md")
+
+
+def test_a_doc_id_with_a_trailing_newline_is_refused(tmp_path: Path):
+    from rag.errors import BadQueryError
+    from rag.ingest.uploads import checked_doc_id
+
+    (tmp_path / "a.txt").write_text("Body.")
+    (tmp_path / "a.meta.json").write_text('{"doc_id": "abc\\n"}')
+    with pytest.raises(CorpusError, match="must be 1-128 letters"):
+        load_document(tmp_path / "a.txt")
+    with pytest.raises(BadQueryError, match="doc_id 'abc\\\\n'"):
+        checked_doc_id("abc\n")

@@ -175,6 +175,22 @@ def test_unknown_values(store: MilvusStore) -> None:
     assert store.unknown("sections", ["Trade", "", "Ünï", "Missing"]) == ["", "Missing"]
 
 
+def test_filter_values_are_checked_in_one_query(store: MilvusStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = store._query
+
+    def counted(kind: str, expression: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(expression)
+        return real(kind, expression, *args, **kwargs)
+
+    monkeypatch.setattr(store, "_query", counted)
+    for field in ("sources", "sections"):
+        calls.clear()
+        names = [f"nothing like it {i}" for i in range(50)]
+        assert store.unknown(field, names) == sorted(names)
+        assert len(calls) == 1, calls  # one query for fifty values, not fifty
+
+
 def test_records_round_trip(store: MilvusStore) -> None:
     documents, chunks, _, _, sentences, sentence_vectors = corpus()
     assert store.count() == len(store.chunks) == len(chunks)

@@ -148,9 +148,14 @@ class MilvusCollection(LiveWrites, Searches):
                 known = set(self._pointers)
             elif field == "sources":
                 known = {p.source for p in self._pointers.values()}
-            else:  # one existence query per value: a filter names few
-                known = {v for v in set(values) if any(self._is_live(r) for r in self._query(
-                    "chunks", f"section == {quote(v)}", ["doc_id", "gen"], 64))}
+            else:  # one query for all; per value only for those a full page of matches may have hidden
+                wanted = sorted(set(values))
+                found = self._query("chunks", f"section in [{', '.join(map(quote, wanted))}]",
+                                    ["doc_id", "gen", "section"], TOP_K)
+                known = {r["section"] for r in found if self._is_live(r)}
+                if len(found) >= TOP_K:
+                    known |= {v for v in set(wanted) - known if any(self._is_live(r) for r in self._query(
+                        "chunks", f"section == {quote(v)}", ["doc_id", "gen"], 64))}
         return sorted(set(values) - known)
 
     def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:

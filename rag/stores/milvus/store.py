@@ -132,9 +132,15 @@ class MilvusStore(Searches):
     def unknown(self, field: str, values: Sequence[str]) -> list[str]:
         if field == "doc_ids":
             known = {r["doc_id"] for r in self._get("documents", list(set(values)), ["doc_id"])}
-        else:  # one existence query per value: a filter names few
+        else:  # one query for all; per value only for those a full page of matches may have hidden
             column = FILTER_COLUMNS[field]
-            known = {v for v in set(values) if v and self._query("chunks", f"{column} == {quote(v)}", ["row"], 1)}
+            wanted = sorted({v for v in values if v})
+            found = self._query("chunks", f"{column} in [{', '.join(map(quote, wanted))}]", [column], TOP_K) \
+                if wanted else []
+            known = {r[column] for r in found}
+            if len(found) >= TOP_K:
+                known |= {v for v in set(wanted) - known
+                          if self._query("chunks", f"{column} == {quote(v)}", ["row"], 1)}
         return sorted(set(values) - known)
 
     def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:

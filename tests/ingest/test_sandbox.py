@@ -1,0 +1,96 @@
+"""Parsers run in a limited worker process (rag.ingest.sandbox): a crash, a memory hog, a
+CPU hog or a hang fails that document alone, with the limit named, and the caller goes on."""
+
+import os
+import time
+
+import pytest
+
+from rag.errors import BadQueryError, ParserLimitError, TooLargeError
+from rag.ingest.sandbox import ParseLimits, run_limited
+from rag.ingest.uploads import uploaded_document
+from rag.settings import Settings
+from tests.helpers import PDF_PAGES, client_for, pdf_bytes
+
+SMALL = ParseLimits(memory_mb=512, cpu_seconds=1, wall_seconds=5)
+
+
+# what the workers run: module-level, so that a worker can import them by name
+def crash() -> None:
+    os.abort()
+
+
+def hog_memory() -> bytes:
+    return bytes(4 << 30)  # 4 GiB, over the 512 MB limit
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
+def sleep_long() -> None:
+    time.sleep(60)
+
+
+def fail_with_a_bug() -> None:
+    raise ValueError("a parser bug")
+
+
+def refuse() -> None:
+    raise TooLargeError("the PDF has 10000 pages; the limit is 2000 (RAG_MAX_PDF_PAGES)")
+
+
+def test_a_planted_crash_fails_that_call_alone():
+    with pytest.raises(ParserLimitError, match="crashed .SIGABRT"):
+        run_limited(crash, limits=SMALL)
+    assert run_limited(len, "still works", limits=SMALL) == 11  # the next document is parsed
+
+
+def test_a_memory_hog_is_stopped_at_its_limit():
+    with pytest.raises(ParserLimitError, match="ran out of memory .limit 512 MB"):
+        run_limited(hog_memory, limits=SMALL)
+
+
+@pytest.mark.slow
+def test_a_cpu_hog_is_stopped_at_its_limit():
+    with pytest.raises(ParserLimitError, match="more than 1 s of CPU|past 1 s of CPU"):
+        run_limited(spin, limits=SMALL)
+
+
+@pytest.mark.slow
+def test_a_hang_is_killed_at_the_wall_timeout():
+    started = time.monotonic()
+    with pytest.raises(ParserLimitError, match="did not finish within 1 s"):
+        run_limited(sleep_long, limits=ParseLimits(wall_seconds=1))
+    assert time.monotonic() - started < 5
+
+
+def test_errors_come_back_as_they_were_raised():
+    with pytest.raises(TooLargeError, match="10000 pages"):  # its class decides the HTTP status (413)
+        run_limited(refuse, limits=SMALL)
+    with pytest.raises(ParserLimitError, match="failed .ValueError: a parser bug"):
+        run_limited(fail_with_a_bug, limits=SMALL)
+
+
+def test_caps_on_pages_and_text_are_413s():
+    with pytest.raises(TooLargeError, match="4 pages; the limit is 3"):
+        uploaded_document("r.pdf", pdf_bytes(PDF_PAGES), limits=ParseLimits(max_pages=3))
+    with pytest.raises(TooLargeError, match="the limit is 1000"):
+        uploaded_document("r.txt", b"word " * 1000, limits=ParseLimits(max_chars=1000))
+    with pytest.raises(BadQueryError, match="not UTF-8"):  # the parser's own refusals are unchanged
+        uploaded_document("r.txt", "café".encode("latin-1"))
+
+
+def test_an_upload_whose_parser_overruns_is_a_422_naming_the_limit_and_the_service_goes_on(built: Settings):
+    settings = built.model_copy(update={"parse_wall_seconds": 0.001, "max_pdf_pages": 3})
+    with client_for(settings) as c:
+        assert c.post("/collections", json={"name": "notes"}).status_code == 201
+        r = c.post("/collections/notes/documents", files={"file": ("a.md", b"# Title\n\nSome text.")})
+        assert r.status_code == 422 and "RAG_PARSE_WALL_SECONDS" in r.json()["detail"], r.text
+        r = c.post("/query", json={"question": "China Russia trade"})
+        assert r.status_code == 200
+    with client_for(built.model_copy(update={"max_pdf_pages": 3})) as c:
+        c.post("/collections", json={"name": "notes"})
+        r = c.post("/collections/notes/documents", files={"file": ("r.pdf", pdf_bytes(PDF_PAGES))})
+        assert r.status_code == 413 and "RAG_MAX_PDF_PAGES" in r.json()["detail"], r.text
