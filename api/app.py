@@ -10,6 +10,7 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -21,7 +22,8 @@ from api.engine.lifecycle import Engine
 from api.errors import error_bytes, retry_after, status_of
 from api.guards import HostGuard, RequestGuard
 from api.metrics import Metrics
-from api.middleware import AccessLog, ApiKey, Deadline, JsonCors
+from api.middleware import AccessLog, ApiKey, Deadline, InFlight, JsonCors
+from api.protocols import protocol_class
 from api.routes.chat import router as chat_router
 from api.routes.collections import router as collection_router
 from api.routes.documents import router as documents_router
@@ -33,8 +35,11 @@ from api.routes.vector_store_files import router as openai_store_files_router
 from api.routes.vector_stores import router as openai_stores_router
 from rag import __version__
 from rag.encoders.base import Embedder
-from rag.errors import RagError
+from rag.errors import RagError, SettingsError
 from rag.settings import Settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 OPEN_PATHS = frozenset({"/health", "/"})  # the chat page holds no data and asks for the key itself
 LOOPBACK_NAMES = ["localhost", "127.0.0.1", "[::1]"]
@@ -58,11 +63,22 @@ def allowed_hosts(settings: Settings) -> list[str]:
     """RAG_ALLOWED_HOSTS, else the loopback names when bound to loopback, else any host."""
     if settings.allowed_hosts:
         return settings.allowed_hosts
+    return LOOPBACK_NAMES if on_loopback(settings) else ["*"]
+
+
+def on_loopback(settings: Settings) -> bool:
     try:
-        loopback = settings.host == "localhost" or ipaddress.ip_address(settings.host.strip("[]")).is_loopback
+        return settings.host == "localhost" or ipaddress.ip_address(settings.host.strip("[]")).is_loopback
     except ValueError:
-        loopback = False
-    return LOOPBACK_NAMES if loopback else ["*"]
+        return False
+
+
+def check_exposure(settings: Settings) -> None:
+    """Safe by default: a service others can reach needs a key, unless RAG_ALLOW_OPEN says
+    that an open one is meant (behind a proxy that authenticates, say)."""
+    if not on_loopback(settings) and settings.api_key is None and not settings.allow_open:
+        raise SettingsError(f"RAG_HOST={settings.host} serves other machines, and no RAG_API_KEY is set: set one, "
+                            "or RAG_ALLOW_OPEN=1 if an open service is meant")
 
 
 def create_app(settings: Settings | None = None,
@@ -130,11 +146,11 @@ def create_app(settings: Settings | None = None,
         log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
         return json_error(request, 500, "internal error; the server log has the details")
 
-    # the last added runs first: log -> CORS (so that every error below it, 401 and 413
-    # included, is readable by an allowed page; it answers preflights, which carry no key)
-    # -> Host allow-list -> URL, header and body limits -> deadline -> API key -> routes
+    # the last added runs first: log -> requests in flight -> CORS (so that every error below
+    # it, 401 and 413 included, is readable by an allowed page; it answers preflights, which
+    # carry no key) -> Host allow-list -> API key (before any body is read) -> URL, header
+    # and body limits -> deadline -> routes
     key = settings.api_key.get_secret_value() if settings.api_key else None
-    app.add_middleware(ApiKey, key=key, open_paths=OPEN_PATHS)
     # a non-streamed answer from an upstream model may take as long as a whole stream
     app.add_middleware(Deadline, seconds=settings.request_timeout_seconds,
                        slow_paths={"/v1/chat/completions": max(settings.request_timeout_seconds,
@@ -143,20 +159,33 @@ def create_app(settings: Settings | None = None,
     app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes, body_seconds=settings.body_timeout_seconds,
                        max_url_bytes=settings.max_url_bytes, max_header_bytes=settings.max_header_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
+    app.add_middleware(ApiKey, key=key, open_paths=OPEN_PATHS)
     app.add_middleware(HostGuard, allowed=allowed_hosts(settings))
     app.add_middleware(JsonCors, allow_origins=settings.cors_origins,  # collections and stores PUT and DELETE too
                        allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(InFlight, limit=settings.limit_concurrency)
     app.add_middleware(AccessLog, requests=metrics.requests, latency=metrics.latency)
     return app
+
+
+def server_config(settings: Settings, app: Any = None) -> "uvicorn.Config":
+    """uvicorn's configuration of the service: the connection's limits (headers in time and
+    size, connections held) are api.protocols', requests in flight InFlight's, and the
+    request limits (URL, headers, body size and time) RequestGuard's, so they hold with any
+    server."""
+    import uvicorn
+
+    header_bytes = settings.max_header_bytes + settings.max_url_bytes
+    return uvicorn.Config(app or create_app(settings), host=settings.host, port=settings.port, access_log=False,
+                          log_level="info", limit_concurrency=None,
+                          http=protocol_class(settings.header_timeout_seconds, header_bytes, settings.max_connections),
+                          timeout_keep_alive=int(max(1, settings.keep_alive_seconds)),
+                          h11_max_incomplete_event_size=header_bytes)
 
 
 def serve(settings: Settings) -> None:
     import uvicorn
 
+    check_exposure(settings)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # uvicorn's own limits: connections it takes on, idle keep-alive; the request limits
-    # (URL, headers, body size and time) are RequestGuard's, so they hold with any server
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False,
-                log_level="info", limit_concurrency=settings.limit_concurrency,
-                timeout_keep_alive=int(max(1, settings.keep_alive_seconds)),
-                h11_max_incomplete_event_size=settings.max_header_bytes + settings.max_url_bytes)
+    uvicorn.Server(server_config(settings)).run()

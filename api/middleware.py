@@ -60,7 +60,9 @@ class Deadline:
 
 
 class ApiKey:
-    """With a key configured, every path but the open ones needs `Authorization: Bearer <key>`."""
+    """With a key configured, every path but the open ones needs `Authorization: Bearer <key>`.
+    It runs before any body is read (api.app orders it before RequestGuard): an
+    unauthenticated upload is refused from its headers, and its connection closed."""
 
     def __init__(self, app: ASGIApp, key: str | None, open_paths: frozenset[str]):
         self.app, self.key, self.open_paths = app, key, open_paths
@@ -73,13 +75,43 @@ class ApiKey:
         if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key.encode()):
             detail = "missing API key" if not given else "invalid API key"
             return await send_error(scope, send, 401, f"{detail}: send 'Authorization: Bearer <key>'",
-                                    [(b"www-authenticate", b"Bearer")])
+                                    [(b"www-authenticate", b"Bearer"), *close_unread(scope)])
         await self.app(scope, receive, send)
 
 
+class InFlight:
+    """At most `limit` requests in flight (from their headers in to their response out);
+    more: 503 with Retry-After. Connections that never finish their headers do not count
+    (api.protocols bounds those apart)."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app, self.limit, self.count = app, limit, 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.count >= self.limit:
+            return await send_error(scope, send, 503, f"{self.limit} requests are in flight; retry in a moment "
+                                    "(RAG_LIMIT_CONCURRENCY)", [(b"retry-after", b"1"), *close_unread(scope)])
+        self.count += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.count -= 1
+
+
+def close_unread(scope: Scope) -> list[tuple[bytes, bytes]]:
+    """`connection: close` for a refusal of a request whose body is not read: the server
+    then drops the connection instead of reading (and discarding) a body nobody wants."""
+    headers = dict(scope["headers"])
+    sends_body = headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
+    return [(b"connection", b"close")] if sends_body else []
+
+
 class AccessLog:
-    """One JSON line per request (method, path, status, latency) and Prometheus counters.
-    Headers are never logged, so neither is the API key."""
+    """One JSON line per request (method, path, status, latency; for a refusal, its
+    message, which names the limit) and Prometheus counters. Headers are never logged, so
+    neither is the API key."""
 
     def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram):
         self.app, self.requests, self.latency = app, requests, latency
@@ -87,12 +119,14 @@ class AccessLog:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), 500
+        started, status, detail = time.perf_counter(), 500, None
 
         async def record_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, detail
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and status >= 400 and detail is None:
+                detail = _detail(message.get("body", b""))
             await send(message)
 
         try:
@@ -107,7 +141,20 @@ class AccessLog:
                 "method": scope["method"], "path": scope["path"], "status": status,
                 "ms": round(seconds * 1000, 2),
                 "client": (scope.get("client") or ("-",))[0],
+                **({"detail": detail} if detail else {}),
             }))
+
+
+def _detail(body: bytes) -> str | None:
+    """An error body's message (ours are small JSON: `detail`, or OpenAI's `error.message`)."""
+    try:
+        parsed = json.loads(body[:4096])
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    message = parsed.get("detail") or (parsed.get("error") or {}).get("message")
+    return message[:300] if isinstance(message, str) else None
 
 
 class JsonCors(CORSMiddleware):

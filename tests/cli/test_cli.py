@@ -236,3 +236,17 @@ def test_only_serve_and_soak_need_the_bench_extra():
             "import rag.bench.scale, rag.bench.writes, rag.bench.profile, rag.bench.server")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_serve_refuses_an_open_service_on_a_public_address(monkeypatch):
+    from pydantic import SecretStr
+
+    from api.app import check_exposure
+    from api.cli import app as service_app
+
+    monkeypatch.setenv("RAG_HOST", "0.0.0.0")
+    result = runner.invoke(service_app, ["serve"])
+    assert result.exit_code == 2 and "RAG_API_KEY" in result.stderr and "RAG_ALLOW_OPEN" in result.stderr
+    check_exposure(Settings(host="0.0.0.0", api_key=SecretStr("k")))  # with a key: served
+    check_exposure(Settings(host="0.0.0.0", allow_open=True))  # said to be meant: served
+    check_exposure(Settings(host="127.0.0.1"))  # loopback: served
