@@ -144,7 +144,5 @@ async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
 
 
 def _read(files: StoredFiles, info: FileObject, file_id: str, limits: ParseLimits) -> tuple[SourceDocument, bool]:
-    doc, is_pdf = uploaded_document(info.filename, files.data(file_id), file_id, limits)
-    if doc.metadata.get("title") == file_id.replace("-", " "):  # a text file's title defaults to its stem
-        doc.metadata["title"] = Path(info.filename).stem
-    return doc, is_pdf
+    # a text file's title defaults to its stem, the file name's (not the file id's)
+    return uploaded_document(info.filename, files.data(file_id), file_id, limits, title=Path(info.filename).stem)

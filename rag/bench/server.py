@@ -45,15 +45,16 @@ def rss_mb(pid: int) -> dict[str, float]:
     return fields
 
 
-def start_server(index_dir: Path, reload_poll_seconds: float,
-                 env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(index_dir: Path, reload_poll_seconds: float, env: dict[str, str] | None = None,
+                 log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """`rag serve` on `index_dir` in a subprocess on a free port, with `env` added to the
-    environment; the process and its URL."""
+    environment, its log written to `log` (else dropped); the process and its URL."""
     port = free_port()
     env = {**os.environ, "RAG_PORT": str(port), "RAG_INDEX_DIR": str(index_dir),
            "RAG_RELOAD_POLL_SECONDS": str(reload_poll_seconds), **(env or {})}
-    server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(log, "wb") if log else open(os.devnull, "wb") as sink:  # the child keeps its own copy
+        server = subprocess.Popen([sys.executable, "-m", "api.cli", "serve"], env=env,
+                                  stdout=sink, stderr=subprocess.STDOUT)
     return server, f"http://127.0.0.1:{port}"
 
 

@@ -1,4 +1,4 @@
-"""`rag bench serve|soak|scale|writes|backends`: each benchmark its own subcommand.
+"""`rag bench serve|soak|scale|writes|backends|attack`: each benchmark its own subcommand.
 
 SciFact (real texts and queries, distinct vectors) feeds the benchmarks that need a corpus
 larger than the seed one; `--scifact` says where it is (the BEIR folder).
@@ -124,3 +124,26 @@ def backends(scifact: SciFactOpt = DEFAULT_SCIFACT, index: IndexOpt = None) -> N
         for name, c in sets.items():
             typer.echo(f"{backend:<10} {name:<16} {c['vectors']:>6} vectors  cosine to torch: "
                        f"min {c['min']:.7f}, mean {c['mean']:.7f}")
+
+
+@app.command("attack")
+@user_errors
+def attack(
+    clients: Annotated[int, typer.Option(help="good clients")] = 4,
+    idle_seconds: Annotated[float, typer.Option(help="good load alone, the baseline")] = 20.0,
+    attack_seconds: Annotated[float, typer.Option(help="good load with hostile clients beside it")] = 40.0,
+    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("eval/reports/attack.json"),
+    as_json: JsonOpt = False,
+    index: IndexOpt = None,
+) -> None:
+    """Good clients beside hostile ones (slowloris, upload bombs, huge filters, regex bombs): p99, failures, RSS."""
+    from rag.bench.attack import attack_table, run_attack
+    from rag.ingest.build import build_index
+
+    settings = load_settings(index=index)
+    build_index(settings, log=_log)  # no-op when up to date
+    result = run_attack(settings, clients, idle_seconds, attack_seconds, log=_log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result) if as_json else attack_table(result))
+    typer.echo(f"\nwrote {out}", err=as_json)

@@ -165,7 +165,12 @@ class Batches:
         records, chunks, sentences = [], [], []
         for doc in documents:
             title = str(doc.metadata["title"])
-            cleaned = clean(doc.text, title=title, rules=self.rules) if self.rules else as_is(doc.text)
+            if not self.rules:
+                cleaned = as_is(doc.text)
+            elif doc.cleaned is not None and self.rules == CleanRules():  # cleaned where it was parsed
+                cleaned = doc.cleaned
+            else:
+                cleaned = clean(doc.text, title=title, rules=self.rules)
             if not cleaned.text:
                 raise CorpusError(f"{doc.path.name}: nothing is left after cleaning")
             records.append(DocumentRecord(

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.errors import CorpusError
+from rag.ingest.clean import CleanDocument
 from rag.ingest.sandbox import ParseLimits, check_chars, run_limited
 from rag.text import is_unicode_text
 
@@ -60,6 +61,9 @@ class SourceDocument:
     path: Path
     text: str  # the raw text, before cleaning
     metadata: dict[str, Any] = field(default_factory=dict)
+    # the text cleaned already, where it was parsed (an upload's worker process, so that its
+    # cleaning is not the server's work); the build cleans it otherwise
+    cleaned: CleanDocument | None = field(default=None, compare=False, repr=False)
 
     @property
     def content_hash(self) -> str:

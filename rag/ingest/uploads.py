@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from rag.errors import BadQueryError, CorpusError, TooLargeError
+from rag.ingest.clean import CleanRules, clean
 from rag.ingest.corpus import DOC_ID_PATTERN, SourceDocument, doc_id_from_name, load_document
 from rag.ingest.pdf import extract_pdf
 from rag.ingest.sandbox import ParseLimits, check_chars, run_limited
@@ -27,12 +28,14 @@ class UnsupportedTypeError(BadQueryError):
 
 
 def uploaded_document(filename: str, data: bytes, doc_id: str | None = None,
-                      limits: ParseLimits = ParseLimits()) -> tuple[SourceDocument, bool]:
+                      limits: ParseLimits = ParseLimits(), title: str | None = None) -> tuple[SourceDocument, bool]:
     """The document in an uploaded file, and whether it is a PDF (kept as extracted, with
     pages). Refuses an unsupported type, an empty file, text that is not UTF-8, an
-    encrypted, damaged or text-free PDF, and a document past `limits` (pages, characters:
-    413), each with the reason. The file is parsed in a worker process under `limits`
-    (rag.ingest.sandbox): a parser that crashes or overruns fails this document alone."""
+    encrypted, damaged or text-free PDF, a text nothing is left of once cleaned, and a
+    document past `limits` (pages, characters: 413), each with the reason. `title` is the
+    title when the file gives none (else its doc_id). The file is parsed, and a text
+    cleaned, in a worker process under `limits` (rag.ingest.sandbox): a parser that
+    crashes or overruns fails this document alone, and cleaning is not the server's work."""
     name = Path(filename or "upload").name
     suffix = Path(name).suffix.lower()
     if suffix not in TYPES:
@@ -42,11 +45,11 @@ def uploaded_document(filename: str, data: bytes, doc_id: str | None = None,
         raise BadQueryError(f"{name} is empty")
     doc_id = checked_doc_id(doc_id or _doc_id(name, data))
     what = f"the {suffix.lstrip('.').upper()} parser on {name}"
-    return run_limited(parse_upload, name, suffix, data, doc_id, limits, limits=limits, what=what)
+    return run_limited(parse_upload, name, suffix, data, doc_id, limits, title, limits=limits, what=what)
 
 
-def parse_upload(name: str, suffix: str, data: bytes, doc_id: str,
-                 limits: ParseLimits) -> tuple[SourceDocument, bool]:
+def parse_upload(name: str, suffix: str, data: bytes, doc_id: str, limits: ParseLimits,
+                 title: str | None = None) -> tuple[SourceDocument, bool]:
     """What `uploaded_document` runs in the worker process."""
     try:
         if suffix == ".pdf":
@@ -61,7 +64,12 @@ def parse_upload(name: str, suffix: str, data: bytes, doc_id: str,
             doc = load_document(path)
         check_chars(doc.text, limits)
         doc.metadata["source"] = doc.metadata.get("source") if doc.metadata.get("source") != path.name else name
-        return SourceDocument(doc_id, Path(name), doc.text, doc.metadata), False
+        if title and doc.metadata.get("title") == doc_id.replace("-", " "):  # the file gave none
+            doc.metadata["title"] = title
+        cleaned = clean(doc.text, title=str(doc.metadata["title"]), rules=CleanRules())
+        if not cleaned.text:
+            raise CorpusError(f"{name}: nothing is left after cleaning")
+        return SourceDocument(doc_id, Path(name), doc.text, doc.metadata, cleaned), False
     except TooLargeError as exc:
         raise TooLargeError(f"{name}: {exc}") from exc
     except CorpusError as exc:

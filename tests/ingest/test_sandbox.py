@@ -94,3 +94,18 @@ def test_an_upload_whose_parser_overruns_is_a_422_naming_the_limit_and_the_servi
         c.post("/collections", json={"name": "notes"})
         r = c.post("/collections/notes/documents", files={"file": ("r.pdf", pdf_bytes(PDF_PAGES))})
         assert r.status_code == 413 and "RAG_MAX_PDF_PAGES" in r.json()["detail"], r.text
+
+
+def test_an_upload_is_cleaned_in_the_worker_not_by_the_server(built: Settings, monkeypatch: pytest.MonkeyPatch):
+    from rag.collections import Collections
+    from rag.ingest import build as build_module
+    from tests.helpers import FakeEmbedder
+
+    doc, _ = uploaded_document("notes.md", b"# Penguins\n\nPenguins eat krill. They live in colonies.\n")
+    assert doc.cleaned is not None and "Penguins eat krill." in doc.cleaned.text
+    monkeypatch.setattr(build_module, "clean", lambda *a, **k: pytest.fail("the server cleaned an upload"))
+    with Collections(built, FakeEmbedder()) as collections:
+        collections.create("notes")
+        assert collections.upsert("notes", doc, replace=False).status == "created"
+    with pytest.raises(BadQueryError, match="nothing is left after cleaning"):  # said at once, not after a 202
+        uploaded_document("captions.txt", b"A caption that repeats.\n" * 2000)
