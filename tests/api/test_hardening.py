@@ -502,6 +502,25 @@ def test_a_filter_names_a_bounded_number_of_values(client: TestClient):
     assert r.status_code == 422 and "300 values; the limit is 100" in r.json()["detail"]
 
 
+def test_filter_values_are_looked_up_off_the_event_loop(client: TestClient, monkeypatch):
+    import asyncio
+
+    retriever = client.app.state.engine.live()  # type: ignore[attr-defined]
+    real, on_loop = retriever.store.unknown, []
+
+    def unknown(field: str, values: list[str]) -> list[str]:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)  # a store lookup (a remote one, for Milvus) would block every client
+        except RuntimeError:
+            on_loop.append(False)
+        return real(field, values)
+
+    monkeypatch.setattr(retriever.store, "unknown", unknown)
+    assert client.post("/query", json={"question": "trade", "doc_ids": ["fp-china-russia-axis"]}).status_code == 200
+    assert on_loop and not any(on_loop)  # checked before queueing, and again by the worker thread
+
+
 def test_a_full_write_queue_is_a_503_with_retry_after(built: Settings):
     import threading
 
