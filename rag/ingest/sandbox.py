@@ -36,12 +36,10 @@ from dataclasses import dataclass
 from multiprocessing import forkserver, popen_forkserver, spawn, util
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkServerProcess, reduction, set_spawning_popen  # type: ignore[attr-defined]
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from rag.errors import ParserLimitError, RagError, TooLargeError
-
-if TYPE_CHECKING:
-    from rag.settings import Settings
+from rag.settings import Settings
 
 T = TypeVar("T")
 log = logging.getLogger("rag.ingest")
@@ -50,13 +48,16 @@ PRELOAD = ["rag.ingest.uploads", "trafilatura", "frontmatter", "yaml", "pypdfium
 NICE = 10  # parsing yields the CPU to queries, which a person waits for
 
 
+_DEFAULT = {name: field.default for name, field in Settings.model_fields.items()}  # one place for the numbers
+
+
 @dataclass(frozen=True)
 class ParseLimits:
-    memory_mb: int = 1024  # address space of the parser process; the fork server alone takes ~200 MB
-    cpu_seconds: int = 30
-    wall_seconds: float = 60.0
-    max_pages: int = 2000  # of a PDF
-    max_chars: int = 1_000_000  # of extracted text: ~2 minutes of embedding on 2 cores
+    memory_mb: int = _DEFAULT["parse_memory_mb"]  # address space of the parser process
+    cpu_seconds: int = _DEFAULT["parse_cpu_seconds"]
+    wall_seconds: float = _DEFAULT["parse_wall_seconds"]
+    max_pages: int = _DEFAULT["max_pdf_pages"]  # of a PDF
+    max_chars: int = _DEFAULT["max_document_chars"]  # of extracted text
 
 
 _started = False
@@ -147,7 +148,7 @@ def _rebuilt(kind: type[RagError], text: str) -> RagError:
     return exc
 
 
-def parse_limits(settings: "Settings") -> ParseLimits:
+def parse_limits(settings: Settings) -> ParseLimits:
     return ParseLimits(memory_mb=settings.parse_memory_mb, cpu_seconds=settings.parse_cpu_seconds,
                        wall_seconds=settings.parse_wall_seconds, max_pages=settings.max_pdf_pages,
                        max_chars=settings.max_document_chars)
