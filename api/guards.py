@@ -18,7 +18,6 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import send_error
-from api.middleware import close_unread
 from rag.text import is_unicode_text
 
 # a JSON \u escape of a UTF-16 surrogate: only then is the body parsed to look for lone ones
@@ -86,7 +85,7 @@ class RequestGuard:
             " (RAG_MAX_UPLOAD_BYTES)" if upload else "")
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return await send_error(scope, send, 413, too_big, close_unread(scope))
+            return await send_error(scope, send, 413, too_big)
         try:
             async with asyncio.timeout(self.body_seconds):
                 body = await self._read(receive, limit)

@@ -62,7 +62,9 @@ class Deadline:
 class ApiKey:
     """With a key configured, every path but the open ones needs `Authorization: Bearer <key>`.
     It runs before any body is read (api.app orders it before RequestGuard): an
-    unauthenticated upload is refused from its headers, and its connection closed."""
+    unauthenticated upload is refused from its headers; the server drops the rest of the
+    body as it comes (never buffered), and api.protocols closes a connection that goes on
+    sending it past the header timeout."""
 
     def __init__(self, app: ASGIApp, key: str | None, open_paths: frozenset[str]):
         self.app, self.key, self.open_paths = app, key, open_paths
@@ -75,7 +77,7 @@ class ApiKey:
         if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key.encode()):
             detail = "missing API key" if not given else "invalid API key"
             return await send_error(scope, send, 401, f"{detail}: send 'Authorization: Bearer <key>'",
-                                    [(b"www-authenticate", b"Bearer"), *close_unread(scope)])
+                                    [(b"www-authenticate", b"Bearer")])
         await self.app(scope, receive, send)
 
 
@@ -92,20 +94,12 @@ class InFlight:
             return await self.app(scope, receive, send)
         if self.count >= self.limit:
             return await send_error(scope, send, 503, f"{self.limit} requests are in flight; retry in a moment "
-                                    "(RAG_LIMIT_CONCURRENCY)", [(b"retry-after", b"1"), *close_unread(scope)])
+                                    "(RAG_LIMIT_CONCURRENCY)", [(b"retry-after", b"1")])
         self.count += 1
         try:
             await self.app(scope, receive, send)
         finally:
             self.count -= 1
-
-
-def close_unread(scope: Scope) -> list[tuple[bytes, bytes]]:
-    """`connection: close` for a refusal of a request whose body is not read: the server
-    then drops the connection instead of reading (and discarding) a body nobody wants."""
-    headers = dict(scope["headers"])
-    sends_body = headers.get(b"content-length", b"0") not in (b"0", b"") or b"transfer-encoding" in headers
-    return [(b"connection", b"close")] if sends_body else []
 
 
 class AccessLog:
