@@ -52,9 +52,12 @@ class Guarded:
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        # after a response: the next request's headers, or the rest of a body the app refused
+        # without reading it (dropped by uvicorn as it comes): both within the deadline
         if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
-            self._arm()  # the first bytes of the next request on a kept-alive connection
+            self._arm()
         waiting = self._deadline is not None
+        in_headers = self.cycle is None or (self.cycle.response_complete and not self.cycle.more_body)
         before = self.cycle
         super().data_received(data)  # type: ignore[misc]
         if not waiting:
@@ -62,9 +65,10 @@ class Guarded:
         if self.cycle is not before:  # the headers are in: a request began (its body may follow in `data`)
             self._disarm()
             return
-        self._received += len(data)  # still in the headers: at most one read past the limit is ever held
-        if self._received > self.max_header_bytes:
-            self._refuse_large()
+        if in_headers:  # at most one read past the limit is ever held
+            self._received += len(data)
+            if self._received > self.max_header_bytes:
+                self._refuse_large()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

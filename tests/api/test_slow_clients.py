@@ -103,3 +103,12 @@ def test_an_unauthenticated_upload_is_refused_before_its_body_is_read(built: Set
         assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
         assert time.monotonic() - started < 2  # answered from the headers, the body never awaited
         s.close()
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_client_that_sends_its_whole_refused_upload_reads_the_401(built: Settings, implementation: str):
+    settings = built.model_copy(update={"api_key": SecretStr("k")})
+    with serving(settings, implementation) as url:
+        r = httpx.post(f"{url}/collections/notes/documents", files={"file": ("big.txt", b"x" * (8 << 20))}, timeout=30)
+        assert r.status_code == 401  # the body dropped as it came, the answer intact
+        assert httpx.get(f"{url}/health").status_code == 200
