@@ -6,6 +6,7 @@ status here and only here; request validation errors are rewritten into one read
 sentence; nothing answers with a traceback.
 """
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +24,7 @@ from api.errors import error_bytes, retry_after, status_of
 from api.guards import HostGuard, RequestGuard
 from api.metrics import Metrics
 from api.middleware import AccessLog, ApiKey, Deadline, InFlight, JsonCors
+from api.openai.files import stored_files
 from api.protocols import protocol_class
 from api.routes.chat import router as chat_router
 from api.routes.collections import router as collection_router
@@ -89,6 +91,8 @@ def create_app(settings: Settings | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # what crashed uploads and deletes of stored files left; the engine cleans the index's own
+        await asyncio.get_running_loop().run_in_executor(None, stored_files(settings).clean_orphans)
         await engine.start()
         yield
         await engine.stop()

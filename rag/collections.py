@@ -15,6 +15,16 @@ a KnowledgeBase (SQLite) for `local`, a MilvusCollection (rag.stores.milvus.live
 `milvus`. Either way its manifest.json is here, and records where the documents are; a
 collection made in the other store is refused with a 409 naming it.
 
+A collection's folder and manifest are made and removed whole (rag.files.publish_folder,
+remove_durably: written under a `.tmp-` name, fsynced, renamed, the parent fsynced; removed
+by a rename to a `.del-` name first), so a crash leaves a name complete or absent; the
+debris is removed at start-up (rag.stores.local.builds.clean_orphans).
+
+At most `max_open_collections` local collections are open (an LRU): the least recently
+used one beyond it is released (its SQLite connection and in-memory indexes; it reopens on
+next use), and `dropped(name)` tells the owner (the service's retriever cache) on eviction
+and on delete.
+
 Left out: renaming, and a registry in Milvus itself (a cluster's services share one
 index folder's registry, or each keeps its own).
 """
@@ -22,16 +32,25 @@ index folder's registry, or each keeps its own).
 import hashlib
 import json
 import re
-import shutil
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rag.encoders.base import Embedder
-from rag.errors import BadQueryError, ConflictError, CorpusError, IndexMismatchError, NotFoundError, RagError
+from rag.errors import (
+    BadQueryError,
+    ConflictError,
+    CorpusError,
+    IndexMismatchError,
+    NotFoundError,
+    RagError,
+    StorageError,
+)
+from rag.files import publish_folder, remove_durably
 from rag.ingest.build import Batches, build_manifest, spec_of
 from rag.ingest.clean import CleanRules
 from rag.ingest.corpus import SourceDocument, normalise_metadata
@@ -65,11 +84,13 @@ def check_name(name: str) -> str:
 
 
 class Collections:
-    def __init__(self, settings: Settings, embedder: Embedder | None):
-        """`embedder` may be None for reading, listing and removing: they embed nothing."""
-        self.settings, self._embedder = settings, embedder
+    def __init__(self, settings: Settings, embedder: Embedder | None,
+                 dropped: Callable[[str], None] = lambda name: None):
+        """`embedder` may be None for reading, listing and removing: they embed nothing.
+        `dropped(name)` is called when a collection is released (LRU) or deleted."""
+        self.settings, self._embedder, self._dropped = settings, embedder, dropped
         self.root = settings.index_dir / "collections"
-        self._open: dict[str, LiveStore] = {}
+        self._open: OrderedDict[str, LiveStore] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     @property
@@ -109,7 +130,24 @@ class Collections:
                 if diffs := spec_of(self.settings).differences(manifest):
                     raise IndexMismatchError(f"collection '{name}' was made with other settings: {'; '.join(diffs)}")
                 self._open[name] = self._opened(folder, manifest)
-            return self._open[name]
+            self._open.move_to_end(name)
+            kb = self._open[name]
+            evicted = self._over_bound()
+        for old, store in evicted:  # outside the registry's lock: release waits for the collection's own
+            store.release()
+            self._dropped(old)
+        return kb
+
+    def _over_bound(self) -> list[tuple[str, KnowledgeBase]]:
+        """The least recently used local collections past the bound, taken out of the LRU
+        (under the registry's lock). A Milvus collection holds no file; it stays."""
+        evicted, releasable = [], [n for n, s in self._open.items() if isinstance(s, KnowledgeBase)]
+        while len(releasable) > self.settings.max_open_collections:
+            name = releasable.pop(0)
+            store = self._open.pop(name)
+            assert isinstance(store, KnowledgeBase)
+            evicted.append((name, store))
+        return evicted
 
     def _opened(self, folder: Path, manifest: dict[str, Any]) -> LiveStore:
         backend = manifest.get("store", {}).get("backend", "local")
@@ -132,10 +170,6 @@ class Collections:
         check_name(name)
         if name == DEFAULT or name in self.names(every_store=True):
             raise ConflictError(f"a collection named '{name}' exists")
-        folder = self.root / name
-        tmp = self.root / f".tmp-{name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         manifest = build_manifest(self.settings, self.embedder.dimension, self.embedder.max_tokens,
                                   collection=name)
         if self.settings.vector_store == "milvus":  # its Milvus collections first: the rename registers them
@@ -144,8 +178,12 @@ class Collections:
             manifest["store"] = create_collection(self.settings.milvus_uri, self.settings.milvus_collection,
                                                   uuid.uuid4().hex[:12], self.embedder.dimension,
                                                   milvus_token(self.settings))
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        tmp.rename(folder)  # a crash before this leaves only a .tmp- folder, never half a collection
+        try:  # a crash before the rename leaves only a .tmp- folder, never half a collection
+            publish_folder(self.root / name, {"manifest.json": json.dumps(manifest, indent=2)})
+        except FileExistsError:
+            raise ConflictError(f"a collection named '{name}' exists") from None
+        except OSError as exc:
+            raise StorageError(f"cannot create collection '{name}': {exc}") from exc
         return self.get(name)
 
     def delete(self, name: str) -> None:
@@ -156,7 +194,13 @@ class Collections:
         with self._lock, kb.lock:
             self._open.pop(name, None)
             kb.close()
-            shutil.rmtree(self.root / name)  # unregistered: what follows may fail without harm
+            try:  # gone at once, durably; what follows may fail without harm
+                remove_durably(self.root / name)
+            except FileNotFoundError:
+                raise NotFoundError(f"no collection named '{name}'") from None
+            except OSError as exc:
+                raise StorageError(f"cannot delete collection '{name}': {exc}") from exc
+            self._dropped(name)
             if (store := kb.manifest.get("store", {})).get("backend") == "milvus":
                 from rag.stores.milvus.versions import drop_collection
 

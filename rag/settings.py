@@ -101,6 +101,9 @@ class Settings(BaseSettings):
                                   "before the response (~3 s of embedding on 2 cores: 40k words took 40 s); "
                                   "longer ones get 202 and a status to poll")
     read_only: bool = Field(False, description="turn every write (collections, documents) off: 403")
+    max_open_collections: int = Field(64, ge=1, description="live collections kept open (SQLite connection: 3 "
+                                      "descriptors, and in-memory indexes); past it the least recently used "
+                                      "is closed, and reopened on its next use")
     max_write_queue: int = Field(64, ge=1, description="writes waiting for (or on) the writer thread; more: "
                                  "503 with Retry-After")
     # untrusted files are parsed in a worker process under these limits (rag.ingest.sandbox)

@@ -1,5 +1,6 @@
 """What OpenAI's Files API keeps: each uploaded file's bytes and its file object, under
-the index folder, written atomically and durably (`StoredFiles`).
+the index folder, written atomically and durably (`StoredFiles`), removed by a rename to
+a `.del-` name first; what a crash leaves is cleaned when the service starts.
 
 Left out: purposes other than storing a file for vector stores (fine-tuning, batches).
 """
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from api.openai.objects import FileObject
 from rag.errors import NotFoundError, StorageError
-from rag.files import fsync_path
+from rag.files import fsync_path, remove_debris, remove_durably
 from rag.settings import Settings
 
 FILE_ID = re.compile(r"^file-[0-9a-f]{24}$")
@@ -73,15 +74,17 @@ class StoredFiles:
         return found
 
     def delete(self, file_id: str) -> None:
-        folder = self._folder(file_id)
-        doomed = self.root / f".del-{file_id}"
         try:
-            folder.rename(doomed)  # gone at once for readers
+            remove_durably(self._folder(file_id))  # gone at once for readers, and after a crash
         except FileNotFoundError:
             raise NotFoundError(f"no file with id '{file_id}'") from None
         except OSError as exc:
             raise StorageError(f"cannot delete file '{file_id}': {exc}") from exc
-        shutil.rmtree(doomed, ignore_errors=True)
+
+    def clean_orphans(self) -> list[Path]:
+        """Remove what a crashed upload or delete left (`.tmp-*`, `.del-*`); the service's
+        start calls it. Best effort."""
+        return remove_debris(self.root)
 
     def _folder(self, file_id: str) -> Path:
         if not FILE_ID.fullmatch(file_id):

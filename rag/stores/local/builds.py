@@ -11,7 +11,8 @@ A build is written into `builds/.tmp-<random>/` (rag.stores.local.writer), every
 folder fsynced, renamed to `builds/<id>/`, and only then made live by atomically replacing
 `CURRENT` (os.replace, then fsync of the folder): `publish_build`. A crash at any point
 leaves the previous CURRENT, and so the previous index, untouched; its debris (`.tmp-*`
-folders, `.*.tmp` files) is removed by the next build or by `clean_orphans`. A build folder
+folders, `.*.tmp` files) is removed by the next build or by `clean_orphans`, which also
+removes the live collections' (`collections/.tmp-*`, `.del-*`). A build folder
 is never changed once live, so a later swap never disturbs a reader of an older one. The
 build that was live before the current one is kept (by HISTORY, not by folder dates) for
 readers that are half-way through loading it.
@@ -45,7 +46,7 @@ from rag.errors import (
     RagError,
     StorageError,
 )
-from rag.files import fsync_path, replace_text, sha256_file
+from rag.files import fsync_path, remove_debris, replace_text, sha256_file
 from rag.stores.manifest import IndexSpec, read_manifest, storage_error
 
 KEEP_BUILDS = 2  # the live build and the one before it
@@ -86,20 +87,24 @@ def _try_lock(index_dir: Path) -> Iterator[bool]:
 
 def clean_orphans(index_dir: Path) -> list[Path]:
     """Remove what crashed builds left behind: `builds/.tmp-*` folders and `.*.tmp` files in
-    the index folder and in build folders. Returns what was removed.
+    the index folder and in build folders; and what a crashed create or delete of a live
+    collection left: `collections/.tmp-*` and `.del-*` (rag.files.remove_debris). Returns
+    what was removed.
 
-    Safe at any time (a service calls it on start): it only cleans when it can take the
-    build lock without waiting; while a build runs, those temp files are in use and it
-    removes nothing. Best effort: it never raises for I/O problems (a read-only index
+    Safe at any time (a service calls it on start): it only cleans builds' debris when it
+    can take the build lock without waiting; while a build runs, those temp files are in
+    use and it removes nothing of them (a collection made by `rag add` at the very moment a
+    service starts may fail, never half-made). Best effort: it never raises for I/O problems (a read-only index
     folder, say), and does nothing for a folder that does not exist.
     """
     if not index_dir.is_dir():
         return []
+    removed = remove_debris(index_dir / "collections")
     try:
         with _try_lock(index_dir) as held:
-            return remove_orphans(index_dir) if held else []
+            return removed + (remove_orphans(index_dir) if held else [])
     except (StorageError, OSError):
-        return []
+        return removed
 
 
 def remove_orphans(index_dir: Path) -> list[Path]:

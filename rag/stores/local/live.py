@@ -30,7 +30,7 @@ indexes from the rows before it searches (once per foreign write: O(collection))
 Left out: an ANN index (search is exact over the live rows: a collection past ~100k chunks
 belongs in a built index or in Milvus).
 
-Why one module of ~320 lines: the row views (`_Chunks`, `_Documents`) read the collection's
+Why one module of ~340 lines: the row views (`_Chunks`, `_Documents`) read the collection's
 connection and lock, which are private to `KnowledgeBase`; moving them out would bring
 back access to private state across modules.
 """
@@ -82,19 +82,24 @@ class KnowledgeBase(LiveWrites):
         self.version = 0  # bumped by every write: caches keyed on it never serve a stale document
         self.lock = threading.RLock()
         self.closed = False
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(folder / "kb.sqlite", check_same_thread=False, isolation_level=None)
-            # busy_timeout: another process (`rag add` beside a running service) may be writing
-            self._db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"
-                                   + SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise StorageError(f"cannot open collection at {folder}: {exc}") from exc
+        self._released = False  # connection and indexes given back (release): the next use reopens them
+        self._db = self._connect()
         self._index = LiveIndex(self.dimension)
         self._seen = -1  # SQLite's data_version when the indexes were last built
         self._reload()
         self.chunks = _Chunks(self)
         self.documents = _Documents(self)
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.folder / "kb.sqlite", check_same_thread=False, isolation_level=None)
+            # busy_timeout: another process (`rag add` beside a running service) may be writing
+            db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"
+                             + SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open collection at {self.folder}: {exc}") from exc
+        return db
 
     @property
     def build_id(self) -> str:
@@ -188,6 +193,15 @@ class KnowledgeBase(LiveWrites):
         self.closed = True
         self._db.close()
 
+    def release(self) -> None:
+        """Give back the connection (its descriptors) and the in-memory indexes, as an LRU of
+        open collections does with the least used; under the lock, so never mid-read or
+        mid-write. The next use reopens both: a request that holds this object still works."""
+        with self.lock:
+            if not self._released and not self.closed:
+                self._db.close()
+                self._index, self._seen, self._released = LiveIndex(self.dimension), -1, True
+
     def _allowed(self, filters: Filters) -> np.ndarray | None:
         if filters.doc_ids is None and filters.sources is None and filters.sections is None:
             return None
@@ -215,6 +229,11 @@ class KnowledgeBase(LiveWrites):
         """A query that waited on the lock while the collection was deleted: a 404, not a crash."""
         if self.closed:
             raise NotFoundError(f"the collection at {self.folder.name} was deleted")
+        if self._released:
+            if not (self.folder / "manifest.json").is_file():  # deleted while released
+                raise NotFoundError(f"the collection at {self.folder.name} was deleted")
+            self._db, self._released = self._connect(), False
+            self._reload()
 
     # ------------------------------------------------------------------ writing
 
