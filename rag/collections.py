@@ -53,7 +53,8 @@ from rag.errors import (
 from rag.files import publish_folder, remove_durably
 from rag.ingest.build import Batches, build_manifest, spec_of
 from rag.ingest.clean import CleanRules
-from rag.ingest.corpus import SourceDocument, normalise_metadata
+from rag.ingest.corpus import SourceDocument
+from rag.ingest.metadata import normalise_metadata
 from rag.ingest.uploads import checked_doc_id
 from rag.settings import Settings
 from rag.stores.base import LiveStore

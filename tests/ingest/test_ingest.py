@@ -200,7 +200,7 @@ def test_metadata_is_bounded_in_size_depth_and_keys_naming_the_field(tmp_path: P
 
     from rag.collections import text_document
     from rag.errors import BadQueryError
-    from rag.ingest.corpus import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_METADATA_KEYS
+    from rag.ingest.metadata import MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_METADATA_KEYS
 
     assert (MAX_METADATA_BYTES, MAX_METADATA_DEPTH, MAX_METADATA_KEYS) == (16_384, 8, 256)
     at_limits = {"deep": json.loads(_nested(MAX_METADATA_DEPTH)),
