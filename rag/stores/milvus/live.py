@@ -25,7 +25,7 @@ wins, and two writes in the same second draw the same gen with odds 1 in 4096), 
 registry of collections in Milvus itself (names and manifests are files under the index
 folder, as for the local store).
 
-Why one module of ~420 lines: the write protocol (intent, insert, pointer, delete, recover)
+Why one module of ~430 lines: the write protocol (intent, insert, pointer, delete, recover)
 is one transaction spread over steps that share the collection's private state, and the
 row views and `OldVersion` read that state too; split, each piece would reach into the
 others' privates. Its layout (names, keys, pointers) is already apart, in `versions`.
