@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from api.engine import spool
 from api.engine.batching import Batcher, Job
 from api.engine.reload import LiveIndex
 from api.engine.writes import Key, Writer, WriteStates
@@ -68,6 +69,7 @@ class Engine:
             self.index.not_ready = f"model not loaded: {exc}"
             return
         self.collections = Collections(self.settings, self.embedder, dropped=self._drop_retriever)
+        await loop.run_in_executor(None, self._resume)  # reads the spools: not on the event loop
         with contextlib.suppress(RagError):
             await self.reload()
         self._tasks.append(self.batcher.start(self.embedder, self._default))
@@ -125,10 +127,37 @@ class Engine:
         """Run a write (it embeds) on the writer thread; read-only service: 403."""
         return await self.writer.write(self.live_collections, work)
 
-    def write_later(self, key: Key, work: Callable[[Collections], Any], content_hash: str | None = None) -> None:
+    def write_later(self, key: Key, work: Callable[[Collections], Any], content_hash: str | None = None,
+                    on_done: Callable[[str | None], None] | None = None, resumed: bool = False) -> None:
         """Queue a long write (a big file) on the writer thread and return at once
         (`Writer.write_later`)."""
-        self.writer.write_later(self.live_collections, key, work, content_hash)
+        self.writer.write_later(self.live_collections, key, work, content_hash, on_done, resumed)
+
+    def write_spooled(self, entry: spool.Spooled, resumed: bool = False) -> None:
+        """A big write, saved to its collection's spool first (api.engine.spool) unless it is
+        resumed from there: acknowledged only once it is on disk."""
+        folder = self.live_collections().root / entry.collection
+        doc = entry.doc
+        if not resumed:
+            spool.save(folder, entry)
+        try:
+            self.write_later((entry.collection, doc.doc_id),
+                             lambda c: c.upsert(entry.collection, doc, replace=entry.replace, clean=entry.clean),
+                             content_hash=doc.content_hash, resumed=resumed,
+                             on_done=lambda error: spool.finish(folder, doc.doc_id, error))
+        except RagError:  # refused (read-only, the queue full): never acknowledged, so not kept
+            spool.forget(folder, doc.doc_id)
+            raise
+
+    def _resume(self) -> None:
+        """Every write acknowledged before a restart, queued again (applied twice is
+        harmless: the same content again is `unchanged`)."""
+        assert self.collections is not None
+        if self.settings.read_only:
+            return
+        for entry in spool.pending(self.collections.root):
+            log.info("resuming the write of %s/%s acknowledged before a restart", entry.collection, entry.doc.doc_id)
+            self.write_spooled(entry, resumed=True)
 
     def live_collections(self) -> Collections:
         if self.collections is None:

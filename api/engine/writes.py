@@ -100,9 +100,9 @@ class Writer:
         self._take()
         return await asyncio.get_running_loop().run_in_executor(self._thread, self._counted, work, live)
 
-    def _take(self) -> None:
+    def _take(self, bounded: bool = True) -> None:
         with self._queue_lock:
-            if self._queued >= self.settings.max_write_queue:
+            if bounded and self._queued >= self.settings.max_write_queue:
                 raise OverloadedError(f"{self._queued} writes are already queued; retry in a moment "
                                       "(RAG_MAX_WRITE_QUEUE)")
             self._queued += 1
@@ -115,13 +115,17 @@ class Writer:
                 self._queued -= 1
 
     def write_later(self, collections: Callable[[], Collections], key: Key, work: Callable[[Collections], Any],
-                    content_hash: str | None = None) -> None:
+                    content_hash: str | None = None, on_done: Callable[[str | None], None] | None = None,
+                    resumed: bool = False) -> None:
         """Queue a long write (a big file) on the writer thread and return at once; its
         state is in `pending[key]` (in_progress, with the content's hash, then completed or
-        failed with the reason), until a later write of the same document replaces it."""
-        writes_allowed(self.settings)
+        failed with the reason), until a later write of the same document replaces it.
+        `on_done` hears the outcome (None, or the reason it failed) before `pending` does;
+        a `resumed` write (one acknowledged before a restart) skips the gates it passed then."""
+        if not resumed:
+            writes_allowed(self.settings)
         live = collections()
-        self._take()
+        self._take(bounded=not resumed)
         state = self.pending.start(key, content_hash)
 
         def run() -> None:
@@ -133,6 +137,11 @@ class Writer:
             except Exception as exc:  # a bug fails this write, and says so
                 log.exception("write %s failed", key)
                 outcome = {"status": "failed", "error": f"internal error: {type(exc).__name__}"}
+            if on_done is not None:
+                try:
+                    on_done(outcome["error"] if outcome["status"] == "failed" else None)
+                except OSError as exc:  # the write stands; its record on disk could not be updated
+                    log.error("write %s: its spool entry could not be updated: %r", key, exc)
             self.pending.finish(key, state, outcome)  # unless a later write of the document was queued
 
         self._thread.submit(run)

@@ -20,6 +20,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from api.deps import ERRORS, EngineDep, form_file
+from api.engine import spool
+from api.engine.spool import Spooled
+from api.engine.writes import writes_allowed
 from api.schemas import DocumentDetail, ErrorBody, summary
 from rag.collections import DEFAULT, Collections, Written, check_name, text_document
 from rag.errors import BadQueryError, ConflictError, NotFoundError
@@ -162,8 +165,9 @@ async def _write(engine: EngineDep, name: str, doc: SourceDocument, response: Re
         if (not replace and queued is not None and queued["status"] == "in_progress"
                 and queued.get("content_hash") != doc.content_hash):
             raise ConflictError(f"document '{doc.doc_id}' is being written with other content: PUT replaces it")
-        engine.write_later((name, doc.doc_id), lambda c: c.upsert(name, doc, replace=replace, clean=clean),
-                           content_hash=doc.content_hash)
+        # on disk (fsynced) before it is acknowledged: a restart resumes it
+        await asyncio.get_running_loop().run_in_executor(
+            None, engine.write_spooled, Spooled(name, doc, replace=replace, clean=clean))
         response.status_code = 202
         return WriteResult(doc_id=doc.doc_id, status="in_progress", chunks=0, embedded=0)
     written = await engine.write(lambda c: c.upsert(name, doc, replace=replace, clean=clean))
@@ -177,7 +181,8 @@ def document_status(name: str, doc_id: str, engine: EngineDep) -> DocumentStatus
     """A document's state: completed (with its chunks), or in_progress / failed (with the
     reason) for a big write answered with 202."""
     store = engine.retriever_of(check_name(name)).store
-    pending = engine.pending.get((name, doc_id))
+    # this process's record, else the spool's (another process's write, or one from before a restart)
+    pending = engine.pending.get((name, doc_id)) or spool.state(engine.live_collections().root / name, doc_id)
     if pending is not None and pending["status"] != "completed":
         return DocumentStatus(doc_id=doc_id, status=str(pending["status"]), chunks=0, error=pending["error"])
     if doc_id not in store.documents:
@@ -223,13 +228,18 @@ async def replace_document(name: str, doc_id: str, body: DocumentText, engine: E
 async def delete_document(name: str, doc_id: str, engine: EngineDep) -> Response:
     """Once this returns, no response holds a passage of the document (a big write of it
     still queued is finished first: writes run one after the other)."""
+    writes_allowed(engine.settings)  # read-only: 403 before anything else is asked
+    folder = engine.live_collections().root / check_name(name)
+    failed_on_disk = spool.state(folder, doc_id) is not None
     try:
         await engine.write(lambda c: c.remove(_writable(name, c), doc_id))
     except NotFoundError:
-        if engine.pending.forget((name, doc_id)) is None:  # a big write that failed leaves only its status
+        # a big write that failed leaves only its status
+        if engine.pending.forget((name, doc_id)) is None and not failed_on_disk:
             raise
     else:
         engine.pending.forget((name, doc_id))  # its status goes with it
+    spool.forget(folder, doc_id)
     return Response(status_code=204)
 
 

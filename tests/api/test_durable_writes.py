@@ -1,0 +1,108 @@
+"""A 202 is a promise kept (api.engine.spool): big writes acknowledged with 202, then a
+SIGKILL of the server before they ran; after the restart every one completes, once."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import httpx
+import pytest
+
+from rag.settings import Settings
+from tests.helpers import REPO, article, free_port
+
+# the writer is slow (each model call sleeps), so the writes are still queued when the server dies
+SERVER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    import uvicorn
+    from tests.helpers import FakeEmbedder
+    from api.app import create_app
+    from rag.settings import Settings
+
+    class Slow(FakeEmbedder):
+        def encode(self, texts, batch_size=32):
+            if len(texts) > 1 and sys.argv[3] == "slow":
+                time.sleep(1.0)
+            return super().encode(texts, batch_size)
+
+    settings = Settings.model_validate_json(sys.argv[1])
+    uvicorn.run(create_app(settings, lambda name: Slow()), host="127.0.0.1", port=int(sys.argv[2]),
+                log_level="warning")
+""").format(repo=str(REPO))
+
+
+def start(settings: Settings, pace: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVER, settings.model_dump_json(), str(port), pace],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise AssertionError("server did not start")
+
+
+@pytest.mark.slow
+def test_ten_acknowledged_202s_survive_a_sigkill_and_complete_once(built: Settings):
+    settings = built.model_copy(update={"sync_write_chars": 1000})  # every document below is a 202
+    server, url = start(settings, "slow")
+    texts = {f"big{i}": article(f"topic{i}", 1, 12) for i in range(10)}
+    try:
+        assert httpx.post(url + "/collections", json={"name": "notes"}).status_code == 201
+        for doc_id, text in texts.items():
+            r = httpx.post(url + "/collections/notes/documents", json={"doc_id": doc_id, "text": text}, timeout=10)
+            assert r.status_code == 202, r.text
+        queued = [httpx.get(f"{url}/collections/notes/documents/{d}").json()["status"] for d in texts]
+        assert queued.count("in_progress") >= 5  # most were not yet written when the server dies
+    finally:
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+    server, url = start(settings, "normal")  # the restart resumes them
+    try:
+        deadline = time.monotonic() + 60
+        states: dict[str, dict] = {}
+        while time.monotonic() < deadline:
+            states = {d: httpx.get(f"{url}/collections/notes/documents/{d}").json() for d in texts}
+            if all(s.get("status") == "completed" for s in states.values()):
+                break
+            time.sleep(0.2)
+        assert all(s.get("status") == "completed" for s in states.values()), states
+        listed = httpx.get(url + "/collections/notes/documents").json()
+        assert sorted(d["doc_id"] for d in listed) == sorted(texts)  # each once
+        total = httpx.get(url + "/collections/notes").json()
+        assert total["chunks"] == sum(s["chunks"] for s in states.values())  # no chunk twice
+        for doc_id, text in texts.items():  # whole: the text that was sent
+            assert httpx.get(f"{url}/collections/notes/documents/{doc_id}/text").json()["text"].startswith(text[:80])
+        assert not list((settings.index_dir / "collections" / "notes" / ".spool").glob("*.json"))  # all done
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def test_a_failed_202_is_told_by_a_fresh_service_and_goes_with_delete(built: Settings):
+    from tests.helpers import client_for
+
+    settings = built.model_copy(update={"sync_write_chars": 10})
+    with client_for(settings) as c:
+        assert c.post("/collections", json={"name": "notes"}).status_code == 201
+        r = c.post("/collections/notes/documents", json={"doc_id": "nothing", "text": "Photo: AP\n" * 5})
+        assert r.status_code == 202
+        deadline = time.monotonic() + 10
+        while c.get("/collections/notes/documents/nothing").json()["status"] == "in_progress":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    with client_for(settings) as c:  # another process, or this one restarted: the failure is on disk
+        state = c.get("/collections/notes/documents/nothing").json()
+        assert state["status"] == "failed" and "nothing is left after cleaning" in state["error"], state
+        assert c.delete("/collections/notes/documents/nothing").status_code == 204
+        assert c.get("/collections/notes/documents/nothing").status_code == 404
