@@ -8,6 +8,8 @@ import hashlib
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -15,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -154,3 +157,47 @@ def fake_upstream(seen: list[dict[str, Any]], die_after: int | None = None) -> F
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return app
+
+
+# a service in its own process (to be killed): the fake model, whose batch calls (writes) sleep
+# a second each when asked, so that writes are still queued when the process dies
+SERVICE = """
+import sys, time
+sys.path.insert(0, {repo!r})
+import uvicorn
+from tests.helpers import FakeEmbedder
+from api.app import create_app
+from rag.settings import Settings
+
+class Paced(FakeEmbedder):
+    def encode(self, texts, batch_size=32):
+        if len(texts) > 1 and sys.argv[3] == "slow":
+            time.sleep(1.0)
+        return super().encode(texts, batch_size)
+
+settings = Settings.model_validate_json(sys.argv[1])
+uvicorn.run(create_app(settings, lambda name: Paced()), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+"""
+
+
+def start_service(settings: Settings, slow_writes: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    """The service in a subprocess on a free port, once it is ready: the process and its URL."""
+    if settings.vector_store == "milvus":  # this process opened the Milvus Lite file (the build): let go of it
+        from rag.stores.milvus.client import release_lite
+
+        release_lite(settings.milvus_uri)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-c", SERVICE.format(repo=str(REPO)), settings.model_dump_json(),
+                               str(port), "slow" if slow_writes else "normal"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    server.kill()
+    raise AssertionError("server did not start")

@@ -5,9 +5,6 @@ acknowledged means durable (SIGKILL), never half a document, queries never fail 
 import os
 import random
 import signal
-import subprocess
-import sys
-import textwrap
 import threading
 import time
 from typing import Any
@@ -19,7 +16,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from rag.ingest.build import build_index
 from rag.settings import Settings
-from tests.helpers import BASE_URL, PDF_PAGES, REPO, FakeEmbedder, article, free_port, pdf_bytes
+from tests.helpers import BASE_URL, PDF_PAGES, FakeEmbedder, article, pdf_bytes, start_service
 
 
 @pytest.fixture(params=["local", pytest.param("milvus", marks=pytest.mark.milvus)])
@@ -137,46 +134,12 @@ def test_queries_running_during_writes_never_fail(client: TestClient):
     assert failures == []
 
 
-SERVER = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {tests!r})
-    import uvicorn
-    from tests.helpers import FakeEmbedder
-    from api.app import create_app
-    from rag.settings import Settings
-    settings = Settings.model_validate_json(sys.argv[1])
-    uvicorn.run(create_app(settings, lambda name: FakeEmbedder()), host="127.0.0.1", port=int(sys.argv[2]),
-                log_level="warning")
-""").format(tests=str(REPO))
-
-
-def start_server(settings: Settings) -> tuple[subprocess.Popen, str]:
-    if settings.vector_store == "milvus":  # this process opened the Milvus Lite file (the build): let go of it
-        from rag.stores.milvus.client import release_lite
-
-        release_lite(settings.milvus_uri)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, settings.model_dump_json(), str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.kill()
-    raise AssertionError("server did not start")
-
-
 @pytest.mark.slow
 def test_acknowledged_writes_survive_sigkill(built: Settings):
     """Uploads stream in; the server is killed with SIGKILL mid-stream and restarted:
     every acknowledged document is there and searchable, none is partial, and the
     collection's chunk count is the sum of its documents'."""
-    server, url = start_server(built)
+    server, url = start_service(built)
     acknowledged: list[str] = []
     try:
         assert httpx.post(url + "/collections", json={"name": "notes"}).status_code == 201
@@ -200,7 +163,7 @@ def test_acknowledged_writes_survive_sigkill(built: Settings):
     finally:
         server.kill()
         server.wait()
-    server, url = start_server(built)
+    server, url = start_service(built)
     try:
         documents = httpx.get(url + "/collections/notes/documents").json()
         stored = {d["doc_id"]: d["chunks"] for d in documents}

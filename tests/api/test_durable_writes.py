@@ -3,59 +3,19 @@ SIGKILL of the server before they ran; after the restart every one completes, on
 
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
 import httpx
 import pytest
 
 from rag.settings import Settings
-from tests.helpers import REPO, article, free_port
-
-# the writer is slow (each model call sleeps), so the writes are still queued when the server dies
-SERVER = textwrap.dedent("""
-    import sys, time
-    sys.path.insert(0, {repo!r})
-    import uvicorn
-    from tests.helpers import FakeEmbedder
-    from api.app import create_app
-    from rag.settings import Settings
-
-    class Slow(FakeEmbedder):
-        def encode(self, texts, batch_size=32):
-            if len(texts) > 1 and sys.argv[3] == "slow":
-                time.sleep(1.0)
-            return super().encode(texts, batch_size)
-
-    settings = Settings.model_validate_json(sys.argv[1])
-    uvicorn.run(create_app(settings, lambda name: Slow()), host="127.0.0.1", port=int(sys.argv[2]),
-                log_level="warning")
-""").format(repo=str(REPO))
-
-
-def start(settings: Settings, pace: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-c", SERVER, settings.model_dump_json(), str(port), pace],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/ready", timeout=2).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    server.kill()
-    raise AssertionError("server did not start")
+from tests.helpers import article, start_service
 
 
 @pytest.mark.slow
 def test_ten_acknowledged_202s_survive_a_sigkill_and_complete_once(built: Settings):
     settings = built.model_copy(update={"sync_write_chars": 1000})  # every document below is a 202
-    server, url = start(settings, "slow")
+    server, url = start_service(settings, slow_writes=True)  # still queued when it dies
     texts = {f"big{i}": article(f"topic{i}", 1, 12) for i in range(10)}
     try:
         assert httpx.post(url + "/collections", json={"name": "notes"}).status_code == 201
@@ -67,7 +27,7 @@ def test_ten_acknowledged_202s_survive_a_sigkill_and_complete_once(built: Settin
     finally:
         os.kill(server.pid, signal.SIGKILL)
         server.wait()
-    server, url = start(settings, "normal")  # the restart resumes them
+    server, url = start_service(settings)  # the restart resumes them
     try:
         deadline = time.monotonic() + 60
         states: dict[str, dict] = {}
