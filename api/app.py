@@ -9,6 +9,7 @@ sentence; nothing answers with a traceback.
 import asyncio
 import ipaddress
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -184,12 +185,23 @@ def server_config(settings: Settings, app: Any = None) -> "uvicorn.Config":
                           log_level="info", limit_concurrency=None,
                           http=protocol_class(settings.header_timeout_seconds, header_bytes, settings.max_connections),
                           timeout_keep_alive=int(max(1, settings.keep_alive_seconds)),
+                          timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
                           h11_max_incomplete_event_size=header_bytes)
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, app: FastAPI | None = None) -> None:
+    """Serve until SIGINT or SIGTERM: then no new request is taken, those in flight get
+    RAG_SHUTDOWN_GRACE_SECONDS, and the write running as long again (Engine.stop). A write
+    still running after that is left: the process exits without waiting for it (what it
+    was acknowledged for is in its spool, resumed at the next start)."""
     import uvicorn
 
     check_exposure(settings)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    uvicorn.Server(server_config(settings)).run()
+    app = app or create_app(settings)
+    try:
+        uvicorn.Server(server_config(settings, app)).run()  # then uvicorn raises the signal again: SIGTERM exits
+    finally:
+        if app.state.engine.writer.busy:  # SIGINT: its thread would hold the exit until the write ends
+            logging.shutdown()
+            os._exit(1)

@@ -44,8 +44,10 @@ class Deadline:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                if timer is not None:
-                    timer.reschedule(None)  # streaming: the route bounds itself from here
+                # streaming: the route bounds itself from here (an expired timer: a write that
+                # outlived its deadline answers with its outcome, api.engine.writes)
+                if timer is not None and not timer.expired():
+                    timer.reschedule(None)
             await send(message)
 
         try:

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
         "questions that queued while the previous batch ran (no added latency)")
     max_batch: int = Field(64, ge=1, le=1024)
     max_queue: int = Field(256, ge=1, description="questions waiting for the model; beyond it: 503 with Retry-After")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="on SIGTERM: requests in flight get this long "
+                                          "to finish, then the write running as long again; a write cut off "
+                                          "after that was acknowledged on disk and resumes at the next start")
     request_timeout_seconds: float = Field(30.0, gt=0, description="deadline of a request's answer (a stream's "
                                            "first byte); past it: 503 with Retry-After")
     allowed_hosts: Names = Field(

@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
-from api.app import create_app
+from api.app import create_app, serve
 from rag.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -160,23 +160,22 @@ def fake_upstream(seen: list[dict[str, Any]], die_after: int | None = None) -> F
 
 
 # a service in its own process (to be killed): the fake model, whose batch calls (writes) sleep
-# a second each when asked, so that writes are still queued when the process dies
+# a second each, or 10 ms a text if longer, when asked, so that writes are still queued when the process dies
 SERVICE = """
 import sys, time
 sys.path.insert(0, {repo!r})
-import uvicorn
 from tests.helpers import FakeEmbedder
-from api.app import create_app
+from api.app import create_app, serve
 from rag.settings import Settings
 
 class Paced(FakeEmbedder):
     def encode(self, texts, batch_size=32):
         if len(texts) > 1 and sys.argv[3] == "slow":
-            time.sleep(1.0)
+            time.sleep(max(1.0, len(texts) / 100))
         return super().encode(texts, batch_size)
 
-settings = Settings.model_validate_json(sys.argv[1])
-uvicorn.run(create_app(settings, lambda name: Paced()), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+settings = Settings.model_validate_json(sys.argv[1]).model_copy(update={{"host": "127.0.0.1", "port": int(sys.argv[2])}})
+serve(settings, create_app(settings, lambda name: Paced()))  # as `rag serve` runs, SIGTERM included
 """
 
 

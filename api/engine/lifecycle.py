@@ -83,8 +83,12 @@ class Engine:
             with contextlib.suppress(BaseException):
                 await task
         self.batcher.worker.shutdown(wait=True, cancel_futures=True)
-        self.writer.shutdown()
-        if self.collections is not None:
+        # the writes not started are dropped (big ones are in their spool); the running one gets the grace
+        grace = self.settings.shutdown_grace_seconds
+        if not await asyncio.get_running_loop().run_in_executor(None, self.writer.close, grace):
+            log.warning("a write still runs after %g s (RAG_SHUTDOWN_GRACE_SECONDS): left to the exit; what was "
+                        "acknowledged resumes at the next start", grace)
+        elif self.collections is not None:  # not under a write still running
             self.collections.close()
 
     def _drop_retriever(self, collection: str) -> None:
@@ -133,16 +137,19 @@ class Engine:
         (`Writer.write_later`)."""
         self.writer.write_later(self.live_collections, key, work, content_hash, on_done, resumed)
 
-    def write_spooled(self, entry: spool.Spooled, resumed: bool = False) -> None:
+    def write_spooled(self, entry: spool.Spooled, resumed: bool = False,
+                      work: Callable[[Collections], Any] | None = None) -> None:
         """A big write, saved to its collection's spool first (api.engine.spool) unless it is
-        resumed from there: acknowledged only once it is on disk."""
+        resumed from there: acknowledged only once it is on disk. `work` writes it (default:
+        the document's upsert, as a resumed one is written)."""
         folder = self.live_collections().root / entry.collection
         doc = entry.doc
         if not resumed:
             spool.save(folder, entry)
         try:
             self.write_later((entry.collection, doc.doc_id),
-                             lambda c: c.upsert(entry.collection, doc, replace=entry.replace, clean=entry.clean),
+                             work or (lambda c: c.upsert(entry.collection, doc, replace=entry.replace,
+                                                         clean=entry.clean)),
                              content_hash=doc.content_hash, resumed=resumed,
                              on_done=lambda error: spool.finish(folder, doc.doc_id, error))
         except RagError:  # refused (read-only, the queue full): never acknowledged, so not kept

@@ -12,9 +12,12 @@ answers a write's state from these files, across restarts.
 Example: `.spool/report.json` {"doc_id": "report", "text": "...", "replace": false, ...}
     -> in_progress until written; then gone (completed), or report.failed.json (failed)
 
-Left out: idempotency keys, a grace period on SIGTERM, and cancelling a write whose
-deadline passed (the rest of issue 22's item 1); vector store files, whose own sidecar
-tracks their failures.
+A vector store file's big write is spooled the same way (its document, with the file's
+attributes in its metadata); what it records on success is the collection's own.
+
+Left out: sync writes (answered only once committed: a crash before the answer leaves
+nothing acknowledged); a spool in Milvus itself (it lives in the index folder that a
+service's replicas share).
 """
 
 import json

@@ -10,7 +10,13 @@ records outcomes while the event loop starts, reads and forgets writes, so every
 takes one lock, and an outcome is recorded only if its write is still the one tracked:
 a later write of the same document, queued behind it, speaks for the document.
 
-Left out: keeping states across restarts (a write cut off by one is not acknowledged).
+A write waits its turn; a request whose deadline passes before its write started cancels
+it (503, retry: it will never land); once started, the write finishes and the request
+answers with its outcome, late. At shutdown (`close`) no write is taken, those not started
+are dropped (a big one's is in its spool: api.engine.spool) and the running one gets the
+grace period (RAG_SHUTDOWN_GRACE_SECONDS).
+
+Left out: keeping these states across restarts (api.engine.spool keeps big writes' on disk).
 """
 
 import asyncio
@@ -81,38 +87,99 @@ def writes_allowed(settings: Settings) -> None:
         raise ReadOnlyError("this service is read-only (RAG_READ_ONLY): writes are off")
 
 
+class _Ticket:
+    """A write's place in the queue, shared by the request that waits for it and the writer
+    thread: a request that gives up (its deadline passed) cancels a write not yet started;
+    one already started runs to its end and the request reports it (a write is never
+    answered "retry" and then committed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "queued"  # then running, or cancelled
+
+    def begin(self) -> bool:
+        with self._lock:
+            if self._state == "cancelled":
+                return False
+            self._state = "running"
+            return True
+
+    def cancel(self) -> bool:
+        """True if the write will not run."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "cancelled"
+            return self._state == "cancelled"
+
+
+SKIPPED = object()  # a write that never ran: its request gave up, or the service is stopping
+
+
+async def finish_anyway(future: "asyncio.Future[T]", cancel: Callable[[], bool] = lambda: False) -> T:
+    """The result of work handed to a thread, even if this request is cancelled meanwhile
+    (its deadline passed), unless `cancel()` stops the work before it starts: work that
+    will be done is reported done, late, never "retry"."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        if future.cancelled() or cancel():
+            raise
+        return await future
+
+
 class Writer:
     """The writer thread, and the states of the writes it runs past their request. At most
-    `max_write_queue` writes wait or run at once; more: OverloadedError (503, Retry-After)."""
+    `max_write_queue` writes wait or run at once; more: OverloadedError (503, Retry-After).
+    `close` (at shutdown) takes no more, drops those not started (a big write's is in its
+    spool, for the next start) and waits for the one running, up to the grace period."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.pending = WriteStates()  # big writes answered 202, and vector store files being written
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-write")
         self._queued = 0
-        self._queue_lock = threading.Lock()
+        self._running = 0
+        self._closing = False
+        self._lock = threading.Condition()
 
     async def write(self, collections: Callable[[], Collections], work: Callable[[Collections], T]) -> T:
         """Run a write (it embeds) on the writer thread; read-only service: 403, checked
-        before `collections` is asked for (a read-only service that is not ready says 403)."""
+        before `collections` is asked for (a read-only service that is not ready says 403).
+        A request cancelled (its deadline) before the write started cancels it: 503, retry;
+        after it started, the write's outcome is the answer, however late."""
         writes_allowed(self.settings)
         live = collections()
         self._take()
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._counted, work, live)
+        ticket = _Ticket()
+        future = asyncio.get_running_loop().run_in_executor(self._thread, self._run, work, live, ticket)
+        result = await finish_anyway(future, ticket.cancel)
+        if result is SKIPPED:
+            raise OverloadedError("the service is shutting down; retry in a moment")
+        return result
 
     def _take(self, bounded: bool = True) -> None:
-        with self._queue_lock:
+        with self._lock:
+            if self._closing:
+                raise OverloadedError("the service is shutting down; retry in a moment")
             if bounded and self._queued >= self.settings.max_write_queue:
                 raise OverloadedError(f"{self._queued} writes are already queued; retry in a moment "
                                       "(RAG_MAX_WRITE_QUEUE)")
             self._queued += 1
 
-    def _counted(self, work: Callable[[Collections], T], collections: Collections) -> T:
+    def _run(self, work: Callable[[Collections], T], collections: Collections, ticket: _Ticket | None = None) -> Any:
+        """On the writer thread: the work, unless its request gave up or the service is stopping."""
+        with self._lock:
+            if self._closing or (ticket is not None and not ticket.begin()):
+                self._queued -= 1
+                return SKIPPED
+            self._running += 1
         try:
             return work(collections)
         finally:
-            with self._queue_lock:
+            with self._lock:
                 self._queued -= 1
+                self._running -= 1
+                self._lock.notify_all()
 
     def write_later(self, collections: Callable[[], Collections], key: Key, work: Callable[[Collections], Any],
                     content_hash: str | None = None, on_done: Callable[[str | None], None] | None = None,
@@ -130,7 +197,8 @@ class Writer:
 
         def run() -> None:
             try:
-                self._counted(work, live)
+                if self._run(work, live) is SKIPPED:  # stopping: its spool entry stays, for the next start
+                    return
                 outcome: State = {"status": "completed", "error": None}
             except RagError as exc:  # its message, without the server's paths (as every error response)
                 outcome = {"status": "failed", "error": scrub_paths(str(exc))}
@@ -146,5 +214,16 @@ class Writer:
 
         self._thread.submit(run)
 
-    def shutdown(self) -> None:
-        self._thread.shutdown(wait=True, cancel_futures=True)
+    def close(self, grace_seconds: float) -> bool:
+        """Take no more writes, drop those not started, and wait up to `grace_seconds` for
+        the one running. True if none is running any more."""
+        with self._lock:
+            self._closing = True
+        self._thread.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            return self._lock.wait_for(lambda: self._running == 0, timeout=grace_seconds)
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._running > 0

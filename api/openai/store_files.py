@@ -1,6 +1,8 @@
 """Attaching a stored file to a vector store (its collection) and the vector store file
 objects that report it: written at once when small, queued (a 202-style `in_progress`
-object, polled) when big, and failures kept until the file is removed.
+object, polled) when big, and failures kept until the file is removed. A big one is in
+its collection's spool (api.engine.spool) before `in_progress` is answered: a restart
+resumes it.
 
 Left out: chunking strategies other than the collection's own (`chunking_strategy` is
 accepted as `auto` only).
@@ -11,8 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from api.engine import spool
 from api.engine.lifecycle import Engine
-from api.engine.writes import writes_allowed
+from api.engine.spool import Spooled
+from api.engine.writes import finish_anyway, writes_allowed
 from api.errors import scrub_paths
 from api.openai.files import StoredFiles, stored_files
 from api.openai.objects import (
@@ -66,7 +70,8 @@ def write_object(settings: Settings, name: str, file_id: str, state: dict[str, A
 
 def store_file(engine: Engine, settings: Settings, name: str, file_id: str) -> VectorStoreFile | None:
     """A file's state: being written, written, failed (its content, or the write), or None."""
-    state = engine.pending.get((name, file_id))
+    # this process's record, else the spool's (another process's write, or one from before a restart)
+    state = engine.pending.get((name, file_id)) or spool.state(engine.live_collections().root / name, file_id)
     if state is not None and state["status"] == "in_progress":
         return write_object(settings, name, file_id, dict(state))
     store = engine.retriever_of(name).store
@@ -103,6 +108,12 @@ async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
     except (BadQueryError, CorpusError) as exc:  # empty, not UTF-8, encrypted, damaged, a scan, past a limit
         error = LastError(code="invalid_file", message=scrub_paths(str(exc)))
 
+    if doc is not None:  # before a big write is spooled: a resumed one is written the same
+        existing = engine.live_collections().get(name).documents.get(file_id)
+        created = (existing.metadata.get("openai_file") or {}).get("created_at") if existing else None
+        doc.metadata["attributes"] = attributes
+        doc.metadata["openai_file"] = {"filename": info.filename, "created_at": created or now}
+
     def write(collections: Collections) -> VectorStoreFile:
         folder = writable(collections, name)
         sidecar = read_sidecar(folder)
@@ -110,10 +121,6 @@ async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
         problem = error
         if doc is not None:
             kb = collections.get(name)
-            existing = kb.documents.get(file_id)
-            created = (existing.metadata.get("openai_file") or {}).get("created_at") if existing else None
-            doc.metadata["attributes"] = attributes
-            doc.metadata["openai_file"] = {"filename": info.filename, "created_at": created or now}
             try:
                 written = collections.upsert(name, doc, replace=True, clean=not is_pdf)
             except (BadQueryError, CorpusError) as exc:  # nothing left to index once cleaned
@@ -127,8 +134,9 @@ async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
         save_sidecar(folder, sidecar)
         return failed_object(name, file_id, failed[file_id])
 
-    if doc is not None and len(doc.text) > settings.sync_write_chars:
-        engine.write_later(key, write)
+    if doc is not None and len(doc.text) > settings.sync_write_chars:  # on disk before it is acknowledged
+        await finish_anyway(asyncio.get_running_loop().run_in_executor(
+            None, lambda: engine.write_spooled(Spooled(name, doc, replace=True, clean=not is_pdf), work=write)))
         return VectorStoreFile(id=file_id, created_at=now, usage_bytes=0, vector_store_id=f"vs_{name}",
                                status="in_progress", attributes=attributes)
     state = engine.pending.start(key)

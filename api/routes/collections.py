@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from api.deps import ERRORS, EngineDep, form_file
 from api.engine import spool
 from api.engine.spool import Spooled
-from api.engine.writes import writes_allowed
+from api.engine.writes import finish_anyway, writes_allowed
 from api.schemas import DocumentDetail, ErrorBody, summary
 from rag.collections import DEFAULT, Collections, Written, check_name, text_document
 from rag.errors import BadQueryError, ConflictError, NotFoundError
@@ -165,9 +165,10 @@ async def _write(engine: EngineDep, name: str, doc: SourceDocument, response: Re
         if (not replace and queued is not None and queued["status"] == "in_progress"
                 and queued.get("content_hash") != doc.content_hash):
             raise ConflictError(f"document '{doc.doc_id}' is being written with other content: PUT replaces it")
-        # on disk (fsynced) before it is acknowledged: a restart resumes it
-        await asyncio.get_running_loop().run_in_executor(
-            None, engine.write_spooled, Spooled(name, doc, replace=replace, clean=clean))
+        # on disk (fsynced) before it is acknowledged: a restart resumes it; once saved, it is
+        # acknowledged even if this request's deadline passed meanwhile (it will land)
+        await finish_anyway(asyncio.get_running_loop().run_in_executor(
+            None, engine.write_spooled, Spooled(name, doc, replace=replace, clean=clean)))
         response.status_code = 202
         return WriteResult(doc_id=doc.doc_id, status="in_progress", chunks=0, embedded=0)
     written = await engine.write(lambda c: c.upsert(name, doc, replace=replace, clean=clean))

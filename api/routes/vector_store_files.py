@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from api.deps import ERRORS, WRITE_ERRORS, EngineDep, SettingsDep
+from api.engine import spool
 from api.openai.objects import (
     ContentPage,
     Deleted,
@@ -105,9 +106,12 @@ async def delete_vector_store_file(store_id: str, file_id: str, engine: EngineDe
             gone = True
         return gone
 
+    folder = engine.live_collections().root / name
+    failed_on_disk = spool.state(folder, file_id) is not None  # a resumed write that failed
     gone = await engine.write(delete)
     state = engine.pending.forget(key)
-    gone = gone or (state is not None and state["status"] == "failed")
+    gone = gone or failed_on_disk or (state is not None and state["status"] == "failed")
+    spool.forget(folder, file_id)
     if not gone:
         raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
     return Deleted(id=file_id, object="vector_store.file.deleted")
