@@ -23,6 +23,7 @@ from starlette.routing import BaseRoute, Match
 from api.engine.lifecycle import Engine
 from api.errors import error_bytes, retry_after, status_of
 from api.guards import HostGuard, RequestGuard
+from api.idempotency import Idempotency
 from api.metrics import Metrics
 from api.middleware import AccessLog, ApiKey, Deadline, InFlight, JsonCors
 from api.openai.files import stored_files
@@ -154,20 +155,22 @@ def create_app(settings: Settings | None = None,
     # the last added runs first: log -> requests in flight -> CORS (so that every error below
     # it, 401 and 413 included, is readable by an allowed page; it answers preflights, which
     # carry no key) -> Host allow-list -> API key (before any body is read) -> URL, header
-    # and body limits -> deadline -> routes
+    # and body limits -> Idempotency-Key -> deadline -> routes
     key = settings.api_key.get_secret_value() if settings.api_key else None
     # a non-streamed answer from an upstream model may take as long as a whole stream
     app.add_middleware(Deadline, seconds=settings.request_timeout_seconds,
                        slow_paths={"/v1/chat/completions": max(settings.request_timeout_seconds,
                                                                settings.llm_total_seconds),
                                    "/admin/reload": max(settings.request_timeout_seconds, 600.0)})
+    app.add_middleware(Idempotency, index_dir=settings.index_dir)  # outside the deadline: its 503 frees the key
     app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes, body_seconds=settings.body_timeout_seconds,
                        max_url_bytes=settings.max_url_bytes, max_header_bytes=settings.max_header_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
     app.add_middleware(ApiKey, key=key, open_paths=OPEN_PATHS)
     app.add_middleware(HostGuard, allowed=allowed_hosts(settings))
     app.add_middleware(JsonCors, allow_origins=settings.cors_origins,  # collections and stores PUT and DELETE too
-                       allow_methods=["GET", "POST", "PUT", "DELETE"], allow_headers=["Authorization", "Content-Type"])
+                       allow_methods=["GET", "POST", "PUT", "DELETE"],
+                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     app.add_middleware(InFlight, limit=settings.limit_concurrency)
     app.add_middleware(AccessLog, requests=metrics.requests, latency=metrics.latency)
     return app
