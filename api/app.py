@@ -162,7 +162,8 @@ def create_app(settings: Settings | None = None,
                        slow_paths={"/v1/chat/completions": max(settings.request_timeout_seconds,
                                                                settings.llm_total_seconds),
                                    "/admin/reload": max(settings.request_timeout_seconds, 600.0)})
-    app.add_middleware(Idempotency, index_dir=settings.index_dir)  # outside the deadline: its 503 frees the key
+    if not settings.read_only:  # outside the deadline: its 503 frees the key
+        app.add_middleware(Idempotency, index_dir=settings.index_dir)
     app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes, body_seconds=settings.body_timeout_seconds,
                        max_url_bytes=settings.max_url_bytes, max_header_bytes=settings.max_header_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
