@@ -1,6 +1,7 @@
 """The `rag` command, assembled here from one module per command group: the built index
 (`index`: build, migrate, query), live collections (`collections`), evaluation
-(`evaluate`) and benchmarks (`bench`); what they share is `base`.
+(`evaluate`), benchmarks (`bench`), and API keys with the audit log (`keys`); what they
+share is `base`.
 
 Left out: `rag serve`, which starts the service: `api.cli` adds it, and the `rag` script
 runs `api.cli.main`, so that the library never imports the service.
@@ -10,7 +11,7 @@ import sys
 
 import typer
 
-from rag.cli import bench, collections, evaluate, index
+from rag.cli import bench, collections, evaluate, index, keys
 from rag.cli.base import app, load_settings, unknown_settings
 
 __all__ = ["app", "load_settings", "main", "unknown_settings"]
@@ -23,6 +24,8 @@ app.command()(collections.rm)
 app.command()(index.query)
 app.add_typer(bench.app, name="bench")
 app.command("eval")(evaluate.eval_command)
+app.add_typer(keys.app, name="keys")
+app.command("audit")(keys.audit)
 
 
 def main() -> None:
