@@ -20,14 +20,17 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
+from api.audit import Audit
+from api.auth import Authenticate
 from api.engine.lifecycle import Engine
 from api.errors import error_bytes, retry_after, status_of
-from api.guards import HostGuard, RequestGuard
+from api.guards import CrossSiteGuard, HostGuard, RequestGuard
 from api.idempotency import Idempotency
 from api.metrics import Metrics
-from api.middleware import AccessLog, ApiKey, Deadline, InFlight, JsonCors
+from api.middleware import AccessLog, Deadline, InFlight, JsonCors
 from api.openai.files import stored_files
 from api.protocols import protocol_class
+from api.routes.admin import router as admin_router
 from api.routes.chat import router as chat_router
 from api.routes.collections import router as collection_router
 from api.routes.documents import router as documents_router
@@ -38,6 +41,9 @@ from api.routes.service import router as service_router
 from api.routes.vector_store_files import router as openai_store_files_router
 from api.routes.vector_stores import router as openai_stores_router
 from rag import __version__
+from rag.access.audit import AuditLog
+from rag.access.gate import Gate
+from rag.access.keys import KeyStore
 from rag.encoders.base import Embedder
 from rag.errors import RagError, SettingsError
 from rag.settings import Settings
@@ -110,6 +116,7 @@ def create_app(settings: Settings | None = None,
     app.include_router(chat_router)
     app.include_router(page_router)
     app.include_router(collection_router)
+    app.include_router(admin_router)
     app.include_router(openai_files_router)
     app.include_router(openai_stores_router)
     app.include_router(openai_store_files_router)
@@ -154,8 +161,9 @@ def create_app(settings: Settings | None = None,
 
     # the last added runs first: log -> requests in flight -> CORS (so that every error below
     # it, 401 and 413 included, is readable by an allowed page; it answers preflights, which
-    # carry no key) -> Host allow-list -> API key (before any body is read) -> URL, header
-    # and body limits -> Idempotency-Key -> deadline -> routes
+    # carry no key) -> Host allow-list -> no cross-site writes, JSON bodies only where JSON is due
+    # (api.guards.CrossSiteGuard) -> the caller's key and its rate (before any body is read) -> URL, header
+    # and body limits -> the audit of writes -> Idempotency-Key -> deadline -> routes
     key = settings.api_key.get_secret_value() if settings.api_key else None
     # a non-streamed answer from an upstream model may take as long as a whole stream
     app.add_middleware(Deadline, seconds=settings.request_timeout_seconds,
@@ -164,10 +172,13 @@ def create_app(settings: Settings | None = None,
                                    "/admin/reload": max(settings.request_timeout_seconds, 600.0)})
     if not settings.read_only:  # outside the deadline: its 503 frees the key
         app.add_middleware(Idempotency, index_dir=settings.index_dir)
+        app.add_middleware(Audit, log_file=AuditLog(settings.index_dir))  # a replayed answer is audited too
     app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes, body_seconds=settings.body_timeout_seconds,
                        max_url_bytes=settings.max_url_bytes, max_header_bytes=settings.max_header_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
-    app.add_middleware(ApiKey, key=key, open_paths=OPEN_PATHS)
+    app.add_middleware(Authenticate, gate=Gate(key, KeyStore(settings.index_dir), settings.key_rate_per_second),
+                       open_paths=OPEN_PATHS, limited=lambda name: metrics.rate_limited.labels(key=name).inc())
+    app.add_middleware(CrossSiteGuard, allow_origins=settings.cors_origins, public_url=settings.public_url)
     app.add_middleware(HostGuard, allowed=allowed_hosts(settings))
     app.add_middleware(JsonCors, allow_origins=settings.cors_origins,  # collections and stores PUT and DELETE too
                        allow_methods=["GET", "POST", "PUT", "DELETE"],

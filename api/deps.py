@@ -1,24 +1,36 @@
 """What routes take from the request, as `Annotated` dependencies: the engine, the
-settings and the live retriever; the question checks the request models cannot make, a
-multipart form's file, and the error responses routes declare.
+settings and the live retriever; the caller (`PrincipalDep`) and what it may do; the
+question checks the request models cannot make, a multipart form's file, and the error
+responses routes declare.
 
-Left out: the caller's identity and rights (one optional API key, checked by
-`api.middleware.ApiKey` before any route runs).
+One rule decides, for every route: each declares its action and collection, through a
+dependency here (`ReadName`, `WriteName`, `ManageName` for a `{name}` path, the same for
+a `{store_id}`, `AdminDep` for the service's own operations) or, where the collection is
+in the body (a query, a chat model), by calling `readable` itself. A collection the key
+cannot read is a 404, as a missing one (names do not leak); one it reads but may not
+write, a 403. The caller was resolved before any body was read (api.auth.Authenticate).
 """
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from starlette.datastructures import FormData, UploadFile  # what request.form() gives (FastAPI's is a subclass)
 
+from api.auth import scope_principal
 from api.engine.lifecycle import Engine
+from api.openai.files import stored_files
+from api.openai.objects import FileObject
+from api.openai.state import collection_of
 from api.schemas import ErrorBody
-from rag.errors import BadQueryError
+from rag.access.gate import LOCAL, Principal
+from rag.collections import DEFAULT
+from rag.errors import BadQueryError, ForbiddenError, NotFoundError
 from rag.search.retriever import Retriever
 from rag.settings import Settings
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 404, 408, 413, 414, 422, 431, 503)}
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 413, 414, 422, 429, 431, 503)}
 
 
 def get_engine(request: Request) -> Engine:
@@ -31,12 +43,111 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_retriever(engine: Annotated[Engine, Depends(get_engine)]) -> Retriever:
-    return engine.live()
+def get_principal(request: Request) -> Principal:
+    # an open path (no key asked) is the only way here without one: it reads nothing private
+    return scope_principal(request.scope) or LOCAL
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def readable(principal: Principal, collection: str) -> str:
+    """The collection, if the caller may read it; else the 404 of a missing one."""
+    if not principal.reads(collection):
+        raise NotFoundError(f"no collection named '{collection}'")
+    return collection
+
+
+def writable(principal: Principal, collection: str) -> str:
+    readable(principal, collection)
+    if not principal.writes(collection):
+        raise ForbiddenError(f"key '{principal.name}' ({principal.role}) may read collection '{collection}' "
+                             "but not write it")
+    return collection
+
+
+def manageable(principal: Principal, collection: str) -> str:
+    """May delete it (or change a vector store's name): an admin's."""
+    readable(principal, collection)
+    if not principal.manages(collection):
+        raise ForbiddenError(f"key '{principal.name}' ({principal.role}) may not create or delete collections")
+    return collection
+
+
+def read_name(name: str, principal: PrincipalDep) -> str:
+    return readable(principal, name)
+
+
+def write_name(name: str, principal: PrincipalDep) -> str:
+    return writable(principal, name)
+
+
+def manage_name(name: str, principal: PrincipalDep) -> str:
+    return manageable(principal, name)
+
+
+def _store(store_id: str, principal: Principal, engine: Engine, allowed: Callable[[Principal, str], object]) -> str:
+    """The collection behind an OpenAI vector store id, if the key can read it (else the
+    404 of a missing one) and `allowed` passes."""
+    name = store_id[3:] if store_id.startswith("vs_") else ""
+    if not principal.reads(name):
+        raise NotFoundError(f"no vector store with id '{store_id}'")
+    allowed(principal, name)
+    return collection_of(engine, store_id)
+
+
+def read_store(store_id: str, principal: PrincipalDep, engine: EngineDep) -> str:
+    return _store(store_id, principal, engine, readable)
+
+
+def write_store(store_id: str, principal: PrincipalDep, engine: EngineDep) -> str:
+    return _store(store_id, principal, engine, writable)
+
+
+def manage_store(store_id: str, principal: PrincipalDep, engine: EngineDep) -> str:
+    return _store(store_id, principal, engine, manageable)
+
+
+def sees_file(principal: Principal, info: FileObject) -> bool:
+    """An uploaded file is its uploader's (and every admin's)."""
+    return principal.admin or info.owner == principal.name
+
+
+def readable_file(principal: Principal, settings: Settings, file_id: str) -> FileObject:
+    info = stored_files(settings).info(file_id)
+    if not sees_file(principal, info):
+        raise NotFoundError(f"no file with id '{file_id}'")
+    return info
+
+
+def uploader(principal: Principal) -> None:
+    """Uploading and deleting files: a writer's or an admin's."""
+    if principal.role not in ("writer", "admin"):
+        raise ForbiddenError(f"key '{principal.name}' ({principal.role}) may not upload or delete files")
+
+
+def require_admin(principal: PrincipalDep) -> Principal:
+    if not principal.admin:
+        raise ForbiddenError(f"key '{principal.name}' ({principal.role}) may not do this: it needs an admin "
+                             "key for every collection")
+    return principal
+
+
+def get_retriever(engine: Annotated[Engine, Depends(get_engine)], principal: PrincipalDep) -> Retriever:
+    """The built corpus (`default`), for the routes without a collection: its reader's."""
+    readable(principal, DEFAULT)
+    return engine.live()
+
+
+ReadStore = Annotated[str, Depends(read_store)]  # the collection's name
+WriteStore = Annotated[str, Depends(write_store)]
+ManageStore = Annotated[str, Depends(manage_store)]
+ReadName = Annotated[str, Depends(read_name)]
+WriteName = Annotated[str, Depends(write_name)]
+ManageName = Annotated[str, Depends(manage_name)]
+AdminDep = Annotated[Principal, Depends(require_admin)]
 RetrieverDep = Annotated[Retriever, Depends(get_retriever)]
 
 

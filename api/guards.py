@@ -1,7 +1,8 @@
 """ASGI middleware that refuses a request before any route runs: a Host outside the
-allow-list (`HostGuard`), and a request over its limits (`RequestGuard`: URL, headers,
-body size, time to send the body, and a JSON body that is not UTF-8, nests too deep or
-holds a lone surrogate).
+allow-list (`HostGuard`), a write sent by a page on another site or a body that is not
+JSON where JSON is due (`CrossSiteGuard`), and a request over its limits (`RequestGuard`:
+URL, headers, body size, time to send the body, and a JSON body that is not UTF-8, nests
+too deep or holds a lone surrogate).
 
 They are middleware rather than route dependencies because they must also cover what
 FastAPI serves itself (/docs, /openapi.json) and requests that never reach a route.
@@ -51,6 +52,85 @@ class HostGuard:
             return await send_error(scope, send, 400, f"Host header '{host}' is not allowed "
                                     "(set RAG_ALLOWED_HOSTS to serve other names)")
         await self.app(scope, receive, send)
+
+
+class CrossSiteGuard:
+    """No writes from pages on other sites (CSRF), with or without a key: a page the
+    operator visits can send a "simple" cross-origin request (a text/plain, form or
+    multipart body, no preflight) to a service on 127.0.0.1, and CORS only hides the
+    answer, the write is done. So, before any body is read:
+
+    - a method other than GET, HEAD or OPTIONS whose `Origin` is neither the request's own
+      (scheme and Host, or `public_url`'s) nor one of `allow_origins` ("*": any) is
+      refused with 403, and so is one without `Origin` that the browser marks
+      `Sec-Fetch-Site: cross-site`;
+    - a POST, PUT or PATCH with a body must say `Content-Type: application/json` (or
+      `multipart/form-data` on the upload paths) or is refused with 415: a page can send
+      neither without a preflight, which CORS answers."""
+
+    READS = frozenset({"GET", "HEAD", "OPTIONS"})
+    WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
+
+    def __init__(self, app: ASGIApp, allow_origins: list[str], public_url: str | None = None):
+        self.app = app
+        self.any_origin = "*" in allow_origins
+        self.allowed = {_origin(o) for o in allow_origins}
+        self.public = _origin(public_url) if public_url else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in self.READS:
+            return await self.app(scope, receive, send)
+        problem = self._cross_site(scope) or self._content_type(scope)
+        if problem is not None:
+            return await send_error(scope, send, *problem)
+        await self.app(scope, receive, send)
+
+    def _cross_site(self, scope: Scope) -> tuple[int, str] | None:
+        if self.any_origin:
+            return None
+        headers = scope["headers"]
+        origins = [v.decode("latin-1") for k, v in headers if k == b"origin"]
+        method = scope["method"]
+        if origins:
+            own = {self.public, *(_origin(f"{scope.get('scheme', 'http')}://{v.decode('latin-1')}")
+                                  for k, v in headers if k == b"host")}
+            foreign = [o for o in origins if _origin(o) not in own and _origin(o) not in self.allowed]
+            if foreign:
+                return 403, (f"cross-site request refused: a page on '{foreign[0][:100]}' may not send {method} "
+                             "requests here (RAG_CORS_ORIGINS lists the pages that may call this service)")
+        elif any(k == b"sec-fetch-site" and v.strip().lower() == b"cross-site" for k, v in headers):
+            return 403, (f"cross-site request refused: the browser says this {method} was sent by a page on "
+                         "another site (RAG_CORS_ORIGINS lists the pages that may call this service)")
+        return None
+
+    def _content_type(self, scope: Scope) -> tuple[int, str] | None:
+        if scope["method"] not in self.WITH_BODY:
+            return None
+        headers = scope["headers"]
+        lengths = [v.strip() for k, v in headers if k == b"content-length"]
+        chunked = any(k == b"transfer-encoding" for k, _ in headers)
+        if not chunked and all(n == b"0" for n in lengths):  # no body (no Content-Length is none too)
+            return None
+        upload = UPLOAD_PATH.fullmatch(scope["path"]) is not None
+        accepted = ("application/json", "multipart/form-data") if upload else ("application/json",)
+        given = [v.decode("latin-1") for k, v in headers if k == b"content-type"]
+        if given and all(v.split(";", 1)[0].strip().lower() in accepted for v in given):
+            return None
+        sent = f"not '{given[0][:100]}'" if given else "none was sent"
+        return 415, f"Content-Type must be {' or '.join(accepted)} ({sent})"
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port], lowercase, without the scheme's default port ("null" stays)."""
+    url = url.strip().rstrip("/").lower()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    host = rest.split("/", 1)[0]
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and host.endswith(default):
+        host = host[:-len(default)]
+    return f"{scheme}://{host}"
 
 
 class RequestGuard:

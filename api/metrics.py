@@ -17,6 +17,8 @@ class Metrics:
         self.latency = Histogram("rag_request_seconds", "HTTP request latency", ["route"],
                                  registry=self.registry,
                                  buckets=(.002, .005, .01, .02, .05, .1, .2, .5, 1, 2, 5))
+        self.rate_limited = Counter("rag_rate_limited_total", "requests refused for a key's rate (429)", ["key"],
+                                    registry=self.registry)
         self.index_chunks = Gauge("rag_index_chunks", "chunks in the live index", registry=self.registry)
         self.index_documents = Gauge("rag_index_documents", "documents in the live index",
                                      registry=self.registry)

@@ -1,15 +1,15 @@
-"""ASGI middleware around every request: the per-request deadline, the API key, CORS with
-JSON refusals, and the access log with metrics (what refuses a request outright, the Host
-allow-list and the request limits, is api.guards).
+"""ASGI middleware around every request: the per-request deadline, CORS with JSON
+refusals, requests in flight, and the access log with metrics (what refuses a request
+outright, the Host allow-list, cross-site writes and the request limits, is api.guards;
+the caller's key and rate, api.auth; the audit of writes, api.audit).
 
 They are middleware rather than route dependencies because they must also cover what
 FastAPI serves itself (/docs, /openapi.json) and requests that never reach a route.
 
-Left out: rate limiting per client (put a reverse proxy in front for that).
+Left out: rate limits per client address (a key's rate is api.auth's; a reverse proxy can limit addresses).
 """
 
 import asyncio
-import hmac
 import json
 import logging
 import time
@@ -59,28 +59,6 @@ class Deadline:
                 raise
         await send_error(scope, send, 503, f"no answer within {seconds:g} s; retry in a moment",
                          [(b"retry-after", b"1")])
-
-
-class ApiKey:
-    """With a key configured, every path but the open ones needs `Authorization: Bearer <key>`.
-    It runs before any body is read (api.app orders it before RequestGuard): an
-    unauthenticated upload is refused from its headers; the server drops the rest of the
-    body as it comes (never buffered), and api.protocols closes a connection that goes on
-    sending it past the header timeout."""
-
-    def __init__(self, app: ASGIApp, key: str | None, open_paths: frozenset[str]):
-        self.app, self.key, self.open_paths = app, key, open_paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.key or scope["path"] in self.open_paths:
-            return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        scheme, _, token = given.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.key.encode()):
-            detail = "missing API key" if not given else "invalid API key"
-            return await send_error(scope, send, 401, f"{detail}: send 'Authorization: Bearer <key>'",
-                                    [(b"www-authenticate", b"Bearer")])
-        await self.app(scope, receive, send)
 
 
 class InFlight:

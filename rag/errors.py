@@ -68,6 +68,10 @@ class ReadOnlyError(RagError):
 # ---- the service's own conditions (the HTTP boundary maps them to status codes)
 
 
+class ForbiddenError(RagError):
+    """The caller's key may read this but not do what it asked (a reader that writes)."""
+
+
 class NotReadyError(RagError):
     """The service has no index (or model) to answer with yet."""
 

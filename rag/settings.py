@@ -123,6 +123,9 @@ class Settings(BaseSettings):
         "questions that queued while the previous batch ran (no added latency)")
     max_batch: int = Field(64, ge=1, le=1024)
     max_queue: int = Field(256, ge=1, description="questions waiting for the model; beyond it: 503 with Retry-After")
+    key_rate_per_second: float = Field(20.0, gt=0, description="requests a second a key from `rag keys` may "
+                                       "send unless it has its own --rate (burst: one second's worth); past "
+                                       "it: 429 with Retry-After. RAG_API_KEY's admin is not limited")
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="on SIGTERM: requests in flight get this long "
                                           "to finish, then the write running as long again; a write cut off "
                                           "after that was acknowledged on disk and resumes at the next start")

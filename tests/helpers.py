@@ -23,7 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
-from api.app import create_app, serve
+from api.app import create_app
 from rag.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,7 +165,7 @@ SERVICE = """
 import sys, time
 sys.path.insert(0, {repo!r})
 from tests.helpers import FakeEmbedder
-from api.app import create_app, serve
+from api.app import create_app
 from rag.settings import Settings
 
 class Paced(FakeEmbedder):

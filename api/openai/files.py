@@ -5,6 +5,7 @@ a `.del-` name first; what a crash leaves is cleaned when the service starts.
 Left out: purposes other than storing a file for vector stores (fine-tuning, batches).
 """
 
+import json
 import re
 import secrets
 import shutil
@@ -29,14 +30,15 @@ class StoredFiles:
     def __init__(self, root: Path):
         self.root = root
 
-    def save(self, filename: str, data: bytes, purpose: str) -> FileObject:
+    def save(self, filename: str, data: bytes, purpose: str, owner: str | None = None) -> FileObject:
+        """`owner`: the name of the key that uploaded it (it and admins may read it)."""
         info = FileObject(id="file-" + secrets.token_hex(12), bytes=len(data), created_at=int(time.time()),
-                          filename=filename, purpose=purpose)
+                          filename=filename, purpose=purpose, owner=owner)
         tmp = self.root / f".tmp-{info.id}"
         try:
             tmp.mkdir(parents=True)
             write_synced(tmp / "content", data)
-            write_synced(tmp / "file.json", info.model_dump_json().encode())
+            write_synced(tmp / "file.json", json.dumps({**info.model_dump(), "owner": owner}).encode())
             tmp.rename(self.root / info.id)  # all or nothing
             fsync_path(self.root)
         except OSError as exc:

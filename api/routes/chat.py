@@ -42,7 +42,7 @@ from api.chat.upstream import (
     upstream_deltas,
 )
 from api.chat.webui import sources_in_text, task_reply
-from api.deps import EngineDep, SettingsDep, check_question
+from api.deps import EngineDep, PrincipalDep, SettingsDep, check_question, readable
 from rag.collections import DEFAULT
 from rag.errors import NotFoundError
 from rag.search.context import ContextBlock, pack
@@ -92,8 +92,10 @@ def link_for(request: Request, settings: Settings) -> Link:
 
 
 @router.post("/context", tags=["chat"])
-async def context(body: ContextRequest, engine: EngineDep, settings: SettingsDep) -> ContextResponse:
+async def context(body: ContextRequest, engine: EngineDep, settings: SettingsDep,
+                  principal: PrincipalDep) -> ContextResponse:
     """The passages packed into one prompt-ready block under a token budget, numbered [n]."""
+    readable(principal, body.collection)
     check_question(body.question, settings)
     response = await engine.query(body.question, body.k, Filters(doc_ids=body.doc_ids), body.mode,
                                   history=body.history or (), collection=body.collection)
@@ -104,18 +106,19 @@ async def context(body: ContextRequest, engine: EngineDep, settings: SettingsDep
 
 
 @router.get("/v1/models", tags=["chat"])
-def models(settings: SettingsDep, engine: EngineDep) -> dict[str, Any]:
-    """One model per collection, for OpenAI clients (Open WebUI users pick a collection as
-    they pick a model): `rag` answers from the default collection, `rag:<name>` from <name>."""
+def models(settings: SettingsDep, engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
+    """One model per collection the key can read, for OpenAI clients (Open WebUI users pick a
+    collection as they pick a model): `rag` answers from the default collection, `rag:<name>` from <name>."""
     names = engine.collections.names() if engine.collections is not None else [DEFAULT]
+    names = [name for name in names if principal.reads(name)]
     return {"object": "list", "data": [{"id": model_id(settings, name), "object": "model", "created": 0,
                                         "owned_by": "rag"} for name in names]}
 
 
 @router.get("/v1/models/{model}", tags=["chat"])
-def model(model: str, settings: SettingsDep, engine: EngineDep) -> dict[str, Any]:
+def model(model: str, settings: SettingsDep, engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
     """One of the models `GET /v1/models` lists (OpenAI's `models.retrieve`)."""
-    for known in models(settings, engine)["data"]:
+    for known in models(settings, engine, principal)["data"]:
         if known["id"] == model:
             return known
     raise NotFoundError(f"the model '{model}' does not exist: GET /v1/models lists them")
@@ -132,12 +135,12 @@ def collection_of(model: str, settings: Settings) -> str:
 
 
 @router.post("/v1/chat/completions", tags=["chat"], response_model=None)
-async def chat_completions(body: ChatRequest, request: Request, engine: EngineDep,
-                           settings: SettingsDep) -> dict[str, Any] | StreamingResponse:
+async def chat_completions(body: ChatRequest, request: Request, engine: EngineDep, settings: SettingsDep,
+                           principal: PrincipalDep) -> dict[str, Any] | StreamingResponse:
     """OpenAI Chat Completions, streaming or not, with citations. Open WebUI's background
     tasks (title, tags, follow-ups, ...) are answered without retrieval (api.chat.webui)."""
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-    collection = collection_of(body.model, settings)
+    collection = readable(principal, collection_of(body.model, settings))  # never another collection's answer
     prompt_tokens = sum(count_tokens(text) for text in message_texts(body.messages))
     frame = Frame(completion_id, created, model_id(settings, collection), prompt_tokens,
                   include_usage=bool(body.stream and body.stream_options and body.stream_options.include_usage))

@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from api.deps import ERRORS, EngineDep, form_file
+from api.deps import ERRORS, AdminDep, EngineDep, ManageName, PrincipalDep, ReadName, WriteName, form_file
 from api.engine import spool
 from api.engine.spool import Spooled
 from api.engine.writes import finish_anyway, writes_allowed
@@ -91,31 +91,31 @@ def _result(written: Written) -> WriteResult:
 
 
 @router.get("/collections", responses=ERRORS)
-def list_collections(engine: EngineDep) -> list[CollectionInfo]:
-    """Every collection, `default` (the built corpus) first."""
-    return [_info(engine, name) for name in engine.live_collections().names()]
+def list_collections(engine: EngineDep, principal: PrincipalDep) -> list[CollectionInfo]:
+    """Every collection the key can read, `default` (the built corpus) first."""
+    return [_info(engine, name) for name in engine.live_collections().names() if principal.reads(name)]
 
 
 @router.post("/collections", status_code=201, responses=ERRORS)
-async def create_collection(body: NewCollection, engine: EngineDep) -> CollectionInfo:
+async def create_collection(body: NewCollection, engine: EngineDep, admin: AdminDep) -> CollectionInfo:
     check_name(body.name)
     await engine.write(lambda c: c.create(body.name))
     return _info(engine, body.name)
 
 
 @router.get("/collections/{name}", responses=ERRORS)
-def get_collection(name: str, engine: EngineDep) -> CollectionInfo:
+def get_collection(name: ReadName, engine: EngineDep) -> CollectionInfo:
     return _info(engine, check_name(name))
 
 
 @router.delete("/collections/{name}", status_code=204, responses=ERRORS)
-async def delete_collection(name: str, engine: EngineDep) -> Response:
+async def delete_collection(name: ManageName, engine: EngineDep) -> Response:
     await engine.write(lambda c: c.delete(check_name(name)))
     return Response(status_code=204)
 
 
 @router.get("/collections/{name}/documents", responses=ERRORS)
-def list_documents(name: str, engine: EngineDep) -> list[DocumentInfo]:
+def list_documents(name: ReadName, engine: EngineDep) -> list[DocumentInfo]:
     store = engine.retriever_of(check_name(name)).store
     return [DocumentInfo(doc_id=d.doc_id, title=str(d.metadata.get("title", "")), chunks=store.chunk_count(d.doc_id))
             for d in store.documents.values()]
@@ -131,7 +131,7 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {
 @router.post("/collections/{name}/documents", openapi_extra=UPLOAD_BODY,
              responses={**ERRORS, 201: {"model": WriteResult}, 202: {"model": WriteResult},
                         413: {"model": ErrorBody}, 415: {"model": ErrorBody}})
-async def add_document(name: str, request: Request, engine: EngineDep, response: Response) -> WriteResult:
+async def add_document(name: WriteName, request: Request, engine: EngineDep, response: Response) -> WriteResult:
     """Add a document: JSON `{text, doc_id?, title?, metadata?}`, or a file as multipart
     (`file`: .txt, .md, .html, .pdf; `doc_id` optional). The same content again is a no-op
     (`unchanged`, nothing embedded); other content under an existing doc_id is a 409 (PUT
@@ -178,7 +178,7 @@ async def _write(engine: EngineDep, name: str, doc: SourceDocument, response: Re
 
 
 @router.get("/collections/{name}/documents/{doc_id}", responses=ERRORS)
-def document_status(name: str, doc_id: str, engine: EngineDep) -> DocumentStatus:
+def document_status(name: ReadName, doc_id: str, engine: EngineDep) -> DocumentStatus:
     """A document's state: completed (with its chunks), or in_progress / failed (with the
     reason) for a big write answered with 202."""
     store = engine.retriever_of(check_name(name)).store
@@ -192,7 +192,7 @@ def document_status(name: str, doc_id: str, engine: EngineDep) -> DocumentStatus
 
 
 @router.get("/collections/{name}/documents/{doc_id}/text", responses=ERRORS)
-def document_text(name: str, doc_id: str, engine: EngineDep) -> DocumentDetail:
+def document_text(name: ReadName, doc_id: str, engine: EngineDep) -> DocumentDetail:
     """Metadata plus the text that the collection's citation offsets point into."""
     store = engine.retriever_of(check_name(name)).store
     doc = store.documents.get(doc_id)
@@ -214,7 +214,7 @@ async def _upload(request: Request, limits: ParseLimits) -> tuple[SourceDocument
 
 
 @router.put("/collections/{name}/documents/{doc_id}", responses={**ERRORS, 201: {"model": WriteResult}})
-async def replace_document(name: str, doc_id: str, body: DocumentText, engine: EngineDep,
+async def replace_document(name: WriteName, doc_id: str, body: DocumentText, engine: EngineDep,
                            response: Response) -> WriteResult:
     """Add or replace a document; only the chunks whose text changed are embedded again. The
     body may repeat the path's doc_id (a POST body sent again); another doc_id is a 422."""
@@ -226,7 +226,7 @@ async def replace_document(name: str, doc_id: str, body: DocumentText, engine: E
 
 
 @router.delete("/collections/{name}/documents/{doc_id}", status_code=204, responses=ERRORS)
-async def delete_document(name: str, doc_id: str, engine: EngineDep) -> Response:
+async def delete_document(name: WriteName, doc_id: str, engine: EngineDep) -> Response:
     """Once this returns, no response holds a passage of the document (a big write of it
     still queued is finished first: writes run one after the other)."""
     writes_allowed(engine.settings)  # read-only: 403 before anything else is asked

@@ -5,12 +5,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from api.deps import ERRORS, EngineDep, SettingsDep, check_question
+from api.deps import ERRORS, EngineDep, PrincipalDep, SettingsDep, check_question, readable
 from api.engine.lifecycle import Engine
 from api.schemas import (
     EXAMPLE_QUESTION,
     QueryRequest,
 )
+from rag.access.gate import Principal
 from rag.errors import BadQueryError
 from rag.schema import QueryResponse
 from rag.settings import Settings
@@ -19,7 +20,8 @@ from rag.types import Filters, Mode
 router = APIRouter()
 
 
-async def answer(engine: Engine, settings: Settings, body: QueryRequest) -> Response:
+async def answer(engine: Engine, settings: Settings, body: QueryRequest, principal: Principal) -> Response:
+    readable(principal, body.collection)
     check_question(body.question, settings)
     filters = Filters(doc_ids=body.doc_ids, sources=body.sources, sections=body.sections)
     response = await engine.query(body.question, body.k, filters, body.mode, body.max_per_doc, body.history or (),
@@ -29,9 +31,9 @@ async def answer(engine: Engine, settings: Settings, body: QueryRequest) -> Resp
 
 
 @router.post("/query", response_model=QueryResponse, responses=ERRORS, tags=["query"])
-async def query(body: QueryRequest, engine: EngineDep, settings: SettingsDep) -> Response:
+async def query(body: QueryRequest, engine: EngineDep, settings: SettingsDep, principal: PrincipalDep) -> Response:
     """Ranked passages answering the question, each with its exact citation."""
-    return await answer(engine, settings, body)
+    return await answer(engine, settings, body, principal)
 
 
 GET_QUERY_PARAMETERS = {"q", "k", "doc_id", "source", "section", "mode", "max_per_doc", "collection", "history"}
@@ -39,7 +41,7 @@ GET_QUERY_PARAMETERS = {"q", "k", "doc_id", "source", "section", "mode", "max_pe
 
 @router.get("/query", response_model=QueryResponse, responses=ERRORS, tags=["query"])
 async def query_get(
-    request: Request, engine: EngineDep, settings: SettingsDep,
+    request: Request, engine: EngineDep, settings: SettingsDep, principal: PrincipalDep,
     q: Annotated[str, Query(description="the question", examples=[EXAMPLE_QUESTION])],
     k: Annotated[int, Query(ge=1, le=50)] = 5,
     doc_id: Annotated[list[str] | None, Query(description="only these documents (repeatable)")] = None,
@@ -57,4 +59,4 @@ async def query_get(
                             f"known: {', '.join(sorted(GET_QUERY_PARAMETERS))}")
     return await answer(engine, settings, QueryRequest(question=q, k=k, doc_ids=doc_id, sources=source,
                                                        sections=section, mode=mode, max_per_doc=max_per_doc,
-                                                       collection=collection, history=history))
+                                                       collection=collection, history=history), principal)

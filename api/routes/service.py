@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import generate_latest
 
-from api.deps import ERRORS, EngineDep, SettingsDep
+from api.deps import ERRORS, AdminDep, EngineDep, SettingsDep
 from api.errors import scrub_paths
 from api.schemas import (
     ErrorBody,
@@ -31,15 +31,16 @@ def ready(engine: EngineDep, settings: SettingsDep) -> Ready:
                  documents=len(store.documents), chunks=store.count(), reload_error=reload_error)
 
 
-@router.post("/admin/reload", responses={**ERRORS, 409: {"model": ErrorBody}}, tags=["service"])
-async def reload(engine: EngineDep) -> Reloaded:
+@router.post("/admin/reload", responses={**ERRORS, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+             tags=["service"])
+async def reload(engine: EngineDep, admin: AdminDep) -> Reloaded:
     """Load the newest build now instead of at the next poll."""
     swapped = await engine.reload(explicit=True)
     return Reloaded(reloaded=swapped, build_id=engine.live().store.build_id)
 
 
 @router.get("/metrics", tags=["service"], response_class=PlainTextResponse)
-def metrics(request: Request, engine: EngineDep) -> PlainTextResponse:
+def metrics(request: Request, engine: EngineDep, admin: AdminDep) -> PlainTextResponse:
     """Prometheus text format: request counts, latency histograms, index size."""
     m = request.app.state.metrics
     if engine.retriever is not None:

@@ -13,7 +13,16 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from api.deps import ERRORS, WRITE_ERRORS, EngineDep, SettingsDep
+from api.deps import (
+    ERRORS,
+    WRITE_ERRORS,
+    EngineDep,
+    PrincipalDep,
+    ReadStore,
+    SettingsDep,
+    WriteStore,
+    readable_file,
+)
 from api.engine import spool
 from api.openai.objects import (
     ContentPage,
@@ -26,7 +35,6 @@ from api.openai.objects import (
     page,
 )
 from api.openai.state import (
-    collection_of,
     failures,
     read_sidecar,
     save_sidecar,
@@ -41,21 +49,22 @@ router = APIRouter(prefix="/v1", tags=["openai vector stores"])
 
 
 @router.post("/vector_stores/{store_id}/files", responses=WRITE_ERRORS)
-async def create_vector_store_file(store_id: str, body: NewStoreFile, engine: EngineDep,
-                                   settings: SettingsDep) -> VectorStoreFile:
-    """Attach an uploaded file: searchable when this returns (`completed`), `failed` with
-    `last_error` when its text cannot be read, or `in_progress` for a big file (poll it)."""
-    return await attach(engine, settings, collection_of(engine, store_id), body.file_id, body.attributes)
+async def create_vector_store_file(name: WriteStore, body: NewStoreFile, engine: EngineDep,
+                                   settings: SettingsDep, principal: PrincipalDep) -> VectorStoreFile:
+    """Attach an uploaded file (one the key uploaded, or any for an admin): searchable when
+    this returns (`completed`), `failed` with `last_error` when its text cannot be read, or
+    `in_progress` for a big file (poll it)."""
+    readable_file(principal, settings, body.file_id)
+    return await attach(engine, settings, name, body.file_id, body.attributes)
 
 
 @router.get("/vector_stores/{store_id}/files", responses=ERRORS)
-def list_vector_store_files(store_id: str, engine: EngineDep, settings: SettingsDep,
+def list_vector_store_files(name: ReadStore, engine: EngineDep, settings: SettingsDep,
                             limit: Annotated[int, Query(ge=1, le=100)] = 20,
                             order: Literal["asc", "desc"] = "desc",
                             after: str | None = None, before: str | None = None,
                             filter: Literal["in_progress", "completed", "failed", "cancelled"] | None = None,
                             ) -> Page[VectorStoreFile]:
-    name = collection_of(engine, store_id)
     store, writes = engine.retriever_of(name).store, writes_of(engine, name)
     found = {f: write_object(settings, name, f, s) for f, s in writes.items() if s["status"] == "in_progress"}
     for doc in store.documents.values():
@@ -68,9 +77,9 @@ def list_vector_store_files(store_id: str, engine: EngineDep, settings: Settings
 
 
 @router.get("/vector_stores/{store_id}/files/{file_id}", responses=ERRORS)
-def get_vector_store_file(store_id: str, file_id: str, engine: EngineDep, settings: SettingsDep,
+def get_vector_store_file(store_id: str, name: ReadStore, file_id: str, engine: EngineDep, settings: SettingsDep,
                           response: Response) -> VectorStoreFile:
-    found = store_file(engine, settings, collection_of(engine, store_id), file_id)
+    found = store_file(engine, settings, name, file_id)
     if found is None:
         raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
     if found.status == "in_progress":
@@ -79,20 +88,18 @@ def get_vector_store_file(store_id: str, file_id: str, engine: EngineDep, settin
 
 
 @router.post("/vector_stores/{store_id}/files/{file_id}", responses=WRITE_ERRORS)
-async def update_vector_store_file(store_id: str, file_id: str, body: StoreFileUpdate, engine: EngineDep,
-                                   settings: SettingsDep) -> VectorStoreFile:
+async def update_vector_store_file(store_id: str, name: WriteStore, file_id: str, body: StoreFileUpdate,
+                                   engine: EngineDep, settings: SettingsDep) -> VectorStoreFile:
     """New attributes: the file is read again from the stored upload (nothing re-embedded)."""
-    name = collection_of(engine, store_id)
     if store_file(engine, settings, name, file_id) is None:
         raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
     return await attach(engine, settings, name, file_id, body.attributes)
 
 
 @router.delete("/vector_stores/{store_id}/files/{file_id}", responses=WRITE_ERRORS)
-async def delete_vector_store_file(store_id: str, file_id: str, engine: EngineDep) -> Deleted:
+async def delete_vector_store_file(store_id: str, name: WriteStore, file_id: str, engine: EngineDep) -> Deleted:
     """Once this returns, no search returns a passage of the file (a write in progress is
     finished first: writes run one after the other)."""
-    name = collection_of(engine, store_id)
     key = (name, file_id)
 
     def delete(collections: Collections) -> bool:
@@ -118,9 +125,9 @@ async def delete_vector_store_file(store_id: str, file_id: str, engine: EngineDe
 
 
 @router.get("/vector_stores/{store_id}/files/{file_id}/content", responses=ERRORS)
-def get_vector_store_file_content(store_id: str, file_id: str, engine: EngineDep) -> ContentPage:
+def get_vector_store_file_content(store_id: str, name: ReadStore, file_id: str, engine: EngineDep) -> ContentPage:
     """The document's text as stored: what citation offsets point into."""
-    doc = engine.retriever_of(collection_of(engine, store_id)).store.documents.get(file_id)
+    doc = engine.retriever_of(name).store.documents.get(file_id)
     if doc is None:
         raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
     return ContentPage(data=[TextContent(text=doc.text)])

@@ -31,7 +31,17 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from api.deps import ERRORS, WRITE_ERRORS, EngineDep, SettingsDep, check_question
+from api.deps import (
+    ERRORS,
+    WRITE_ERRORS,
+    AdminDep,
+    EngineDep,
+    ManageStore,
+    PrincipalDep,
+    ReadStore,
+    SettingsDep,
+    check_question,
+)
 from api.openai.files import stored_files
 from api.openai.filters import check_filter, matches
 from api.openai.objects import (
@@ -48,7 +58,6 @@ from api.openai.objects import (
 )
 from api.openai.state import (
     check_pairs,
-    collection_of,
     created_at_of,
     derive_name,
     read_sidecar,
@@ -65,7 +74,8 @@ router = APIRouter(prefix="/v1", tags=["openai vector stores"])
 
 
 @router.post("/vector_stores", responses=WRITE_ERRORS)
-async def create_vector_store(body: NewStore, engine: EngineDep, settings: SettingsDep) -> VectorStore:
+async def create_vector_store(body: NewStore, engine: EngineDep, settings: SettingsDep,
+                              admin: AdminDep) -> VectorStore:
     """A new collection; `file_ids` are attached before this returns (big ones: queued,
     `in_progress`)."""
     metadata = check_pairs(body.metadata, "metadata")
@@ -87,23 +97,23 @@ async def create_vector_store(body: NewStore, engine: EngineDep, settings: Setti
 
 
 @router.get("/vector_stores", responses=ERRORS)
-def list_vector_stores(engine: EngineDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+def list_vector_stores(engine: EngineDep, principal: PrincipalDep, limit: Annotated[int, Query(ge=1, le=100)] = 20,
                        order: Literal["asc", "desc"] = "desc",
                        after: str | None = None, before: str | None = None) -> Page[VectorStore]:
-    """Every collection; `vs_default` (the built corpus) while a build is served."""
-    names = [n for n in engine.live_collections().names() if n != DEFAULT or engine.retriever is not None]
+    """Every collection the key can read; `vs_default` (the built corpus) while a build is served."""
+    names = [n for n in engine.live_collections().names()
+             if (n != DEFAULT or engine.retriever is not None) and principal.reads(n)]
     return page([store_object(engine, n) for n in names], limit, order, after, before)
 
 
 @router.get("/vector_stores/{store_id}", responses=ERRORS)
-def get_vector_store(store_id: str, engine: EngineDep) -> VectorStore:
-    return store_object(engine, collection_of(engine, store_id))
+def get_vector_store(name: ReadStore, engine: EngineDep) -> VectorStore:
+    return store_object(engine, name)
 
 
 @router.post("/vector_stores/{store_id}", responses=WRITE_ERRORS)
-async def update_vector_store(store_id: str, body: StoreUpdate, engine: EngineDep) -> VectorStore:
+async def update_vector_store(name: ManageStore, body: StoreUpdate, engine: EngineDep) -> VectorStore:
     """Rename (the id stays) or replace the metadata."""
-    name = collection_of(engine, store_id)
     metadata = check_pairs(body.metadata, "metadata") if body.metadata is not None else None
 
     def update(collections: Collections) -> None:
@@ -121,8 +131,7 @@ async def update_vector_store(store_id: str, body: StoreUpdate, engine: EngineDe
 
 
 @router.delete("/vector_stores/{store_id}", responses=WRITE_ERRORS)
-async def delete_vector_store(store_id: str, engine: EngineDep) -> Deleted:
-    name = collection_of(engine, store_id)
+async def delete_vector_store(store_id: str, name: ManageStore, engine: EngineDep) -> Deleted:
     await engine.write(lambda collections: collections.delete(name))
     for key, _ in engine.pending.items():  # a store made again under the name starts clean
         if key[0] == name:
@@ -133,12 +142,11 @@ async def delete_vector_store(store_id: str, engine: EngineDep) -> Deleted:
 # ------------------------------------------------------------------ search
 
 @router.post("/vector_stores/{store_id}/search", responses=ERRORS)
-async def search_vector_store(store_id: str, body: SearchRequest, engine: EngineDep,
+async def search_vector_store(name: ReadStore, body: SearchRequest, engine: EngineDep,
                               settings: SettingsDep) -> SearchPage:
     """Passages of the store's files, best first, with their citations. With `filters`,
     the best `RAG_MAX_K` passages are searched and those of files whose attributes pass
     are kept, so a filter matching few files of a big store may return fewer results."""
-    name = collection_of(engine, store_id)
     queries = [body.query] if isinstance(body.query, str) else list(body.query)
     question = " ".join(q for q in queries if q.strip())
     check_question(question, settings)
