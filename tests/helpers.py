@@ -165,7 +165,7 @@ SERVICE = """
 import sys, time
 sys.path.insert(0, {repo!r})
 from tests.helpers import FakeEmbedder
-from api.app import create_app
+from api.app import create_app, serve
 from rag.settings import Settings
 
 class Paced(FakeEmbedder):
