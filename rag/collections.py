@@ -22,11 +22,16 @@ debris is removed at start-up (rag.stores.local.builds.clean_orphans).
 
 At most `max_open_collections` local collections are open (an LRU): the least recently
 used one beyond it is released (its SQLite connection and in-memory indexes; it reopens on
-next use), and `dropped(name)` tells the owner (the service's retriever cache) on eviction
-and on delete.
+next use), and `dropped(name)` tells the owner (the service's retriever cache) on eviction,
+on delete, and when one turns out deleted elsewhere.
 
-Left out: renaming, and a registry in Milvus itself (a cluster's services share one
-index folder's registry, or each keeps its own).
+Replicas share the registry through the index folder: a collection another process (or
+Collections object) deletes, or deletes and makes again, is seen within RECHECK_S (0.5 s):
+`get` re-reads the manifest of one it holds at most that often and, if it is gone or its
+build id or Milvus tag changed, releases it and raises NotFoundError or opens the new one.
+
+Left out: renaming; a registry in Milvus itself; a delete racing another replica's delete
+and re-create of its name between its check and its rename (ms: it removes the new one).
 """
 
 import hashlib
@@ -60,6 +65,7 @@ from rag.settings import Settings
 from rag.stores.base import LiveStore
 from rag.stores.factory import milvus_token
 from rag.stores.local.live import KnowledgeBase
+from rag.stores.manifest import Sightings, manifest_at
 from rag.text import is_unicode_text
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -92,6 +98,7 @@ class Collections:
         self.settings, self._embedder, self._dropped = settings, embedder, dropped
         self.root = settings.index_dir / "collections"
         self._open: OrderedDict[str, LiveStore] = OrderedDict()  # least recently used first
+        self._seen = Sightings(self.root)  # what each open collection was when opened: deleted or re-created since?
         self._lock = threading.Lock()
 
     @property
@@ -117,23 +124,36 @@ class Collections:
         except (OSError, ValueError, AttributeError):
             return ""
 
-    def get(self, name: str) -> LiveStore:
+    def get(self, name: str, recheck: bool = False) -> LiveStore:
+        """The collection, opened if need be; one held open and since deleted or made again
+        elsewhere is released (checked at most every RECHECK_S, or now if `recheck`)."""
         check_name(name)
         if name == DEFAULT:
             raise ConflictError("'default' is the built corpus, not a live collection: change the corpus folder "
                                 "and run `rag build`, or use another collection")
-        with self._lock:
-            if name not in self._open:
-                folder = self.root / name
-                if not (folder / "manifest.json").is_file():
-                    raise NotFoundError(f"no collection named '{name}'")
-                manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-                if diffs := spec_of(self.settings).differences(manifest):
-                    raise IndexMismatchError(f"collection '{name}' was made with other settings: {'; '.join(diffs)}")
-                self._open[name] = self._opened(folder, manifest)
-            self._open.move_to_end(name)
-            kb = self._open[name]
-            evicted = self._over_bound()
+        stale: list[LiveStore] = []
+        try:
+            with self._lock:
+                if name in self._open and not self._seen.still_there(name, now=recheck):  # deleted elsewhere?
+                    stale.append(self._open.pop(name))
+                if name not in self._open:
+                    folder = self.root / name
+                    manifest = manifest_at(folder)
+                    if manifest is None:
+                        raise NotFoundError(f"no collection named '{name}'")
+                    if diffs := spec_of(self.settings).differences(manifest):
+                        raise IndexMismatchError(f"collection '{name}' was made with other settings: "
+                                                 f"{'; '.join(diffs)}")
+                    self._open[name] = self._opened(folder, manifest)
+                    self._seen.opened(name, manifest)
+                self._open.move_to_end(name)
+                kb = self._open[name]
+                evicted = self._over_bound()
+        finally:
+            for gone in stale:  # outside the registry's lock, as below; a request holding it gets a 404
+                with gone.lock:
+                    gone.close()
+                self._dropped(name)
         for old, store in evicted:  # outside the registry's lock: release waits for the collection's own
             store.release()
             self._dropped(old)
@@ -146,6 +166,7 @@ class Collections:
         while len(releasable) > self.settings.max_open_collections:
             name = releasable.pop(0)
             store = self._open.pop(name)
+            self._seen.forget(name)
             assert isinstance(store, KnowledgeBase)
             evicted.append((name, store))
         return evicted
@@ -191,9 +212,10 @@ class Collections:
         check_name(name)
         if name == DEFAULT:
             raise ConflictError("the default collection is the built corpus: it cannot be deleted")
-        kb = self.get(name)
+        kb = self.get(name, recheck=True)  # the one on disk, not one deleted and made again elsewhere
         with self._lock, kb.lock:
             self._open.pop(name, None)
+            self._seen.forget(name)
             kb.close()
             try:  # gone at once, durably; what follows may fail without harm
                 remove_durably(self.root / name)
@@ -256,6 +278,7 @@ class Collections:
             for kb in self._open.values():
                 kb.close()
             self._open.clear()
+            self._seen.forget()
 
     def __enter__(self) -> "Collections":
         return self

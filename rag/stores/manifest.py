@@ -3,11 +3,17 @@ format version, the model and the chunker's parameters, checked on open against 
 settings ask for (`IndexSpec`); an index of another format or model is refused, never
 read.
 
+A manifest's build id (and a Milvus collection's tag) tells a collection from another
+made under its name: `Sightings` tells whether what a process holds open is still what
+the manifest on disk describes (another process may have deleted it, or deleted it and
+made another), re-reading it at most every RECHECK_S.
+
 Left out: the local store's build folders (rag.stores.local.builds), which keep the
 manifest beside their files.
 """
 
 import json
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -18,6 +24,10 @@ from rag import __version__
 from rag.errors import IndexCorruptError, IndexMismatchError, StorageError
 
 FORMAT = "rag-index"
+# how often a collection held open has its manifest re-read: a delete or re-create elsewhere is seen within it.
+# rag.collections' get() costs ~0.2 us more between re-reads (1.1-1.4 us -> 1.4-1.5 us a call: timeit, best of
+# 7 x 100k, 2 cores, local disk), ~23 us at one (open, read, parse a 650-byte manifest): every 0.5 s a name
+RECHECK_S = 0.5
 
 
 FORMAT_VERSION = 2  # 2: SQLite chunks, raw vectors, own BM25 arrays, IVF above a size
@@ -85,3 +95,49 @@ def storage_error(doing: str, where: Path, exc: OSError) -> StorageError:
     if exc.filename:
         reason += f" ({exc.filename})"
     return StorageError(f"cannot {doing} index at {where}: {reason}")
+
+
+def manifest_at(folder: Path) -> dict[str, Any] | None:
+    """A collection's manifest; None if it has none (deleted, or never made)."""
+    try:
+        return dict(json.loads((folder / "manifest.json").read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return None
+
+
+def identity(manifest: dict[str, Any]) -> str:
+    """What tells a collection from another made under its name: its build id (and Milvus tag)."""
+    return f"{manifest.get('build_id')}/{manifest.get('store', {}).get('tag', '')}"
+
+
+class Sightings:
+    """The identities of the collections (folders under `root`) a process holds open, by
+    name, and when each is due to be checked against its manifest again (not thread-safe:
+    its owner's lock)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._seen: dict[str, tuple[str, float]] = {}
+
+    def opened(self, name: str, manifest: dict[str, Any]) -> None:
+        self._seen[name] = (identity(manifest), time.monotonic() + RECHECK_S)
+
+    def forget(self, name: str | None = None) -> None:
+        """Stop tracking `name` (None: every one)."""
+        if name is None:
+            self._seen.clear()
+        else:
+            self._seen.pop(name, None)
+
+    def still_there(self, name: str, now: bool = False) -> bool:
+        """Whether `name`'s manifest still describes what was opened: re-read when due, or
+        `now` (an open revalidates a network mount's cached attributes; a stat may not)."""
+        seen, due = self._seen.get(name, ("", 0.0))
+        moment = time.monotonic()
+        if moment < due and not now:
+            return True
+        manifest = manifest_at(self.root / name)
+        if manifest is None or identity(manifest) != seen:
+            return False
+        self._seen[name] = (seen, moment + RECHECK_S)
+        return True

@@ -10,22 +10,24 @@ again under its name is another one):
   a chunk also records the range of its version's sentences that it overlaps;
 - documents: one row per document, its pointer: doc_id (key), the live gen, the
   version's row counts, origin, source, order; the row with doc_id "" holds a stamp
-  every write changes;
-- pending: one row per write in flight (its gen, doc_id, and the versions it touches),
-  the intent log of recovery.
+  (63 random bits) every write changes;
+- pending: one row per write in flight, the intent log of recovery and of the claims on
+  gens: its key (63 random bits, in the field named `gen`), doc_id, and the versions it
+  touches (the new one and the live one, as JSON).
 
 A generation number `gen` is seconds since 2025 and 12 random bits, above every one its
-process drew: KEY_BITS + 44 bits, so keys stay under 2**63 (until 2161); two processes
-writing in the same second draw the same gen with odds 1 in 4096.
+process drew: KEY_BITS + 44 bits, so keys stay under 2**63 (until 2161). Two writers may
+draw the same candidate (same second: odds 1 in 4096); the claim (rag.stores.milvus.claims)
+lets one of them keep it, so no two versions whose rows are stored share a gen, whatever
+the number of processes.
 
 Left out: schema migrations (a collection keeps the layout it was made with).
 """
 
-import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from typing import Any
 
@@ -33,7 +35,6 @@ import numpy as np
 
 from rag.records import ChunkRecord, SentenceRecord
 from rag.stores.milvus.client import (
-    NO_VECTOR,
     PLACEHOLDER_INDEX,
     Field,
     build_layouts,
@@ -125,12 +126,6 @@ def next_gen(last: int) -> int:
     """A version number above `last` (this process's previous one)."""
     drawn = max(int(time.time()) - 1_735_689_600, 0) << 12 | random.getrandbits(12)
     return max(drawn, last + 1)
-
-
-def intent(gen: int, doc_id: str, versions: list[Pointer | None]) -> dict[str, Any]:
-    """A pending row: the versions of `doc_id` a write touches (recovery keeps the live one)."""
-    return {"gen": gen, "doc_id": doc_id, "at": int(time.time()), "_": NO_VECTOR,
-            "versions": json.dumps([asdict(v) for v in versions if v is not None])}
 
 
 def sentence_ranges(chunks: Sequence[ChunkRecord], sentences: Sequence[SentenceRecord]) -> list[tuple[int, int]]:
