@@ -30,6 +30,7 @@ from rag.errors import (
     NotFoundError,
     NotReadyError,
     OverloadedError,
+    QuotaError,
     RagError,
     ReadOnlyError,
     ReloadError,
@@ -42,6 +43,7 @@ from rag.ingest.uploads import UnsupportedTypeError
 STATUS_OF: list[tuple[type[RagError], int]] = [
     (UnsupportedTypeError, 415),
     (TooLargeError, 413),
+    (QuotaError, 413),
     (CorpusError, 422),  # a document sent over HTTP that cannot be read
     (BadQueryError, 422),
     (NotFoundError, 404),

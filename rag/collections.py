@@ -66,6 +66,7 @@ from rag.stores.base import LiveStore
 from rag.stores.factory import milvus_token
 from rag.stores.local.live import KnowledgeBase
 from rag.stores.manifest import Sightings, manifest_at
+from rag.stores.quota import Quotas
 from rag.text import is_unicode_text
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -100,6 +101,7 @@ class Collections:
         self._open: OrderedDict[str, LiveStore] = OrderedDict()  # least recently used first
         self._seen = Sightings(self.root)  # what each open collection was when opened: deleted or re-created since?
         self._lock = threading.Lock()
+        self._quotas = Quotas(settings)
 
     @property
     def embedder(self) -> Embedder:
@@ -240,9 +242,12 @@ class Collections:
             return Written(doc.doc_id, "unchanged", kb.chunk_count(doc.doc_id), 0)
         if existing is not None and not replace:
             raise ConflictError(f"document '{doc.doc_id}' exists with other content: PUT replaces it")
+        self._quotas.check(name, kb, doc.doc_id, doc.text)  # the text as sent: cleaning only shortens it
         batches = Batches(self.settings, self.embedder, CleanRules() if clean else None, kb.reusable(doc.doc_id))
         with kb.writing(origin) as write:
             batches.write([doc], write)
+        if self._quotas.counting(name, kb):
+            self._quotas.wrote(name, kb, existing.text if existing else "", kb.documents[doc.doc_id].text)
         return Written(doc.doc_id, "replaced" if existing is not None else "created", batches.chunks,
                        batches.embedded)
 
@@ -269,9 +274,17 @@ class Collections:
             log(f"removed   {doc_id}: its file is gone")
         return counts
 
+    def check_quota(self, name: str, doc: SourceDocument) -> None:
+        """What upsert checks first, for a write to be acknowledged before it runs (a 202)."""
+        self._quotas.check(name, self.get(name), doc.doc_id, doc.text)
+
     def remove(self, name: str, doc_id: str) -> None:
-        if not self.get(name).delete(doc_id):
+        kb = self.get(name)
+        existing = kb.documents.get(doc_id) if self._quotas.counting(name, kb) else None
+        if not kb.delete(doc_id):
             raise NotFoundError(f"no document '{doc_id}' in collection '{name}'")
+        if existing is not None:
+            self._quotas.wrote(name, kb, existing.text, "")
 
     def close(self) -> None:
         with self._lock:

@@ -68,6 +68,10 @@ class ReadOnlyError(RagError):
 # ---- the service's own conditions (the HTTP boundary maps them to status codes)
 
 
+class QuotaError(RagError):
+    """A write would take a collection past a quota (documents, bytes of text)."""
+
+
 class ForbiddenError(RagError):
     """The caller's key may read this but not do what it asked (a reader that writes)."""
 

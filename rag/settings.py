@@ -123,6 +123,10 @@ class Settings(BaseSettings):
         "questions that queued while the previous batch ran (no added latency)")
     max_batch: int = Field(64, ge=1, le=1024)
     max_queue: int = Field(256, ge=1, description="questions waiting for the model; beyond it: 503 with Retry-After")
+    max_collection_documents: int | None = Field(None, ge=1, description="documents one live collection may "
+                                                 "hold; a write past it: 413. None: no cap")
+    max_collection_bytes: int | None = Field(None, ge=1, description="bytes of text (cleaned, UTF-8) one live "
+                                             "collection may hold; a write past it: 413. None: no cap")
     key_rate_per_second: float = Field(20.0, gt=0, description="requests a second a key from `rag keys` may "
                                        "send unless it has its own --rate (burst: one second's worth); past "
                                        "it: 429 with Retry-After. RAG_API_KEY's admin is not limited")

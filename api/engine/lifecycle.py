@@ -144,7 +144,8 @@ class Engine:
         the document's upsert, as a resumed one is written)."""
         folder = self.live_collections().root / entry.collection
         doc = entry.doc
-        if not resumed:
+        if not resumed:  # over a quota: refused now (413), not failed later
+            self.live_collections().check_quota(entry.collection, doc)
             spool.save(folder, entry)
         try:
             self.write_later((entry.collection, doc.doc_id),

@@ -150,3 +150,25 @@ def test_the_openai_client_with_a_reader_key_sees_its_store_only(built: Settings
             client.vector_stores.retrieve("vs_b")
         with pytest.raises(openai.PermissionDeniedError):
             client.vector_stores.delete("vs_a")
+
+
+def test_a_write_past_a_collection_quota_is_refused_naming_it(built: Settings):
+    settings = built.model_copy(update={"max_collection_documents": 2, "max_collection_bytes": 3000,
+                                        "sync_write_chars": 1500})
+    with client_for(settings) as c:
+        assert c.post("/collections", json={"name": "a"}).status_code == 201
+        small = article("ferries", 1, 2)  # ~350 bytes
+        assert c.post("/collections/a/documents", json={"doc_id": "one", "text": small}).status_code == 201
+        assert c.post("/collections/a/documents", json={"doc_id": "two", "text": small + " Two."}).status_code == 201
+        third = c.post("/collections/a/documents", json={"doc_id": "three", "text": small + " Three."})
+        assert third.status_code == 413 and "RAG_MAX_COLLECTION_DOCUMENTS" in third.json()["detail"]
+        # a replacement adds a document to nobody's count; this one's text would pass the bytes
+        big = article("harbours", 1, 20)
+        assert 1500 < len(big) < 3000
+        r = c.put("/collections/a/documents/two", json={"text": big})
+        assert r.status_code == 413 and "RAG_MAX_COLLECTION_BYTES" in r.json()["detail"], r.text  # refused, not a 202
+        assert c.put("/collections/a/documents/two", json={"text": small + " Second."}).status_code == 200
+        assert c.delete("/collections/a/documents/one").status_code == 204
+        assert c.post("/collections/a/documents", json={"doc_id": "three", "text": small + " Three."}).status_code \
+            == 201  # room again
+        assert sorted(d["doc_id"] for d in c.get("/collections/a/documents").json()) == ["three", "two"]
