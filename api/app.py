@@ -26,6 +26,7 @@ from api.engine.lifecycle import Engine
 from api.errors import error_bytes, retry_after, status_of
 from api.guards import CrossSiteGuard, HostGuard, RequestGuard
 from api.idempotency import Idempotency
+from api.mcp.server import mount_mcp
 from api.metrics import Metrics
 from api.middleware import AccessLog, Deadline, InFlight, JsonCors
 from api.openai.files import stored_files
@@ -34,9 +35,11 @@ from api.routes.admin import router as admin_router
 from api.routes.chat import router as chat_router
 from api.routes.collections import router as collection_router
 from api.routes.documents import router as documents_router
+from api.routes.embeddings import router as embeddings_router
 from api.routes.files import router as openai_files_router
 from api.routes.page import router as page_router
 from api.routes.query import router as query_router
+from api.routes.responses import router as responses_router
 from api.routes.service import router as service_router
 from api.routes.vector_store_files import router as openai_store_files_router
 from api.routes.vector_stores import router as openai_stores_router
@@ -117,6 +120,9 @@ def create_app(settings: Settings | None = None,
     app.include_router(page_router)
     app.include_router(collection_router)
     app.include_router(admin_router)
+    app.include_router(responses_router)
+    app.include_router(embeddings_router)
+    mount_mcp(app)
     app.include_router(openai_files_router)
     app.include_router(openai_stores_router)
     app.include_router(openai_store_files_router)

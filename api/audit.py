@@ -1,6 +1,6 @@
 """The audit log's writer: every write (POST, PUT, PATCH, DELETE but the read-only POSTs:
-a query, a chat, a search) becomes one JSON line in `<index_dir>/access/audit.jsonl`
-(rag.access.audit), appended and fsynced before its response is sent: the time, the
+a query, a chat, a search, a response, embeddings, an MCP call) becomes one JSON line
+in `<index_dir>/access/audit.jsonl` (rag.access.audit), appended and fsynced before its response is sent: the time, the
 key's name and role, the action (method and route), the collection, the doc_id or
 file_id, and the status. A refused write is recorded too (its status says so); one
 refused before its key was known (401) is the access log's, not the audit's.
@@ -26,7 +26,8 @@ from rag.errors import RagError
 
 log = logging.getLogger("rag.audit")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-READ_POSTS = re.compile(r"/query|/context|/v1/chat/completions|/v1/vector_stores/[^/]+/search")
+READ_POSTS = re.compile(r"/query|/context|/v1/chat/completions|/v1/vector_stores/[^/]+/search|/v1/responses.*"
+                        r"|/v1/embeddings|/mcp.*")
 MAX_BODY_READ = 64 * 1024  # bytes of a response read for the id it names (write answers are ~200)
 
 

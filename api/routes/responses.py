@@ -1,0 +1,5 @@
+"""OpenAI's Responses API (stub: to be built)."""
+
+from fastapi import APIRouter
+
+router = APIRouter(prefix="/v1", tags=["openai responses"])
