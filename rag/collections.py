@@ -38,7 +38,6 @@ import hashlib
 import json
 import re
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -197,11 +196,10 @@ class Collections:
         manifest = build_manifest(self.settings, self.embedder.dimension, self.embedder.max_tokens,
                                   collection=name)
         if self.settings.vector_store == "milvus":  # its Milvus collections first: the rename registers them
-            from rag.stores.milvus.versions import create_collection
+            from rag.stores.milvus.versions import create_collection, new_tag
 
             manifest["store"] = create_collection(self.settings.milvus_uri, self.settings.milvus_collection,
-                                                  uuid.uuid4().hex[:12], self.embedder.dimension,
-                                                  milvus_token(self.settings))
+                                                  new_tag(), self.embedder.dimension, milvus_token(self.settings))
         try:  # a crash before the rename leaves only a .tmp- folder, never half a collection
             publish_folder(self.root / name, {"manifest.json": json.dumps(manifest, indent=2)})
         except FileExistsError:
@@ -273,6 +271,25 @@ class Collections:
             counts["removed"] += 1
             log(f"removed   {doc_id}: its file is gone")
         return counts
+
+    def sweep_milvus(self, older_than_s: float = 600.0) -> list[str]:
+        """Drop the Milvus collections a crash left unregistered (rag.stores.milvus.versions.
+        sweep_unregistered); the tags dropped. Nothing to do for the local store."""
+        if self.settings.vector_store != "milvus":
+            return []
+        from rag.stores.milvus.versions import sweep_unregistered
+
+        registered = set()
+        for folder in self.root.iterdir() if self.root.is_dir() else ():
+            if not NAME.fullmatch(folder.name):  # a .tmp- or .del- folder's collections are not registered
+                continue
+            try:
+                manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+                registered.add(str(manifest.get("store", {}).get("tag", "")))
+            except (OSError, ValueError, AttributeError):  # unsure what is registered: drop nothing
+                return []
+        return sweep_unregistered(self.settings.milvus_uri, self.settings.milvus_collection, registered,
+                                  milvus_token(self.settings), older_than_s)
 
     def check_quota(self, name: str, doc: SourceDocument) -> None:
         """What upsert checks first, for a write to be acknowledged before it runs (a 202)."""

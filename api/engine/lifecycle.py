@@ -70,6 +70,7 @@ class Engine:
             return
         self.collections = Collections(self.settings, self.embedder, dropped=self._drop_retriever)
         await loop.run_in_executor(None, self._resume)  # reads the spools: not on the event loop
+        await loop.run_in_executor(None, self._sweep)
         with contextlib.suppress(RagError):
             await self.reload()
         self._tasks.append(self.batcher.start(self.embedder, self._default))
@@ -166,6 +167,16 @@ class Engine:
         for entry in spool.pending(self.collections.root):
             log.info("resuming the write of %s/%s acknowledged before a restart", entry.collection, entry.doc.doc_id)
             self.write_spooled(entry, resumed=True)
+
+    def _sweep(self) -> None:
+        """Milvus collections a crash left unregistered go (best effort: they cost space only)."""
+        assert self.collections is not None
+        try:
+            if dropped := self.collections.sweep_milvus():
+                log.info("dropped the Milvus collections of %d unregistered live collections: %s", len(dropped),
+                         ", ".join(dropped))
+        except Exception as exc:  # Milvus unreachable now: the next start tries again
+            log.warning("could not sweep unregistered Milvus collections: %r", exc)
 
     def live_collections(self) -> Collections:
         if self.collections is None:

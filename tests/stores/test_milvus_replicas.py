@@ -263,3 +263,23 @@ def test_processes_taking_turns_never_reuse_a_gen_that_has_rows(milvus: Settings
         kb = again.get("notes")
         assert isinstance(kb, MilvusCollection)
         assert whole(kb, "walrus").gen == gen != whole(kb, "penguins").gen
+
+
+@pytest.mark.milvus
+def test_start_up_sweeps_milvus_collections_a_crash_left_unregistered(milvus: Settings):
+    from pymilvus import MilvusClient
+
+    with Collections(milvus, FakeEmbedder()) as made:
+        made.create("kept")
+        kept_tag = made.get("kept").manifest["store"]["tag"]
+    old = f"{int(time.time()) - 3600:08x}beef"  # made an hour ago, then the process died before the rename
+    young = versions.new_tag()  # a replica's create in progress
+    for tag in (old, young):
+        versions.create_collection(milvus.milvus_uri, milvus.milvus_collection, tag, FakeEmbedder().dimension)
+    release_lite(milvus.milvus_uri)
+    with Collections(milvus, FakeEmbedder()) as fresh:
+        assert fresh.sweep_milvus() == [old]
+        assert fresh.get("kept").count() == 0  # the registered one is whole
+    release_lite(milvus.milvus_uri)
+    left = {n.split("_live_")[1][:12] for n in MilvusClient(uri=milvus.milvus_uri).list_collections() if "_live_" in n}
+    assert left == {kept_tag, young}

@@ -25,6 +25,7 @@ Left out: schema migrations (a collection keeps the layout it was made with).
 """
 
 import random
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from rag.stores.milvus.client import (
 )
 
 KINDS = ("chunks", "documents", "parts", "sentences", "pending")
+EPOCH = 1_735_689_600  # 2025-01-01T00:00:00Z, in seconds
 KEY_BITS = 19  # rows of one kind in one version: up to 524,288 (a 32 MiB text has ~330k sentences)
 STAMP = ""  # the documents row whose gen every write changes (no document has an empty id)
 FILTERED = ("doc_id", "source", "section", "chunk_id", "embed_hash")  # chunk fields filters name: indexed
@@ -122,9 +124,38 @@ def drop_collection(uri: str, prefix: str, tag: str, token: str | None = None) -
         client.close()
 
 
+def new_tag() -> str:
+    """A new collection's tag: 12 hex digits, its creation time (8, seconds) then 4 random,
+    so a sweep can tell a collection being made from one a crash left."""
+    return f"{int(time.time()) & 0xFFFFFFFF:08x}{random.getrandbits(16):04x}"
+
+
+def sweep_unregistered(uri: str, prefix: str, registered: set[str], token: str | None = None,
+                       older_than_s: float = 600.0) -> list[str]:
+    """Drop the Milvus collections of live collections no manifest names (a crash between
+    making them and registering the name, or between unregistering and dropping), if made
+    more than `older_than_s` ago: a replica's create in progress is younger. The tags dropped."""
+    pattern = re.compile(rf"^{re.escape(prefix)}_live_([0-9a-f]{{12}})_(?:{'|'.join(KINDS)})$")
+    client = connect(uri, prefix, token, 10.0)
+    try:
+        tags = {m.group(1) for name in client.list_collections() if (m := pattern.fullmatch(name))}
+        stale = sorted(t for t in tags - registered if time.time() - _made_at(t) > older_than_s)
+        for tag in stale:
+            drop(client, names(prefix, tag).values())
+        return stale
+    finally:
+        client.close()
+
+
+def _made_at(tag: str) -> float:
+    """When a tag's collection was made (new_tag); 0 for a tag of the older, random kind."""
+    made = int(tag[:8], 16)
+    return float(made) if EPOCH <= made <= time.time() + 86_400 else 0.0
+
+
 def next_gen(last: int) -> int:
     """A version number above `last` (this process's previous one)."""
-    drawn = max(int(time.time()) - 1_735_689_600, 0) << 12 | random.getrandbits(12)
+    drawn = max(int(time.time()) - EPOCH, 0) << 12 | random.getrandbits(12)
     return max(drawn, last + 1)
 
 
