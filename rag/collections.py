@@ -20,9 +20,9 @@ remove_durably: written under a `.tmp-` name, fsynced, renamed, the parent fsync
 by a rename to a `.del-` name first), so a crash leaves a name complete or absent; the
 debris is removed at start-up (rag.stores.local.builds.clean_orphans).
 
-At most `max_open_collections` local collections are open (an LRU): the least recently
-used one beyond it is released (its SQLite connection and in-memory indexes; it reopens on
-next use), and `dropped(name)` tells the owner (the service's retriever cache) on eviction,
+At most `max_open_collections` collections are open (an LRU): the least recently
+used one beyond it is released (a local one's SQLite connection and in-memory indexes, a
+Milvus one's client and cached rows; it reopens on next use), and `dropped(name)` tells the owner (the service's retriever cache) on eviction,
 on delete, and when one turns out deleted elsewhere.
 
 Replicas share the registry through the index folder: a collection another process (or
@@ -160,15 +160,13 @@ class Collections:
             self._dropped(old)
         return kb
 
-    def _over_bound(self) -> list[tuple[str, KnowledgeBase]]:
-        """The least recently used local collections past the bound, taken out of the LRU
-        (under the registry's lock). A Milvus collection holds no file; it stays."""
-        evicted, releasable = [], [n for n, s in self._open.items() if isinstance(s, KnowledgeBase)]
-        while len(releasable) > self.settings.max_open_collections:
-            name = releasable.pop(0)
-            store = self._open.pop(name)
+    def _over_bound(self) -> list[tuple[str, LiveStore]]:
+        """The least recently used collections past the bound, taken out of the LRU (under
+        the registry's lock): a local one holds a SQLite connection, a Milvus one a client."""
+        evicted = []
+        while len(self._open) > self.settings.max_open_collections:
+            name, store = self._open.popitem(last=False)
             self._seen.forget(name)
-            assert isinstance(store, KnowledgeBase)
             evicted.append((name, store))
         return evicted
 

@@ -170,6 +170,11 @@ class LiveStore(ChunkStore, Protocol):
 
     def delete(self, doc_id: str) -> bool: ...
 
+    def release(self) -> None:
+        """Give back what an idle collection holds (descriptors, caches): its next use takes
+        them again (an LRU of open collections calls it)."""
+        ...
+
     def origin(self, doc_id: str) -> str | None:
         """How a document came in (sync, upload, ...); None if there is none."""
         ...

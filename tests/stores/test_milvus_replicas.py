@@ -283,3 +283,18 @@ def test_start_up_sweeps_milvus_collections_a_crash_left_unregistered(milvus: Se
     release_lite(milvus.milvus_uri)
     left = {n.split("_live_")[1][:12] for n in MilvusClient(uri=milvus.milvus_uri).list_collections() if "_live_" in n}
     assert left == {kept_tag, young}
+
+
+@pytest.mark.milvus
+def test_milvus_collections_past_the_bound_give_back_their_clients_and_still_answer(milvus: Settings):
+    bounded = milvus.model_copy(update={"max_open_collections": 2})
+    released: list[str] = []
+    with Collections(bounded, FakeEmbedder(), dropped=released.append) as c:
+        held = {}
+        for i in range(4):
+            c.create(f"c{i}")
+            c.upsert(f"c{i}", text_document(f"Penguin colony {i} counts krill.", f"d{i}", None, None), replace=False)
+            held[f"c{i}"] = c.get(f"c{i}")
+        assert released[:2] == ["c0", "c1"] and held["c0"]._connection is None  # its client closed
+        assert held["c0"].count() > 0 and "d0" in held["c0"].documents  # a holder still reads: it reconnects
+        assert c.get("c0").documents["d0"].text.startswith("Penguin colony 0")

@@ -87,7 +87,8 @@ class MilvusCollection(LiveWrites, Searches):
         self._where, self._names = public_uri(uri), names(store["prefix"], store["tag"])
         self._shared = not is_lite(uri)  # Milvus Lite is one process's: no other writer to notice
         self.version, self.lock, self.closed = 0, threading.RLock(), False
-        self._client = connect(uri, store["prefix"], token, 10.0)
+        self._connect = lambda: connect(uri, store["prefix"], token, 10.0)
+        self._connection: Any = self._connect()
         self._pointers: dict[str, Pointer] = {}
         self._stamp: int | None = None
         self._last_gen = 0
@@ -99,7 +100,7 @@ class MilvusCollection(LiveWrites, Searches):
                 self._reload()
                 self._recover()
         except BaseException:
-            self._client.close()
+            self._connection.close()
             raise
         self._chunk = lru_cache(maxsize=CACHE_ROWS)(self._fetch_chunk)  # keys are never reused: never stale
         self.chunks = _Chunks(self)
@@ -177,10 +178,29 @@ class MilvusCollection(LiveWrites, Searches):
         pointer = self.pointer(doc_id)
         return OldVersion(self, pointer) if pointer is not None else None
 
+    @property
+    def _client(self) -> Any:
+        """The Milvus client; made again after `release` (callers hold the lock)."""
+        if self._connection is None:
+            self._connection = self._connect()
+        return self._connection
+
+    def release(self) -> None:
+        """Give back the client (its channel's descriptors) and the cached rows, as an LRU of
+        open collections does with the least used; under the lock, so never mid-read or
+        mid-write. The next use connects again: a request that holds this object still works."""
+        with self.lock:
+            if self._connection is not None and not self.closed:
+                self._connection.close()
+                self._connection = None
+                self._chunk.cache_clear()
+
     def close(self) -> None:
         with self.lock:
             self.closed = True
-            self._client.close()
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
 
     def _search(self, field: str, query: Any, metric: str, depth: int, filters: Filters) -> Ranking:
         expression = filter_expression(filters)
