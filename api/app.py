@@ -113,6 +113,7 @@ def create_app(settings: Settings | None = None,
         description="Ranked passages with exact citations over a folder of articles.",
     )
     app.state.settings, app.state.engine, app.state.metrics = settings, engine, metrics
+    app.state.keys = KeyStore(settings.index_dir)  # the one the gate checks requests with, and admins write
     engine.batcher.on_batch = metrics.observe_batch
     for router in (query_router, documents_router, service_router):
         app.include_router(router)
@@ -178,11 +179,11 @@ def create_app(settings: Settings | None = None,
                                    "/admin/reload": max(settings.request_timeout_seconds, 600.0)})
     if not settings.read_only:  # outside the deadline: its 503 frees the key
         app.add_middleware(Idempotency, index_dir=settings.index_dir)
-        app.add_middleware(Audit, log_file=AuditLog(settings.index_dir))  # a replayed answer is audited too
+    app.add_middleware(Audit, log_file=AuditLog(settings.index_dir))  # read-only too: keys change there
     app.add_middleware(RequestGuard, max_bytes=settings.max_body_bytes, body_seconds=settings.body_timeout_seconds,
                        max_url_bytes=settings.max_url_bytes, max_header_bytes=settings.max_header_bytes,
                        max_upload_bytes=settings.max_upload_bytes)
-    app.add_middleware(Authenticate, gate=Gate(key, KeyStore(settings.index_dir), settings.key_rate_per_second),
+    app.add_middleware(Authenticate, gate=Gate(key, app.state.keys, settings.key_rate_per_second),
                        open_paths=OPEN_PATHS, limited=lambda name: metrics.rate_limited.labels(key=name).inc())
     app.add_middleware(CrossSiteGuard, allow_origins=settings.cors_origins, public_url=settings.public_url)
     app.add_middleware(HostGuard, allowed=allowed_hosts(settings))

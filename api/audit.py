@@ -1,9 +1,11 @@
 """The audit log's writer: every write (POST, PUT, PATCH, DELETE but the read-only POSTs:
 a query, a chat, a search, a response, embeddings, an MCP call) becomes one JSON line
-in `<index_dir>/access/audit.jsonl` (rag.access.audit), appended and fsynced before its response is sent: the time, the
-key's name and role, the action (method and route), the collection, the doc_id or
-file_id, and the status. A refused write is recorded too (its status says so); one
-refused before its key was known (401) is the access log's, not the audit's.
+in `<index_dir>/access/audit.jsonl` (rag.access.audit), appended and fsynced before its
+response is sent: the time, the key's name and role, the action (method and route), the
+collection, the doc_id or file_id, and the status, and `replayed` for an answer given again for an
+`Idempotency-Key`. A write refused by a route is recorded too (its status says so); one
+refused before it reached the audit (no key or a bad one, a key over its rate, a
+cross-site or oversized request: api.auth, api.guards) is the access log's.
 
 No secret and no document text goes in: the line is made of the route, its path
 parameters and, for the id a write made, the response's `doc_id`, `id` or `name`.
@@ -32,10 +34,12 @@ MAX_BODY_READ = 64 * 1024  # bytes of a response read for the id it names (write
 
 
 def audited(scope: Scope) -> bool:
-    return scope["type"] == "http" and scope["method"] in WRITE_METHODS and not READ_POSTS.fullmatch(scope["path"])
+    """A write by a known caller (an open path's request, with no key, is the access log's)."""
+    return (scope["type"] == "http" and scope["method"] in WRITE_METHODS and not READ_POSTS.fullmatch(scope["path"])
+            and scope_principal(scope) is not None)
 
 
-def event_of(scope: Scope, status: int, body: bytes) -> dict[str, Any]:
+def event_of(scope: Scope, status: int, body: bytes, replayed: bool = False) -> dict[str, Any]:
     principal = scope_principal(scope)
     route = scope.get("route")
     params: dict[str, Any] = dict(scope.get("path_params") or {})
@@ -51,6 +55,8 @@ def event_of(scope: Scope, status: int, body: bytes) -> dict[str, Any]:
         collection = store[3:]
     if collection is None and scope["path"] == "/collections":
         collection = answer.get("name")
+    if collection is None and scope["path"] == "/v1/vector_stores" and str(answer.get("id", "")).startswith("vs_"):
+        collection = str(answer["id"])[3:]
     event: dict[str, Any] = {
         "key": principal.name if principal else None, "role": principal.role if principal else None,
         "action": f"{scope['method']} {getattr(route, 'path', scope['path'])}", "collection": collection}
@@ -66,6 +72,8 @@ def event_of(scope: Scope, status: int, body: bytes) -> dict[str, Any]:
         event["target"] = params.get("name") or answer.get("name")
         event["collection"] = None
     event["status"] = status
+    if replayed:
+        event["replayed"] = True
     return event
 
 
@@ -95,7 +103,8 @@ class Audit:
             if message.get("more_body", False):
                 return
             status = held[0]["status"]
-            event = event_of(scope, status, bytes(body))
+            replayed = (b"idempotent-replayed", b"true") in held[0].get("headers", [])  # api.idempotency's answer
+            event = event_of(scope, status, bytes(body), replayed)
             try:
                 await asyncio.get_running_loop().run_in_executor(None, self.log.append, event)
             except (RagError, ValueError) as exc:  # a full disk (StorageError), a field it refuses

@@ -112,7 +112,7 @@ def manage_store(store_id: str, principal: PrincipalDep, engine: EngineDep) -> s
 
 def sees_file(principal: Principal, info: FileObject) -> bool:
     """An uploaded file is its uploader's (and every admin's)."""
-    return principal.admin or info.owner == principal.name
+    return principal.admin or info.owner == principal.id
 
 
 def readable_file(principal: Principal, settings: Settings, file_id: str) -> FileObject:

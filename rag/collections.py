@@ -22,8 +22,9 @@ debris is removed at start-up (rag.stores.local.builds.clean_orphans).
 
 At most `max_open_collections` collections are open (an LRU): the least recently
 used one beyond it is released (a local one's SQLite connection and in-memory indexes, a
-Milvus one's client and cached rows; it reopens on next use), and `dropped(name)` tells the owner (the service's retriever cache) on eviction,
-on delete, and when one turns out deleted elsewhere.
+Milvus one's client and cached rows; it reopens on next use), and `dropped(name)` tells the
+owner (the service's retriever cache) on eviction, on delete, and when one turns out
+deleted elsewhere.
 
 Replicas share the registry through the index folder: a collection another process (or
 Collections object) deletes, or deletes and makes again, is seen within RECHECK_S (0.5 s):

@@ -31,7 +31,7 @@ class StoredFiles:
         self.root = root
 
     def save(self, filename: str, data: bytes, purpose: str, owner: str | None = None) -> FileObject:
-        """`owner`: the name of the key that uploaded it (it and admins may read it)."""
+        """`owner`: the id of the key that uploaded it (it and admins may read it)."""
         info = FileObject(id="file-" + secrets.token_hex(12), bytes=len(data), created_at=int(time.time()),
                           filename=filename, purpose=purpose, owner=owner)
         tmp = self.root / f".tmp-{info.id}"

@@ -28,7 +28,7 @@ class FileObject(BaseModel):
     status: Literal["uploaded", "processed", "error"] = "processed"
     expires_at: int | None = None
     status_details: str | None = None
-    owner: str | None = Field(None, exclude=True, description="the key that uploaded it (never sent)")
+    owner: str | None = Field(None, exclude=True, description="the id of the key that uploaded it (never sent)")
 
 
 class Deleted(BaseModel):

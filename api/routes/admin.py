@@ -1,6 +1,6 @@
 """Keys and the audit log over HTTP, for admins: the same store and log as `rag keys` and
-`rag audit` (rag.access), so a key made here works at once in every process on the index
-folder, and one revoked stops working within a second.
+`rag audit` (rag.access): a key made or revoked here counts at once in this process, and
+within a second in every other process on the index folder.
 
 Left out: changing a key in place (revoke it and make another).
 """
@@ -49,7 +49,10 @@ def _info(key: Key) -> dict[str, Any]:
 
 
 def _keys(request: Request) -> KeyStore:
-    return KeyStore(request.app.state.settings.index_dir)
+    """The service's own key store (the one that checks requests): a key made here works at
+    once, one revoked here stops at once."""
+    keys: KeyStore = request.app.state.keys
+    return keys
 
 
 @router.post("/keys", status_code=201, responses=ERRORS)

@@ -55,7 +55,7 @@ async def create_file(request: Request, settings: SettingsDep, principal: Princi
     filename = Path(upload.filename or "upload").name or "upload"
     files = stored_files(settings)
     return await asyncio.get_running_loop().run_in_executor(None, files.save, filename, data, str(purpose),
-                                                            principal.name)
+                                                            principal.id)
 
 
 @router.get("/files", responses=ERRORS)

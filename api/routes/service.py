@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import generate_latest
 
-from api.deps import ERRORS, AdminDep, EngineDep, SettingsDep
+from api.deps import ERRORS, AdminDep, EngineDep, PrincipalDep, SettingsDep
 from api.errors import scrub_paths
 from api.schemas import (
     ErrorBody,
@@ -12,6 +12,7 @@ from api.schemas import (
     Ready,
     Reloaded,
 )
+from rag.collections import DEFAULT
 
 router = APIRouter()
 
@@ -23,9 +24,12 @@ def health() -> Health:
 
 
 @router.get("/ready", responses={503: {"model": ErrorBody}}, tags=["service"])
-def ready(engine: EngineDep, settings: SettingsDep) -> Ready:
-    """The index is loaded and the model warmed; 503 with the reason otherwise."""
+def ready(engine: EngineDep, settings: SettingsDep, principal: PrincipalDep) -> Ready:
+    """The index is loaded and the model warmed; 503 with the reason otherwise. What the
+    built corpus holds is told only to keys that can read it."""
     store = engine.live().store
+    if not principal.reads(DEFAULT):
+        return Ready(status="ready", build_id="", model=settings.model, documents=0, chunks=0, reload_error=None)
     reload_error = scrub_paths(engine.reload_error) if engine.reload_error else None
     return Ready(status="ready", build_id=store.build_id, model=settings.model,
                  documents=len(store.documents), chunks=store.count(), reload_error=reload_error)

@@ -89,8 +89,11 @@ def get_vector_store_file(store_id: str, name: ReadStore, file_id: str, engine: 
 
 @router.post("/vector_stores/{store_id}/files/{file_id}", responses=WRITE_ERRORS)
 async def update_vector_store_file(store_id: str, name: WriteStore, file_id: str, body: StoreFileUpdate,
-                                   engine: EngineDep, settings: SettingsDep) -> VectorStoreFile:
-    """New attributes: the file is read again from the stored upload (nothing re-embedded)."""
+                                   engine: EngineDep, settings: SettingsDep,
+                                   principal: PrincipalDep) -> VectorStoreFile:
+    """New attributes: the file is read again from the stored upload (nothing re-embedded);
+    the key must be able to read that upload, as to attach it."""
+    readable_file(principal, settings, file_id)
     if store_file(engine, settings, name, file_id) is None:
         raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
     return await attach(engine, settings, name, file_id, body.attributes)

@@ -3,7 +3,9 @@
 
 Keys come from two places: `RAG_API_KEY`, the bootstrap admin key (principal `admin`), and
 the key store (rag.access.keys: reader, writer or admin, on every collection or a list of
-them). With neither, every caller is `local`, an admin: local development.
+them). With neither (no RAG_API_KEY, and no keys.json: no key ever made), every caller is
+`local`, an admin: local development. Once keys.json exists, revoking every key locks the
+service rather than opening it.
 
 Left out: what each role may do on each route (the service's routes declare it: api.deps);
 OAuth/OIDC and sessions; rates shared across processes (a bucket per key per process).
@@ -15,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from rag.access.keys import Key, KeyStore
+from rag.access.keys import Key, KeyStore, hash_secret
 
 READER, WRITER, ADMIN = "reader", "writer", "admin"
 
@@ -26,6 +28,7 @@ class Principal:
     role: str
     collections: frozenset[str] | None  # None: every collection
     rate: float | None = None  # requests a second; None: unlimited
+    id: str = ""  # unique to the key, unlike its name (which a later key may reuse): owns files, holds a bucket
 
     def reads(self, collection: str) -> bool:
         return self.collections is None or collection in self.collections
@@ -43,17 +46,18 @@ class Principal:
         return self.role == ADMIN and self.collections is None
 
 
-LOCAL = Principal("local", ADMIN, None)  # no key is configured: local development
-BOOTSTRAP = Principal("admin", ADMIN, None)  # RAG_API_KEY
+LOCAL = Principal("local", ADMIN, None, id="local")  # no key was ever made: local development
+BOOTSTRAP = Principal("admin", ADMIN, None, id="admin")  # RAG_API_KEY
 
 
-def principal_of(key: Key, default_rate: float) -> Principal:
+def principal_of(key: Key, secret: str, default_rate: float) -> Principal:
     return Principal(key.name, key.role, None if key.collections is None else frozenset(key.collections),
-                     key.rate or default_rate)
+                     key.rate or default_rate, id="key-" + hash_secret(secret)[:16])
 
 
 class Buckets:
-    """A token bucket per key name: `rate` a second, holding at most one second's worth."""
+    """A token bucket per key: `rate` a second, holding one second's worth (at least one
+    request: a key of 0.5 a second may send one every 2 s)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, when)
@@ -64,8 +68,9 @@ class Buckets:
         """0 if a request may go now, else the seconds until it may."""
         now = self._clock()
         with self._lock:
-            tokens, when = self._buckets.get(name, (rate, now))
-            tokens = min(rate, tokens + (now - when) * rate)  # burst: one second's worth
+            capacity = max(1.0, rate)
+            tokens, when = self._buckets.get(name, (capacity, now))
+            tokens = min(capacity, tokens + (now - when) * rate)  # burst: one second's worth
             if tokens >= 1:
                 self._buckets[name] = (tokens - 1, now)
                 return 0.0
@@ -82,7 +87,7 @@ class Gate:
 
     def resolve(self, given: bytes) -> Principal | str:
         """The caller, or why it is refused (StorageError while keys.json is damaged)."""
-        if self.bootstrap is None and self.keys.empty():
+        if self.bootstrap is None and not self.keys.in_use():
             return LOCAL
         scheme, _, token_bytes = given.partition(b" ")
         if not given:
@@ -97,8 +102,8 @@ class Gate:
             return "invalid API key"
         if key.expired():
             return f"API key '{key.name}' has expired"
-        return principal_of(key, self.default_rate)
+        return principal_of(key, token, self.default_rate)
 
     def wait(self, principal: Principal) -> float:
         """0 if the principal may send a request now, else the seconds until it may."""
-        return 0.0 if principal.rate is None else self.buckets.take(principal.name, principal.rate)
+        return 0.0 if principal.rate is None else self.buckets.take(principal.id, principal.rate)

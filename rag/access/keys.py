@@ -112,6 +112,12 @@ class KeyStore:
         self._refresh()
         return not self._by_hash
 
+    def in_use(self) -> bool:
+        """True once keys.json exists, even with every key revoked: a service that had keys
+        never falls back to open local development because the last one went."""
+        self._refresh()
+        return self._signature is not None
+
     def list(self) -> list[Key]:
         """Every key, in the order made, as the file holds them now."""
         self._refresh(force=True)

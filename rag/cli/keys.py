@@ -127,8 +127,18 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
+# C0 and C1 controls and DEL: a value a client chose (a path parameter) must not start a
+# new line or move the cursor on the reader's terminal
+CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _shown(value: Any) -> str:
+    return str(value).translate(CONTROLS)
+
+
 def _event_line(event: dict[str, Any]) -> str:
     rest = {k: v for k, v in event.items() if k not in ("time", "key", "role", "action", "status")}
-    extra = " ".join(f"{k}={v}" for k, v in rest.items())
-    return (f"{event.get('time', '?'):<24} {event.get('key', '-')!s:<16} {event.get('role', '-')!s:<6} "
-            f"{event.get('action', '-')!s:<20} {event.get('status', '-')!s:<6} {extra}").rstrip()
+    extra = " ".join(f"{_shown(k)}={_shown(v)}" for k, v in rest.items())
+    return (f"{_shown(event.get('time', '?')):<24} {_shown(event.get('key', '-')):<16} "
+            f"{_shown(event.get('role', '-')):<6} {_shown(event.get('action', '-')):<20} "
+            f"{_shown(event.get('status', '-')):<6} {extra}").rstrip()

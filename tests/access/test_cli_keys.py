@@ -136,3 +136,11 @@ def test_the_rag_script(tmp_path: Path):
     secret = json.loads(made.stdout)["key"]
     listed = subprocess.run([str(script), "keys", "list"], env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0 and "ci" in listed.stdout and secret not in listed.stdout
+
+
+def test_rag_audit_shows_control_characters_escaped():
+    from rag.cli.keys import _event_line
+
+    line = _event_line({"time": "2026-12-02T12:00:00.000Z", "key": "ra", "role": "reader",
+                        "action": "DELETE /x\n2026-12-02T12:00:00.000Z admin admin\x1b[2K", "status": 404})
+    assert "\n" not in line and "\x1b" not in line and "\\x0a" in line and "\\x1b" in line

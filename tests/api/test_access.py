@@ -172,3 +172,64 @@ def test_a_write_past_a_collection_quota_is_refused_naming_it(built: Settings):
         assert c.post("/collections/a/documents", json={"doc_id": "three", "text": small + " Three."}).status_code \
             == 201  # room again
         assert sorted(d["doc_id"] for d in c.get("/collections/a/documents").json()) == ["three", "two"]
+
+
+def test_files_are_their_uploading_keys_not_their_names(built: Settings):
+    settings = _locked(built)
+    keys = KeyStore(settings.index_dir)
+    bob = keys.create("bob", "writer", ["b"])[1]
+    alice = keys.create("alice", "writer", ["a"])[1]
+    with client_for(settings) as c:
+        for name in ("a", "b"):
+            c.post("/collections", json={"name": name}, headers=ADMIN)
+        secret = c.post("/v1/files", files={"file": ("bob.txt", b"Bob's salary list.")},
+                        data={"purpose": "assistants"}, headers=_bearer(bob)).json()["id"]
+        # alice plants a document under the file's id, then asks for the file to be read into it
+        c.post("/collections/a/documents", json={"doc_id": secret, "text": "placeholder"}, headers=_bearer(alice))
+        r = c.post(f"/v1/vector_stores/vs_a/files/{secret}", json={"attributes": {}}, headers=_bearer(alice))
+        assert r.status_code == 404, r.text
+        text = c.get(f"/collections/a/documents/{secret}/text", headers=_bearer(alice)).json()["text"]
+        assert "salary" not in text
+        # a new key under a revoked key's name is another key: the old one's files are not its
+        assert c.delete("/admin/keys/bob", headers=ADMIN).status_code == 204
+        new_bob = c.post("/admin/keys", json={"name": "bob", "role": "writer", "collections": ["b"]},
+                         headers=ADMIN).json()["key"]
+        assert c.get("/v1/files", headers=_bearer(new_bob)).json()["data"] == []  # made here: works at once
+        assert c.get(f"/v1/files/{secret}/content", headers=_bearer(new_bob)).status_code == 404
+
+
+def test_revoking_the_last_key_locks_a_keyless_service_rather_than_opening_it(built: Settings):
+    keys = KeyStore(built.index_dir)
+    ops = keys.create("ops", "admin")[1]
+    with client_for(built) as c:  # no RAG_API_KEY
+        assert c.get("/admin/keys").status_code == 401
+        assert c.delete("/admin/keys/ops", headers=_bearer(ops)).status_code == 204
+        assert c.post("/admin/keys", json={"name": "mallory", "role": "admin"}).status_code == 401
+        assert c.get("/collections").status_code == 401
+
+
+def test_a_rate_below_one_a_second_still_allows_one_request(built: Settings):
+    settings = _locked(built)
+    slow = KeyStore(settings.index_dir).create("slow", "reader", rate=0.5)[1]
+    with client_for(settings) as c:
+        assert c.get("/collections", headers=_bearer(slow)).status_code == 200
+        r = c.get("/collections", headers=_bearer(slow))
+        assert r.status_code == 429 and int(r.headers["retry-after"]) == 2
+
+
+def test_ready_tells_the_built_corpus_only_to_its_readers(built: Settings):
+    settings = _locked(built)
+    reader = KeyStore(settings.index_dir).create("r", "reader", ["a"])[1]
+    with client_for(settings) as c:
+        mine = c.get("/ready", headers=_bearer(reader)).json()
+        full = c.get("/ready", headers=ADMIN).json()
+    assert mine["documents"] == 0 and mine["build_id"] == "" and full["documents"] > 0 and full["build_id"]
+
+
+def test_key_changes_are_audited_on_a_read_only_service_and_open_paths_are_not(built: Settings):
+    settings = _locked(built, read_only=True)
+    with client_for(settings) as c:
+        assert c.post("/admin/keys", json={"name": "ro", "role": "reader"}, headers=ADMIN).status_code == 201
+        assert c.delete("/health").status_code == 405  # no key, an open path: not the audit's
+        events = c.get("/admin/audit", headers=ADMIN).json()
+    assert [(e["key"], e["action"], e["status"]) for e in events] == [("admin", "POST /admin/keys", 201)]
