@@ -54,7 +54,7 @@ from rag.settings import Settings
 if TYPE_CHECKING:
     import uvicorn
 
-OPEN_PATHS = frozenset({"/health", "/"})  # the chat page holds no data and asks for the key itself
+OPEN_PATHS = frozenset({"/health", "/", "/favicon.ico"})  # the chat page (it asks for the key) and its icon
 LOOPBACK_NAMES = ["localhost", "127.0.0.1", "[::1]"]
 log = logging.getLogger("rag.api")
 

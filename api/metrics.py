@@ -22,9 +22,9 @@ class Metrics:
         self.index_chunks = Gauge("rag_index_chunks", "chunks in the live index", registry=self.registry)
         self.index_documents = Gauge("rag_index_documents", "documents in the live index",
                                      registry=self.registry)
-        self.batch_size = Gauge("rag_last_batch_size", "questions in the latest model batch",
+        self.batch_size = Gauge("rag_last_batch_size", "texts (questions, embeddings inputs) in the latest model call",
                                 registry=self.registry)
-        self.batch_sizes = Histogram("rag_batch_size", "questions per model call", registry=self.registry,
+        self.batch_sizes = Histogram("rag_batch_size", "texts per model call", registry=self.registry,
                                      buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 
     def observe_batch(self, size: int) -> None:

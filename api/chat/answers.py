@@ -23,6 +23,7 @@ the upstream model (rag.search.conversation's heuristic reads it with the earlie
 """
 
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -117,6 +118,27 @@ def plain(text: str) -> str:
 def source_name(c: "ChatCitation") -> str:
     """'title — section', escaped: the Sources list and Open WebUI's source events use it."""
     return plain(c.title) + (f" — {plain(c.section)}" if c.section else "")
+
+
+def source_names(citations: Sequence["ChatCitation"]) -> list[str]:
+    """The names of Open WebUI's source events, in citation order: 'title — section', with
+    no [n] (Open WebUI numbers its source list itself and maps [n] in the text to its n-th
+    entry), and distinct, since it merges the sources of one name into one entry (which
+    would shift every later number). Only names that clash get a suffix: the passage's
+    character span, then its doc_id too (the same title and section in two documents);
+    a name still taken gets '#2', '#3'.
+    ['Ties — Trade', 'Ties — Trade'] -> ['Ties — Trade (characters 0–812)', 'Ties — Trade (characters 812–1630)']"""
+    names = [source_name(c) for c in citations]
+    for suffix in (lambda c: f"characters {c.char_start}–{c.char_end}",
+                   lambda c: f"{c.doc_id}, characters {c.char_start}–{c.char_end}"):
+        taken = Counter(names)
+        names = [f"{source_name(c)} ({suffix(c)})" if taken[name] > 1 else name for name, c in zip(names, citations)]
+    seen: Counter[str] = Counter()
+    distinct = []
+    for name in names:
+        seen[name] += 1
+        distinct.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
+    return distinct
 
 
 def cite(passages: Sequence[Passage], link: Link) -> list[ChatCitation]:

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 from fastapi.responses import StreamingResponse
 
-from api.chat.answers import ChatCitation, source_name
+from api.chat.answers import ChatCitation, source_names
 from rag.text import count_tokens
 
 
@@ -82,8 +82,7 @@ class Frame:
     async def stream_text(self, parts: list[AsyncIterator[str]],
                           citations: list[ChatCitation]) -> AsyncIterator[dict[str, Any]]:
         yield self.chunk({"role": "assistant", "content": ""}, citations)
-        for c in citations:
-            name = f"[{c.n}] {source_name(c)}"
+        for c, name in zip(citations, source_names(citations)):  # Open WebUI numbers them itself
             yield self.chunk({}, event={"type": "source", "data": {
                 "source": {"name": name, "url": c.url},
                 "document": [c.text],

@@ -32,8 +32,10 @@ a question that merely mentions "### Task:" is answered as a question.
 
 Open WebUI as the client (`from_open_webui`): it renders our stream's `source` events
 as chips with a citation modal, so a Markdown Sources list in the text shows every source
-twice. Its backend calls us with aiohttp and no header of its own by default: the
-User-Agent is aiohttp's `Python/3.x aiohttp/3.x` (Open WebUI PR #26333: "Open WebUI's
+twice. It numbers its source list itself and maps [n] in the answer to the n-th source,
+merging sources of one name: the events' names carry no [n] and are kept distinct
+(api.chat.answers.source_names). Its backend calls us with aiohttp and no header of its
+own by default: the User-Agent is aiohttp's `Python/3.x aiohttp/3.x` (Open WebUI PR #26333: "Open WebUI's
 internal aiohttp UA"); with ENABLE_FORWARD_USER_INFO_HEADERS it adds `X-OpenWebUI-User-*`
 and `X-OpenWebUI-Chat-Id`; an admin may add any `X-OpenWebUI-...` header to the
 connection. Its body fields `chat_id`, `session_id` and `metadata` are removed before the

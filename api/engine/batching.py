@@ -4,6 +4,12 @@ questions queue up and form the next batch, so a lone client pays no waiting win
 many clients share model calls. `batch_wait_ms` adds a fixed window for bigger batches.
 The event loop never runs model or search code.
 
+Texts to embed (POST /v1/embeddings, `Batcher.embed`) share the queue, its bound, the
+deadline and the model thread: an `EmbedJob` is one queue entry that brings up to
+`max_batch` texts, and a model call holds at most `max_batch` texts (a job that would
+take it past that waits for the next call; one bigger than that, which the route refuses,
+would go alone).
+
 Isolation: a question the model rejects fails alone. When a batch's model call raises,
 each question is encoded on its own and only the ones that fail again get an error.
 A full queue answers at once (OverloadedError, 503 with Retry-After) instead of piling
@@ -20,6 +26,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,8 +37,21 @@ from rag.search.retriever import Retriever
 from rag.settings import Settings
 from rag.types import Filters, Mode
 
+T = TypeVar("T")
 log = logging.getLogger("rag.engine")
 Default = Callable[[], Retriever | NotReadyError]  # the built corpus's retriever, or why there is none
+
+
+@dataclass
+class Embedded:
+    vectors: np.ndarray  # (texts, dimension) float32, as the model gives them
+    tokens: int  # model tokens read: each text's own, at most the model's max_tokens (it truncates)
+
+
+@dataclass
+class EmbedJob:
+    texts: list[str]
+    future: asyncio.Future[Embedded] = field(repr=False)
 
 
 @dataclass
@@ -52,18 +72,30 @@ class Batcher:
         self.settings = settings
         self.worker_error: str | None = None  # set if the batch loop ever stops
         self.on_batch: Callable[[int], None] = lambda size: None  # the app counts batch sizes for /metrics
-        self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=settings.max_queue)
+        self._queue: asyncio.Queue[Job | EmbedJob] = asyncio.Queue(maxsize=settings.max_queue)
+        self._held: Job | EmbedJob | None = None  # taken from the queue, left for the next model call
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")
 
     async def answer(self, job: Job) -> QueryResponse:
         """Queue the job and wait for its answer, within the request deadline."""
+        return await self._wait(job, job.future, "questions")
+
+    async def embed(self, texts: list[str]) -> Embedded:
+        """The texts' vectors from the model thread, queued as one job: the queue's bound and
+        the request deadline hold as for a question."""
+        if not texts:
+            raise BadQueryError("no text to embed")
+        future: asyncio.Future[Embedded] = asyncio.get_running_loop().create_future()
+        return await self._wait(EmbedJob(list(texts), future), future, "requests")
+
+    async def _wait(self, job: Job | EmbedJob, future: asyncio.Future[T], what: str) -> T:
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            raise OverloadedError(f"{self.settings.max_queue} questions are already waiting; "
+            raise OverloadedError(f"{self.settings.max_queue} {what} are already waiting; "
                                   "retry in a moment") from None
         try:  # a timed-out future is cancelled, and the batch loop skips it
-            return await asyncio.wait_for(job.future, self.settings.request_timeout_seconds)
+            return await asyncio.wait_for(future, self.settings.request_timeout_seconds)
         except TimeoutError:
             raise DeadlineError(f"no answer within {self.settings.request_timeout_seconds:g} s; "
                                 "the service is busy, retry in a moment") from None
@@ -79,19 +111,28 @@ class Batcher:
         self.worker_error = f"the query worker stopped: {task.exception()!r}"
         log.error(self.worker_error)
 
-    async def _next_batch(self) -> list[Job]:
+    async def _next_batch(self) -> list[Job | EmbedJob]:
+        """Jobs for one model call: at most `max_batch` texts (a job that would take the call
+        past it is held for the next one)."""
         loop = asyncio.get_running_loop()
         wait = self.settings.batch_wait_ms / 1000
-        batch = [await self._queue.get()]
+        held, self._held = self._held, None
+        batch = [held or await self._queue.get()]
+        texts = size_of(batch[0])
         deadline = loop.time() + wait
-        while len(batch) < self.settings.max_batch:
+        while texts < self.settings.max_batch:
             try:
                 if wait and (left := deadline - loop.time()) > 0:
-                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                    job = await asyncio.wait_for(self._queue.get(), left)
                 else:
-                    batch.append(self._queue.get_nowait())
+                    job = self._queue.get_nowait()
             except (asyncio.QueueEmpty, TimeoutError):
                 break
+            if texts + size_of(job) > self.settings.max_batch:
+                self._held = job
+                break
+            batch.append(job)
+            texts += size_of(job)
         return [job for job in batch if not job.future.done()]  # skip clients that gave up
 
     async def _batch_loop(self, embedder: Embedder, default: Default) -> None:
@@ -100,8 +141,8 @@ class Batcher:
             live = await self._next_batch()
             if not live:
                 continue
-            self.on_batch(len(live))
-            results: list[QueryResponse | BaseException]
+            self.on_batch(sum(size_of(job) for job in live))
+            results: list[QueryResponse | Embedded | BaseException]
             try:
                 results = list(await loop.run_in_executor(self.worker, answer_batch, embedder, default(), live))
             except asyncio.CancelledError:
@@ -115,17 +156,31 @@ class Batcher:
                 if isinstance(result, BaseException):
                     job.future.set_exception(result)
                 else:
-                    job.future.set_result(result)
+                    job.future.set_result(result)  # type: ignore[arg-type]  # an Embedded for an EmbedJob
+
+
+def size_of(job: Job | EmbedJob) -> int:
+    """Texts the job brings to the model call."""
+    return len(job.texts) if isinstance(job, EmbedJob) else 1
 
 
 def answer_batch(embedder: Embedder, default: Retriever | NotReadyError,
-                 jobs: list[Job]) -> list[QueryResponse | Exception]:
-    """Runs in the worker thread: one model call for the batch, then one search each.
-    Every mode needs the question's vector: confidence and highlights use it. `default`
-    fails only its own queries: a live collection answers without it."""
-    vectors = encode_each(embedder, [j.question for j in jobs])
-    out: list[QueryResponse | Exception] = []
-    for job, vector in zip(jobs, vectors):
+                 jobs: list[Job | EmbedJob]) -> list[QueryResponse | Embedded | Exception]:
+    """Runs in the worker thread: one model call for the batch, then one search each
+    question. Every mode needs the question's vector: confidence and highlights use it.
+    `default` fails only its own queries: a live collection answers without it. An
+    `EmbedJob` gets its texts' vectors, or the first error among them."""
+    texts = [text for job in jobs for text in (job.texts if isinstance(job, EmbedJob) else [job.question])]
+    encoded = encode_each(embedder, texts)
+    out: list[QueryResponse | Embedded | Exception] = []
+    at = 0
+    for job in jobs:
+        if isinstance(job, EmbedJob):
+            out.append(_embedded(embedder, job.texts, encoded[at:at + len(job.texts)]))
+            at += len(job.texts)
+            continue
+        vector = encoded[at]
+        at += 1
         if isinstance(vector, Exception):
             out.append(vector)
             continue
@@ -141,6 +196,23 @@ def answer_batch(embedder: Embedder, default: Retriever | NotReadyError,
         except Exception as exc:
             out.append(exc)
     return out
+
+
+def _embedded(embedder: Embedder, texts: list[str], encoded: list[np.ndarray | Exception]) -> Embedded | Exception:
+    """One embedding request's answer: its vectors and the tokens the model read, or the
+    first error among its texts (a text the model rejects is named by its place in `input`)."""
+    vectors: list[np.ndarray] = []
+    for i, vector in enumerate(encoded):
+        if isinstance(vector, BadQueryError):
+            return BadQueryError(f"the embedding model cannot encode input[{i}] ({type(vector.__cause__).__name__})")
+        if isinstance(vector, Exception):
+            return vector
+        vectors.append(vector)
+    try:  # the model took the texts, so its tokenizer does too; a failure here fails this request alone
+        tokens = sum(min(embedder.count_tokens(text), embedder.max_tokens) for text in texts)
+    except Exception as exc:
+        return _rejected(exc)
+    return Embedded(np.stack(vectors).astype(np.float32, copy=False), tokens)
 
 
 INPUT_ERRORS = (TypeError, ValueError, UnicodeError)  # what tokenizers raise for text they cannot take
@@ -170,4 +242,6 @@ def _rejected(exc: Exception) -> Exception:
         log.error("the model failed on a question: %r", exc)
         return exc
     log.warning("the model rejected a question: %r", exc)
-    return BadQueryError(f"the embedding model cannot encode this question ({type(exc).__name__})")
+    rejected = BadQueryError(f"the embedding model cannot encode this question ({type(exc).__name__})")
+    rejected.__cause__ = exc
+    return rejected

@@ -6,10 +6,10 @@ or, when RAG_LLM_BASE_URL and RAG_LLM_MODEL are set, streams an upstream
 OpenAI-compatible model's answer over the packed context. Either way the Sources list
 ends the text (RAG_CHAT_SOURCES: auto leaves it out of streams to Open WebUI, which shows
 the source events instead), every response carries `citations`, and a stream also carries
-one Open WebUI `source` event per cited passage (each named "[n] title — section", so Open
-WebUI keeps them apart), attached to chunks with an empty delta so strict clients skip
-them. Open WebUI's background task prompts get their JSON reply without retrieval
-(api.chat.webui).
+one Open WebUI `source` event per cited passage (each named "title — section", made distinct
+where two would clash, so Open WebUI keeps them apart and numbers them itself), attached
+to chunks with an empty delta so strict clients skip them. Open WebUI's background task
+prompts get their JSON reply without retrieval (api.chat.webui).
 """
 
 import asyncio

@@ -233,3 +233,9 @@ def test_key_changes_are_audited_on_a_read_only_service_and_open_paths_are_not(b
         assert c.delete("/health").status_code == 405  # no key, an open path: not the audit's
         events = c.get("/admin/audit", headers=ADMIN).json()
     assert [(e["key"], e["action"], e["status"]) for e in events] == [("admin", "POST /admin/keys", 201)]
+
+
+def test_the_icon_needs_no_key(built: Settings):
+    with client_for(_locked(built)) as c:
+        r = c.get("/favicon.ico")
+        assert r.status_code == 200 and r.headers["content-type"].startswith("image/")

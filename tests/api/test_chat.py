@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
-from api.chat.answers import NO_ANSWER, turns_from
+from api.chat.answers import NO_ANSWER, ChatCitation, source_names, turns_from
 from rag.settings import Settings
 from rag.text import count_tokens
 from tests.helpers import BASE_URL, FakeEmbedder, fake_upstream, running_server
@@ -101,7 +101,10 @@ def test_streaming_answer_matches_and_carries_sources(live: str):
     sources = [e["event"]["data"] for e in events if "event" in e]
     assert sources and all(e["event"]["type"] == "source" for e in events if "event" in e)
     names = [s["source"]["name"] for s in sources]
-    assert len(set(names)) == len(names) and names[0].startswith("[1] ")  # distinct: Open WebUI keeps them apart
+    assert len(set(names)) == len(names)  # distinct: Open WebUI merges sources of one name
+    assert names == source_names([ChatCitation(**c) for c in events[0]["citations"]])
+    assert not any(re.match(r"\[\d+\]", name) for name in names)  # Open WebUI numbers its list itself
+    assert [m["source"] for s in sources for m in s["metadata"]] == names  # what Open WebUI keys them by
     assert "citations" in events[0] and "citations" in events[-1] and events[-1]["choices"][0]["finish_reason"] == "stop"
 
 

@@ -33,7 +33,7 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/admin/keys"): "admin", ("GET", "/admin/keys"): "admin",
     ("DELETE", "/admin/keys/{name}"): "admin", ("GET", "/admin/audit"): "admin",
     ("GET", "/v1/models"): "any", ("GET", "/v1/models/{model}"): "read",
-    ("POST", "/v1/chat/completions"): "read",
+    ("POST", "/v1/chat/completions"): "read", ("POST", "/v1/embeddings"): "any",
     ("GET", "/collections"): "any", ("POST", "/collections"): "admin",
     ("GET", "/collections/{name}"): "read", ("DELETE", "/collections/{name}"): "manage",
     ("GET", "/collections/{name}/documents"): "read", ("POST", "/collections/{name}/documents"): "write",
@@ -87,6 +87,7 @@ def _request(method: str, path: str, world: dict[str, Any]) -> dict[str, Any]:
         ("POST", "/admin/keys"): {"json": {"name": "made-here", "role": "reader"}},
         ("POST", "/v1/chat/completions"): {"json": {"model": "rag:a", "messages": [
             {"role": "user", "content": "Which ferries?"}]}},
+        ("POST", "/v1/embeddings"): {"json": {"model": "rag", "input": "ferries"}},
         ("POST", "/collections"): {"json": {"name": "c-new"}},
         ("POST", "/collections/{name}/documents"): {"json": {"doc_id": "new", "text": article("harbours", 1, 2)}},
         ("PUT", "/collections/{name}/documents/{doc_id}"): {"json": {"text": article("ports", 1, 2)}},

@@ -462,3 +462,17 @@ def test_citation_links_use_the_public_url_behind_an_internal_host(built: Settin
     assert "(https://rag.example.org/#cite=" in text
     with TestClient(app_for(built.model_copy(update=internal)), base_url="http://rag-internal:8000") as c:
         assert complete(c)["citations"][0]["url"].startswith("http://rag-internal:8000/#cite=")
+
+
+# ------------------------------------------------------------------ the page a citation link opens
+
+
+def test_the_page_has_an_icon(client: TestClient):
+    """A citation link opens the chat page, and the browser asks for /favicon.ico: an icon,
+    not a 404; the page links it, and its CSP lets it load."""
+    r = client.get("/favicon.ico")
+    assert (r.status_code, r.headers["content-type"]) == (200, "image/x-icon")
+    assert r.content[:4] == b"\x00\x00\x01\x00" and r.headers["x-content-type-options"] == "nosniff"
+    page = client.get("/")
+    assert '<link rel="icon" href="/favicon.ico"' in page.text
+    assert "img-src 'self'" in page.headers["content-security-policy"]
