@@ -189,7 +189,7 @@ def create_app(settings: Settings | None = None,
     app.add_middleware(HostGuard, allowed=allowed_hosts(settings))
     app.add_middleware(JsonCors, allow_origins=settings.cors_origins,  # collections and stores PUT and DELETE too
                        allow_methods=["GET", "POST", "PUT", "DELETE"],
-                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
+                       allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Mcp-Protocol-Version"])
     app.add_middleware(InFlight, limit=settings.limit_concurrency)
     app.add_middleware(AccessLog, requests=metrics.requests, latency=metrics.latency)
     return app
