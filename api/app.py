@@ -176,6 +176,7 @@ def create_app(settings: Settings | None = None,
     app.add_middleware(Deadline, seconds=settings.request_timeout_seconds,
                        slow_paths={"/v1/chat/completions": max(settings.request_timeout_seconds,
                                                                settings.llm_total_seconds),
+                                   "/v1/responses": max(settings.request_timeout_seconds, settings.llm_total_seconds),
                                    "/admin/reload": max(settings.request_timeout_seconds, 600.0)})
     if not settings.read_only:  # outside the deadline: its 503 frees the key
         app.add_middleware(Idempotency, index_dir=settings.index_dir)

@@ -36,6 +36,7 @@ from rag.errors import (
     ReloadError,
     StorageError,
     TooLargeError,
+    UnsupportedError,
     UpstreamError,
 )
 from rag.ingest.uploads import UnsupportedTypeError
@@ -44,6 +45,7 @@ STATUS_OF: list[tuple[type[RagError], int]] = [
     (UnsupportedTypeError, 415),
     (TooLargeError, 413),
     (QuotaError, 413),
+    (UnsupportedError, 400),
     (CorpusError, 422),  # a document sent over HTTP that cannot be read
     (BadQueryError, 422),
     (NotFoundError, 404),

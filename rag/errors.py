@@ -68,6 +68,10 @@ class ReadOnlyError(RagError):
 # ---- the service's own conditions (the HTTP boundary maps them to status codes)
 
 
+class UnsupportedError(RagError):
+    """A parameter or tool whose meaning this service cannot honour (400, naming it)."""
+
+
 class QuotaError(RagError):
     """A write would take a collection past a quota (documents, bytes of text)."""
 

@@ -21,7 +21,7 @@ CALLERS = ("none", "reader_a", "writer_a", "writer_b", "admin", "revoked", "expi
 # what each operation needs; its collection is A ('a', 'vs_a', 'rag:a') unless it says otherwise
 #   any: any valid key   read/write/manage (delete, rename): of the collection
 #   admin: the whole service's admin (creating collections and vector stores too)
-#   upload: a writer or an admin   own: the file's uploader (writer of A) or an admin
+#   upload: a writer or an admin   own: the file's uploader or the response's maker (writer of A), or an admin
 #   default: read the built corpus
 RULES: dict[tuple[str, str], str] = {
     ("GET", "/health"): "open",
@@ -34,6 +34,8 @@ RULES: dict[tuple[str, str], str] = {
     ("DELETE", "/admin/keys/{name}"): "admin", ("GET", "/admin/audit"): "admin",
     ("GET", "/v1/models"): "any", ("GET", "/v1/models/{model}"): "read",
     ("POST", "/v1/chat/completions"): "read", ("POST", "/v1/embeddings"): "any",
+    ("POST", "/v1/responses"): "read",
+    ("GET", "/v1/responses/{response_id}"): "own", ("DELETE", "/v1/responses/{response_id}"): "own",
     ("GET", "/collections"): "any", ("POST", "/collections"): "admin",
     ("GET", "/collections/{name}"): "read", ("DELETE", "/collections/{name}"): "manage",
     ("GET", "/collections/{name}/documents"): "read", ("POST", "/collections/{name}/documents"): "write",
@@ -77,7 +79,7 @@ def _request(method: str, path: str, world: dict[str, Any]) -> dict[str, Any]:
     url = (path.replace("{name}", "victim-key" if path.startswith("/admin/keys") else "a")
            .replace("{store_id}", "vs_a").replace("{doc_id}", world["doc_id"])
            .replace("{file_id}", world["file_id"]).replace("{chunk_id}", world["chunk_id"])
-           .replace("{model}", "rag:a"))
+           .replace("{model}", "rag:a").replace("{response_id}", world["response_id"]))
     if path == "/documents/{doc_id}":
         url = f"/documents/{world['default_doc']}"
     bodies: dict[tuple[str, str], dict[str, Any]] = {
@@ -88,6 +90,8 @@ def _request(method: str, path: str, world: dict[str, Any]) -> dict[str, Any]:
         ("POST", "/v1/chat/completions"): {"json": {"model": "rag:a", "messages": [
             {"role": "user", "content": "Which ferries?"}]}},
         ("POST", "/v1/embeddings"): {"json": {"model": "rag", "input": "ferries"}},
+        ("POST", "/v1/responses"): {"json": {"model": "rag:a", "input": "Which ferries?", "tools": [
+            {"type": "file_search", "vector_store_ids": ["vs_a"]}]}},
         ("POST", "/collections"): {"json": {"name": "c-new"}},
         ("POST", "/collections/{name}/documents"): {"json": {"doc_id": "new", "text": article("harbours", 1, 2)}},
         ("PUT", "/collections/{name}/documents/{doc_id}"): {"json": {"text": article("ports", 1, 2)}},
@@ -124,10 +128,12 @@ def _reset(c: TestClient, admin: dict[str, str], settings: Settings) -> dict[str
                    headers=writer_a).json()["id"]
     assert c.post("/v1/vector_stores/vs_a/files", json={"file_id": file_id}, headers=admin).json()["status"] == \
         "completed"
+    response_id = c.post("/v1/responses", json={"model": "rag:a", "input": "Which ferries?"},
+                         headers=writer_a).json()["id"]
     default_doc = c.get("/documents", headers=admin).json()["documents"][0]["doc_id"]
     chunk_id = c.get("/query", params={"q": "ferries"}, headers=admin).json()["passages"][0]["chunk_id"]
     return {"doc_id": "d1", "file_id": file_id, "spare_file_id": spare, "chunk_id": chunk_id,
-            "default_doc": default_doc}
+            "default_doc": default_doc, "response_id": response_id}
 
 
 def _snapshot(c: TestClient, admin: dict[str, str], settings: Settings) -> Any:
@@ -139,7 +145,8 @@ def _snapshot(c: TestClient, admin: dict[str, str], settings: Settings) -> Any:
     stores = sorted((s["id"], s["name"]) for s in c.get("/v1/vector_stores", headers=admin).json()["data"])
     files = sorted(f["id"] for f in c.get("/v1/files", headers=admin).json()["data"])
     keys = sorted(k.name for k in KeyStore(settings.index_dir).list())
-    return collections, stores, files, keys
+    responses = sorted(p.name for p in (settings.index_dir / "responses").glob("*.json"))
+    return collections, stores, files, keys, responses
 
 
 SECRETS: dict[str, str] = {}
