@@ -143,19 +143,19 @@ class Engine:
         """A big write, saved to its collection's spool first (api.engine.spool) unless it is
         resumed from there: acknowledged only once it is on disk. `work` writes it (default:
         the document's upsert, as a resumed one is written)."""
-        folder = self.live_collections().root / entry.collection
         doc = entry.doc
         if not resumed:  # over a quota: refused now (413), not failed later
             self.live_collections().check_quota(entry.collection, doc)
-            spool.save(folder, entry)
+            entry = spool.save(self.live_collections().root / entry.collection, entry)
+        saved = entry
         try:
             self.write_later((entry.collection, doc.doc_id),
-                             work or (lambda c: c.upsert(entry.collection, doc, replace=entry.replace,
-                                                         clean=entry.clean)),
+                             work or (lambda c: c.upsert(saved.collection, doc, replace=saved.replace,
+                                                         clean=saved.clean)),
                              content_hash=doc.content_hash, resumed=resumed,
-                             on_done=lambda error: spool.finish(folder, doc.doc_id, error))
+                             on_done=lambda error: spool.finish(saved, error))
         except RagError:  # refused (read-only, the queue full): never acknowledged, so not kept
-            spool.forget(folder, doc.doc_id)
+            spool.drop(saved)
             raise
 
     def _resume(self) -> None:

@@ -1,16 +1,17 @@
 """A 202 is a promise kept: a big write is on disk before it is acknowledged.
 
 Before a big document is answered 202, the document and how to write it are saved in its
-collection's folder, `.spool/<doc_id>.json`, written atomically and fsynced
-(rag.files.replace_text). The writer removes the entry once the write is committed, or
-replaces it with `.spool/<doc_id>.failed.json` holding the reason. The service resumes every
+collection's folder, `.spool/<doc_id>@<time in ns>.json`, written atomically and fsynced
+(rag.files.replace_text): one entry per write, so a second write of a document queued
+behind the first is an entry of its own. The writer removes a write's entry once it is
+committed, and on failure leaves `.spool/<doc_id>@failed.json` holding the reason. The service resumes every
 entry it finds when it starts, so a write acknowledged before a crash (SIGKILL, OOM, power
 cut) is applied after the restart; applying it twice is harmless, since a document written
 again with the same content is `unchanged`. Any process that shares the index folder
 answers a write's state from these files, across restarts.
 
-Example: `.spool/report.json` {"doc_id": "report", "text": "...", "replace": false, ...}
-    -> in_progress until written; then gone (completed), or report.failed.json (failed)
+Example: `.spool/report@01796212962000000000.json` {"doc_id": "report", "text": "...", ...}
+    -> in_progress until written; then gone (completed), or report@failed.json (failed)
 
 A vector store file's big write is spooled the same way (its document, with the file's
 attributes in its metadata); what it records on success is the collection's own.
@@ -20,10 +21,12 @@ nothing acknowledged); a spool in Milvus itself (it lives in the index folder th
 service's replicas share).
 """
 
+import glob
 import json
+import time
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from api.engine.writes import State
@@ -31,6 +34,7 @@ from rag.files import fsync_path, replace_text
 from rag.ingest.corpus import SourceDocument
 
 SPOOL = ".spool"
+FAILED = "@failed.json"  # '@' is in no doc_id (rag.ingest.uploads.checked_doc_id)
 
 
 @dataclass(frozen=True)
@@ -39,61 +43,78 @@ class Spooled:
     doc: SourceDocument
     replace: bool
     clean: bool
+    path: Path | None = None  # its entry, once saved
 
 
-def save(folder: Path, entry: Spooled) -> None:
-    """The write on disk, fsynced, before it is acknowledged."""
+def save(folder: Path, entry: Spooled) -> Spooled:
+    """The write on disk, fsynced, before it is acknowledged: its own entry, named by the
+    document and the time (ns), so two writes of one document queued together are two
+    entries, resumed in the order they were acknowledged."""
     spool = folder / SPOOL
     if not spool.is_dir():
         spool.mkdir(exist_ok=True)
         fsync_path(folder)
     with suppress(FileNotFoundError):  # a new write of the document speaks for it now
-        (spool / f"{entry.doc.doc_id}.failed.json").unlink()
+        (spool / f"{entry.doc.doc_id}{FAILED}").unlink()
     doc = entry.doc
-    replace_text(spool / f"{doc.doc_id}.json", json.dumps({
+    path = spool / f"{doc.doc_id}@{time.time_ns():020d}.json"
+    replace_text(path, json.dumps({
         "doc_id": doc.doc_id, "name": doc.path.name, "text": doc.text, "metadata": doc.metadata,
         "replace": entry.replace, "clean": entry.clean}))
+    return replace(entry, path=path)
 
 
-def finish(folder: Path, doc_id: str, error: str | None) -> None:
+def finish(entry: Spooled, error: str | None) -> None:
     """The write is committed (`error` None) or failed: its entry goes, a failure stays."""
-    spool = folder / SPOOL
+    assert entry.path is not None
     if error is not None:
-        replace_text(spool / f"{doc_id}.failed.json", json.dumps({"error": error}))
+        replace_text(entry.path.parent / f"{entry.doc.doc_id}{FAILED}", json.dumps({"error": error}))
+    drop(entry)
+
+
+def drop(entry: Spooled) -> None:
+    """This write's entry only (refused after it was saved, or done)."""
+    assert entry.path is not None
     with suppress(FileNotFoundError):
-        (spool / f"{doc_id}.json").unlink()
-        fsync_path(spool)
+        entry.path.unlink()
+        fsync_path(entry.path.parent)
 
 
 def forget(folder: Path, doc_id: str) -> None:
     """A deleted document's failure, and any entry of it, go with it."""
-    for name in (f"{doc_id}.failed.json", f"{doc_id}.json"):
+    for path in _entries(folder / SPOOL, doc_id):
         with suppress(FileNotFoundError):
-            (folder / SPOOL / name).unlink()
+            path.unlink()
+    with suppress(FileNotFoundError):
+        (folder / SPOOL / f"{doc_id}{FAILED}").unlink()
 
 
 def state(folder: Path, doc_id: str) -> State | None:
-    """in_progress while the entry is there, failed with the reason after, else None."""
+    """in_progress while an entry of it is there, failed with the reason after, else None."""
     spool = folder / SPOOL
-    if (spool / f"{doc_id}.json").exists():
+    if _entries(spool, doc_id):
         return {"status": "in_progress", "error": None}
     try:
-        failed = json.loads((spool / f"{doc_id}.failed.json").read_text(encoding="utf-8"))
+        failed = json.loads((spool / f"{doc_id}{FAILED}").read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         return None
     return {"status": "failed", "error": str(failed.get("error"))}
 
 
+def _entries(spool: Path, doc_id: str) -> list[Path]:
+    return sorted(p for p in spool.glob(f"{glob.escape(doc_id)}@*.json") if not p.name.endswith(FAILED))
+
+
 def pending(root: Path) -> Iterator[Spooled]:
-    """Every write acknowledged and not yet done, in every collection under `root`."""
+    """Every write acknowledged and not yet done, in every collection under `root`; one
+    document's in the order they were acknowledged."""
     for spool in sorted(root.glob(f"*/{SPOOL}")):
-        for path in sorted(spool.glob("*.json")):
-            if path.name.endswith(".failed.json") or path.name.startswith("."):
+        for path in sorted(spool.glob("*@*.json")):
+            if path.name.endswith(FAILED) or path.name.startswith("."):
                 continue
             try:
                 raw = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):  # replace_text never leaves half a file: unreadable is foreign
                 continue
             doc = SourceDocument(raw["doc_id"], Path(raw["name"]), raw["text"], raw["metadata"])
-            yield Spooled(spool.parent.name, doc, bool(raw["replace"]), bool(raw["clean"]))
-
+            yield Spooled(spool.parent.name, doc, bool(raw["replace"]), bool(raw["clean"]), path)

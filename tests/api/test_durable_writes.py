@@ -103,7 +103,7 @@ def test_sigterm_exits_within_the_grace_and_every_acknowledged_write_resumes(bui
             server.kill()
             server.wait()
     assert took < grace + 3, took  # no request in flight: the running write's grace, then the exit
-    spooled = {p.stem for p in (settings.index_dir / "collections" / "notes" / ".spool").glob("*.json")}
+    spooled = {p.stem.split("@")[0] for p in (settings.index_dir / "collections" / "notes" / ".spool").glob("*.json")}
     # a write that finished in the grace is off the spool; one cut off, and those never started, wait on it
     assert spooled == (set(texts) if first_paragraphs > 12 else set(texts) - {"big0"}), spooled
     server, url = start_service(settings)
@@ -146,6 +146,35 @@ def test_a_big_vector_store_file_in_progress_survives_a_sigkill(built: Settings)
         assert [s.status for s in states] == ["completed"] * 4, states
         assert [s.attributes for s in states] == [{"n": i} for i in range(4)]  # written as acknowledged
         assert client.vector_stores.retrieve(store.id).file_counts.completed == 4
+    finally:
+        server.terminate()
+        server.wait()
+
+
+@pytest.mark.slow
+def test_a_second_202_of_one_document_survives_the_first_ones_commit_and_a_sigkill(built: Settings):
+    settings = built.model_copy(update={"sync_write_chars": 1000})
+    first, second = article("harbours", 1, 12), article("lighthouses", 2, 12)
+    server, url = start_service(settings, slow_writes=True)
+    try:
+        assert httpx.post(url + "/collections", json={"name": "notes"}).status_code == 201
+        assert httpx.post(url + "/collections/notes/documents", json={"doc_id": "x", "text": first}).status_code == 202
+        assert httpx.put(url + "/collections/notes/documents/x", json={"text": second}).status_code == 202
+        deadline = time.monotonic() + 30
+        while True:  # the first is committed, the second not yet: kill now
+            r = httpx.get(url + "/collections/notes/documents/x/text")
+            if r.status_code == 200 and r.json()["text"].startswith(first[:60]):
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+    server, url = start_service(settings)
+    try:
+        states = _wait_completed(url, "notes", ["x"])
+        assert states["x"].get("status") == "completed", states
+        assert httpx.get(url + "/collections/notes/documents/x/text").json()["text"].startswith(second[:60])
     finally:
         server.terminate()
         server.wait()
