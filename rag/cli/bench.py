@@ -1,4 +1,4 @@
-"""`rag bench serve|soak|scale|writes|backends|attack`: each benchmark its own subcommand.
+"""`rag bench serve|soak|scale|writes|backends|attack|crash|auth`: each benchmark its own subcommand.
 
 SciFact (real texts and queries, distinct vectors) feeds the benchmarks that need a corpus
 larger than the seed one; `--scifact` says where it is (the BEIR folder).
@@ -15,7 +15,7 @@ import typer
 
 from rag.cli.base import IndexOpt, fail, load_settings, user_errors
 
-app = typer.Typer(help="Benchmarks: the real server, a soak, a million chunks, live writes, encoder backends.",
+app = typer.Typer(help="Benchmarks: the real server, a soak, a million chunks, live writes, encoder backends, crashes.",
                   no_args_is_help=True)
 
 SciFactOpt = Annotated[Path, typer.Option("--scifact", help="the SciFact BEIR folder (corpus.jsonl, "
@@ -147,3 +147,53 @@ def attack(
     out.write_text(json.dumps(result, indent=2))
     typer.echo(json.dumps(result) if as_json else attack_table(result))
     typer.echo(f"\nwrote {out}", err=as_json)
+
+
+@app.command("crash")
+@user_errors
+def crash(
+    rounds: Annotated[int, typer.Option(help="SIGKILLs, each followed by a restart and a check", min=1)] = 20,
+    writes: Annotated[int, typer.Option(help="mixed writes planned per round (the kill cuts them)", min=1)] = 100,
+    seed: Annotated[int, typer.Option(help="seeds the writes and the kill times")] = 0,
+    sync_chars: Annotated[int, typer.Option(help="RAG_SYNC_WRITE_CHARS of the server: longer documents "
+                                            "get 202", min=500)] = 4000,
+    collections: Annotated[int, typer.Option(help="also: N collections created, queried and deleted on a "
+                                             "fresh server, its descriptors and RSS before and after; 0: not")] = 0,
+    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("eval/reports/crash.json"),
+    as_json: JsonOpt = False,
+    scifact: SciFactOpt = DEFAULT_SCIFACT,
+    index: IndexOpt = None,
+) -> None:
+    """Mixed writes (sync and 202) under a random SIGKILL, again and again: acknowledged writes lost,
+    applied twice, partial after each restart."""
+    from rag.bench.crash import crash_table, run_collections, run_crash
+    from rag.ingest.build import build_index
+
+    settings = load_settings(index=index)
+    if settings.vector_store != "local":
+        fail("rag bench crash runs on the local store (RAG_VECTOR_STORE=local)")
+    build_index(settings, log=_log)  # no-op when up to date
+    result = run_crash(settings, rounds, writes, seed, sync_chars, scifact, log=_log)
+    if collections:
+        result["collections"] = run_collections(settings, collections, log=_log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result) if as_json else crash_table(result))
+    typer.echo(f"\nwrote {out}", err=as_json)
+    t = result["totals"]
+    if t["lost"] or t["twice"] or t["partial"]:
+        fail(f"{t['lost']} lost, {t['twice']} applied twice, {t['partial']} partial")
+
+
+@app.command("auth")
+@user_errors
+def auth(
+    keys: Annotated[int, typer.Option(help="keys in the store", min=1)] = 1000,
+    requests: Annotated[int, typer.Option(help="requests checked", min=1)] = 20000,
+    as_json: JsonOpt = False,
+) -> None:
+    """What checking a request's key costs: resolve, rate, the route's rule (p50, p99 in us)."""
+    from rag.bench.auth import auth_table, run_auth
+
+    result = run_auth(keys, requests)
+    typer.echo(json.dumps(result) if as_json else auth_table(result))
