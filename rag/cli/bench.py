@@ -1,4 +1,5 @@
-"""`rag bench serve|soak|scale|writes|backends|attack|crash|auth`: each benchmark its own subcommand.
+"""`rag bench serve|soak|scale|writes|backends|attack|crash|auth|agents`: each benchmark its own
+subcommand.
 
 SciFact (real texts and queries, distinct vectors) feeds the benchmarks that need a corpus
 larger than the seed one; `--scifact` says where it is (the BEIR folder).
@@ -197,3 +198,23 @@ def auth(
 
     result = run_auth(keys, requests)
     typer.echo(json.dumps(result) if as_json else auth_table(result))
+
+
+@app.command("agents")
+@user_errors
+def agents(
+    limit: Annotated[int | None, typer.Option(help="questions of the seed set to ask (default: all)", min=1)] = None,
+    out: Annotated[Path, typer.Option(help="JSON results file")] = Path("eval/reports/agents.json"),
+    as_json: JsonOpt = False,
+    index: IndexOpt = None,
+) -> None:
+    """MCP search, /v1/embeddings and /v1/responses beside /query and chat, in one run (p50, ratios)."""
+    from rag.bench.agents import agents_table, run_agents
+    from rag.ingest.build import build_index
+
+    settings = load_settings(index=index)
+    build_index(settings, log=_log)  # no-op when up to date
+    result = run_agents(settings.index_dir, limit)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result) if as_json else agents_table(result))
