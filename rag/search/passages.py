@@ -92,7 +92,9 @@ class Passages:
         self.highlight_lexical_weight = highlight_lexical_weight
         # citations read a document's metadata, not its text: keep the recent ones, per store
         # version (a live collection bumps it on every write, so a replaced title never shows)
-        self._metadata = lru_cache(maxsize=4096)(lambda doc_id, version: self.store.documents[doc_id].metadata)
+        # (the cached function holds the store, not self: no reference cycle, so a dropped
+        # retriever frees its store at once, not at the next full GC)
+        self._metadata = lru_cache(maxsize=4096)(lambda doc_id, version: store.documents[doc_id].metadata)
 
     def passage(self, rank: int, group: Group, sentences: Sentences, query_vector: np.ndarray,
                 terms: set[str]) -> Passage:

@@ -87,8 +87,16 @@ class KnowledgeBase(LiveWrites):
         self._index = LiveIndex(self.dimension)
         self._seen = -1  # SQLite's data_version when the indexes were last built
         self._reload()
-        self.chunks = _Chunks(self)
-        self.documents = _Documents(self)
+
+    # views made on each use, not kept: a view kept here would hold this object in a reference
+    # cycle, freed only by the cyclic GC (rare full collections), with its indexes and connection
+    @property
+    def chunks(self) -> "_Chunks":
+        return _Chunks(self)
+
+    @property
+    def documents(self) -> "_Documents":
+        return _Documents(self)
 
     def _connect(self) -> sqlite3.Connection:
         try:

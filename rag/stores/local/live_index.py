@@ -31,9 +31,11 @@ from rag.stores.base import Ranking, ranking
 class LiveIndex:
     def __init__(self, dimension: int, k1: float = DEFAULT_K1, b: float = DEFAULT_B):
         self.dimension, self.k1, self.b = dimension, k1, b
-        self._vectors = np.zeros((1024, dimension), dtype=np.float32)
+        # grown on demand (doubling): an empty or released collection holds no vector array (a
+        # fixed 1,024 slots were 1.5 MB each at 384 dimensions, of 2,000 collections' churn)
+        self._vectors = np.zeros((0, dimension), dtype=np.float32)
         self.rows = array("q")  # slot -> row
-        self._alive = np.zeros(1024, dtype=bool)
+        self._alive = np.zeros(0, dtype=bool)
         self._slot: dict[int, int] = {}  # row -> slot
         self._lengths = array("i")  # tokens per slot
         self._postings: dict[str, tuple[array, array]] = {}  # term -> (slots, term frequencies)
@@ -47,8 +49,10 @@ class LiveIndex:
         """Rows with their vectors and the texts BM25 indexes."""
         start = len(self.rows)
         if start + len(rows) > len(self._vectors):
-            grown = max(2 * len(self._vectors), start + len(rows))
-            self._vectors = np.resize(self._vectors, (grown, self.dimension))
+            grown = max(2 * len(self._vectors), start + len(rows), 16)
+            kept = np.zeros((grown, self.dimension), dtype=np.float32)
+            kept[:start] = self._vectors[:start]
+            self._vectors = kept
             alive = np.zeros(grown, dtype=bool)
             alive[:len(self._alive)] = self._alive
             self._alive = alive
