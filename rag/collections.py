@@ -33,6 +33,10 @@ build id or Milvus tag changed, releases it and raises NotFoundError or opens th
 
 Left out: renaming; a registry in Milvus itself; a delete racing another replica's delete
 and re-create of its name between its check and its rename (ms: it removes the new one).
+
+Why ~335 lines: the registry (create, delete, the LRU, replicas' changes) and the writes
+(upsert, remove, quotas, the Milvus sweep) share one lock and the open stores; the parts that
+stand alone are already apart (rag.stores.manifest, rag.stores.quota, rag.files).
 """
 
 import hashlib

@@ -16,6 +16,10 @@ error (StorageError), never an empty key set: that would open a server that keys
 Left out: rotating a key in place (create a new one, then revoke the old), changing a key's
 role or collections (revoke and create), locks on network filesystems without flock, and
 the roles' meaning (the service decides what each role may do).
+
+Why ~330 lines: the read path (stat-checked reloads, thread-safe) and the write path (flock,
+atomic rewrite) share the file's parsing and validation, which is a third of it; split, each
+half would import the other's privates.
 """
 
 import fcntl  # POSIX only, like rag.files

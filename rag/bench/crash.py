@@ -36,6 +36,9 @@ warm-up of WARM_COLLECTIONS) and at the end.
 Left out: kills during start-up and during the resume (the kill falls among the writes),
 power cuts (SIGKILL leaves the page cache; fsync's part is trusted), multipart file
 uploads, several writers of one document at once, and the Milvus store.
+
+Why ~410 lines: one benchmark whose plan, kill, restart and check are one model of what
+must hold; the check alone is a third, and its fake-service tests read its internals.
 """
 
 import json

@@ -30,7 +30,7 @@ for the local store: rag.collections). Milvus Lite serves one process, so the te
 several writers use two clients in one process and processes that take turns; what only
 a server with several processes at once would show is in rag.stores.milvus.claims.
 
-Why one module of ~430 lines: the write protocol (intent, insert, pointer, delete, recover)
+Why one module of ~455 lines: the write protocol (intent, insert, pointer, delete, recover)
 is one transaction spread over steps that share the collection's private state, and the
 row views and `OldVersion` read that state too; split, each piece would reach into the
 others' privates. Its layout (names, keys, pointers) is already apart, in `versions`.
