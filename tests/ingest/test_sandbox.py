@@ -1,7 +1,6 @@
 """Parsers run in a limited worker process (rag.ingest.sandbox): a crash, a memory hog, a
 CPU hog or a hang fails that document alone, with the limit named, and the caller goes on."""
 
-import os
 import time
 
 import pytest
@@ -11,34 +10,9 @@ from rag.ingest.sandbox import ParseLimits, run_limited
 from rag.ingest.uploads import uploaded_document
 from rag.settings import Settings
 from tests.helpers import PDF_PAGES, client_for, pdf_bytes
+from tests.ingest.parser_targets import crash, fail_with_a_bug, hog_memory, refuse, sleep_long, spin
 
 SMALL = ParseLimits(memory_mb=512, cpu_seconds=1, wall_seconds=5)
-
-
-# what the workers run: module-level, so that a worker can import them by name
-def crash() -> None:
-    os.abort()
-
-
-def hog_memory() -> bytes:
-    return bytes(4 << 30)  # 4 GiB, over the 512 MB limit
-
-
-def spin() -> None:
-    while True:
-        pass
-
-
-def sleep_long() -> None:
-    time.sleep(60)
-
-
-def fail_with_a_bug() -> None:
-    raise ValueError("a parser bug")
-
-
-def refuse() -> None:
-    raise TooLargeError("the PDF has 10000 pages; the limit is 2000 (RAG_MAX_PDF_PAGES)")
 
 
 def test_a_planted_crash_fails_that_call_alone():
