@@ -17,7 +17,8 @@ taken over.
 Example: POST /collections/notes/documents, Idempotency-Key: 7f1c…, body {"text": …}
     -> 201 {"doc_id": …, "status": "created"}; the same again -> the same 201, replayed
 
-Left out: answers over `MAX_BODY_BYTES` (not kept: the key is freed) and streams; a crash
+Left out: answers over `MAX_BODY_BYTES`, and answers given before the route read a body
+the server no longer holds (not kept: the key is freed, and the retry runs); streams; a crash
 between a write's commit and its answer being kept (the retry runs again: a document
 written again with the same content is `unchanged`, a collection made again is a 409).
 """
@@ -181,7 +182,10 @@ class Idempotency:
                             key: str, fingerprint: Any) -> None:
         started: dict[str, Any] = {}
         body = bytearray()
-        whole = False  # the request's body was read to its end
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        # the request's body was read to its end (a bodiless one has none to read)
+        whole = (length is None and b"transfer-encoding" not in headers) or length == b"0"
 
         async def hashed() -> Message:
             nonlocal whole
@@ -207,7 +211,8 @@ class Idempotency:
                 if (await hashed())["type"] != "http.request":
                     break
             status = started.get("status", 500)
-            if status < 500 and status != 429 and len(body) <= MAX_BODY_BYTES:
+            # kept only when its fingerprint holds the whole body, as a replay's will
+            if status < 500 and status != 429 and whole and len(body) <= MAX_BODY_BYTES:
                 digest = fingerprint.hexdigest()
                 keep = lambda: answers.keep(caller, key, digest, status, started["headers"], bytes(body))  # noqa: E731
         finally:
