@@ -40,7 +40,7 @@ from api.mcp.shapes import (
     passage_id,
     title_of,
 )
-from api.routes.vector_stores import similarity
+from api.openai.search import similarity
 from rag.access.gate import Principal
 from rag.collections import DEFAULT
 from rag.errors import NotFoundError, RagError

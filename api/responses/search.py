@@ -1,6 +1,6 @@
 """The file_search tool: the question searched in each vector store (a collection), as
 `POST /v1/vector_stores/{id}/search` searches one (file_id = doc_id, filename, attributes,
-score, `filters`, `score_threshold`: api.routes.vector_stores, same results in the same
+score, `filters`, `score_threshold`: api.openai.search, same results in the same
 order). Several stores' results are merged: each store's ranking order is kept (in
 hybrid mode it is not the order of `score`), the next result taken from the store whose
 next one scores highest.
@@ -19,29 +19,13 @@ store's cosine, comparable as the model is shared, but their BM25 parts are not)
 import asyncio
 import heapq
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from api.engine.lifecycle import Engine
-from api.openai.filters import matches
-from rag.records import DocumentRecord
-from rag.schema import Passage, QueryResponse
-from rag.types import Filters
-
-
-@dataclass(frozen=True)
-class Hit:
-    passage: Passage
-    file_id: str
-    filename: str
-    score: float
-    attributes: dict[str, Any]
-
-    def result(self) -> dict[str, Any]:
-        """OpenAI's `file_search_call.results[]` entry."""
-        return {"file_id": self.file_id, "filename": self.filename, "score": self.score,
-                "text": self.passage.text, "attributes": self.attributes}
+from api.openai.search import Hit, store_hits
+from rag.schema import QueryResponse
 
 
 @dataclass
@@ -56,7 +40,7 @@ class Found:
 async def search(engine: Engine, collections: Sequence[str], question: str, history: Sequence[str], k: int,
                  filters: dict[str, Any] | None = None, threshold: float | None = None) -> Found:
     """At most `k` passages from the `collections`, merged."""
-    per_store = await asyncio.gather(*(_search_one(engine, name, question, history, k, filters, threshold)
+    per_store = await asyncio.gather(*(store_hits(engine, name, question, k, filters, threshold, history)
                                        for name in collections))
     # each store's own ranking order kept (hybrid: not by score), interleaved by score
     hits = list(itertools.islice(heapq.merge(*(hits for hits, _ in per_store), key=lambda h: -h.score), k))
@@ -64,41 +48,6 @@ async def search(engine: Engine, collections: Sequence[str], question: str, hist
         return Found()
     _, lead = max(per_store, key=lambda pair: max((hit.score for hit in pair[0]), default=-1.0))
     return Found(hits, _rebuilt(lead, hits))
-
-
-async def _search_one(engine: Engine, name: str, question: str, history: Sequence[str], k: int,
-                      filters: dict[str, Any] | None, threshold: float | None) -> tuple[list[Hit], QueryResponse]:
-    retriever = engine.retriever_of(name)
-    wanted = min(k, retriever.max_k)
-    depth = retriever.max_k if filters is not None else wanted  # filtered after: search deeper
-    response = await engine.query(question, depth, Filters(), None, history=history, collection=name)
-    documents: dict[str, DocumentRecord | None] = {}
-    hits: list[Hit] = []
-    for passage in response.passages:
-        if len(hits) == wanted:
-            break
-        score = similarity(passage.score, passage.scores)
-        if threshold is not None and score < threshold:
-            continue
-        doc_id = passage.citation.doc_id
-        if doc_id not in documents:
-            documents[doc_id] = retriever.store.documents.get(doc_id)
-        doc = documents[doc_id]
-        metadata = doc.metadata if doc is not None else {}
-        attributes = metadata.get("attributes") or {}
-        if filters is not None and (doc is None or not matches(filters, attributes)):
-            continue
-        filename = (metadata.get("openai_file") or {}).get("filename") or passage.citation.source or doc_id
-        hits.append(Hit(passage, doc_id, filename, score, attributes))
-    return hits, response
-
-
-def similarity(ranked_by: float, scores: Mapping[str, float]) -> float:
-    """OpenAI's `score`, as api.routes.vector_stores.similarity gives it (imported from a
-    route, this package would import api.routes, which imports it): the passage's cosine
-    clamped to [0, 1] where the mode computed one, else what the ranking used."""
-    dense = scores.get("dense")
-    return min(1.0, max(0.0, dense)) if dense is not None else ranked_by
 
 
 def _rebuilt(lead: QueryResponse, hits: list[Hit]) -> QueryResponse:

@@ -26,7 +26,6 @@ pagination, and removing a deleted File's documents from the stores it was attac
 """
 
 import time
-from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -43,7 +42,7 @@ from api.deps import (
     check_question,
 )
 from api.openai.files import stored_files
-from api.openai.filters import check_filter, matches
+from api.openai.filters import check_filter
 from api.openai.objects import (
     Deleted,
     NewStore,
@@ -56,6 +55,7 @@ from api.openai.objects import (
     VectorStore,
     page,
 )
+from api.openai.search import store_hits
 from api.openai.state import (
     check_pairs,
     created_at_of,
@@ -67,8 +67,6 @@ from api.openai.state import (
 )
 from api.openai.store_files import attach
 from rag.collections import DEFAULT, Collections
-from rag.records import DocumentRecord
-from rag.types import Filters
 
 router = APIRouter(prefix="/v1", tags=["openai vector stores"])
 
@@ -152,35 +150,9 @@ async def search_vector_store(name: ReadStore, body: SearchRequest, engine: Engi
     check_question(question, settings)
     if body.filters is not None:
         check_filter(body.filters)
-    retriever = engine.retriever_of(name)
-    wanted = min(body.max_num_results, retriever.max_k)
-    depth = retriever.max_k if body.filters is not None else wanted
-    response = await engine.query(question, depth, Filters(), None, collection=name)
     threshold = body.ranking_options.score_threshold if body.ranking_options else None
-    documents: dict[str, DocumentRecord | None] = {}
-    results: list[SearchResult] = []
-    for passage in response.passages:
-        if len(results) == wanted:
-            break
-        score = similarity(passage.score, passage.scores)
-        if threshold is not None and score < threshold:
-            continue
-        doc_id = passage.citation.doc_id
-        if doc_id not in documents:
-            documents[doc_id] = retriever.store.documents.get(doc_id)
-        doc = documents[doc_id]
-        metadata = doc.metadata if doc is not None else {}
-        attributes = metadata.get("attributes") or {}
-        if body.filters is not None and (doc is None or not matches(body.filters, attributes)):
-            continue
-        filename = (metadata.get("openai_file") or {}).get("filename") or passage.citation.source or doc_id
-        results.append(SearchResult(file_id=doc_id, filename=filename, score=score, attributes=attributes,
-                                    content=[TextContent(text=passage.text)], citation=passage.citation))
+    hits, _ = await store_hits(engine, name, question, body.max_num_results, body.filters, threshold)
+    results = [SearchResult(file_id=h.file_id, filename=h.filename, score=h.score, attributes=h.attributes,
+                            content=[TextContent(text=h.passage.text)], citation=h.passage.citation) for h in hits]
     return SearchPage(search_query=queries, data=results)
 
-
-def similarity(ranked_by: float, scores: Mapping[str, float]) -> float:
-    """OpenAI's `score` is a similarity in [0, 1]: the passage's cosine where the mode
-    computed one (dense, hybrid), else what the ranking used (BM25 in lexical mode)."""
-    dense = scores.get("dense")
-    return min(1.0, max(0.0, dense)) if dense is not None else ranked_by
