@@ -106,7 +106,33 @@ class ChunkStore(Protocol):
         rebuild reuses them instead of embedding again. Hashes the store lacks are left out."""
         ...
 
+    def snapshot(self) -> AbstractContextManager["Snapshot"]:
+        """Everything the store holds, as it is when the block starts (rag.portable's export
+        and backup read it while writes go on); see `Snapshot`."""
+        ...
+
     def close(self) -> None: ...
+
+
+class Snapshot(Protocol):
+    """A consistent read of a whole store, taken when `ChunkStore.snapshot()`'s block starts:
+    every write acknowledged before it is in it, none made later is half in it (a later
+    write of a document is in it whole or not at all). Each iterator may be called once, in
+    any order; vectors are float32 rows, one per record, in the records' order.
+
+    - documents: each document with how it came in (`origin`: sync, upload, ...; "build"
+      for a built corpus), in the order they were written;
+    - chunks: in row order (a live collection: a document's chunks together, in document order);
+    - sentences: grouped by document, in the order of `chunks`' documents.
+    """
+
+    manifest: dict[str, Any]
+
+    def documents(self) -> Iterator[tuple[DocumentRecord, str]]: ...
+
+    def chunks(self, batch: int) -> Iterator[tuple[list[ChunkRecord], np.ndarray]]: ...
+
+    def sentences(self, batch: int) -> Iterator[tuple[list[SentenceRecord], np.ndarray]]: ...
 
 
 class VectorSource(Protocol):

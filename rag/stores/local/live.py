@@ -39,7 +39,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from rag.errors import NotFoundError, StorageError
 from rag.records import ChunkRecord, DocumentRecord
 from rag.stores.base import LiveWrites, Ranking, Write
 from rag.stores.local.live_index import LiveIndex
+from rag.stores.local.snapshot import LiveSnapshot, open_live
 from rag.stores.local.tables import CHUNK_COLUMNS
 from rag.types import Filters
 
@@ -196,6 +197,16 @@ class KnowledgeBase(LiveWrites):
         """What a write of `doc_id` takes vectors from: any chunk or sentence of the
         collection with the same text (SQLite finds them by hash index)."""
         return self
+
+    @contextmanager
+    def snapshot(self) -> Iterator[LiveSnapshot]:
+        """The collection as of now, on a connection of its own (rag.stores.local.snapshot):
+        writes go on meanwhile, unseen by it."""
+        with self.lock:  # this process's writes before it or after it; a released collection opened again
+            self._open()
+            opened = open_live(self.folder / "kb.sqlite", self.manifest, self.dimension)
+        with closing(opened):
+            yield opened
 
     def close(self) -> None:
         self.closed = True

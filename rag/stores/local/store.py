@@ -23,18 +23,21 @@ Left out: updating a live build in place (each build is written whole, then swap
 """
 
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rag.errors import IndexCorruptError
+from rag.errors import IndexBusyError, IndexCorruptError
 from rag.records import ChunkRecord, SentenceRecord
 from rag.stores.base import Ranking, ranking
 from rag.stores.local import ann
 from rag.stores.local.bm25 import Bm25Index
 from rag.stores.local.builds import open_build
+from rag.stores.local.snapshot import BuildSnapshot
 from rag.stores.local.tables import CACHE_ROWS, ChunkTable, DocumentTable, Tables
 from rag.stores.local.tables import FILE as TABLES
 from rag.stores.manifest import IndexSpec
@@ -162,6 +165,16 @@ class LocalStore:
     def matrix(self, sentences: bool = False) -> np.ndarray:
         """Every chunk's (or sentence's) vector, one row each (for comparisons, not for serving)."""
         return np.asarray(self._sentence_vectors if sentences else self._dense.vectors)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[BuildSnapshot]:
+        """The whole build (rag.stores.local.snapshot): it reads on if a newer build goes live meanwhile."""
+        try:
+            opened = BuildSnapshot(self.folder / TABLES, self.manifest, self._dense.vectors, self._sentence_vectors)
+        except sqlite3.Error as exc:  # its folder pruned since this store opened it (two newer builds)
+            raise IndexBusyError(f"build {self.build_id} is no longer there ({exc}): open the index again") from exc
+        with closing(opened):
+            yield opened
 
     def close(self) -> None:
         self._tables.close()

@@ -6,7 +6,8 @@ The layout (five Milvus collections, keys, pointers, intents) is in rag.stores.m
 A write: claim a gen (its intent recorded in pending, naming it, then read back:
 rag.stores.milvus.claims), insert the new version's rows, upsert the document's pointer
 row (one row: atomic), delete the old version's rows by key, drop the intent. A delete:
-intent, delete the pointer row, delete the rows, drop the intent.
+intent, delete the pointer row, delete the rows, drop the intent. While a snapshot is
+open (rag.stores.milvus.snapshot), the old rows and the intent stay until it closes.
 - never half a document: readers keep only hits whose gen is their document's live gen,
   so rows of a version not yet pointed to, or no longer, are never shown; a crash leaves
   such rows behind, and the next open removes them (named by the intents left in
@@ -30,7 +31,7 @@ for the local store: rag.collections). Milvus Lite serves one process, so the te
 several writers use two clients in one process and processes that take turns; what only
 a server with several processes at once would show is in rag.stores.milvus.claims.
 
-Why one module of ~455 lines: the write protocol (intent, insert, pointer, delete, recover)
+Why one module of ~490 lines: the write protocol (intent, insert, pointer, delete, recover)
 is one transaction spread over steps that share the collection's private state, and the
 row views and `OldVersion` read that state too; split, each piece would reach into the
 others' privates. Its layout (names, keys, pointers) is already apart, in `versions`.
@@ -40,6 +41,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from functools import lru_cache
 from typing import Any
@@ -70,6 +72,7 @@ from rag.stores.milvus.client import (
     scored_ranking,
     sorted_ranking,
 )
+from rag.stores.milvus.snapshot import LiveSnapshot
 from rag.stores.milvus.versions import KEY_BITS, POINTER_FIELDS, STAMP, Pointer, keys, names, sentence_ranges
 from rag.types import Filters
 
@@ -93,6 +96,8 @@ class MilvusCollection(LiveWrites, Searches):
         self._stamp: int | None = None
         self._last_gen = 0
         self._unflushed = 0  # rows this process inserted since its last flush (Milvus Lite)
+        self._snapshots = 0  # open snapshots: while there are any, replaced versions stay (`_drop`)
+        self._deferred: dict[int, Pointer] = {}  # a write's intent key -> the version it replaced
         try:
             with milvus_errors("open a collection in", self._where):
                 for name in self._names.values():
@@ -290,8 +295,8 @@ class MilvusCollection(LiveWrites, Searches):
                 self._pointers.update(versions)
                 for doc_id, (key, _) in intents.items():
                     self._finish(key, old[doc_id])
-            finally:  # a write cut off leaves its intents to the next open's recovery
-                IN_FLIGHT.difference_update(key for key, _ in intents.values())
+            finally:  # a write cut off leaves its intents to the next open's recovery; a deferred one is in flight
+                IN_FLIGHT.difference_update(key for key, _ in intents.values() if key not in self._deferred)
             self._unflushed += len(write.chunks) + len(write.sentences)
             if not self._shared and self._unflushed >= FLUSH_ROWS:  # a cluster flushes by itself
                 for kind in ("chunks", "parts", "sentences"):
@@ -342,7 +347,8 @@ class MilvusCollection(LiveWrites, Searches):
                 del self._pointers[doc_id]
                 self._finish(key, old)
             finally:
-                IN_FLIGHT.discard(key)
+                if key not in self._deferred:
+                    IN_FLIGHT.discard(key)
             return True
 
     def _finish(self, key: int, old: Pointer | None) -> None:
@@ -352,9 +358,44 @@ class MilvusCollection(LiveWrites, Searches):
             self._stamp = new_id()  # random: two writers' stamps are equal with odds ~2**-63
             self._upsert_pointers({STAMP: {**dict.fromkeys(POINTER_FIELDS, 0), "gen": self._stamp, "origin": "",
                                            "source": "", "content_hash": ""}})
+        self._drop(key, old)
+
+    def _drop(self, key: int, old: Pointer | None) -> None:
+        """Remove a replaced version, then its write's intent; while a snapshot is open, only once
+        the last one closes (it may read that version): the intent stays, so if this process dies
+        first, the next open's recovery removes the version."""
+        if old is not None and self._snapshots:
+            self._deferred[key] = old
+            return
         if old is not None:
             self._delete_version(old)
         self._client.delete(self._names["pending"], ids=[key])
+
+    @contextmanager
+    def snapshot(self) -> Iterator[LiveSnapshot]:
+        """The collection as of now: the pointers copied, their versions kept until the block
+        ends (rag.stores.milvus.snapshot; another replica's writes are its limit)."""
+        with self.lock:
+            self._fresh()
+            pointers, self._snapshots = dict(self._pointers), self._snapshots + 1
+        try:
+            yield LiveSnapshot(self.manifest, pointers, self._read, self.pointer, self.dimension)
+        finally:
+            with self.lock:
+                self._snapshots -= 1
+                if not self._snapshots:
+                    deferred, self._deferred = self._deferred, {}
+                    try:  # closed (deleted, or shut down): left, as by a write cut off, to the next open's recovery
+                        with self._calling("write to"):
+                            for key, old in deferred.items() if not self.closed else ():
+                                self._drop(key, old)
+                    finally:
+                        IN_FLIGHT.difference_update(deferred)
+
+    def _read(self, kind: str, ids: list[Any], fields: list[str]) -> list[dict[str, Any]]:
+        with self.lock:  # as every call on the client: release() may close it meanwhile
+            self._fresh()
+            return self._get(kind, ids, fields)
 
     def _delete_version(self, version: Pointer) -> None:
         for kind in ("chunks", "parts", "sentences"):

@@ -29,6 +29,7 @@ Left out: collection tuning (shards, partitions, mmap).
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, overload
@@ -61,6 +62,7 @@ from rag.stores.milvus.client import (
     scored_ranking,
     sorted_ranking,
 )
+from rag.stores.milvus.snapshot import BuildSnapshot
 from rag.types import Filters
 
 KEEP_BUILDS = 2  # the live build and the one before it, for a reader half-way through opening it
@@ -158,6 +160,12 @@ class MilvusStore(Searches):
                 if r[column] not in first or r["row"] < first[r[column]][0]:
                     first[r[column]] = (r["row"], r["vector"])
         return {digest: np.asarray(vector, dtype=np.float32) for digest, (_, vector) in first.items()}
+
+    @contextmanager
+    def snapshot(self) -> Iterator[BuildSnapshot]:
+        """The whole build, read by key (rag.stores.milvus.snapshot)."""
+        yield BuildSnapshot(self.manifest, self._get, self._query, self.dimension,
+                            (self._document_count, self._count, self._total("sentences")))
 
     def close(self) -> None:
         self._client.close()
