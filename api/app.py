@@ -38,6 +38,7 @@ from api.routes.documents import router as documents_router
 from api.routes.embeddings import router as embeddings_router
 from api.routes.files import router as openai_files_router
 from api.routes.page import router as page_router
+from api.routes.portable import router as portable_router
 from api.routes.query import router as query_router
 from api.routes.responses import router as responses_router
 from api.routes.service import router as service_router
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None,
     app.include_router(page_router)
     app.include_router(collection_router)
     app.include_router(admin_router)
+    app.include_router(portable_router)
     app.include_router(responses_router)
     app.include_router(embeddings_router)
     mount_mcp(app)

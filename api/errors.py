@@ -17,6 +17,7 @@ from typing import Any
 from starlette.types import Scope, Send
 
 from rag.errors import (
+    ArchiveError,
     BadQueryError,
     ConflictError,
     CorpusError,
@@ -46,6 +47,7 @@ STATUS_OF: list[tuple[type[RagError], int]] = [
     (TooLargeError, 413),
     (QuotaError, 413),
     (UnsupportedError, 400),
+    (ArchiveError, 422),  # an archive sent to import that is damaged or of another model
     (CorpusError, 422),  # a document sent over HTTP that cannot be read
     (BadQueryError, 422),
     (NotFoundError, 404),

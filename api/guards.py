@@ -29,6 +29,8 @@ MAX_JSON_NESTING = 64  # no request of ours nests deeper than 4; json.loads recu
 
 
 UPLOAD_PATH = re.compile(r"/collections/[^/]+/documents|/v1/files")  # where a multipart file upload may go
+# where an archive is imported: a tar body of up to RAG_MAX_IMPORT_BYTES, streamed to disk by the route
+ARCHIVE_PATH = re.compile(r"/collections/[^/]+/import")
 
 
 class HostGuard:
@@ -112,7 +114,8 @@ class CrossSiteGuard:
         if not chunked and all(n == b"0" for n in lengths):  # no body (no Content-Length is none too)
             return None
         upload = UPLOAD_PATH.fullmatch(scope["path"]) is not None
-        accepted = ("application/json", "multipart/form-data") if upload else ("application/json",)
+        accepted = ("application/json", "multipart/form-data") if upload else \
+            ("application/x-tar",) if ARCHIVE_PATH.fullmatch(scope["path"]) else ("application/json",)
         given = [v.decode("latin-1") for k, v in headers if k == b"content-type"]
         if given and all(v.split(";", 1)[0].strip().lower() in accepted for v in given):
             return None
@@ -139,7 +142,8 @@ class RequestGuard:
     a body that does not arrive within `body_seconds` (408), one that is not UTF-8 (400),
     and JSON text holding a lone surrogate, which no model or response can carry (422).
     Bodies are small (a question), so a body under the limit is read whole, checked and
-    replayed."""
+    replayed; an archive sent to import (ARCHIVE_PATH) is passed on unread: its route
+    streams it to disk with limits of its own."""
 
     def __init__(self, app: ASGIApp, max_bytes: int, body_seconds: float, max_url_bytes: int,
                  max_header_bytes: int, max_upload_bytes: int | None = None):
@@ -156,6 +160,8 @@ class RequestGuard:
         if sum(len(k) + len(v) for k, v in scope["headers"]) > self.max_header_bytes:
             return await send_error(scope, send, 431, f"request headers are larger than the limit of "
                                     f"{self.max_header_bytes} bytes")
+        if ARCHIVE_PATH.fullmatch(scope["path"]) and scope["method"] == "POST":
+            return await self.app(scope, receive, send)  # the route streams it to disk, with its own limits
         headers = dict(scope["headers"])
         # a file upload (multipart, to a documents route) may be bigger, and binary
         upload = headers.get(b"content-type", b"").startswith(b"multipart/form-data") and \

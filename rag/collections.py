@@ -150,7 +150,7 @@ class Collections:
                     if diffs := spec_of(self.settings).differences(manifest):
                         raise IndexMismatchError(f"collection '{name}' was made with other settings: "
                                                  f"{'; '.join(diffs)}")
-                    self._open[name] = self._opened(folder, manifest)
+                    self._open[name] = self.open_at(folder, manifest)
                     self._seen.opened(name, manifest)
                 self._open.move_to_end(name)
                 kb = self._open[name]
@@ -175,7 +175,9 @@ class Collections:
             evicted.append((name, store))
         return evicted
 
-    def _opened(self, folder: Path, manifest: dict[str, Any]) -> LiveStore:
+    def open_at(self, folder: Path, manifest: dict[str, Any]) -> LiveStore:
+        """The collection whose manifest is `manifest`, in `folder` (a registered name's, or one
+        being made: rag.portable's imports fill it before they rename it into place)."""
         backend = manifest.get("store", {}).get("backend", "local")
         if backend != self.settings.vector_store:
             raise ConflictError(f"collection '{folder.name}' lives in the {backend} store; this service uses "

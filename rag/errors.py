@@ -41,6 +41,11 @@ class IndexBusyError(RagError):
     """The index changed while it was being read (a newer build went live); retry."""
 
 
+class ArchiveError(RagError):
+    """An archive that cannot be imported: damaged, truncated, of a newer format, or made with
+    another model (the member, or the difference, is named)."""
+
+
 class StorageError(RagError):
     """The index folder cannot be written or read: disk full, no permission, read-only, I/O error."""
 

@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     parse_memory_mb: int = Field(1024, ge=256, description="address space of a file's parser process, in MB")
     parse_cpu_seconds: int = Field(30, ge=1, description="CPU time a file's parser may use")
     parse_wall_seconds: float = Field(60.0, gt=0, description="a file's parser is killed after this")
+    max_import_bytes: int = Field(64 << 30, ge=1024, description="largest archive POST /collections/{name}/import "
+                                  "takes, in bytes (64 GiB: a million chunks with sentences is ~10 GiB)")
     max_pdf_pages: int = Field(2000, ge=1, description="pages of a PDF; more: 413")
     max_document_chars: int = Field(1_000_000, ge=1000, description="characters of text extracted from one "
                                     "document; more: 413 (a million take ~2 minutes to embed on 2 cores)")

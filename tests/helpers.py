@@ -6,6 +6,7 @@ Every test writes only under pytest's tmp_path.
 
 import hashlib
 import json
+import math
 import re
 import socket
 import subprocess
@@ -200,3 +201,44 @@ def start_service(settings: Settings, slow_writes: bool = False) -> tuple[subpro
         time.sleep(0.1)
     server.kill()
     raise AssertionError("server did not start")
+
+
+SEED_QUESTIONS = [json.loads(line)["question"] for line in
+                  (REPO / "eval" / "questions.jsonl").read_text().splitlines() if line.strip()][:12]
+
+
+def answers(settings: Settings, collection: str, embedder: FakeEmbedder) -> list[list[dict[str, Any]]]:
+    """Every seed question's passages in every mode, whole (texts, offsets, scores, highlights),
+    from the collection (`default`: the built corpus) as the settings open it."""
+    from rag.collections import Collections
+    from rag.service import retriever_for
+    from rag.stores.factory import open_store
+
+    with Collections(settings, embedder) as collections:
+        store = open_store(settings, None) if collection == "default" else collections.get(collection)
+        retriever = retriever_for(settings, store, embedder)
+        out = []
+        for question in SEED_QUESTIONS:
+            for mode in ("dense", "lexical", "hybrid"):
+                response = retriever.query(question, k=5, mode=mode)  # type: ignore[arg-type]
+                out.append([p.model_dump() for p in response.passages])
+        if collection == "default":
+            store.close()
+    return out
+
+
+def differs(a: Any, b: Any, where: str = "") -> str | None:
+    """Where `a` and `b` first differ, or None; scores to float32 tolerance: responses round
+    them to 6 decimals, and a sum in another order (BM25 in a live collection and in a build,
+    Milvus's inner product) may land on the other side of a rounding step."""
+    if isinstance(a, float) and isinstance(b, float):
+        return None if math.isclose(a, b, rel_tol=1e-6, abs_tol=2e-6) else f"{where}: {a} != {b}"
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return f"{where}: keys {sorted(a)} != {sorted(b)}"
+        return next((d for k in a if (d := differs(a[k], b[k], f"{where}.{k}"))), None)
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{where}: {len(a)} items != {len(b)}"
+        return next((d for i, (x, y) in enumerate(zip(a, b)) if (d := differs(x, y, f"{where}[{i}]"))), None)
+    return None if a == b else f"{where}: {str(a)[:200]!r} != {str(b)[:200]!r}"

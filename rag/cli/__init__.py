@@ -1,6 +1,7 @@
 """The `rag` command, assembled here from one module per command group: the built index
 (`index`: build, migrate, query), live collections (`collections`), evaluation
-(`evaluate`), benchmarks (`bench`), and API keys with the audit log (`keys`); what they
+(`evaluate`), benchmarks (`bench`), API keys with the audit log (`keys`), and export,
+import, backup and restore (`portable`); what they
 share is `base`.
 
 Left out: `rag serve`, which starts the service: `api.cli` adds it, and the `rag` script
@@ -11,7 +12,7 @@ import sys
 
 import typer
 
-from rag.cli import bench, collections, evaluate, index, keys
+from rag.cli import bench, collections, evaluate, index, keys, portable
 from rag.cli.base import app, load_settings, unknown_settings
 
 __all__ = ["app", "load_settings", "main", "unknown_settings"]
@@ -26,6 +27,10 @@ app.add_typer(bench.app, name="bench")
 app.command("eval")(evaluate.eval_command)
 app.add_typer(keys.app, name="keys")
 app.command("audit")(keys.audit)
+app.command()(portable.export)
+app.command("import")(portable.import_command)
+app.command()(portable.backup)
+app.command()(portable.restore)
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ RULES: dict[tuple[str, str], str] = {
     ("PUT", "/collections/{name}/documents/{doc_id}"): "write",
     ("DELETE", "/collections/{name}/documents/{doc_id}"): "write",
     ("GET", "/collections/{name}/documents/{doc_id}/text"): "read",
+    ("GET", "/collections/{name}/export"): "admin", ("POST", "/collections/{name}/import"): "admin",
     ("POST", "/v1/files"): "upload", ("GET", "/v1/files"): "any",
     ("GET", "/v1/files/{file_id}"): "own", ("DELETE", "/v1/files/{file_id}"): "own",
     ("GET", "/v1/files/{file_id}/content"): "own",
@@ -82,6 +83,8 @@ def _request(method: str, path: str, world: dict[str, Any]) -> dict[str, Any]:
            .replace("{model}", "rag:a").replace("{response_id}", world["response_id"]))
     if path == "/documents/{doc_id}":
         url = f"/documents/{world['default_doc']}"
+    if path == "/collections/{name}/import":  # a new collection, from A's archive
+        url = "/collections/a-copy/import"
     bodies: dict[tuple[str, str], dict[str, Any]] = {
         ("POST", "/query"): {"json": {"question": "ferries", "collection": "a"}},
         ("GET", "/query"): {"params": {"q": "ferries", "collection": "a"}},
@@ -101,6 +104,8 @@ def _request(method: str, path: str, world: dict[str, Any]) -> dict[str, Any]:
         ("POST", "/v1/vector_stores/{store_id}/search"): {"json": {"query": "ferries"}},
         ("POST", "/v1/vector_stores/{store_id}/files"): {"json": {"file_id": world["spare_file_id"]}},
         ("POST", "/v1/vector_stores/{store_id}/files/{file_id}"): {"json": {"attributes": {"k": "v"}}},
+        ("POST", "/collections/{name}/import"): {"content": world["archive"],
+                                                 "headers": {"Content-Type": "application/x-tar"}},
     }
     return {"method": method, "url": url, **bodies.get((method, path), {})}
 
@@ -132,8 +137,9 @@ def _reset(c: TestClient, admin: dict[str, str], settings: Settings) -> dict[str
                          headers=writer_a).json()["id"]
     default_doc = c.get("/documents", headers=admin).json()["documents"][0]["doc_id"]
     chunk_id = c.get("/query", params={"q": "ferries"}, headers=admin).json()["passages"][0]["chunk_id"]
+    archive = c.get("/collections/a/export", headers=admin).content
     return {"doc_id": "d1", "file_id": file_id, "spare_file_id": spare, "chunk_id": chunk_id,
-            "default_doc": default_doc, "response_id": response_id}
+            "default_doc": default_doc, "response_id": response_id, "archive": archive}
 
 
 def _snapshot(c: TestClient, admin: dict[str, str], settings: Settings) -> Any:
@@ -184,7 +190,7 @@ def test_every_operation_for_every_caller(locked: Any):
             before = _snapshot(c, admin, settings)
             headers = {} if caller == "none" else {"Authorization": f"Bearer {SECRETS[caller]}"}
             request = _request(method, path, world)
-            r = c.request(headers=headers, **request)
+            r = c.request(**{**request, "headers": {**request.get("headers", {}), **headers}})
             expected = EXPECTED[rule][caller]
             got = "ok" if 200 <= r.status_code < 300 else str(r.status_code)
             if got != expected:
