@@ -22,6 +22,7 @@ from starlette.routing import BaseRoute, Match
 
 from api.audit import Audit
 from api.auth import Authenticate
+from api.engine.handlers import register_handlers
 from api.engine.lifecycle import Engine
 from api.errors import error_bytes, retry_after, status_of
 from api.guards import CrossSiteGuard, HostGuard, RequestGuard
@@ -37,6 +38,7 @@ from api.routes.collections import router as collection_router
 from api.routes.documents import router as documents_router
 from api.routes.embeddings import router as embeddings_router
 from api.routes.files import router as openai_files_router
+from api.routes.jobs import router as jobs_router
 from api.routes.page import router as page_router
 from api.routes.portable import router as portable_router
 from api.routes.query import router as query_router
@@ -98,6 +100,7 @@ def check_exposure(settings: Settings) -> None:
 def create_app(settings: Settings | None = None,
                embedder_factory: Callable[[str], Embedder] | None = None) -> FastAPI:
     settings = settings or Settings()
+    register_handlers()  # the job kinds this service runs and resumes (api.engine.jobs)
     engine = Engine(settings, embedder_factory)
     metrics = Metrics()
 
@@ -121,6 +124,7 @@ def create_app(settings: Settings | None = None,
     app.include_router(chat_router)
     app.include_router(page_router)
     app.include_router(collection_router)
+    app.include_router(jobs_router)
     app.include_router(admin_router)
     app.include_router(portable_router)
     app.include_router(responses_router)

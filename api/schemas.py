@@ -70,6 +70,24 @@ class Health(BaseModel):
     status: str = Field(examples=["ok"])
 
 
+class ModelInUse(BaseModel):
+    model: str
+    backend: str
+    loaded_mb: float | None = Field(None, description="what the process grew by when it was loaded (MB); null for "
+                                    "the configured model, loaded at start")
+
+
+class Reembedding(BaseModel):
+    collection: str
+    model: str = Field(description="the model it moves to")
+    backend: str
+    state: str
+    done: int = Field(description="documents done")
+    total: int | None
+    rate: float | None = Field(None, description="documents a second")
+    seconds_left: float | None = None
+
+
 class Ready(BaseModel):
     status: str = Field(examples=["ready"])
     build_id: str
@@ -77,6 +95,11 @@ class Ready(BaseModel):
     documents: int
     chunks: int
     reload_error: str | None = Field(None, description="why the newest build was not loaded, if it was not")
+    models: list[ModelInUse] = Field(default_factory=list, description="the embedding models held: more than one "
+                                     "while a collection uses another (a re-embed under way, or not yet run)")
+    rss_mb: float | None = Field(None, description="the process's resident memory, MB")
+    reembeds: list[Reembedding] = Field(default_factory=list, description="re-embeds under way (`rag reembed`), "
+                                        "of collections the key can read")
 
 
 class Reloaded(BaseModel):

@@ -44,12 +44,14 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rag.encoders.base import Embedder
+from rag.encoders.pool import ModelPool
 from rag.errors import (
     BadQueryError,
     ConflictError,
@@ -59,21 +61,23 @@ from rag.errors import (
     RagError,
     StorageError,
 )
-from rag.files import publish_folder, remove_durably
+from rag.files import file_lock, publish_folder, remove_durably
 from rag.ingest.build import Batches, build_manifest, spec_of
 from rag.ingest.clean import CleanRules
 from rag.ingest.corpus import SourceDocument
 from rag.ingest.metadata import normalise_metadata
 from rag.ingest.uploads import checked_doc_id
+from rag.jobs import Job
 from rag.settings import Settings
 from rag.stores.base import LiveStore
 from rag.stores.factory import milvus_token
 from rag.stores.local.live import KnowledgeBase
-from rag.stores.manifest import Sightings, manifest_at
+from rag.stores.manifest import IndexSpec, Sightings, manifest_at
 from rag.stores.quota import Quotas
 from rag.text import is_unicode_text
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+WRITE_LOCK = ".write.lock"  # in a collection's folder: every write of every process holds it (`writing`)
 DEFAULT = "default"
 
 
@@ -88,6 +92,13 @@ class Written:
         return f"{self.status:<9} {self.doc_id}: {self.chunks} chunks ({self.embedded} embedded)"
 
 
+def own_model(spec: IndexSpec, manifest: dict[str, Any]) -> IndexSpec:
+    """What a collection must agree with to open: the settings' chunker, and its own model
+    (each collection embeds with the model its vectors came from: rag.encoders.pool)."""
+    model = manifest["model"]
+    return replace(spec, model=model["name"], vectors=model.get("vectors", "fp32"))
+
+
 def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
         raise BadQueryError(f"collection name {name!r}: use 1-63 lowercase letters, digits, '_' or '-', "
@@ -97,21 +108,59 @@ def check_name(name: str) -> str:
 
 class Collections:
     def __init__(self, settings: Settings, embedder: Embedder | None,
-                 dropped: Callable[[str], None] = lambda name: None):
+                 dropped: Callable[[str], None] = lambda name: None, models: ModelPool | None = None):
         """`embedder` may be None for reading, listing and removing: they embed nothing.
-        `dropped(name)` is called when a collection is released (LRU) or deleted."""
+        `dropped(name)` is called when a collection is released (LRU) or deleted. `models`:
+        where a collection made with another model gets it (default: loaded on first use)."""
         self.settings, self._embedder, self._dropped = settings, embedder, dropped
+        self.models = models or ModelPool(settings, embedder)
         self.root = settings.index_dir / "collections"
         self._open: OrderedDict[str, LiveStore] = OrderedDict()  # least recently used first
         self._seen = Sightings(self.root)  # what each open collection was when opened: deleted or re-created since?
         self._lock = threading.Lock()
         self._quotas = Quotas(settings)
+        self._shadows: dict[str, LiveStore] = {}  # the stores running re-embeds fill, by collection
 
     @property
     def embedder(self) -> Embedder:
         if self._embedder is None:
             raise RagError("this needs the embedding model, which was not loaded")
         return self._embedder
+
+    def embedder_of(self, store: LiveStore) -> Embedder:
+        """The model a collection embeds with: its own (rag.encoders.pool)."""
+        return self.models.of(store.manifest)
+
+    @contextmanager
+    def writing(self, name: str, alone: bool = False) -> Iterator[tuple[LiveStore, LiveStore | None]]:
+        """The collection, and the one a re-embed fills beside it (or None), re-read from its
+        manifest now, under the collection's write lock: a file lock that writes of every
+        process hold shared (they do not wait for each other) and a re-embed holds `alone`
+        (exclusive) to start, to add what it embedded, and for its cutover, so that no write
+        falls between it reading the manifest and the manifest changing."""
+        if check_name(name) == DEFAULT:
+            self.get(name)  # the ConflictError that says why
+        held = ExitStack()
+        try:
+            held.enter_context(file_lock(self.root / name / WRITE_LOCK, shared=not alone))
+        except FileNotFoundError:
+            raise NotFoundError(f"no collection named '{name}'") from None
+        with held:
+            kb = self.get(name, recheck=True)
+            yield kb, self._shadow(name, kb)
+
+    def _shadow(self, name: str, kb: LiveStore) -> LiveStore | None:
+        """The store a running re-embed fills (rag.portable.reembed), opened once per target."""
+        target = kb.manifest.get("reembed", {}).get("manifest")
+        if target is None:
+            return None
+        with self._lock:
+            held = self._shadows.get(name)
+            if held is None or held.manifest.get("build_id") != target.get("build_id"):
+                if held is not None:
+                    held.close()
+                held = self._shadows[name] = self.open_at(self.root / name, target)
+            return held
 
     def names(self, every_store: bool = False) -> list[str]:
         """`default`, then the collections this service serves: those made in its store
@@ -147,7 +196,7 @@ class Collections:
                     manifest = manifest_at(folder)
                     if manifest is None:
                         raise NotFoundError(f"no collection named '{name}'")
-                    if diffs := spec_of(self.settings).differences(manifest):
+                    if diffs := own_model(spec_of(self.settings), manifest).differences(manifest):
                         raise IndexMismatchError(f"collection '{name}' was made with other settings: "
                                                  f"{'; '.join(diffs)}")
                     self._open[name] = self.open_at(folder, manifest)
@@ -239,40 +288,67 @@ class Collections:
         """Add `doc` (replace=False: a different document under the same id is a conflict)
         or replace it (replace=True). `clean=False` keeps the text as it is (a PDF's, whose
         page spans point into it)."""
-        kb = self.get(name)
-        existing = kb.documents.get(doc.doc_id)
-        if existing is not None and existing.content_hash == doc.content_hash:
-            return Written(doc.doc_id, "unchanged", kb.chunk_count(doc.doc_id), 0)
-        if existing is not None and not replace:
-            raise ConflictError(f"document '{doc.doc_id}' exists with other content: PUT replaces it")
-        self._quotas.check(name, kb, doc.doc_id, doc.text)  # the text as sent: cleaning only shortens it
-        batches = Batches(self.settings, self.embedder, CleanRules() if clean else None, kb.reusable(doc.doc_id))
-        with kb.writing(origin) as write:
-            batches.write([doc], write)
-        if self._quotas.counting(name, kb):
-            self._quotas.wrote(name, kb, existing.text if existing else "", kb.documents[doc.doc_id].text)
+        with self.writing(name) as (kb, shadow):
+            existing = kb.documents.get(doc.doc_id)
+            if existing is not None and existing.content_hash == doc.content_hash:
+                return Written(doc.doc_id, "unchanged", kb.chunk_count(doc.doc_id), 0)
+            if existing is not None and not replace:
+                raise ConflictError(f"document '{doc.doc_id}' exists with other content: PUT replaces it")
+            self._quotas.check(name, kb, doc.doc_id, doc.text)  # the text as sent: cleaning only shortens it
+            batches = self.write_into(kb, doc, origin, clean)
+            if shadow is not None:  # a re-embed runs: its collection gets the write too, in its model
+                self.write_into(shadow, doc, origin, clean)
+            if self._quotas.counting(name, kb):
+                self._quotas.wrote(name, kb, existing.text if existing else "", kb.documents[doc.doc_id].text)
         return Written(doc.doc_id, "replaced" if existing is not None else "created", batches.chunks,
                        batches.embedded)
 
-    def sync(self, name: str, documents: list[SourceDocument], log: Callable[[str], None] = lambda m: None
-             ) -> dict[str, int]:
+    def write_into(self, store: LiveStore, doc: SourceDocument, origin: str, clean: bool = True) -> Batches:
+        """One document cleaned, chunked and embedded (in the store's own model) into `store`."""
+        batches = Batches(self.settings, self.embedder_of(store), CleanRules() if clean else None,
+                          store.reusable(doc.doc_id))
+        with store.writing(origin) as write:
+            batches.write([doc], write)
+        return batches
+
+    def sync(self, name: str, documents: list[SourceDocument], log: Callable[[str], None] = lambda m: None,
+             job: Job | None = None, remove_missing: bool = True) -> dict[str, int]:
         """Make the collection's synced documents those of a folder (`documents`, from
         rag.ingest.corpus.load_corpus): new and changed files are written (changed chunks only are
         embedded), documents whose files are gone are removed. Documents uploaded over HTTP
-        or added with `rag add` are never removed by a sync. Counts by outcome."""
+        or added with `rag add` are never removed by a sync. Counts by outcome.
+
+        With a `job` (rag.jobs), a document that fails is listed there with its reason and
+        the others go on (without one, the first failure stops the sync); a cancelled job
+        stops between documents and removes nothing, and so does `remove_missing=False`
+        (some files could not be read: their documents stay)."""
         kb, _ = self.ensure(name)
-        counts = {"created": 0, "replaced": 0, "unchanged": 0, "removed": 0}
-        for doc in documents:
-            origin = kb.origin(doc.doc_id)
-            if origin is not None and origin != "sync":
-                raise ConflictError(f"{doc.path.name}: document '{doc.doc_id}' was added another way ({origin}); "
-                                    "rename the file or remove that document first")
-            written = self.upsert(name, doc, replace=True, origin="sync")
-            counts[written.status] += 1
-            log(str(written))
+        counts = {"created": 0, "replaced": 0, "unchanged": 0, "removed": 0, "failed": 0}
+        for i, doc in enumerate(documents):
+            if job is not None and job.cancelled:
+                log(f"cancelled after {i} of {len(documents)} documents: nothing removed")
+                return counts
+            try:
+                origin = kb.origin(doc.doc_id)
+                if origin is not None and origin != "sync":
+                    raise ConflictError(f"{doc.path.name}: document '{doc.doc_id}' was added another way "
+                                        f"({origin}); rename the file or remove that document first")
+                written = self.upsert(name, doc, replace=True, origin="sync")
+            except RagError as exc:
+                if job is None:
+                    raise
+                job.item_failed(doc.path.name, str(exc))
+                counts["failed"] += 1
+                log(f"failed    {doc.doc_id}: {exc}")
+            else:
+                counts[written.status] += 1
+                log(str(written))
+            if job is not None:
+                job.progress(i + 1)
         present = {d.doc_id for d in documents}
-        for doc_id in [d for d in kb.documents if kb.origin(d) == "sync" and d not in present]:
-            kb.delete(doc_id)
+        kb = self.get(name)  # as it is now (a re-embed's cutover may have come meanwhile)
+        for doc_id in [d for d in kb.documents if remove_missing and kb.origin(d) == "sync" and d not in present]:
+            self.remove(name, doc_id)
             counts["removed"] += 1
             log(f"removed   {doc_id}: its file is gone")
         return counts
@@ -291,6 +367,8 @@ class Collections:
             try:
                 manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
                 registered.add(str(manifest.get("store", {}).get("tag", "")))
+                shadow = manifest.get("reembed", {}).get("manifest", {})  # what a running re-embed fills
+                registered.add(str(shadow.get("store", {}).get("tag", "")))
             except (OSError, ValueError, AttributeError):  # unsure what is registered: drop nothing
                 return []
         return sweep_unregistered(self.settings.milvus_uri, self.settings.milvus_collection, registered,
@@ -301,18 +379,21 @@ class Collections:
         self._quotas.check(name, self.get(name), doc.doc_id, doc.text)
 
     def remove(self, name: str, doc_id: str) -> None:
-        kb = self.get(name)
-        existing = kb.documents.get(doc_id) if self._quotas.counting(name, kb) else None
-        if not kb.delete(doc_id):
-            raise NotFoundError(f"no document '{doc_id}' in collection '{name}'")
-        if existing is not None:
-            self._quotas.wrote(name, kb, existing.text, "")
+        with self.writing(name) as (kb, shadow):
+            existing = kb.documents.get(doc_id) if self._quotas.counting(name, kb) else None
+            if not kb.delete(doc_id):
+                raise NotFoundError(f"no document '{doc_id}' in collection '{name}'")
+            if shadow is not None:
+                shadow.delete(doc_id)
+            if existing is not None:
+                self._quotas.wrote(name, kb, existing.text, "")
 
     def close(self) -> None:
         with self._lock:
-            for kb in self._open.values():
+            for kb in [*self._open.values(), *self._shadows.values()]:
                 kb.close()
             self._open.clear()
+            self._shadows.clear()
             self._seen.forget()
 
     def __enter__(self) -> "Collections":

@@ -6,11 +6,13 @@ Left out: Windows (fsync of a directory is POSIX).
 """
 
 import errno
+import fcntl
 import hashlib
 import os
 import secrets
 import shutil
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -105,3 +107,17 @@ def remove_debris(folder: Path) -> list[Path]:
                     path.unlink()
             removed.append(path)
     return removed
+
+
+@contextmanager
+def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
+    """Hold a flock on `path` (made if missing), exclusive or `shared`: an exclusive one waits
+    for every other holder, a shared one only for an exclusive one, in other processes and in
+    other threads of this one alike (each takes its own descriptor). Released when the block
+    ends, or when the process dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -170,17 +170,13 @@ def answer_batch(embedder: Embedder, default: Retriever | NotReadyError,
     question. Every mode needs the question's vector: confidence and highlights use it.
     `default` fails only its own queries: a live collection answers without it. An
     `EmbedJob` gets its texts' vectors, or the first error among them."""
-    texts = [text for job in jobs for text in (job.texts if isinstance(job, EmbedJob) else [job.question])]
-    encoded = encode_each(embedder, texts)
+    encoded = _encoded(embedder, jobs)
     out: list[QueryResponse | Embedded | Exception] = []
-    at = 0
-    for job in jobs:
+    for job, vectors in zip(jobs, encoded):
         if isinstance(job, EmbedJob):
-            out.append(_embedded(embedder, job.texts, encoded[at:at + len(job.texts)]))
-            at += len(job.texts)
+            out.append(_embedded(embedder, job.texts, vectors))
             continue
-        vector = encoded[at]
-        at += 1
+        vector = vectors[0]
         if isinstance(vector, Exception):
             out.append(vector)
             continue
@@ -196,6 +192,27 @@ def answer_batch(embedder: Embedder, default: Retriever | NotReadyError,
         except Exception as exc:
             out.append(exc)
     return out
+
+
+def _encoded(embedder: Embedder, jobs: list[Job | EmbedJob]) -> list[list[np.ndarray | Exception]]:
+    """Each job's vectors: one model call per model in the batch (a live collection embeds
+    with its own model, rag.encoders.pool; everything else with the service's)."""
+    models: dict[int, tuple[Embedder, list[int]]] = {}
+    for i, job in enumerate(jobs):
+        model = job.retriever.embedder if isinstance(job, Job) and job.retriever is not None else embedder
+        models.setdefault(id(model), (model, []))[1].append(i)
+    out: list[list[np.ndarray | Exception]] = [[] for _ in jobs]
+    for model, members in models.values():
+        texts = [text for i in members for text in _texts(jobs[i])]
+        vectors, at = encode_each(model, texts), 0
+        for i in members:
+            out[i] = vectors[at:at + len(_texts(jobs[i]))]
+            at += len(out[i])
+    return out
+
+
+def _texts(job: Job | EmbedJob) -> list[str]:
+    return job.texts if isinstance(job, EmbedJob) else [job.question]
 
 
 def _embedded(embedder: Embedder, texts: list[str], encoded: list[np.ndarray | Exception]) -> Embedded | Exception:

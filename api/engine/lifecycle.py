@@ -1,6 +1,7 @@
 """What the service runs on: the model, loaded once at start-up, and the three parts that
 share it: the built corpus kept current (`reload.LiveIndex`), questions answered in
-batches (`batching.Batcher`), and writes on their own thread (`writes.Writer`). Live
+batches (`batching.Batcher`), writes on their own thread (`writes.Writer`), and jobs on
+theirs (`jobs.Runner`: a big write is a job too, api.engine.handlers). Live
 collections get a retriever each, made once and kept while the collection is open: dropped
 when it is deleted or released by the collections' LRU (`RAG_MAX_OPEN_COLLECTIONS`).
 
@@ -13,19 +14,25 @@ import contextlib
 import ctypes
 import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from api.engine import spool
 from api.engine.batching import Batcher, Job
+from api.engine.jobs import Runner
 from api.engine.reload import LiveIndex
 from api.engine.writes import Key, Writer, WriteStates
 from rag.collections import DEFAULT, Collections
 from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from
+from rag.encoders.pool import ModelPool
 from rag.encoders.rerank import load_reranker
 from rag.errors import NotReadyError, RagError
 from rag.ingest.build import spec_of
+from rag.jobs import Job as JobRecord
+from rag.jobs import JobCancelled, Jobs
 from rag.schema import QueryResponse
 from rag.search.conversation import trim_history
 from rag.search.retriever import Reranker, Retriever
@@ -46,13 +53,17 @@ _MALLOC_TRIM = getattr(ctypes.CDLL(None), "malloc_trim", None) if sys.platform =
 class Engine:
     def __init__(self, settings: Settings, embedder_factory: Callable[[str], Embedder] | None = None):
         self.settings = settings
+        self._custom_models = embedder_factory is not None  # tests: every model is the one they give
         self._embedder_factory = embedder_factory or (lambda name: embedder_from(settings))
         self.embedder: Embedder | None = None
         self.reranker: Reranker | None = None
         self.index = LiveIndex(settings)
         self.batcher = Batcher(settings)
         self.writer = Writer(settings)
+        self.jobs = Jobs(settings.index_dir)
+        self.runner = Runner(self.jobs, self)
         self.collections: Collections | None = None
+        self.models: ModelPool | None = None
         self._collection_retrievers: dict[str, tuple[LiveStore, Retriever]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._drops = 0
@@ -68,8 +79,12 @@ class Engine:
             log.exception("model not loaded")
             self.index.not_ready = f"model not loaded: {exc}"
             return
-        self.collections = Collections(self.settings, self.embedder, dropped=self._drop_retriever)
+        other = (lambda name, backend: self._embedder_factory(name)) if self._custom_models else None
+        self.models = ModelPool(self.settings, self.embedder, other)  # a collection on another model loads it
+        self.collections = Collections(self.settings, self.embedder, dropped=self._drop_retriever, models=self.models)
         await loop.run_in_executor(None, self._resume)  # reads the spools: not on the event loop
+        if not self.settings.read_only:  # other jobs whose process is gone, by their kinds' handlers
+            await loop.run_in_executor(None, self.runner.resume)
         await loop.run_in_executor(None, self._sweep)
         with contextlib.suppress(RagError):
             await self.reload()
@@ -78,6 +93,7 @@ class Engine:
             self._tasks.append(asyncio.create_task(self.index.watch(self._load_retriever)))
 
     async def stop(self) -> None:
+        self.runner.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -139,34 +155,80 @@ class Engine:
         self.writer.write_later(self.live_collections, key, work, content_hash, on_done, resumed)
 
     def write_spooled(self, entry: spool.Spooled, resumed: bool = False,
-                      work: Callable[[Collections], Any] | None = None) -> None:
+                      work: Callable[[Collections], Any] | None = None, owner: tuple[str, str] = ("local", "local"),
+                      job: JobRecord | None = None) -> JobRecord:
         """A big write, saved to its collection's spool first (api.engine.spool) unless it is
         resumed from there: acknowledged only once it is on disk. `work` writes it (default:
-        the document's upsert, as a resumed one is written)."""
+        the document's upsert, as a resumed one is written). It is a job (kind upload, of
+        `owner`: the key's name and id), recorded before the write is saved, so a saved write
+        always has one; `job` runs it as that job (resumed, or retried). Its job."""
         doc = entry.doc
+        folder = self.live_collections().root / entry.collection
         if not resumed:  # over a quota: refused now (413), not failed later
             self.live_collections().check_quota(entry.collection, doc)
-            entry = spool.save(self.live_collections().root / entry.collection, entry)
-        saved = entry
+        fresh = job is None
+        if job is None:
+            job = self.jobs.create("upload", entry.collection, {"doc_id": doc.doc_id}, owner[0], total=1,
+                                   owner_id=owner[1])
+        entry = replace(entry, job=job.id)
+        if not resumed:
+            try:
+                entry = spool.save(folder, entry)
+            except BaseException:
+                job.finish(error="the write could not be saved (the server log says why)")
+                if fresh:  # never acknowledged: no job either
+                    with contextlib.suppress(RagError, OSError):
+                        self.jobs.delete(job.id)
+                raise
+        saved, running, began = entry, job, threading.Event()
+        upsert = work or (lambda c: c.upsert(saved.collection, doc, replace=saved.replace, clean=saved.clean))
+
+        def run(collections: Collections) -> Any:
+            if running.cancelled:  # DELETE /jobs/{id} before its turn: not written, kept for a retry
+                raise JobCancelled("cancelled before it was written")
+            began.set()
+            running.start()
+            return upsert(collections)
+
+        def done(error: str | None) -> None:
+            try:
+                spool.finish(saved, error)  # first: a job left running with its entry gone was written (handlers)
+            finally:  # the outcome is known, even if the spool could not say it
+                if error is None:
+                    running.item_retried(doc.doc_id)
+                    running.progress(1)
+                else:
+                    running.item_failed(doc.doc_id, error)
+                running.finish(error if began.is_set() else None)  # never started: cancelled
+
+        self.runner.hold(job)
         try:
-            self.write_later((entry.collection, doc.doc_id),
-                             work or (lambda c: c.upsert(saved.collection, doc, replace=saved.replace,
-                                                         clean=saved.clean)),
-                             content_hash=doc.content_hash, resumed=resumed,
-                             on_done=lambda error: spool.finish(saved, error))
-        except RagError:  # refused (read-only, the queue full): never acknowledged, so not kept
-            spool.drop(saved)
+            self.write_later((entry.collection, doc.doc_id), run, content_hash=doc.content_hash, resumed=resumed,
+                             on_done=done)
+        except RagError as exc:  # refused (read-only, the queue full)
+            if fresh:  # never acknowledged, so not kept, nor its job
+                spool.drop(saved)
+                job.finish(error=str(exc))
+                with contextlib.suppress(RagError, OSError):
+                    self.jobs.delete(job.id)
+            else:  # a retry's content stays in its failure, for the next one
+                spool.fail(folder, saved, str(exc))
+                spool.drop(saved)
+                job.item_failed(doc.doc_id, str(exc))
+                job.finish(error=str(exc))
             raise
+        return job
 
     def _resume(self) -> None:
         """Every write acknowledged before a restart, queued again (applied twice is
-        harmless: the same content again is `unchanged`)."""
+        harmless: the same content again is `unchanged`), as its job (one recorded for an
+        entry older than jobs)."""
         assert self.collections is not None
         if self.settings.read_only:
             return
         for entry in spool.pending(self.collections.root):
             log.info("resuming the write of %s/%s acknowledged before a restart", entry.collection, entry.doc.doc_id)
-            self.write_spooled(entry, resumed=True)
+            self.write_spooled(entry, resumed=True, job=spool.job_of(self.jobs, entry))
 
     def _sweep(self) -> None:
         """Milvus collections a crash left unregistered go (best effort: they cost space only)."""
@@ -222,8 +284,7 @@ class Engine:
         kb = self.live_collections().get(collection)
         known = self._collection_retrievers.get(collection)
         if known is None or known[0] is not kb:  # a collection deleted and made again is another one
-            assert self.embedder is not None
-            known = (kb, retriever_for(self.settings, kb, self.embedder, self.reranker))
+            known = (kb, retriever_for(self.settings, kb, self.live_collections().embedder_of(kb), self.reranker))
             self._collection_retrievers[collection] = known
         return known[1]
 

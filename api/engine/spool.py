@@ -13,6 +13,11 @@ answers a write's state from these files, across restarts.
 Example: `.spool/report@01796212962000000000.json` {"doc_id": "report", "text": "...", ...}
     -> in_progress until written; then gone (completed), or report@failed.json (failed)
 
+Each entry names its job (rag.jobs, kind upload: `GET /jobs`), and a failure keeps the
+write's content beside its reason, so `POST /jobs/{id}/retry` runs it again (`failure`);
+a retry's entry is saved before the failure it replaces is removed, so the content is
+always in one of them.
+
 A vector store file's big write is spooled the same way (its document, with the file's
 attributes in its metadata); what it records on success is the collection's own.
 
@@ -28,10 +33,13 @@ from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from api.engine.writes import State
+from rag.errors import NotFoundError, RagError
 from rag.files import fsync_path, replace_text
 from rag.ingest.corpus import SourceDocument
+from rag.jobs import ID, Job, Jobs, new_id
 
 SPOOL = ".spool"
 FAILED = "@failed.json"  # '@' is in no doc_id (rag.ingest.uploads.checked_doc_id)
@@ -44,6 +52,14 @@ class Spooled:
     replace: bool
     clean: bool
     path: Path | None = None  # its entry, once saved
+    job: str | None = None  # its job's id (rag.jobs); None in entries older than jobs
+
+
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    job: str | None
+    entry: Spooled | None  # the write, to retry; None if the failure kept no content (older ones)
 
 
 def save(folder: Path, entry: Spooled) -> Spooled:
@@ -54,22 +70,56 @@ def save(folder: Path, entry: Spooled) -> Spooled:
     if not spool.is_dir():
         spool.mkdir(exist_ok=True)
         fsync_path(folder)
-    with suppress(FileNotFoundError):  # a new write of the document speaks for it now
-        (spool / f"{entry.doc.doc_id}{FAILED}").unlink()
-    doc = entry.doc
-    path = spool / f"{doc.doc_id}@{time.time_ns():020d}.json"
-    replace_text(path, json.dumps({
-        "doc_id": doc.doc_id, "name": doc.path.name, "text": doc.text, "metadata": doc.metadata,
-        "replace": entry.replace, "clean": entry.clean}))
+    path = spool / f"{entry.doc.doc_id}@{time.time_ns():020d}.json"
+    replace_text(path, json.dumps(_fields(entry)))
+    with suppress(FileNotFoundError):  # a new write of the document speaks for it now (once saved: a retry's
+        (spool / f"{entry.doc.doc_id}{FAILED}").unlink()  # content is in the failure until then)
     return replace(entry, path=path)
 
 
+def _fields(entry: Spooled) -> dict[str, Any]:
+    doc = entry.doc
+    return {"doc_id": doc.doc_id, "name": doc.path.name, "text": doc.text, "metadata": doc.metadata,
+            "replace": entry.replace, "clean": entry.clean, "job": entry.job}
+
+
+def _entry(collection: str, raw: dict[str, Any], path: Path | None) -> Spooled:
+    doc = SourceDocument(raw["doc_id"], Path(raw["name"]), raw["text"], raw["metadata"])
+    job = raw.get("job")
+    return Spooled(collection, doc, bool(raw["replace"]), bool(raw["clean"]), path,
+                   job if isinstance(job, str) else None)
+
+
 def finish(entry: Spooled, error: str | None) -> None:
-    """The write is committed (`error` None) or failed: its entry goes, a failure stays."""
+    """The write is committed (`error` None) or failed: its entry goes, a failure stays, with
+    the write's content (for a retry)."""
     assert entry.path is not None
     if error is not None:
-        replace_text(entry.path.parent / f"{entry.doc.doc_id}{FAILED}", json.dumps({"error": error}))
+        fail(entry.path.parent.parent, entry, error)
     drop(entry)
+
+
+def fail(folder: Path, entry: Spooled, error: str) -> None:
+    """Record the write as failed in `folder`'s spool, its content kept for a retry."""
+    spool = folder / SPOOL
+    spool.mkdir(exist_ok=True)
+    replace_text(spool / f"{entry.doc.doc_id}{FAILED}", json.dumps({"error": error, **_fields(entry)}))
+
+
+def failure(folder: Path, doc_id: str) -> Failure | None:
+    """A document's failed write: its reason, its job, and the write (if kept)."""
+    try:
+        raw = json.loads((folder / SPOOL / f"{doc_id}{FAILED}").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    try:
+        entry: Spooled | None = _entry(folder.name, raw, None)
+    except (KeyError, TypeError):  # a failure recorded before jobs: the reason only
+        entry = None
+    job = raw.get("job")
+    return Failure(str(raw.get("error")), job if isinstance(job, str) else None, entry)
 
 
 def drop(entry: Spooled) -> None:
@@ -109,12 +159,39 @@ def pending(root: Path) -> Iterator[Spooled]:
     """Every write acknowledged and not yet done, in every collection under `root`; one
     document's in the order they were acknowledged."""
     for spool in sorted(root.glob(f"*/{SPOOL}")):
-        for path in sorted(spool.glob("*@*.json")):
-            if path.name.endswith(FAILED) or path.name.startswith("."):
-                continue
-            try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):  # replace_text never leaves half a file: unreadable is foreign
-                continue
-            doc = SourceDocument(raw["doc_id"], Path(raw["name"]), raw["text"], raw["metadata"])
-            yield Spooled(spool.parent.name, doc, bool(raw["replace"]), bool(raw["clean"]), path)
+        yield from _pending_in(spool)
+
+
+def _pending_in(spool: Path) -> Iterator[Spooled]:
+    for path in sorted(spool.glob("*@*.json")):
+        if path.name.endswith(FAILED) or path.name.startswith("."):
+            continue
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # replace_text never leaves half a file: unreadable is foreign
+            continue
+        yield _entry(spool.parent.name, raw, path)
+
+
+def pending_of(folder: Path, job_id: str) -> Spooled | None:
+    """The write of job `job_id` still waiting in `folder`'s spool, if any."""
+    return next((entry for entry in _pending_in(folder / SPOOL) if entry.job == job_id), None)
+
+
+def job_of(jobs: Jobs, entry: Spooled) -> Job:
+    """The job of a saved write being resumed: its record; or one recorded now, for an entry
+    older than jobs or whose record is lost (owner unknown: admins see it); or, if even that
+    cannot be written (a full disk), one in memory: the write resumes all the same."""
+    try:
+        job = jobs.get(entry.job or "")
+    except NotFoundError:
+        known = entry.job if entry.job and ID.fullmatch(entry.job) and not jobs.path(entry.job).exists() else None
+        params, now = {"doc_id": entry.doc.doc_id}, time.time()
+        try:
+            return jobs.create("upload", entry.collection, params, "unknown", total=1, owner_id="", job_id=known)
+        except RagError:
+            return Job(jobs, {"id": known or new_id(), "kind": "upload", "target": entry.collection, "owner": "unknown",
+                              "owner_id": "", "state": "queued", "total": 1, "created_at": now, "params": params})
+    if job.finished:  # cancelled while no process ran it: it runs again, and is refused as it starts (kept, listed)
+        job.state, job.error, job.finished_at = "queued", None, None
+    return job

@@ -87,7 +87,7 @@ def store_file(engine: Engine, settings: Settings, name: str, file_id: str) -> V
 
 
 async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
-                 attributes: dict[str, Any] | None) -> VectorStoreFile:
+                 attributes: dict[str, Any] | None, owner: tuple[str, str] = ("local", "local")) -> VectorStoreFile:
     """Read the stored file and write it into the collection as document `file_id`: before
     the response, or, past RAG_SYNC_WRITE_CHARS, queued (`in_progress` until written). A
     file whose text cannot be read is `failed` with the reason, kept in vector_store.json.
@@ -136,7 +136,8 @@ async def attach(engine: Engine, settings: Settings, name: str, file_id: str,
 
     if doc is not None and len(doc.text) > settings.sync_write_chars:  # on disk before it is acknowledged
         await finish_anyway(asyncio.get_running_loop().run_in_executor(
-            None, lambda: engine.write_spooled(Spooled(name, doc, replace=True, clean=not is_pdf), work=write)))
+            None, lambda: engine.write_spooled(Spooled(name, doc, replace=True, clean=not is_pdf), work=write,
+                                             owner=owner)))
         return VectorStoreFile(id=file_id, created_at=now, usage_bytes=0, vector_store_id=f"vs_{name}",
                                status="in_progress", attributes=attributes)
     state = engine.pending.start(key)

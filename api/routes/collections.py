@@ -24,6 +24,7 @@ from api.engine import spool
 from api.engine.spool import Spooled
 from api.engine.writes import finish_anyway, writes_allowed
 from api.schemas import DocumentDetail, ErrorBody, summary
+from rag.access.gate import Principal
 from rag.collections import DEFAULT, Collections, Written, check_name, text_document
 from rag.errors import BadQueryError, ConflictError, NotFoundError
 from rag.ingest.corpus import SourceDocument
@@ -66,6 +67,7 @@ class WriteResult(BaseModel):
     status: str = Field(description="created, replaced or unchanged")
     chunks: int
     embedded: int = Field(description="chunks embedded by this write; 0 when the content was already there")
+    job: str | None = Field(None, description="a big write (202): its job, GET /jobs/{id}")
 
 
 class DocumentStatus(BaseModel):
@@ -131,7 +133,8 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {
 @router.post("/collections/{name}/documents", openapi_extra=UPLOAD_BODY,
              responses={**ERRORS, 201: {"model": WriteResult}, 202: {"model": WriteResult},
                         413: {"model": ErrorBody}, 415: {"model": ErrorBody}})
-async def add_document(name: WriteName, request: Request, engine: EngineDep, response: Response) -> WriteResult:
+async def add_document(name: WriteName, request: Request, engine: EngineDep, response: Response,
+                       principal: PrincipalDep) -> WriteResult:
     """Add a document: JSON `{text, doc_id?, title?, metadata?}`, or a file as multipart
     (`file`: .txt, .md, .html, .pdf; `doc_id` optional). The same content again is a no-op
     (`unchanged`, nothing embedded); other content under an existing doc_id is a 409 (PUT
@@ -148,11 +151,11 @@ async def add_document(name: WriteName, request: Request, engine: EngineDep, res
             where = ".".join(str(part) for part in first.get("loc", ())) or "body"
             raise BadQueryError(f"{where}: {first.get('msg', 'invalid')}") from None
         doc = text_document(body.text, body.doc_id, body.title, body.metadata)
-    return await _write(engine, name, doc, response, replace=False, clean=clean)
+    return await _write(engine, name, doc, response, principal, replace=False, clean=clean)
 
 
-async def _write(engine: EngineDep, name: str, doc: SourceDocument, response: Response, replace: bool,
-                 clean: bool = True) -> WriteResult:
+async def _write(engine: EngineDep, name: str, doc: SourceDocument, response: Response, principal: Principal,
+                 replace: bool, clean: bool = True) -> WriteResult:
     """Small documents: written before the response (201 or 200). Big ones: 202 at once, the
     write queued; GET …/documents/{doc_id} says when it completed or why it failed."""
     _writable(name, engine.live_collections())
@@ -167,10 +170,11 @@ async def _write(engine: EngineDep, name: str, doc: SourceDocument, response: Re
             raise ConflictError(f"document '{doc.doc_id}' is being written with other content: PUT replaces it")
         # on disk (fsynced) before it is acknowledged: a restart resumes it; once saved, it is
         # acknowledged even if this request's deadline passed meanwhile (it will land)
-        await finish_anyway(asyncio.get_running_loop().run_in_executor(
-            None, engine.write_spooled, Spooled(name, doc, replace=replace, clean=clean)))
+        job = await finish_anyway(asyncio.get_running_loop().run_in_executor(
+            None, lambda: engine.write_spooled(Spooled(name, doc, replace=replace, clean=clean),
+                                               owner=(principal.name, principal.id))))
         response.status_code = 202
-        return WriteResult(doc_id=doc.doc_id, status="in_progress", chunks=0, embedded=0)
+        return WriteResult(doc_id=doc.doc_id, status="in_progress", chunks=0, embedded=0, job=job.id)
     written = await engine.write(lambda c: c.upsert(name, doc, replace=replace, clean=clean))
     engine.pending.forget((name, doc.doc_id))  # an earlier big write's "failed" no longer speaks for it
     response.status_code = 201 if written.status == "created" else 200
@@ -215,14 +219,14 @@ async def _upload(request: Request, limits: ParseLimits) -> tuple[SourceDocument
 
 @router.put("/collections/{name}/documents/{doc_id}", responses={**ERRORS, 201: {"model": WriteResult}})
 async def replace_document(name: WriteName, doc_id: str, body: DocumentText, engine: EngineDep,
-                           response: Response) -> WriteResult:
+                           response: Response, principal: PrincipalDep) -> WriteResult:
     """Add or replace a document; only the chunks whose text changed are embedded again. The
     body may repeat the path's doc_id (a POST body sent again); another doc_id is a 422."""
     if body.doc_id is not None and body.doc_id != doc_id:
         raise BadQueryError(f"doc_id: the body's {body.doc_id!r} is not the path's {doc_id!r} "
                             "(leave it out, or send the same)")
     doc = text_document(body.text, doc_id, body.title, body.metadata)
-    return await _write(engine, name, doc, response, replace=True)
+    return await _write(engine, name, doc, response, principal, replace=True)
 
 
 @router.delete("/collections/{name}/documents/{doc_id}", status_code=204, responses=ERRORS)

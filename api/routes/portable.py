@@ -28,6 +28,7 @@ from api.engine.lifecycle import Engine
 from api.schemas import ErrorBody
 from rag.collections import check_name
 from rag.errors import BadQueryError, NotReadyError, TooLargeError
+from rag.ingest.uploads import UnsupportedTypeError
 from rag.portable.exporting import export_collection
 from rag.portable.importing import import_archive
 
@@ -98,7 +99,7 @@ async def import_collection(name: str, request: Request, engine: EngineDep, admi
 async def _receive(request: Request, path: Path, limit: int, part_seconds: float) -> None:
     """The body into `path`: at most `limit` bytes, each part within `part_seconds`."""
     if not request.headers.get("content-type", "").startswith(ARCHIVE_TYPE):
-        raise BadQueryError(f"send the archive as the body, with Content-Type: {ARCHIVE_TYPE}")
+        raise UnsupportedTypeError(f"send the archive as the body, with Content-Type: {ARCHIVE_TYPE}")
     size, parts = 0, request.stream().__aiter__()
     with open(path, "wb") as out:
         while True:

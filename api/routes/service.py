@@ -9,10 +9,14 @@ from api.errors import scrub_paths
 from api.schemas import (
     ErrorBody,
     Health,
+    ModelInUse,
     Ready,
+    Reembedding,
     Reloaded,
 )
 from rag.collections import DEFAULT
+from rag.encoders.pool import rss_mb
+from rag.portable.reembed import under_way
 
 router = APIRouter()
 
@@ -28,11 +32,15 @@ def ready(engine: EngineDep, settings: SettingsDep, principal: PrincipalDep) -> 
     """The index is loaded and the model warmed; 503 with the reason otherwise. What the
     built corpus holds is told only to keys that can read it."""
     store = engine.live().store
+    models = [ModelInUse(**m) for m in engine.models.loaded()] if engine.models is not None else []
+    reembeds = [Reembedding(**r) for r in under_way(settings.index_dir) if principal.reads(r["collection"])]
+    extra = {"models": models, "rss_mb": round(rss_mb(), 1), "reembeds": reembeds}
     if not principal.reads(DEFAULT):
-        return Ready(status="ready", build_id="", model=settings.model, documents=0, chunks=0, reload_error=None)
+        return Ready(status="ready", build_id="", model=settings.model, documents=0, chunks=0, reload_error=None,
+                     **extra)
     reload_error = scrub_paths(engine.reload_error) if engine.reload_error else None
     return Ready(status="ready", build_id=store.build_id, model=settings.model,
-                 documents=len(store.documents), chunks=store.count(), reload_error=reload_error)
+                 documents=len(store.documents), chunks=store.count(), reload_error=reload_error, **extra)
 
 
 @router.post("/admin/reload", responses={**ERRORS, 403: {"model": ErrorBody}, 409: {"model": ErrorBody}},

@@ -55,7 +55,7 @@ async def create_vector_store_file(name: WriteStore, body: NewStoreFile, engine:
     this returns (`completed`), `failed` with `last_error` when its text cannot be read, or
     `in_progress` for a big file (poll it)."""
     readable_file(principal, settings, body.file_id)
-    return await attach(engine, settings, name, body.file_id, body.attributes)
+    return await attach(engine, settings, name, body.file_id, body.attributes, (principal.name, principal.id))
 
 
 @router.get("/vector_stores/{store_id}/files", responses=ERRORS)
@@ -96,7 +96,7 @@ async def update_vector_store_file(store_id: str, name: WriteStore, file_id: str
     readable_file(principal, settings, file_id)
     if store_file(engine, settings, name, file_id) is None:
         raise NotFoundError(f"no file '{file_id}' in vector store '{store_id}'")
-    return await attach(engine, settings, name, file_id, body.attributes)
+    return await attach(engine, settings, name, file_id, body.attributes, (principal.name, principal.id))
 
 
 @router.delete("/vector_stores/{store_id}/files/{file_id}", responses=WRITE_ERRORS)

@@ -1,6 +1,6 @@
 """The `rag` command, assembled here from one module per command group: the built index
 (`index`: build, migrate, query), live collections (`collections`), evaluation
-(`evaluate`), benchmarks (`bench`), API keys with the audit log (`keys`), and export,
+(`evaluate`), benchmarks (`bench`), API keys with the audit log (`keys`), jobs (`jobs`), and export,
 import, backup and restore (`portable`); what they
 share is `base`.
 
@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from rag.cli import bench, collections, evaluate, index, keys, portable
+from rag.cli import bench, collections, evaluate, index, jobs, keys, portable
 from rag.cli.base import app, load_settings, unknown_settings
 
 __all__ = ["app", "load_settings", "main", "unknown_settings"]
@@ -27,10 +27,12 @@ app.add_typer(bench.app, name="bench")
 app.command("eval")(evaluate.eval_command)
 app.add_typer(keys.app, name="keys")
 app.command("audit")(keys.audit)
+app.add_typer(jobs.app, name="jobs")
 app.command()(portable.export)
 app.command("import")(portable.import_command)
 app.command()(portable.backup)
 app.command()(portable.restore)
+app.command()(portable.reembed)
 
 
 def main() -> None:

@@ -17,8 +17,10 @@ from rag.errors import RagError
 def list_collections(index: IndexOpt = None) -> None:
     """List the collections: `default` (the built corpus) and the live ones."""
     from rag.collections import DEFAULT, Collections
+    from rag.portable.reembed import under_way
 
     settings = load_settings(index=index)
+    moving = {r["collection"]: r for r in under_way(settings.index_dir)}
     with Collections(settings, embedder=None) as collections:  # listing embeds nothing
         for name in collections.names(every_store=True):
             if name == DEFAULT:
@@ -28,7 +30,14 @@ def list_collections(index: IndexOpt = None) -> None:
                 typer.echo(f"{name:<24} in the {store or 'unknown'} store (RAG_VECTOR_STORE={store or '?'} serves it)")
                 continue
             kb = collections.get(name)
-            typer.echo(f"{name:<24} {len(kb.documents):>6} documents {kb.count():>8} chunks")
+            model = kb.manifest["model"]
+            typer.echo(f"{name:<24} {len(kb.documents):>6} documents {kb.count():>8} chunks  "
+                       f"{model['name']} ({model.get('backend', '?')})")
+            if (r := moving.get(name)) is not None:
+                left = f", ~{r['seconds_left']:.0f} s left" if r["seconds_left"] is not None else ""
+                rate = f", {r['rate']:.1f}/s" if r["rate"] is not None else ""
+                typer.echo(f"{'':<24} re-embedding to {r['model']} ({r['backend']}): {r['state']}, "
+                           f"{r['done']}/{r['total'] if r['total'] is not None else '?'} documents{rate}{left}")
 
 
 @user_errors

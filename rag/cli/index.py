@@ -7,11 +7,14 @@ api).
 import statistics
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from rag.cli.base import CorpusOpt, IndexOpt, fail, load_settings, user_errors
+from rag.errors import RagError
+from rag.settings import Settings
 
 
 @user_errors
@@ -28,16 +31,7 @@ def build(
 
     settings = load_settings(corpus, index)
     if collection is not None and collection != "default":
-        from rag.collections import Collections
-        from rag.ingest.build import embedder_from
-        from rag.ingest.corpus import load_corpus
-        from rag.ingest.sandbox import parse_limits
-
-        documents = load_corpus(settings.corpus_dir, parse_limits(settings))
-        with Collections(settings, embedder_from(settings)) as collections:
-            counts = collections.sync(collection, documents, log=lambda m: typer.echo(m, err=True))
-        typer.echo(f"synced {settings.corpus_dir} into collection {collection}: "
-                   + ", ".join(f"{n} {what}" for what, n in counts.items()))
+        sync_folder(settings, collection)
         return
     report = build_index(settings, force=force, log=lambda m: typer.echo(m, err=True),
                          progress=sys.stderr.isatty())
@@ -55,6 +49,56 @@ def build(
         f"  {report.seconds:.1f} s"
         + (f", {report.bytes_on_disk / 1024:.0f} KiB on disk" if report.bytes_on_disk is not None else "")
     )
+
+
+def sync_folder(settings: Settings, collection: str) -> None:
+    """The corpus folder synced into a live collection, as a job (kind sync, `rag jobs`): a
+    file or document that fails is listed there with its reason and the others go on (exit
+    status 1 then); an unfinished sync of the same folder whose process is gone is resumed
+    (a new run of it) rather than started again."""
+    from rag.collections import Collections
+    from rag.ingest.build import embedder_from
+    from rag.ingest.corpus import load_corpus
+    from rag.ingest.sandbox import parse_limits
+    from rag.jobs import Jobs
+
+    folder, jobs = settings.corpus_dir.resolve(), Jobs(settings.index_dir)
+    stopped = [j for j in jobs.unfinished() if j.kind == "sync" and j.target == collection and j.orphaned
+               and j.params.get("folder") == str(folder)]
+    job = jobs.retry(stopped[-1].id) if stopped else jobs.create("sync", collection, {"folder": str(folder)}, "cli")
+    unreadable = []
+
+    def failed(path: Path, reason: str) -> None:
+        unreadable.append(path.name)
+        job.item_failed(path.name, reason)
+        typer.echo(f"failed    {path.name}: {reason}", err=True)
+
+    job.start()
+    try:
+        documents = load_corpus(folder, parse_limits(settings), failed=failed)
+        job.progress(0, len(documents))
+        with Collections(settings, embedder_from(settings)) as collections:
+            counts = collections.sync(collection, documents, log=lambda m: typer.echo(m, err=True), job=job,
+                                      remove_missing=not unreadable)
+    except RagError as exc:
+        job.finish(error=str(exc))
+        raise
+    except BaseException as exc:  # Ctrl-C, a bug: the job says so (a kill leaves it to the next run)
+        job.finish(error="interrupted" if isinstance(exc, KeyboardInterrupt) else f"internal error: {exc!r}")
+        raise
+    counts["failed"] += len(unreadable)
+    if counts["failed"]:  # the sync itself succeeded: its failed files are its items
+        job.say(f"{counts['failed']} of {len(documents) + len(unreadable)} files failed")
+    job.finish()
+    typer.echo(f"synced {settings.corpus_dir} into collection {collection}: "
+               + ", ".join(f"{n} {what}" for what, n in counts.items()))
+    if unreadable:
+        typer.echo(f"{len(unreadable)} files could not be read: no document was removed this time", err=True)
+    if job.state == "cancelled" or counts["failed"]:
+        typer.echo(f"job {job.id} {job.state}" + (f", {counts['failed']} failed: `rag jobs show {job.id}` "
+                                                  "lists them with their reasons" if counts["failed"] else ""),
+                   err=True)
+        raise typer.Exit(1)
 
 
 @user_errors

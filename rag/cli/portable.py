@@ -9,11 +9,11 @@ writes, which needs the whole file first).
 import os
 from contextlib import suppress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from rag.cli.base import IndexOpt, load_settings, user_errors
+from rag.cli.base import IndexOpt, fail, load_settings, user_errors
 
 NICE = 10  # below a service's default priority: an export on a busy machine waits for queries
 
@@ -85,3 +85,53 @@ def restore(
     for imported in run_restore(settings, folder, embedder_from(settings),
                                 log=lambda line: typer.echo(line, err=True)):
         typer.echo(str(imported))
+
+
+@user_errors
+def reembed(
+    collection: Annotated[str | None, typer.Option(help="the live collection to move")] = None,
+    every: Annotated[bool, typer.Option("--all", help="every live collection of this store")] = False,
+    model: Annotated[str | None, typer.Option(help="the model to move to (default: the collection's)")] = None,
+    backend: Annotated[str | None, typer.Option(help="torch, onnx or onnx-int8 (default: the collection's)")] = None,
+    cancel: Annotated[bool, typer.Option("--cancel", help="drop a re-embed under way instead")] = False,
+    index: IndexOpt = None,
+) -> None:
+    """Move live collections to another model or backend while they serve; run it again to resume."""
+    from rag.collections import DEFAULT, Collections
+    from rag.jobs import Jobs
+    from rag.portable import reembed as moving
+
+    if (collection is None) == (not every):
+        fail("give --collection NAME or --all")
+    if backend is not None and backend not in ("torch", "onnx", "onnx-int8"):
+        fail(f"--backend {backend!r}: use torch, onnx or onnx-int8")
+    _yield_cpu()
+    settings = load_settings(index=index)
+    say = lambda line: typer.echo(line, err=True)  # noqa: E731
+    with Collections(settings, None) as collections:
+        names = [collection] if collection else [n for n in collections.names() if n != DEFAULT]
+        for name in names:
+            if cancel:
+                if not moving.cancel(collections, name, say):
+                    say(f"'{name}': no re-embed under way")
+                continue
+            target = moving.target_of(collections.get(name).manifest, model, backend)
+            job = _job(Jobs(settings.index_dir), name, {"model": target[0], "backend": target[1]})
+            try:
+                done = moving.reembed(collections, name, *target, job=job, log=say)
+            except BaseException as exc:
+                job.finish(str(exc) or type(exc).__name__)
+                raise
+            job.finish()
+            typer.echo(f"{name}: {done.model} ({done.backend}), {done.documents} documents, {done.embedded} embedded "
+                       f"by this run in {done.seconds:.1f} s")
+
+
+def _job(jobs: Any, name: str, params: dict[str, str]) -> Any:
+    """The re-embed's job: the one a killed run left (resumed: its progress goes on), or a new one."""
+    for job in jobs.list():
+        if job.kind == "reembed" and job.target == name and not job.finished and job.orphaned \
+                and job.params == params:
+            job.claim()
+            return job
+    return jobs.create("reembed", name, params, owner="cli")

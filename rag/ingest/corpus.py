@@ -27,11 +27,12 @@ import hashlib
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.errors import CorpusError
+from rag.errors import CorpusError, RagError
 from rag.ingest.clean import CleanDocument
 from rag.ingest.metadata import normalise_metadata, read_sidecar, split_front_matter
 from rag.ingest.sandbox import ParseLimits, check_chars, run_limited
@@ -57,8 +58,11 @@ class SourceDocument:
         return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def load_corpus(corpus_dir: Path, limits: ParseLimits = ParseLimits()) -> list[SourceDocument]:
-    """All supported files of `corpus_dir`, sorted by doc_id; refuses an empty folder."""
+def load_corpus(corpus_dir: Path, limits: ParseLimits = ParseLimits(),
+                failed: Callable[[Path, str], None] | None = None) -> list[SourceDocument]:
+    """All supported files of `corpus_dir`, sorted by doc_id; refuses an empty folder. A
+    file that cannot be read fails the whole, unless `failed` is given: then it is told
+    there (the file, the reason) and left out (a folder sync goes on with the others)."""
     if not corpus_dir.is_dir():
         raise CorpusError(f"corpus folder not found: {corpus_dir}")
     paths = sorted(
@@ -70,7 +74,14 @@ def load_corpus(corpus_dir: Path, limits: ParseLimits = ParseLimits()) -> list[S
             f"no documents in {corpus_dir} (looked for {', '.join(SUPPORTED_SUFFIXES)} files)"
         )
     # each file is parsed in a worker process under `limits` (rag.ingest.sandbox)
-    documents = [run_limited(load_checked, p, limits, limits=limits, what=f"the parser on {p.name}") for p in paths]
+    documents = []
+    for p in paths:
+        try:
+            documents.append(run_limited(load_checked, p, limits, limits=limits, what=f"the parser on {p.name}"))
+        except RagError as exc:
+            if failed is None:
+                raise
+            failed(p, str(exc))
     seen: dict[str, Path] = {}
     for doc in documents:
         if doc.doc_id in seen:

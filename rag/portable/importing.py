@@ -194,7 +194,7 @@ def _copy(settings: Settings, archive: Archive, writer: DocumentSink | None, sto
     for origin, group in _groups(archive, reembed):
         with _sink(writer, store, origin) as sink:
             if batches is not None:
-                batches.write([_as_source(doc) for doc, _, _ in group], sink)
+                batches.write([as_source(doc) for doc, _, _ in group], sink)
             else:
                 docs = [doc for doc, _, _ in group]
                 parts = [c for _, c, _ in group]
@@ -321,8 +321,20 @@ def _input(doc: DocumentRecord, chunk: ChunkRecord) -> str:
     return embed_input(str(doc.metadata["title"]), chunk.section, chunk.text)
 
 
-def _as_source(doc: DocumentRecord) -> SourceDocument:
+@dataclass(frozen=True)
+class StoredDocument(SourceDocument):
+    """A stored document as a build's input: its content hash is the one it was stored with
+    (of the text as sent), so that sending that text again is still `unchanged`."""
+
+    stored_hash: str = ""
+
+    @property
+    def content_hash(self) -> str:
+        return self.stored_hash
+
+
+def as_source(doc: DocumentRecord) -> SourceDocument:
     """A stored document as a build's input: its cleaned text and sections as they are."""
     sections = [Section(s.get("title"), int(s["char_start"]), int(s["char_end"])) for s in doc.sections]
-    return SourceDocument(doc.doc_id, Path(f"{doc.doc_id}.txt"), doc.text, doc.metadata,
-                          cleaned=CleanDocument(doc.text, sections))
+    return StoredDocument(doc.doc_id, Path(f"{doc.doc_id}.txt"), doc.text, doc.metadata,
+                          cleaned=CleanDocument(doc.text, sections), stored_hash=doc.content_hash)

@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from starlette.testclient import TestClient
 
 from rag.access.keys import KeyStore
+from rag.jobs import Jobs
 from rag.settings import Settings
 from tests.helpers import article, client_for
 
@@ -57,6 +58,9 @@ RULES: dict[tuple[str, str], str] = {
     ("POST", "/v1/vector_stores/{store_id}/files/{file_id}"): "write",
     ("DELETE", "/v1/vector_stores/{store_id}/files/{file_id}"): "write",
     ("GET", "/v1/vector_stores/{store_id}/files/{file_id}/content"): "read",
+    # a job: its starter's (writer of A, a failed upload in A), and every admin's
+    ("GET", "/jobs"): "any", ("GET", "/jobs/{job_id}"): "own", ("DELETE", "/jobs/{job_id}"): "own",
+    ("POST", "/jobs/{job_id}/retry"): "own",
 }
 # the status each caller gets, by rule ("ok": a 2xx)
 EXPECTED: dict[str, dict[str, str]] = {
@@ -80,7 +84,8 @@ def _request(method: str, path: str, world: dict[str, Any]) -> dict[str, Any]:
     url = (path.replace("{name}", "victim-key" if path.startswith("/admin/keys") else "a")
            .replace("{store_id}", "vs_a").replace("{doc_id}", world["doc_id"])
            .replace("{file_id}", world["file_id"]).replace("{chunk_id}", world["chunk_id"])
-           .replace("{model}", "rag:a").replace("{response_id}", world["response_id"]))
+           .replace("{model}", "rag:a").replace("{response_id}", world["response_id"])
+           .replace("{job_id}", world["job_id"]))
     if path == "/documents/{doc_id}":
         url = f"/documents/{world['default_doc']}"
     if path == "/collections/{name}/import":  # a new collection, from A's archive
@@ -135,11 +140,24 @@ def _reset(c: TestClient, admin: dict[str, str], settings: Settings) -> dict[str
         "completed"
     response_id = c.post("/v1/responses", json={"model": "rag:a", "input": "Which ferries?"},
                          headers=writer_a).json()["id"]
+    job_id = _failed_job(c, writer_a)
     default_doc = c.get("/documents", headers=admin).json()["documents"][0]["doc_id"]
     chunk_id = c.get("/query", params={"q": "ferries"}, headers=admin).json()["passages"][0]["chunk_id"]
     archive = c.get("/collections/a/export", headers=admin).content
     return {"doc_id": "d1", "file_id": file_id, "spare_file_id": spare, "chunk_id": chunk_id,
-            "default_doc": default_doc, "response_id": response_id, "archive": archive}
+            "default_doc": default_doc, "response_id": response_id, "archive": archive, "job_id": job_id}
+
+
+def _failed_job(c: TestClient, writer_a: dict[str, str]) -> str:
+    """A big upload by writer_a to A that fails (nothing is left of it once cleaned): a job
+    with a failed item, to see, retry and delete."""
+    r = c.post("/collections/a/documents", json={"doc_id": "big", "text": "Photo: AP\n" * 2100}, headers=writer_a)
+    assert r.status_code == 202, r.text
+    deadline = time.monotonic() + 20
+    while c.get(f"/jobs/{r.json()['job']}", headers=writer_a).json()["state"] != "failed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return str(r.json()["job"])
 
 
 def _snapshot(c: TestClient, admin: dict[str, str], settings: Settings) -> Any:
@@ -152,7 +170,8 @@ def _snapshot(c: TestClient, admin: dict[str, str], settings: Settings) -> Any:
     files = sorted(f["id"] for f in c.get("/v1/files", headers=admin).json()["data"])
     keys = sorted(k.name for k in KeyStore(settings.index_dir).list())
     responses = sorted(p.name for p in (settings.index_dir / "responses").glob("*.json"))
-    return collections, stores, files, keys, responses
+    jobs = sorted((j.id, j.state, j.runs, len(j.errors)) for j in Jobs(settings.index_dir).list())
+    return collections, stores, files, keys, responses, jobs
 
 
 SECRETS: dict[str, str] = {}

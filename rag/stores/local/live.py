@@ -1,7 +1,8 @@
 """A live collection: documents added, replaced and deleted while it serves.
 
 SQLite in WAL mode is the source of truth for a collection's documents, chunks and
-sentences, vectors included (float32 blobs), in `<index_dir>/collections/<name>/kb.sqlite`.
+sentences, vectors included (float32 blobs), in `<index_dir>/collections/<name>/kb.sqlite` (or
+the file its manifest names: `database_of`).
 The search indexes (rag.stores.local.live_index: vectors and BM25 postings in memory) are derived from
 it: rebuilt from it on open, and updated after each write.
 
@@ -74,11 +75,18 @@ NEXT_ROW = ("SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = '
             "coalesce((SELECT max(row) FROM {table}), -1)) + 1")
 
 
+def database_of(manifest: dict[str, Any]) -> str:
+    """The collection's SQLite file in its folder: `kb.sqlite`, or the one a re-embed made
+    (rag.portable.reembed), named by the manifest."""
+    return str(manifest.get("store", {}).get("database", "kb.sqlite"))
+
+
 class KnowledgeBase(LiveWrites):
     """One collection: the ChunkStore the retriever searches, and the writer of its documents."""
 
     def __init__(self, folder: Path, manifest: dict[str, Any]):
         self.folder, self.manifest = folder, manifest
+        self.path = folder / database_of(manifest)
         self.dimension = int(manifest["model"]["dimension"])
         self.version = 0  # bumped by every write: caches keyed on it never serve a stale document
         self.lock = threading.RLock()
@@ -102,7 +110,7 @@ class KnowledgeBase(LiveWrites):
     def _connect(self) -> sqlite3.Connection:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.folder / "kb.sqlite", check_same_thread=False, isolation_level=None)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             # busy_timeout: another process (`rag add` beside a running service) may be writing
             db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000;"
                              + SCHEMA)
@@ -204,7 +212,7 @@ class KnowledgeBase(LiveWrites):
         writes go on meanwhile, unseen by it."""
         with self.lock:  # this process's writes before it or after it; a released collection opened again
             self._open()
-            opened = open_live(self.folder / "kb.sqlite", self.manifest, self.dimension)
+            opened = open_live(self.path, self.manifest, self.dimension)
         with closing(opened):
             yield opened
 
