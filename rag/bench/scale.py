@@ -6,7 +6,8 @@ to N rows. Row i is copy i // M of source chunk i % M (M = SciFact's 12,395 chun
 its vector is the source vector plus a random share (0-35%) of another chunk's vector
 plus Gaussian noise, normalised (cosine ~0.9 to the source: a paraphrase, not a clone),
 and its text, title and offsets are the source chunk's, so BM25 sees real term
-statistics. Copy c of document d is document `d~c`. Queries are SciFact's 300 test
+statistics. Copy c of document d is document `d.c` (a valid doc_id: an export of it imports),
+with the same embedding input and so the same `embed_hash`. Queries are SciFact's 300 test
 questions, embedded by the same model.
 
 Measured, per backend (`local`, `milvus`):
@@ -26,10 +27,12 @@ import math
 import multiprocessing
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from
 from rag.evaluation.beir import beir_store, judged_queries
 from rag.evaluation.metrics import percentile
@@ -89,22 +93,17 @@ class Source:
             c = self.chunks[source]
             doc = self.documents[c.doc_id]
             if source in self.first_of_document:
-                documents.append(DocumentRecord(f"{doc.doc_id}~{copy}", doc.metadata, doc.text, doc.sections,
-                                                f"{doc.content_hash[:16]}~{copy}"))
-            chunks.append(ChunkRecord(f"{c.chunk_id}~{copy}", f"{c.doc_id}~{copy}", c.section, c.char_start,
-                                      c.char_end, c.text, c.n_tokens, c.n_model_tokens, f"{c.embed_hash[:16]}~{copy}"))
+                documents.append(DocumentRecord(f"{doc.doc_id}.{copy}", doc.metadata, doc.text, doc.sections,
+                                                f"{doc.content_hash[:16]}.{copy}"))
+            chunks.append(ChunkRecord(f"{c.chunk_id}.{copy}", f"{c.doc_id}.{copy}", c.section, c.char_start,
+                                      c.char_end, c.text, c.n_tokens, c.n_model_tokens, c.embed_hash))
             texts.append(embed_input(str(doc.metadata["title"]), c.section, c.text))
         return documents, chunks, texts
 
 
 def run_scale(settings: Settings, n: int, backend: str, scifact: Path, log: Callable[[str], None]) -> dict[str, Any]:
-    embedder = embedder_from(settings)
-    documents, queries, _, judged = judged_queries(scifact, None)
-    local_settings = settings.model_copy(update={"vector_store": "local"})  # the source is always the local cache
-    _, source_store = beir_store(scifact, local_settings, embedder, documents, log)
-    assert isinstance(source_store, LocalStore)
+    embedder, source_store, questions = scifact_source(settings, scifact, log)
     source = Source(source_store)
-    questions = [queries[q] for q in judged]
     question_vectors = embedder.encode(questions, batch_size=settings.embed_batch_size)
     work = settings.cache_dir / "scale"
     work.mkdir(parents=True, exist_ok=True)
@@ -112,7 +111,7 @@ def run_scale(settings: Settings, n: int, backend: str, scifact: Path, log: Call
         target = settings.model_copy(update={
             "vector_store": backend, "index_dir": Path(tmp) / "index", "milvus_uri": str(Path(tmp) / "milvus.db"),
             "highlights": False})
-        build_s, peak_rss_mb = _build_in_child(target, n, source_store.folder)
+        build_s, peak_rss_mb = build_in_child(target, n, source_store.folder)
         log(f"built {n} chunks in {build_s:.0f} s (peak RSS {peak_rss_mb:.0f} MB); starting rag serve on it")
         # first, and alone: a Milvus Lite file serves one process at a time
         served = _serve(target, questions)
@@ -133,10 +132,22 @@ def run_scale(settings: Settings, n: int, backend: str, scifact: Path, log: Call
                       f"({settings.embed_backend}), mixed and noised to {n}; {len(questions)} test questions"}
 
 
+def scifact_source(settings: Settings, scifact: Path,
+                   log: Callable[[str], None]) -> tuple[Embedder, LocalStore, list[str]]:
+    """The configured model, SciFact's local index embedded by it (cached; built if missing)
+    and SciFact's 300 test questions."""
+    embedder = embedder_from(settings)
+    documents, queries, _, judged = judged_queries(scifact, None)
+    local_settings = settings.model_copy(update={"vector_store": "local"})  # the source is always the local cache
+    _, source_store = beir_store(scifact, local_settings, embedder, documents, log)
+    assert isinstance(source_store, LocalStore)
+    return embedder, source_store, [queries[q] for q in judged]
+
+
 # ------------------------------------------------------------------ the build (child process)
 
 
-def _build_in_child(target: Settings, n: int, source_folder: Path) -> tuple[float, float]:
+def build_in_child(target: Settings, n: int, source_folder: Path) -> tuple[float, float]:
     """Build in a fresh process: its time and peak RSS are the build's alone."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
@@ -218,27 +229,42 @@ def _recall(store: Any, source: Source, n: int, vectors: np.ndarray) -> float:
 def _serve(target: Settings, questions: list[str]) -> dict[str, float | None]:
     """Seconds until `rag serve` on the collection is ready (model, index, checksums) and its
     RSS (MB) after 50 queries; None where it never got ready."""
-    from rag.bench.server import rss_mb, start_server
+    from rag.bench.server import rss_mb
 
-    env = {"RAG_VECTOR_STORE": target.vector_store, "RAG_MILVUS_URI": target.milvus_uri,
-           "RAG_HIGHLIGHTS": "false"}
+    with serving(target) as (server, url, ready_s):
+        if ready_s is None:
+            return {"serve_ready_s": None, "serve_rss_mb": None}
+        for question in questions[:50]:
+            httpx.post(url + "/query", json={"question": question, "k": 5}, timeout=60).raise_for_status()
+        return {"serve_ready_s": round(ready_s, 1), "serve_rss_mb": round(rss_mb(server.pid)["VmRSS"], 1)}
+
+
+def serve_env(target: Settings) -> dict[str, str]:
+    """The environment that points a `rag` child process (serve, export, ...) at the target collection."""
+    return {"RAG_INDEX_DIR": str(target.index_dir), "RAG_VECTOR_STORE": target.vector_store,
+            "RAG_MILVUS_URI": target.milvus_uri, "RAG_HIGHLIGHTS": "false"}
+
+
+@contextmanager
+def serving(target: Settings) -> Iterator[tuple[subprocess.Popen[bytes], str, float | None]]:
+    """`rag serve` on the target collection: the process, its URL and the seconds it took to
+    be ready (None where it never got ready within 600 s); stopped when the block ends."""
+    from rag.bench.server import start_server
+
     started = time.monotonic()
-    server, url = start_server(target.index_dir, reload_poll_seconds=3600, env=env)
+    server, url = start_server(target.index_dir, reload_poll_seconds=3600, env=serve_env(target))
     try:
+        ready_s: float | None = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and server.poll() is None:
             try:
                 if httpx.get(url + "/ready", timeout=5).status_code == 200:
+                    ready_s = time.monotonic() - started
                     break
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        else:
-            return {"serve_ready_s": None, "serve_rss_mb": None}
-        ready_s = time.monotonic() - started
-        for question in questions[:50]:
-            httpx.post(url + "/query", json={"question": question, "k": 5}, timeout=60).raise_for_status()
-        return {"serve_ready_s": round(ready_s, 1), "serve_rss_mb": round(rss_mb(server.pid)["VmRSS"], 1)}
+        yield server, url, ready_s
     finally:
         server.terminate()
         server.wait(timeout=60)

@@ -1,5 +1,5 @@
-"""`rag bench serve|soak|scale|writes|backends|attack|crash|auth|agents`: each benchmark its own
-subcommand.
+"""`rag bench serve|soak|scale|writes|portable|backends|attack|crash|auth|agents`: each benchmark
+its own subcommand.
 
 SciFact (real texts and queries, distinct vectors) feeds the benchmarks that need a corpus
 larger than the seed one; `--scifact` says where it is (the BEIR folder).
@@ -113,6 +113,22 @@ def writes(backend: BackendOpt = None, as_json: JsonOpt = False, scifact: SciFac
     store = _store(backend, settings.vector_store)
     timed = run_writes(settings.model_copy(update={"vector_store": store}), scifact, log=_log)
     typer.echo(json.dumps(timed) if as_json else writes_table(timed))
+
+
+@app.command("portable")
+@user_errors
+def portable(
+    chunks: Annotated[int, typer.Option(help="chunks in the collection", min=1000, max=100_000_000)] = 100_000,
+    as_json: JsonOpt = False,
+    scifact: SciFactOpt = DEFAULT_SCIFACT,
+) -> None:
+    """Export and import of an N-chunk collection against the disk's write speed; /query p99 during an
+    export and a backup against idle."""
+    _load_generator()
+    from rag.bench.portable import portable_table, run_portable
+
+    measured = run_portable(load_settings(), chunks, scifact, log=_log)
+    typer.echo(json.dumps(measured) if as_json else portable_table(measured))
 
 
 @app.command("backends")

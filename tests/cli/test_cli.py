@@ -195,7 +195,7 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
 def test_bench_is_a_group_of_subcommands():
     result = runner.invoke(app, ["bench", "--help"])
     assert result.exit_code == 0, result.output
-    for command in ("serve", "soak", "scale", "writes", "backends"):
+    for command in ("serve", "soak", "scale", "writes", "portable", "backends"):
         assert command in result.stdout
     assert runner.invoke(app, ["bench", "--scale", "1000"]).exit_code != 0  # the old flags are gone
 
@@ -208,7 +208,7 @@ def test_a_missing_extra_is_named_not_an_import_error(env: Settings, monkeypatch
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name in ("aiohttp", "matplotlib") else real(name, *a))
-    for command in (["bench", "serve"], ["bench", "soak", "60"]):
+    for command in (["bench", "serve"], ["bench", "soak", "60"], ["bench", "portable"]):
         result = runner.invoke(app, command)
         assert result.exit_code == 2, result.output
         assert "the `bench` extra" in result.stderr and "Traceback" not in result.output
