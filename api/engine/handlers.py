@@ -1,4 +1,5 @@
-"""The handlers of today's job kinds in the service (api.engine.jobs.register): big uploads.
+"""The handlers of today's job kinds in the service (api.engine.jobs.register): big uploads
+and imports of archives (see `import_archive_job`).
 
 A big write answered 202 is a job of kind `upload` from the moment it is acknowledged
 (Engine.write_spooled records it before the write is saved; the answer names it); its
@@ -28,6 +29,9 @@ from api.engine.lifecycle import Engine
 from api.errors import scrub_paths
 from rag.errors import RagError
 from rag.jobs import Job
+from rag.portable.archive import Archive
+from rag.portable.importing import import_archive, inbox
+from rag.stores.manifest import manifest_at
 
 
 def upload(engine: Engine, job: Job) -> None:
@@ -59,6 +63,48 @@ def upload(engine: Engine, job: Job) -> None:
         job.finish(error="the service stopped before this write was saved: it was never acknowledged")
 
 
+def import_archive_job(engine: Engine, job: Job) -> None:
+    """An archive sent to POST /collections/{name}/import, in <index>/imports/: imported whole
+    or not at all (rag.portable.importing), then removed. Resumed after a restart: a
+    collection its archive already made is the job done; otherwise the import runs again
+    (what a cut-off one left was removed at start-up)."""
+    path = inbox(engine.settings.index_dir) / str(job.params.get("archive", ""))
+    made = manifest_at(engine.live_collections().root / job.target)
+    if made is not None and made.get("imported_from", {}).get("archive") == path.name:
+        job.finish()
+        path.unlink(missing_ok=True)
+        return
+    if not path.is_file():
+        job.finish(error="its archive is gone (the job was retried after it ended): send the archive again")
+        return
+    if engine.embedder is None:
+        raise RagError(engine.not_ready or "the model is not loaded")
+    job.start()
+    total: list[int] = []
+
+    def tick(what: str, done: int) -> None:
+        if what == "documents":
+            job.progress(done, total[0])
+
+    try:
+        with Archive(path) as archive:
+            total.append(archive.counts["documents"])
+        imported = import_archive(engine.settings, path, engine.embedder, job.target,
+                                  reembed=bool(job.params.get("reembed")), collections=engine.live_collections(),
+                                  progress=tick)
+        job.say(str(imported))
+        job.finish()
+    finally:
+        path.unlink(missing_ok=True)  # done, or refused: a retry needs the archive sent again
+
+
+def export_cut_off(engine: Engine, job: Job) -> None:
+    """An export streams to the client that asked for it: one a restart cut off is over."""
+    job.finish(error="the service stopped during the export: ask for it again")
+
+
 def register_handlers() -> None:
-    """Today's kinds (the HTTP app calls it; rag.portable's are registered where its routes are)."""
+    """Today's kinds (the HTTP app calls it)."""
     register("upload", upload, inline=True)
+    register("import", import_archive_job)
+    register("export", export_cut_off, inline=True)

@@ -91,6 +91,13 @@ def import_archive(settings: Settings, path: Path, embedder: Embedder, name: str
     return Imported(name, *counts, reembed, time.perf_counter() - started)
 
 
+def inbox(index_dir: Path) -> Path:
+    """Where archives sent to a service wait for their import job (made if missing)."""
+    folder = index_dir / "imports"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _bytes_read(tick: Progress) -> Callable[[int], None]:
     total = [0]
 

@@ -88,7 +88,8 @@ def _try_lock(index_dir: Path) -> Iterator[bool]:
 def clean_orphans(index_dir: Path) -> list[Path]:
     """Remove what crashed builds left behind: `builds/.tmp-*` folders and `.*.tmp` files in
     the index folder and in build folders; and what a crashed create or delete of a live
-    collection left: `collections/.tmp-*` and `.del-*` (rag.files.remove_debris). Returns
+    collection, or an archive's upload, left: `collections/.tmp-*` and `.del-*`, and
+    `imports/.tmp-*` (rag.files.remove_debris). Returns
     what was removed.
 
     Safe at any time (a service calls it on start): it only cleans builds' debris when it
@@ -99,7 +100,7 @@ def clean_orphans(index_dir: Path) -> list[Path]:
     """
     if not index_dir.is_dir():
         return []
-    removed = remove_debris(index_dir / "collections")
+    removed = remove_debris(index_dir / "collections") + remove_debris(index_dir / "imports")
     try:
         with _try_lock(index_dir) as held:
             return removed + (remove_orphans(index_dir) if held else [])
