@@ -4,7 +4,10 @@
 listed and searched like the others but written only by `rag build`. Every other
 collection is a KnowledgeBase, created empty, written one document at a time
 (`upsert`, `delete`). Each records the model and chunker it was made with in
-`manifest.json` and refuses to open under other settings.
+`manifest.json`: it refuses to open under another chunker, and embeds with its own model
+(rag.encoders.pool: a collection made before RAG_MODEL changed keeps its own, until
+`rag reembed` moves it, rag.portable.reembed). Writes hold the collection's write lock
+(`writing`) and, while a re-embed runs, land in its target too.
 
 Upsert by content: a document whose doc_id exists with the same content hash is left as
 it is (nothing embedded); changed content re-embeds only the chunks and sentences whose
@@ -34,9 +37,10 @@ build id or Milvus tag changed, releases it and raises NotFoundError or opens th
 Left out: renaming; a registry in Milvus itself; a delete racing another replica's delete
 and re-create of its name between its check and its rename (ms: it removes the new one).
 
-Why ~335 lines: the registry (create, delete, the LRU, replicas' changes) and the writes
-(upsert, remove, quotas, the Milvus sweep) share one lock and the open stores; the parts that
-stand alone are already apart (rag.stores.manifest, rag.stores.quota, rag.files).
+Why ~425 lines: the registry (create, delete, the LRU, replicas' changes) and the writes
+(upsert, remove, sync, quotas, the Milvus sweep, a re-embed's second store) share one lock
+and the open stores; the parts that stand alone are already apart (rag.stores.manifest,
+rag.stores.quota, rag.encoders.pool, rag.files, rag.portable.reembed).
 """
 
 import hashlib

@@ -26,6 +26,9 @@ newer format.
 
 Left out: compression (vectors barely compress; gzip costs more than the disk it saves),
 appending to an archive, reading one from a pipe.
+
+Why ~340 lines: the writer and the reader are the format's two sides (member names, the
+.npy header, the manifest's fields); apart, a change to one would not show in the other.
 """
 
 import hashlib

@@ -19,7 +19,6 @@ are chunked and embedded again with this service's settings, and its vectors are
 Left out: merging into an existing collection; quotas (an import is an admin's act).
 """
 
-import hashlib
 import json
 import os
 import secrets
@@ -28,7 +27,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +34,16 @@ import numpy as np
 
 from rag.collections import DEFAULT, Collections, check_name
 from rag.encoders.base import Embedder
-from rag.errors import ArchiveError, BadQueryError, ConflictError, CorpusError, RagError
+from rag.errors import ArchiveError, ConflictError, RagError
 from rag.files import fsync_path, replace_text
 from rag.ingest.build import Batches, build_manifest, spec_of
-from rag.ingest.chunk import embed_input
-from rag.ingest.clean import CleanDocument, CleanRules, Section
-from rag.ingest.corpus import SourceDocument
-from rag.ingest.metadata import normalise_metadata
-from rag.ingest.uploads import checked_doc_id
+from rag.ingest.clean import CleanRules
 from rag.portable.archive import Archive
-from rag.records import ChunkRecord, DocumentRecord, SentenceRecord
+from rag.portable.records import as_source, groups, input_of
 from rag.settings import Settings
 from rag.stores.base import DocumentSink, LiveStore
 from rag.stores.factory import milvus_token, open_store, open_writer
 
-BATCH_CHUNKS = 2_000  # chunks a write holds: one SQLite transaction, or one round of Milvus inserts
 Progress = Callable[[str, int], None]
 
 
@@ -198,7 +191,7 @@ def _copy(settings: Settings, archive: Archive, writer: DocumentSink | None, sto
     collection, one write per group of documents of one origin); the counts."""
     documents = chunks = sentences = 0
     batches = Batches(settings, embedder, CleanRules(), None) if reembed else None
-    for origin, group in _groups(archive, reembed):
+    for origin, group in groups(archive, reembed):
         with _sink(writer, store, origin) as sink:
             if batches is not None:
                 batches.write([as_source(doc) for doc, _, _ in group], sink)
@@ -211,7 +204,7 @@ def _copy(settings: Settings, archive: Archive, writer: DocumentSink | None, sto
                     records = [r for part in parts for r in part[0]]
                     by_id = {doc.doc_id: doc for doc in docs}
                     sink.add_chunks(records, np.concatenate([part[1] for part in parts if part[0]]),
-                                    lexical_texts=[_input(by_id[r.doc_id], r) for r in records])
+                                    lexical_texts=[input_of(by_id[r.doc_id], r) for r in records])
                 if any(s[0] for s in found):
                     sink.add_sentences([r for s in found for r in s[0]],
                                        np.concatenate([s[1] for s in found if s[0]]))
@@ -232,116 +225,3 @@ def _sink(writer: DocumentSink | None, store: LiveStore | None, origin: str) -> 
         assert store is not None
         with store.writing(origin) as write:
             yield write
-
-
-Records = tuple[list[Any], np.ndarray]
-
-
-def _groups(archive: Archive, reembed: bool) -> Iterator[tuple[str, list[tuple[DocumentRecord, Records, Records]]]]:
-    """Documents with their chunks and sentences, checked, in runs of one origin of at most
-    BATCH_CHUNKS chunks (a document's are never split)."""
-    dimension = archive.dimension
-    empty = (list[Any](), np.zeros((0, dimension), dtype=np.float32))
-    chunk_rows = _rows(archive.chunks(BATCH_CHUNKS)) if not reembed else iter(())
-    sentence_rows = _rows(archive.sentences(BATCH_CHUNKS)) if not reembed else iter(())
-    group: list[tuple[DocumentRecord, Records, Records]] = []
-    origin, size = "", 0
-    for doc, doc_origin in archive.documents():
-        doc = _checked_document(archive, doc)
-        mine = empty if reembed else _take(chunk_rows, doc, "chunks", archive, _checked_chunk)
-        said = empty if reembed else _take(sentence_rows, doc, "sentences", archive, _checked_sentence)
-        if group and (doc_origin != origin or size + len(mine[0]) > BATCH_CHUNKS):
-            yield origin, group
-            group, size = [], 0
-        group.append((doc, mine, said))
-        origin, size = doc_origin, size + len(mine[0])
-    if group:
-        yield origin, group
-    for leftover, kind in ((chunk_rows, "chunks"), (sentence_rows, "sentences")):
-        row = next(leftover, None)
-        if row is not None:
-            raise ArchiveError(f"{archive.path}: {kind}.jsonl has a row of document {row[0].doc_id!r}, which is "
-                               "not in documents.jsonl or not in its order")
-
-
-class _Peekable:
-    def __init__(self, rows: Iterator[tuple[Any, np.ndarray]]):
-        self._rows, self.head = rows, next(rows, None)
-
-    def __iter__(self) -> "_Peekable":
-        return self
-
-    def __next__(self) -> tuple[Any, np.ndarray]:
-        if self.head is None:
-            raise StopIteration
-        head, self.head = self.head, next(self._rows, None)
-        return head
-
-
-def _rows(batches: Iterator[tuple[list[Any], np.ndarray]]) -> _Peekable:
-    return _Peekable(chain.from_iterable(zip(records, matrix) for records, matrix in batches))
-
-
-def _take(rows: Any, doc: DocumentRecord, kind: str, archive: Archive, check: Callable[..., None]) -> Records:
-    """The run of rows of document `doc` at the head of `rows`."""
-    records, vectors = [], []
-    while rows.head is not None and rows.head[0].doc_id == doc.doc_id:
-        record, vector = next(rows)
-        try:
-            check(doc, record)
-        except (ValueError, RagError) as exc:
-            raise ArchiveError(f"{archive.path}: member {kind}.jsonl: {exc}") from exc
-        records.append(record)
-        vectors.append(vector)
-    return records, (np.stack(vectors) if vectors else np.zeros((0, archive.dimension), dtype=np.float32))
-
-
-def _checked_document(archive: Archive, doc: DocumentRecord) -> DocumentRecord:
-    try:
-        checked_doc_id(doc.doc_id)
-        metadata = normalise_metadata(doc.metadata, f"document '{doc.doc_id}'")
-        for section in doc.sections:
-            if not 0 <= int(section["char_start"]) <= int(section["char_end"]) <= len(doc.text):
-                raise ValueError(f"a section of document '{doc.doc_id}' is outside its text")
-    except (BadQueryError, CorpusError, ValueError, KeyError, TypeError) as exc:
-        raise ArchiveError(f"{archive.path}: member documents.jsonl: {exc}") from exc
-    return DocumentRecord(doc.doc_id, metadata, doc.text, doc.sections, doc.content_hash)
-
-
-def _checked_chunk(doc: DocumentRecord, chunk: ChunkRecord) -> None:
-    if not 0 <= chunk.char_start <= chunk.char_end <= len(doc.text) or \
-            doc.text[chunk.char_start:chunk.char_end] != chunk.text:
-        raise ValueError(f"chunk {chunk.chunk_id!r}: its text is not its document's text at "
-                         f"{chunk.char_start}:{chunk.char_end}")
-    if hashlib.sha256(_input(doc, chunk).encode()).hexdigest() != chunk.embed_hash:
-        raise ValueError(f"chunk {chunk.chunk_id!r}: its embedding input does not match its recorded hash")
-
-
-def _checked_sentence(doc: DocumentRecord, sentence: SentenceRecord) -> None:
-    if not 0 <= sentence.char_start <= sentence.char_end <= len(doc.text):
-        raise ValueError(f"a sentence of document {doc.doc_id!r} at {sentence.char_start}:{sentence.char_end} is "
-                         "outside its text")
-
-
-def _input(doc: DocumentRecord, chunk: ChunkRecord) -> str:
-    """What the model saw of a chunk, and what BM25 indexes (rag.ingest.build's batches)."""
-    return embed_input(str(doc.metadata["title"]), chunk.section, chunk.text)
-
-
-@dataclass(frozen=True)
-class StoredDocument(SourceDocument):
-    """A stored document as a build's input: its content hash is the one it was stored with
-    (of the text as sent), so that sending that text again is still `unchanged`."""
-
-    stored_hash: str = ""
-
-    @property
-    def content_hash(self) -> str:
-        return self.stored_hash
-
-
-def as_source(doc: DocumentRecord) -> SourceDocument:
-    """A stored document as a build's input: its cleaned text and sections as they are."""
-    sections = [Section(s.get("title"), int(s["char_start"]), int(s["char_end"])) for s in doc.sections]
-    return StoredDocument(doc.doc_id, Path(f"{doc.doc_id}.txt"), doc.text, doc.metadata,
-                          cleaned=CleanDocument(doc.text, sections), stored_hash=doc.content_hash)

@@ -41,7 +41,7 @@ from rag.files import replace_text
 from rag.ingest.build import Batches, build_manifest
 from rag.ingest.clean import CleanRules
 from rag.jobs import Job, Jobs
-from rag.portable.importing import as_source
+from rag.portable.records import as_source
 from rag.records import DocumentRecord
 from rag.settings import Settings
 from rag.stores.base import LiveStore, Write
