@@ -9,7 +9,9 @@ Searches skip dead slots:
 - dense: exact inner product over the live vectors (one matrix product; ~4 ms a query at
   100k chunks of 384 dimensions on 2 cores);
 - lexical: BM25 (Lucene's variant, as rag.stores.local.bm25) with the statistics of the live
-  rows, computed at query time from per-term postings (slot and term frequency arrays).
+  rows, computed at query time from per-term postings (slot and term frequency arrays), in
+  float32 in the same order as a build's: the same chunks score bit for bit the same in a
+  live collection as in a build (so an imported archive ties where its source tied).
 
 Dead slots stay in the arrays (masked) until the owner rebuilds the index from its rows,
 which rag.stores.local.live does when they outnumber the live ones: one rewrite for many deletes.
@@ -40,7 +42,7 @@ class LiveIndex:
         self._lengths = array("i")  # tokens per slot
         self._postings: dict[str, tuple[array, array]] = {}  # term -> (slots, term frequencies)
         self._df: Counter[str] = Counter()  # live slots holding each term
-        self._live_tokens = 0
+        self._average: float | None = None  # live slots' mean length, as a build computes it (None: stale)
 
     def __len__(self) -> int:
         return len(self._slot)
@@ -63,13 +65,13 @@ class LiveIndex:
             self.rows.append(row)
             self._slot[row] = slot
             self._lengths.append(sum(counts.values()))
-            self._live_tokens += self._lengths[slot]
             for term, tf in counts.items():
                 slots, tfs = self._postings.setdefault(term, (array("i"), array("f")))
                 slots.append(slot)
                 tfs.append(tf)
                 self._df[term] += 1
         self._alive[start:start + len(rows)] = True
+        self._average = None
 
     def remove(self, rows: list[int], texts: list[str]) -> None:
         """Rows, with the texts they were added with (their terms leave the document
@@ -79,7 +81,7 @@ class LiveIndex:
             if slot is None:
                 continue
             self._alive[slot] = False
-            self._live_tokens -= self._lengths[slot]
+            self._average = None
             self._df.subtract(set(tokenize(text)))
 
     @property
@@ -100,7 +102,9 @@ class LiveIndex:
         if not live_docs:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         lengths = np.frombuffer(self._lengths, dtype=np.int32).astype(np.float32)
-        norms = self.k1 * (1 - self.b + self.b * lengths / (self._live_tokens / live_docs or 1.0))
+        if self._average is None:  # float32, in row order, as rag.stores.local.bm25 does: equal scores, equal ties
+            self._average = float(lengths[self._alive[:n]].mean())
+        norms = self.k1 * (1 - self.b + self.b * lengths / (self._average or 1.0))
         for token in tokenize(text):
             posting = self._postings.get(token)
             df = self._df.get(token, 0)
@@ -108,7 +112,7 @@ class LiveIndex:
                 continue
             slots = np.frombuffer(posting[0], dtype=np.int32)
             tfs = np.frombuffer(posting[1], dtype=np.float32)
-            idf = np.log1p((live_docs - df + 0.5) / (df + 0.5))
+            idf = np.float32(np.log1p((live_docs - df + 0.5) / (df + 0.5)))  # float32, as a build's
             scores[slots] += idf * tfs / (tfs + norms[slots])  # dead slots are masked below
         live = self._alive[:n] if allowed is None else self._alive[:n] & allowed
         matched = np.flatnonzero((scores > 0) & live)
