@@ -105,6 +105,8 @@ def reembed(
         fail("give --collection NAME or --all")
     if backend is not None and backend not in ("torch", "onnx", "onnx-int8"):
         fail(f"--backend {backend!r}: use torch, onnx or onnx-int8")
+    if model is not None and Path(model).exists():  # a folder: named whole, as other processes will read it
+        model = str(Path(model).resolve())
     _yield_cpu()
     settings = load_settings(index=index)
     say = lambda line: typer.echo(line, err=True)  # noqa: E731
@@ -114,6 +116,10 @@ def reembed(
             if cancel:
                 if not moving.cancel(collections, name, say):
                     say(f"'{name}': no re-embed under way")
+                jobs = Jobs(settings.index_dir)
+                for job in jobs.list():  # a killed run's job ends too (else listed as stalled for ever)
+                    if job.kind == "reembed" and job.target == name and not job.finished:
+                        jobs.cancel(job.id)
                 continue
             target = moving.target_of(collections.get(name).manifest, model, backend)
             job = _job(Jobs(settings.index_dir), name, {"model": target[0], "backend": target[1]})

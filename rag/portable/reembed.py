@@ -87,9 +87,9 @@ def reembed(collections: Collections, name: str, model: str | None, backend: str
     settings = collections.settings.model_copy(update={"model": target_model, "embed_backend": target_backend})
     _begin(collections, name, settings, embedder, log)
     total = len(_both(collections, name)[0].documents)
-    if job is not None:
-        job.start()
+    if job is not None:  # this run counts from 0 (a resume walks past what is done): its rate too
         job.progress(0, total)
+        job.start()
     embedded = done = 0
     said = time.monotonic()
     for group in _groups(collections, name):

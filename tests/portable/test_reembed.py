@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from rag import jobs as jobs_module
 from rag.collections import Collections, text_document
 from rag.encoders.pool import ModelPool
 from rag.errors import BadQueryError, ConflictError
+from rag.jobs import Job, Jobs
 from rag.portable import reembed as reembed_module
 from rag.portable.reembed import cancel, reembed
 from rag.service import retriever_for
@@ -130,6 +132,69 @@ def test_a_reembed_cut_off_resumes_where_it_stopped(settings: Settings, monkeypa
         done = reembed(collections, "notes", "small", None)
         assert done.embedded == 3  # the three done before the cut are not embedded again
         assert collections.get("notes").manifest["model"]["name"] == "small"
+
+
+def test_a_resumed_reembed_never_reports_a_negative_rate(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    """A resume walks again from document 0 past what the cut-off run did: its job's rate
+    counts from 0 too (it counted from where the last run stopped: negative at first)."""
+    monkeypatch.setattr(reembed_module, "GROUP", 1)
+    monkeypatch.setattr(jobs_module, "SAVE_EVERY_S", 0.0)  # every progress written, as a slow step's is
+    real_copy, calls = reembed_module._copy, []
+
+    def dies_after_three(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return real_copy(*args, **kwargs)
+
+    jobs = Jobs(settings.index_dir)
+    with registry(settings) as collections:
+        fill(collections, "notes", TOPICS)
+        job = jobs.create("reembed", "notes", {"model": "small", "backend": "torch"}, owner="cli")
+        monkeypatch.setattr(reembed_module, "_copy", dies_after_three)
+        with pytest.raises(KeyboardInterrupt):
+            reembed(collections, "notes", "small", "torch", job=job)
+        monkeypatch.setattr(reembed_module, "_copy", real_copy)
+        resumed = jobs.get(job.id)  # as `rag reembed` takes an orphaned job back
+        assert resumed.done == 3
+        rates, real_progress = [], Job.progress
+
+        def progress(self, done, total=None):  # type: ignore[no-untyped-def]
+            real_progress(self, done, total)
+            rates.append(jobs.get(self.id).rate)  # as /ready and `rag collections` read it
+        monkeypatch.setattr(Job, "progress", progress)
+        reembed(collections, "notes", "small", "torch", job=resumed)
+        assert len(rates) == 7 and all(r is not None and r >= 0 for r in rates), rates
+
+
+def test_a_cancel_from_the_cli_ends_the_job_of_a_killed_run(settings: Settings, monkeypatch: pytest.MonkeyPatch):
+    """`rag reembed --cancel` after a run was killed: the re-embed is listed no more (its
+    job, orphaned, was left unfinished: `rag collections` and /ready said "stalled" for ever)."""
+    from typer.testing import CliRunner
+
+    from rag.cli import app
+    from tests.test_jobs import _dead_pid
+
+    monkeypatch.setenv("RAG_INDEX_DIR", str(settings.index_dir))
+    monkeypatch.setenv("RAG_MODEL", "fake")
+    jobs = Jobs(settings.index_dir)
+    with registry(settings) as collections:
+        fill(collections, "notes", TOPICS[:2])
+        reembed_module._begin(collections, "notes", settings.model_copy(update={"model": "small",
+                                                                                "embed_backend": "torch"}),
+                              Small(dimension=32), lambda m: None)
+    killed = jobs.create("reembed", "notes", {"model": "small", "backend": "torch"}, owner="cli")
+    killed.start()
+    killed.pid = _dead_pid()  # the run was killed
+    killed.touch()
+    assert [r["state"] for r in reembed_module.under_way(settings.index_dir)] == ["stalled"]
+    listed = CliRunner().invoke(app, ["collections"])
+    assert "re-embedding to small (torch): stalled" in listed.output
+    cancelled = CliRunner().invoke(app, ["reembed", "--collection", "notes", "--cancel"])
+    assert cancelled.exit_code == 0, cancelled.output
+    assert reembed_module.under_way(settings.index_dir) == [] and jobs.get(killed.id).state == "cancelled"
+    listed = CliRunner().invoke(app, ["collections"])
+    assert listed.exit_code == 0 and "re-embedding" not in listed.output, listed.output
 
 
 def test_cancel_and_bad_requests(settings: Settings):
