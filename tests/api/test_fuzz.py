@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
 from api.app import create_app
@@ -24,6 +25,8 @@ from tests.helpers import CORPUS, FakeEmbedder, running_server
 pytestmark = pytest.mark.slow
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
+# an archive to import (POST /collections/{name}/import) is raw bytes: any bytes, mostly not a tar
+schemathesis.openapi.media_type("application/x-tar", st.binary(max_size=4096))
 
 
 @pytest.fixture(scope="module")
