@@ -35,6 +35,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
+from rag.bench.rows import RowsSpec
 from rag.bench.scale import build_in_child, scifact_source, serve_env, serving
 from rag.bench.server import QUESTIONS
 from rag.evaluation.metrics import percentile
@@ -73,7 +74,7 @@ def run_portable(settings: Settings, n: int, scifact: Path, log: Callable[[str],
         target = settings.model_copy(update={"vector_store": "local", "index_dir": tmp / "index",
                                              "milvus_uri": str(tmp / "milvus.db"), "highlights": False})
         env = {**os.environ, **serve_env(target)}
-        build_s, _ = build_in_child(target, n, source_store.folder)
+        build_s, _ = build_in_child(target, n, RowsSpec("near-copies", str(source_store.folder)))
         source = f"{scifact.name}: {len(source_store.chunks)} chunks embedded by {settings.model} " \
                  f"({settings.embed_backend}), mixed and noised to {n}"
         source_store.close()
@@ -125,14 +126,16 @@ def _rag(args: list[str], env: dict[str, str], archive: Path) -> dict[str, Any]:
 
 
 async def query_phase(url: str, questions: list[str], seconds: float, launch: Launch | None,
-                      warmup: int = 20) -> dict[str, Any]:
-    """/query latencies of one closed-loop client for `seconds`; with `launch`, only while a
-    child it started runs (started again until `seconds` have passed); p50/p99 and counts."""
+                      warmup: int = 20, collection: str = "default", qps: float = 0.0) -> dict[str, Any]:
+    """/query latencies of one client on `collection` for `seconds`; with `launch`, only while a
+    child it started runs (started again until `seconds` have passed: 0 runs one); p50/p99 and
+    counts. The client is closed-loop (the next question as soon as an answer is back) or, with
+    `qps`, paced: question i is sent at i/qps seconds, or as soon as answer i-1 is back if later."""
     times: list[float] = []
     failed, runs = 0, []
     async with aiohttp.ClientSession(url, timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def ask(question: str) -> bool:
-            async with session.post("/query", json={"question": question, "k": 5}) as r:
+            async with session.post("/query", json={"question": question, "k": 5, "collection": collection}) as r:
                 await r.read()
                 return r.status == 200
         for i in range(warmup):  # page cache, FAISS's first calls: not these questions, not timed
@@ -146,11 +149,13 @@ async def query_phase(url: str, questions: list[str], seconds: float, launch: La
                     if child.returncode:
                         raise RuntimeError(f"a child of the phase exited with status {child.returncode}")
                     runs.append(round(time.perf_counter() - child_started, 1))
-                if time.perf_counter() - started >= seconds:
-                    break
+                    if time.perf_counter() - started >= seconds:
+                        break
                 child, child_started = launch(len(runs)), time.perf_counter()
             elif launch is None and time.perf_counter() - started >= seconds:
                 break
+            if qps:
+                await asyncio.sleep(max(0.0, started + len(times) / qps - time.perf_counter()))
             t0 = time.perf_counter()
             ok = await ask(questions[len(times) % len(questions)])
             times.append((time.perf_counter() - t0) * 1000)

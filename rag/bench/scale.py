@@ -1,29 +1,27 @@
-"""`rag bench scale N`: build an N-chunk collection from real embeddings and measure it.
+"""`rag bench scale N`: build an N-chunk collection and measure it.
 
-The data is real, not uniform noise (on which ANN recall means nothing): SciFact's
-chunks, embedded by the configured model (the cached `rag eval --beir` index), expanded
-to N rows. Row i is copy i // M of source chunk i % M (M = SciFact's 12,395 chunks):
-its vector is the source vector plus a random share (0-35%) of another chunk's vector
-plus Gaussian noise, normalised (cosine ~0.9 to the source: a paraphrase, not a clone),
-and its text, title and offsets are the source chunk's, so BM25 sees real term
-statistics. Copy c of document d is document `d.c` (a valid doc_id: an export of it imports),
-with the same embedding input and so the same `embed_hash`. Queries are SciFact's 300 test
-questions, embedded by the same model.
+The rows (rag.bench.rows) are, by default, N distinct vectors drawn from a Gaussian fitted
+to SciFact's real chunk vectors (embedded by the configured model, the cached `rag eval
+--beir` index), with texts sampled from SciFact's words; `--vectors FILE.npy [--queries
+FILE.npy] [--texts FILE.jsonl]` brings the user's own; `--rows near-copies` is the old
+generator (near copies of each real chunk: it flatters IVF). Queries are SciFact's 300 test
+questions embedded by the same model (or the `--queries` vectors, with the questions'
+texts for BM25).
 
 Measured, per backend (`local`, `milvus`):
 - the build, from the precomputed vectors, in a child process: seconds and its peak RSS
   (the streamed writer's memory, without this process's);
-- search p50/p99 over the 300 questions, each side alone (top 10) and hybrid (each
-  side's top `fusion_depth`, fused, top 10), after one warm-up pass;
+- search p50/p99 over the queries, each side alone (top 10) and hybrid (each side's top
+  `fusion_depth`, fused, top 10), after one warm-up pass;
 - dense recall@10 against an exact scan of the same N vectors (regenerated in blocks);
-- size on disk, and a real `rag serve` on the collection: seconds until /ready, RSS after 50 queries.
+- size on disk, and a real `rag serve` on the collection: seconds until /ready, RSS after
+  50 queries (not when the vectors' dimension is not the model's: it could not encode them).
 
 Left out: sentences (highlights) in the synthetic collection, and concurrent load (that
 is `rag bench serve` on the seed corpus).
 """
 
 import json
-import math
 import multiprocessing
 import resource
 import statistics
@@ -40,13 +38,13 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from rag.bench.rows import FileRows, Rows, RowsSpec, normalised, open_rows
 from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from
+from rag.errors import CorpusError
 from rag.evaluation.beir import beir_store, judged_queries
 from rag.evaluation.metrics import percentile
 from rag.ingest.build import build_manifest, spec_of
-from rag.ingest.chunk import embed_input
-from rag.records import ChunkRecord, DocumentRecord
 from rag.search.fusion import fuse
 from rag.settings import Settings
 from rag.stores.factory import open_store, open_writer
@@ -55,68 +53,31 @@ from rag.stores.local.store import LocalStore
 from rag.stores.manifest import size_on_disk
 from rag.types import Filters, Fusion
 
-BLOCK = 8192  # synthetic rows generated, written and scanned at a time
-MIX = 0.35  # at most this share of another chunk's vector is mixed in
-NOISE = 0.25  # norm of the Gaussian noise added to a unit vector
 
-
-class Source:
-    """SciFact's chunks, vectors and documents, the material the collection is made of."""
-
-    def __init__(self, store: LocalStore):
-        self.vectors = store.matrix()
-        self.chunks = list(store.chunks)
-        self.documents = {doc_id: store.documents[doc_id] for doc_id in store.documents}
-        firsts: dict[str, int] = {}
-        for row, chunk in enumerate(self.chunks):
-            firsts.setdefault(chunk.doc_id, row)
-        self.first_of_document = set(firsts.values())
-
-    def blocks(self, n: int, seed: int = 0) -> Iterator[tuple[range, np.ndarray]]:
-        """Rows and vectors of the collection, BLOCK rows at a time, the same on every call."""
-        m, dimension = self.vectors.shape
-        for start in range(0, n, BLOCK):
-            rows = range(start, min(n, start + BLOCK))
-            rng = np.random.default_rng([seed, start])
-            source = np.arange(rows.start, rows.stop) % m
-            other = rng.integers(0, m, size=len(rows))
-            mixed = self.vectors[source] + rng.uniform(0, MIX, size=(len(rows), 1)) * self.vectors[other]
-            mixed += rng.normal(size=mixed.shape) * (NOISE / math.sqrt(dimension))
-            yield rows, (mixed / np.linalg.norm(mixed, axis=1, keepdims=True)).astype(np.float32)
-
-    def records(self, rows: range) -> tuple[list[DocumentRecord], list[ChunkRecord], list[str]]:
-        """The documents that start in `rows`, the chunks of `rows` and their BM25 texts."""
-        m = len(self.chunks)
-        documents, chunks, texts = [], [], []
-        for row in rows:
-            copy, source = divmod(row, m)
-            c = self.chunks[source]
-            doc = self.documents[c.doc_id]
-            if source in self.first_of_document:
-                documents.append(DocumentRecord(f"{doc.doc_id}.{copy}", doc.metadata, doc.text, doc.sections,
-                                                f"{doc.content_hash[:16]}.{copy}"))
-            chunks.append(ChunkRecord(f"{c.chunk_id}.{copy}", f"{c.doc_id}.{copy}", c.section, c.char_start,
-                                      c.char_end, c.text, c.n_tokens, c.n_model_tokens, c.embed_hash))
-            texts.append(embed_input(str(doc.metadata["title"]), c.section, c.text))
-        return documents, chunks, texts
-
-
-def run_scale(settings: Settings, n: int, backend: str, scifact: Path, log: Callable[[str], None]) -> dict[str, Any]:
+def run_scale(settings: Settings, n: int, backend: str, scifact: Path, log: Callable[[str], None],
+              rows: str = "gaussian", vectors: Path | None = None, queries: Path | None = None,
+              texts: Path | None = None) -> dict[str, Any]:
     embedder, source_store, questions = scifact_source(settings, scifact, log)
-    source = Source(source_store)
-    question_vectors = embedder.encode(questions, batch_size=settings.embed_batch_size)
+    spec = RowsSpec("file" if vectors else rows, str(source_store.folder),
+                    None if vectors is None else str(vectors), None if texts is None else str(texts))
+    source = open_rows(spec)
+    if isinstance(source, FileRows):
+        source.check(n)
+    question_vectors = query_vectors(queries, source.dimension, embedder, questions, settings.embed_batch_size)
+    servable = source.dimension == embedder.dimension
     work = settings.cache_dir / "scale"
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=work, prefix=f"{backend}-{n}-") as tmp:
         target = settings.model_copy(update={
             "vector_store": backend, "index_dir": Path(tmp) / "index", "milvus_uri": str(Path(tmp) / "milvus.db"),
             "highlights": False})
-        build_s, peak_rss_mb = build_in_child(target, n, source_store.folder)
-        log(f"built {n} chunks in {build_s:.0f} s (peak RSS {peak_rss_mb:.0f} MB); starting rag serve on it")
+        log(f"building {n} rows: {source.describe(n)}")
+        build_s, peak_rss_mb = build_in_child(target, n, spec)
+        log(f"built {n} chunks in {build_s:.0f} s (peak RSS {peak_rss_mb:.0f} MB)")
         # first, and alone: a Milvus Lite file serves one process at a time
-        served = _serve(target, questions)
+        served = _serve(target, questions) if servable else {"serve_ready_s": None, "serve_rss_mb": None}
         log("measuring searches")
-        store = open_store(target, spec_of(target))
+        store = open_store(target, spec_of(target) if servable else None)
         try:
             timings = _search_timings(store, questions, question_vectors, Fusion.parse(settings.fusion,
                                                                                        settings.fusion_depth))
@@ -126,10 +87,31 @@ def run_scale(settings: Settings, n: int, backend: str, scifact: Path, log: Call
             store.close()
         disk_mb = size_on_disk(Path(tmp)) / 2**20
     timings["dense"]["recall_at_10"] = round(recall, 4)
+    queried = f"{len(question_vectors)} query vectors from {queries.name}" if queries else \
+        f"{scifact.name}'s {len(questions)} test questions embedded by {settings.model} ({settings.embed_backend})"
     return {"backend": backend, "chunks": n, "index": index, **timings, "build_s": round(build_s, 1),
             "peak_rss_mb": round(peak_rss_mb, 1), "disk_mb": round(disk_mb, 1), **served,
-            "source": f"{scifact.name}: {len(source.chunks)} chunks embedded by {settings.model} "
-                      f"({settings.embed_backend}), mixed and noised to {n}; {len(questions)} test questions"}
+            "rows": spec.kind, "source": f"{source.describe(n)}; {queried}"}
+
+
+def query_vectors(path: Path | None, dimension: int, embedder: Embedder, questions: list[str],
+                  batch_size: int) -> np.ndarray:
+    """The `--queries` vectors (normalised), or the questions embedded by the model."""
+    if path is None:
+        if embedder.dimension != dimension:
+            raise CorpusError(f"the vectors have dimension {dimension} and the model {embedder.dimension}: "
+                              "give --queries FILE.npy, query vectors of the vectors' dimension")
+        return embedder.encode(questions, batch_size=batch_size)
+    try:
+        found = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CorpusError(f"--queries {path}: not a readable .npy array ({exc})") from None
+    if found.ndim != 2 or found.shape[1] != dimension or found.dtype.kind != "f" or not len(found):
+        raise CorpusError(f"--queries {path}: {found.dtype} {found.shape}, not a float array of rows of dimension "
+                          f"{dimension}")
+    if not np.isfinite(found).all():
+        raise CorpusError(f"--queries {path}: a vector is not finite")
+    return normalised(found)
 
 
 def scifact_source(settings: Settings, scifact: Path,
@@ -147,13 +129,19 @@ def scifact_source(settings: Settings, scifact: Path,
 # ------------------------------------------------------------------ the build (child process)
 
 
-def build_in_child(target: Settings, n: int, source_folder: Path) -> tuple[float, float]:
+def build_in_child(target: Settings, n: int, spec: RowsSpec) -> tuple[float, float]:
     """Build in a fresh process: its time and peak RSS are the build's alone."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=_build_child, args=(target.model_dump_json(), n, str(source_folder), results))
+    child = context.Process(target=_build_child, args=(target.model_dump_json(), n, spec, results))
     child.start()
-    outcome = results.get()
+    while True:  # a child that dies without a word (killed, out of memory) is reported, not waited on
+        try:
+            outcome = results.get(timeout=1.0)
+            break
+        except Exception:  # queue.Empty
+            if not child.is_alive():
+                raise RuntimeError(f"the scale build's process died (exit status {child.exitcode})") from None
     child.join()
     if isinstance(outcome, str):
         raise RuntimeError(f"the scale build failed: {outcome}")
@@ -161,31 +149,32 @@ def build_in_child(target: Settings, n: int, source_folder: Path) -> tuple[float
     return float(outcome), peak_kb / 1024
 
 
-def _build_child(target_json: str, n: int, source_folder: str, results: Any) -> None:
+def _build_child(target_json: str, n: int, spec: RowsSpec, results: Any) -> None:
     try:
-        results.put(build_synthetic(Settings.model_validate_json(target_json), n, Path(source_folder)))
+        results.put(build_synthetic(Settings.model_validate_json(target_json), n, spec))
     except Exception as exc:  # the parent reports it
         results.put(f"{type(exc).__name__}: {exc}")
 
 
-def build_synthetic(target: Settings, n: int, source_folder: Path) -> float:
+def build_synthetic(target: Settings, n: int, spec: RowsSpec) -> float:
     """Write the N-chunk collection into the target store; returns the seconds it took
-    from precomputed vectors (the source's), not counting loading the source."""
+    from the rows' vectors, not counting loading the source."""
     from rag.stores.manifest import read_manifest
 
-    model = read_manifest(source_folder)["model"]
-    source = Source(LocalStore(source_folder, read_manifest(source_folder)))
+    model = read_manifest(Path(spec.source_folder))["model"]
+    source = open_rows(spec)
     started = time.perf_counter()
-    with open_writer(target, model["dimension"], log=lambda m: tqdm.write(m, file=sys.stderr)) as writer:
+    documents_total = 0
+    with open_writer(target, source.dimension, log=lambda m: tqdm.write(m, file=sys.stderr)) as writer:
         with tqdm(total=n, unit="chunk", desc="writing", unit_scale=True) as bar:
             for rows, vectors in source.blocks(n):
                 documents, chunks, texts = source.records(rows)
                 writer.add_documents(documents)
                 writer.add_chunks(chunks, vectors, lexical_texts=texts)
+                documents_total += len(documents)
                 bar.update(len(rows))
-        documents_total = sum(1 for r in range(n) if r % len(source.chunks) in source.first_of_document)
-        writer.commit(build_manifest(target, model["dimension"], model["max_tokens"],
-                                     corpus={"hash": f"synthetic-{n}", "documents": {}},
+        writer.commit(build_manifest(target, source.dimension, model["max_tokens"],
+                                     corpus={"hash": f"synthetic-{spec.kind}-{n}", "documents": {}},
                                      counts={"documents": documents_total, "chunks": n}))
     return time.perf_counter() - started
 
@@ -213,7 +202,7 @@ def _search_timings(store: Any, questions: list[str], vectors: np.ndarray, fusio
     return out
 
 
-def _recall(store: Any, source: Source, n: int, vectors: np.ndarray) -> float:
+def _recall(store: Any, source: Rows, n: int, vectors: np.ndarray) -> float:
     """Dense recall@10 of the store against an exact scan of the same N vectors."""
     best_scores = np.full((len(vectors), 10), -np.inf, dtype=np.float32)
     best_rows = np.zeros((len(vectors), 10), dtype=np.int64)

@@ -45,6 +45,14 @@ def rss_mb(pid: int) -> dict[str, float]:
     return fields
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (/proc/PID/stat, clock ticks)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(index_dir: Path, reload_poll_seconds: float, env: dict[str, str] | None = None,
                  log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """`rag serve` on `index_dir` in a subprocess on a free port, with `env` added to the

@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rag.bench.scale import Source
+from rag.bench.rows import NearCopies
 from rag.collections import Collections, text_document
 from rag.encoders.load import embedder_from
 from rag.evaluation.beir import beir_store, judged_queries
@@ -50,7 +50,7 @@ def run_writes(settings: Settings, scifact: Path, log: Callable[[str], None]) ->
     local = settings.model_copy(update={"vector_store": "local"})
     _, store = beir_store(scifact, local, embedder, documents, log)
     assert isinstance(store, LocalStore)
-    source = Source(store)
+    source = NearCopies(store)
     pages = [f"{a.text}\n\n{b.text}" for a, b in zip(documents[::2], documents[1::2])]
     out: dict[str, Any] = {"model": settings.model, "backend": settings.embed_backend,
                            "store": settings.vector_store, "sizes": {}}
@@ -142,7 +142,7 @@ def _scratch(settings: Settings, folder: Path) -> Settings:
     return settings.model_copy(update=update)
 
 
-def _fill(kb: Any, source: Source, size: int) -> None:
+def _fill(kb: Any, source: NearCopies, size: int) -> None:
     """`size` chunks of real text and vectors, FILL_DOCUMENT_CHUNKS to a document, in big writes."""
     for start in range(0, size, 5000):
         rows = range(start, min(size, start + 5000))

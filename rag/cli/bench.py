@@ -1,4 +1,4 @@
-"""`rag bench serve|soak|scale|writes|portable|backends|attack|crash|auth|agents`: each benchmark
+"""`rag bench serve|soak|scale|writes|portable|reembed|backends|attack|crash|auth|agents`: each benchmark
 its own subcommand.
 
 SciFact (real texts and queries, distinct vectors) feeds the benchmarks that need a corpus
@@ -90,15 +90,33 @@ def soak(
 def scale(
     chunks: Annotated[int, typer.Argument(help="chunks in the collection", min=1000, max=100_000_000)],
     backend: BackendOpt = None,
+    rows: Annotated[str, typer.Option(help="gaussian: distinct rows fitted to SciFact's real vectors; near-copies: "
+                                      "the old generator (copies of each real chunk, mixed and noised)")] = "gaussian",
+    vectors: Annotated[Path | None, typer.Option(help="your own vectors, an N x d .npy file (the first N rows "
+                                                 "are used)", exists=True, dir_okay=False)] = None,
+    queries: Annotated[Path | None, typer.Option(help="query vectors, a .npy file (default: SciFact's test "
+                                                 "questions embedded by the model)", exists=True,
+                                                 dir_okay=False)] = None,
+    texts: Annotated[Path | None, typer.Option(help="the rows' texts, JSON lines (a string or {\"text\": ...} a "
+                                               "line; default: sampled from SciFact's words)", exists=True,
+                                               dir_okay=False)] = None,
     as_json: JsonOpt = False,
     scifact: SciFactOpt = DEFAULT_SCIFACT,
     index: IndexOpt = None,
 ) -> None:
-    """Build an N-chunk collection from SciFact's real embeddings; time its searches, recall, build, memory."""
+    """Build an N-chunk collection (distinct rows fitted to SciFact's vectors, or your own); time its searches,
+    recall against exact, build, memory."""
     from rag.bench.scale import run_scale, scale_table
 
+    if rows not in ("gaussian", "near-copies"):
+        fail(f"--rows must be gaussian or near-copies, got {rows!r}")
+    if vectors is None and (queries or texts):
+        fail("--queries and --texts go with --vectors")
+    if vectors is not None and rows != "gaussian":
+        fail("--vectors brings the rows: leave out --rows")
     settings = load_settings(index=index)
-    measured = run_scale(settings, chunks, _store(backend, settings.vector_store), scifact, log=_log)
+    measured = run_scale(settings, chunks, _store(backend, settings.vector_store), scifact, log=_log, rows=rows,
+                         vectors=vectors, queries=queries, texts=texts)
     typer.echo(json.dumps(measured) if as_json else scale_table(measured))
 
 
@@ -129,6 +147,24 @@ def portable(
 
     measured = run_portable(load_settings(), chunks, scifact, log=_log)
     typer.echo(json.dumps(measured) if as_json else portable_table(measured))
+
+
+@app.command("reembed")
+@user_errors
+def reembed(
+    documents: Annotated[int, typer.Option(help="SciFact documents, the same chunks on every side (1000: 2,359 "
+                                           "chunks, ~45 s of onnx-int8 on 2 cores)", min=1, max=100_000)] = 1000,
+    qps: Annotated[float, typer.Option(help="the /query load during the second re-embed: questions a second "
+                                       "from one client; 0: closed loop (saturates rag serve)", min=0, max=1000)] = 5.0,
+    as_json: JsonOpt = False,
+    scifact: SciFactOpt = DEFAULT_SCIFACT,
+) -> None:
+    """A re-embed's chunks/s against `rag build`'s on the same chunks, alone and while /query is served."""
+    _load_generator()
+    from rag.bench.reembed import reembed_table, run_reembed
+
+    measured = run_reembed(load_settings(), documents, scifact, log=_log, qps=qps)
+    typer.echo(json.dumps(measured) if as_json else reembed_table(measured))
 
 
 @app.command("backends")
