@@ -12,7 +12,12 @@ backends`), so an index built with one serves queries encoded by the other.
 
 Threads: `threads` intra-op threads and one inter-op thread, with spinning off: on a
 2-core machine an idle thread that spins takes the core from the event loop and from
-search (measured: docs/benchmarks.md#threads-spinning-and-the-load-generator).
+search (measured: docs/benchmarks.md#threads-spinning-and-the-load-generator). An encode
+of more than one batch (a build, an upload, a re-embed) runs its batches instead on
+`threads` worker threads over a second session of one intra-op thread each: the batches
+need no step in lock-step, so a core taken by another process (queries being served)
+stalls one worker, not all of them (docs/benchmarks.md#switching-the-model-rag-bench-reembed).
+That second session is loaded on the first such encode: the model's weights twice in memory.
 
 Left out: models whose sentence-transformers pipeline has more than Transformer ->
 Pooling -> Normalize (Dense layers, prompts): they are refused with a message that
@@ -20,7 +25,9 @@ names the torch backend.
 """
 
 import json
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,7 @@ SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
 class OnnxEmbedder:
     def __init__(self, name: str, model_dir: Path, onnx_file: Path, threads: int = 1):
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401 (loaded by _session; here: a missing package says so first)
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise ModelError(f"the onnx backend needs onnxruntime and tokenizers ({exc}); pip install "
@@ -53,16 +60,10 @@ class OnnxEmbedder:
         self._tokenizer.enable_truncation(self.max_tokens)
         self._counter.no_padding()
         self._counter.no_truncation()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # errors only
-        try:
-            self._session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # a damaged file is caught by the export's checksum first
-            raise ModelError(f"ONNX Runtime cannot load {onnx_file} ({exc}); {FALLBACK}") from exc
+        self._onnx_file, self.threads = onnx_file, threads
+        self._session = _session(onnx_file, threads)
+        self._bulk: Any = None  # the one-thread session that batches run on in parallel, loaded when first needed
+        self._bulk_lock = threading.Lock()
         self._inputs = {i.name for i in self._session.get_inputs()}
         self.dimension = int(self._run([self._tokenizer.encode("dimension")]).shape[1])
 
@@ -81,11 +82,24 @@ class OnnxEmbedder:
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))  # shortest first
         out = np.empty((len(encodings), self.dimension), dtype=np.float32)
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        for rows in _progress(batches, len(texts)):
-            out[rows] = self._run([encodings[i] for i in rows])
+        if len(batches) < 2 or self.threads < 2:
+            for rows in _progress(batches, len(texts)):
+                out[rows] = self._run([encodings[i] for i in rows])
+            return out
+        bulk = self._bulk_session()
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="onnx-batch") as workers:
+            done = workers.map(lambda rows: self._run([encodings[i] for i in rows], bulk), batches)
+            for rows, vectors in zip(_progress(batches, len(texts)), done):
+                out[rows] = vectors
         return out
 
-    def _run(self, encodings: list[Any]) -> np.ndarray:
+    def _bulk_session(self) -> Any:
+        with self._bulk_lock:  # one load, however many threads encode at once
+            if self._bulk is None:
+                self._bulk = _session(self._onnx_file, 1)
+            return self._bulk
+
+    def _run(self, encodings: list[Any], session: Any = None) -> np.ndarray:
         """One model call over encodings of similar length, padded to the longest."""
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), width), dtype=np.int64)
@@ -95,7 +109,7 @@ class OnnxEmbedder:
             n = len(e.ids)
             ids[row, :n], mask[row, :n], types[row, :n] = e.ids, 1, e.type_ids
         feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        hidden = self._session.run(None, {k: v for k, v in feed.items() if k in self._inputs})[0]
+        hidden = (session or self._session).run(None, {k: v for k, v in feed.items() if k in self._inputs})[0]
         if self._pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -110,6 +124,21 @@ class OnnxEmbedder:
         encodings = self._tokenizer.encode_batch(list(texts))
         encodings.sort(key=lambda e: len(e.ids))
         return lambda: [self._run(encodings[i:i + batch_size]) for i in range(0, len(encodings), batch_size)]
+
+
+def _session(onnx_file: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # a damaged file is caught by the export's checksum first
+        raise ModelError(f"ONNX Runtime cannot load {onnx_file} ({exc}); {FALLBACK}") from exc
 
 
 def _pipeline(model_dir: Path) -> tuple[int, str, bool]:
