@@ -17,7 +17,8 @@ builds) the plain vectors are read from disk as a response needs them.
 
 Filters are pushed down: one boolean row mask per request (documents from SQLite's
 doc_id index, sources and sections from the codes) goes into the dense search as a FAISS
-ID selector or an exact scan of the allowed rows, and into BM25 as a mask before the sort.
+ID selector or an exact scan of the allowed rows, and into BM25 as a mask on its candidate
+rows (rag.stores.local.bm25_top).
 
 Left out: updating a live build in place (each build is written whole, then swapped).
 """
@@ -33,7 +34,7 @@ import numpy as np
 
 from rag.errors import IndexBusyError, IndexCorruptError
 from rag.records import ChunkRecord, SentenceRecord
-from rag.stores.base import Ranking, ranking
+from rag.stores.base import Ranking
 from rag.stores.local import ann
 from rag.stores.local.bm25 import Bm25Index
 from rag.stores.local.builds import open_build
@@ -115,11 +116,7 @@ class LocalStore:
         return self._dense.search(vector, depth, self._allowed(filters))
 
     def lexical(self, text: str, depth: int, filters: Filters) -> Ranking:
-        scores = self._lexical.scores(text)
-        allowed = self._allowed(filters)
-        matched = np.flatnonzero(scores > 0 if allowed is None else (scores > 0) & allowed)
-        rows, found = ranking(scores[matched], depth)  # sort the matches only, not every row
-        return matched[rows], found
+        return self._lexical.top(text, depth, self._allowed(filters))  # MaxScore: not every posting scored
 
     def sentences(self, row: int) -> tuple[list[tuple[int, int]], np.ndarray]:
         found = self._sentences.get(row)
