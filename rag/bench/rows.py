@@ -172,7 +172,7 @@ def grouped_records(rows: range, texts: list[str]) -> tuple[
         title = f"Synthetic document {first // ROWS_PER_DOCUMENT}"
         parts = [texts[row - rows.start] for row in members]
         text = "\n\n".join(parts)
-        documents.append(DocumentRecord(doc_id, {"title": title}, text,
+        documents.append(DocumentRecord(doc_id, {"title": title, "source": "synthetic"}, text,
                                         [{"title": None, "char_start": 0, "char_end": len(text)}],
                                         hashlib.sha256(text.encode()).hexdigest()))
         start = 0

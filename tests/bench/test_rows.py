@@ -44,6 +44,7 @@ def test_sampled_texts_are_distinct_documents_with_exact_offsets(source: LocalSt
     documents, chunks, lexical = GaussianRows(source).records(range(0, 9))
     assert [d.doc_id for d in documents] == ["g0", "g1", "g2", "g3", "g4"] and len(chunks) == len(lexical) == 9
     by_id = {d.doc_id: d for d in documents}
+    assert all({"title", "source"} <= d.metadata.keys() for d in documents)  # what a citation reads
     for chunk in chunks:
         assert by_id[chunk.doc_id].text[chunk.char_start:chunk.char_end] == chunk.text and chunk.text
     assert len({c.text for c in chunks}) == 9 and len({c.chunk_id for c in chunks}) == 9

@@ -50,7 +50,7 @@ def clustered_vectors(n: int, seed: int = 1) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_build(index_dir: Path, n: int, exact_limit: int) -> np.ndarray:
+def write_build(index_dir: Path, n: int, exact_limit: int, ann_kind: str = ann.KIND) -> np.ndarray:
     vectors = clustered_vectors(n)
     corpus = texts(n)
     docs = [DocumentRecord(f"doc-{d}", {"title": f"Doc {d}", "source": f"src-{d % 3}"}, "x" * 10_000, [], f"h{d}")
@@ -58,7 +58,7 @@ def write_build(index_dir: Path, n: int, exact_limit: int) -> np.ndarray:
     chunks = [ChunkRecord(f"c{i}", f"doc-{i // 10}", "Intro" if i % 2 else None, (i % 10) * 100,
                           (i % 10) * 100 + 50, corpus[i], 10, 12, f"e{i}") for i in range(n)]
     sentences = [SentenceRecord(f"doc-{i // 10}", (i % 10) * 100 + 10, (i % 10) * 100 + 30, f"s{i}") for i in range(n)]
-    with LocalWriter(index_dir, DIM, exact_limit=exact_limit) as writer:
+    with LocalWriter(index_dir, DIM, exact_limit=exact_limit, ann_kind=ann_kind) as writer:
         for start in range(0, n, 1000):  # in batches, as a build streams them
             writer.add_documents(d for d in docs if start // 10 <= int(d.doc_id[4:]) < (start + 1000) // 10)
             writer.add_chunks(chunks[start:start + 1000], vectors[start:start + 1000])
@@ -67,17 +67,23 @@ def write_build(index_dir: Path, n: int, exact_limit: int) -> np.ndarray:
     return vectors
 
 
-@pytest.fixture(scope="module")
-def ivf_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, np.ndarray]:
-    index_dir = tmp_path_factory.mktemp("ivf") / "index"
-    vectors = write_build(index_dir, 6000, exact_limit=1000)
+@pytest.fixture(scope="module", params=["hnsw", "ivf", "ivf_pq"])
+def ann_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[LocalStore, np.ndarray]:
+    """A build above the exact limit, with each kind of ANN index."""
+    index_dir = tmp_path_factory.mktemp(request.param) / "index"
+    vectors = write_build(index_dir, 6000, exact_limit=1000, ann_kind=request.param)
     return open_local(index_dir), vectors
 
 
-def test_above_the_exact_limit_an_ivf_index_meets_its_recall_target(ivf_store):
-    store, vectors = ivf_store
+def test_above_the_exact_limit_an_ann_index_meets_its_recall_target(ann_store):
+    store, vectors = ann_store
     entry = store.manifest["store"]["dense_index"]
-    assert entry["type"] == "ivf_flat" and entry["nlist"] == 2 ** round(np.log2(4 * np.sqrt(6000)))
+    if entry["type"] == "ivf_flat":
+        assert entry["nlist"] == 2 ** round(np.log2(4 * np.sqrt(6000)))
+    elif entry["type"] == "ivf_pq_refined":
+        assert entry["refine_candidates"] == 10 * ann.REFINE_FACTOR and entry["pq_codes"] == DIM // ann.PQ_DIMS_PER_CODE
+    else:
+        assert entry["type"] == "hnsw_flat" and entry["ef_search"] in ann.HNSW_EF_SEARCH
     assert entry["calibration"]["recall_at_10"] >= ann.RECALL_TARGET
     queries = ann.pseudo_queries(vectors, 100, np.random.default_rng(7))  # not the calibration queries
     truth = ann.exact_top(vectors, queries, 10)
@@ -85,8 +91,8 @@ def test_above_the_exact_limit_an_ivf_index_meets_its_recall_target(ivf_store):
     assert ann.recall_at(found, truth) >= 0.95
 
 
-def test_filters_are_pushed_into_the_ivf_search(ivf_store):
-    store, vectors = ivf_store
+def test_filters_are_pushed_into_the_ann_search(ann_store):
+    store, vectors = ann_store
     query = vectors[123]
     rows, scores = store.dense(query, 20, Filters(sources=["src-1"], sections=["Intro"]))
     assert len(rows) == 20 and np.all(np.diff(scores) <= 0)
@@ -95,12 +101,18 @@ def test_filters_are_pushed_into_the_ivf_search(ivf_store):
     rows, _ = store.dense(query, 5, Filters(doc_ids=["doc-7", "doc-400"]))
     allowed = np.array([r for r in range(6000) if r // 10 in (7, 400)])
     assert rows.tolist() == allowed[np.argsort(-(vectors[allowed] @ query), kind="stable")[:5]].tolist()
+    # a third of the rows, more than the exact limit: the filter goes into the ANN search itself
+    allowed = np.array([r for r in range(6000) if (r // 10) % 3 == 1])
+    assert len(allowed) > 1000
+    truth = allowed[np.argsort(-(vectors[allowed] @ query), kind="stable")[:10]]
+    rows, _ = store.dense(query, 10, Filters(sources=["src-1"]))
+    assert set(rows.tolist()) <= set(allowed.tolist()) and len(set(rows.tolist()) & set(truth.tolist())) >= 9
     rows, _ = store.lexical("oil pipeline", 50, Filters(sources=["src-2"]))
     assert len(rows) and all(int(store.chunks[r].doc_id[4:]) % 3 == 2 for r in rows)
 
 
-def test_chunks_documents_and_sentences_are_read_by_row(ivf_store):
-    store, vectors = ivf_store
+def test_chunks_documents_and_sentences_are_read_by_row(ann_store):
+    store, vectors = ann_store
     assert store.count() == 6000 and len(store.documents) == 600
     chunk = store.chunks[4321]
     assert (chunk.chunk_id, chunk.doc_id, chunk.char_start) == ("c4321", "doc-432", 100)

@@ -36,8 +36,10 @@ from rag.stores.manifest import storage_error
 
 
 class LocalWriter:
-    def __init__(self, index_dir: Path, dimension: int, log: Any = None, exact_limit: int = ann.EXACT_LIMIT):
+    def __init__(self, index_dir: Path, dimension: int, log: Any = None, exact_limit: int = ann.EXACT_LIMIT,
+                 ann_kind: str = ann.KIND):
         self.index_dir, self.dimension, self.log, self.exact_limit = index_dir, dimension, log, exact_limit
+        self.ann_kind = ann_kind
         self._stack = ExitStack()
         self.folder = index_dir / "builds" / f".tmp-{uuid.uuid4().hex[:12]}"
         self._committed = False
@@ -134,7 +136,7 @@ class LocalWriter:
             names = {field: sorted(codes, key=codes.__getitem__) for field, codes in self._names.items()}
             (self.folder / FILTER_NAMES).write_text(json.dumps(names, ensure_ascii=False), encoding="utf-8")
             dense = ann.build_ann(read_vectors(self.folder / VECTORS, self.dimension, in_memory=False),
-                                  self.folder, self.log, self.exact_limit)
+                                  self.folder, self.log, self.exact_limit, kind=self.ann_kind)
         manifest = {**manifest, "lexical": {**manifest.get("lexical", {}), **lexical},
                     "store": {"backend": "local", "dense_index": dense, "faiss_version": ann.faiss_version()},
                     "counts": {**manifest.get("counts", {}), "chunks": self._tables.chunks,
