@@ -91,6 +91,11 @@ def test_above_the_exact_limit_an_ann_index_meets_its_recall_target(ann_store):
     assert ann.recall_at(found, truth) >= 0.95
 
 
+def test_an_unknown_index_kind_is_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="unknown dense index kind 'annoy'"):
+        ann.build_ann(clustered_vectors(20), tmp_path, exact_limit=10, kind="annoy")
+
+
 def test_filters_are_pushed_into_the_ann_search(ann_store):
     store, vectors = ann_store
     query = vectors[123]

@@ -48,6 +48,7 @@ RECALL_TARGET = 0.95  # the promise; the pseudo-queries above are pessimistic or
 QUERY_ROWS = 3  # stored vectors summed into a pseudo-query (see above)
 CALIBRATION_QUERIES = 200
 FILE = "ann.faiss"
+KINDS = ("ivf_pq", "ivf", "hnsw")
 KIND = "ivf_pq"  # what a build makes above EXACT_LIMIT: ivf_pq, ivf or hnsw (chosen by measurement: docs/benchmarks.md)
 PQ_DIMS_PER_CODE = 2  # IVF-PQ: dimensions a 4-bit code stands for (384-d: 192 codes, 96 bytes a vector)
 REFINE_FACTOR = 16  # IVF-PQ: rows re-ranked exactly per row of a top 10 (160), or the depth asked for if more
@@ -67,6 +68,8 @@ def build_ann(vectors: np.ndarray, folder: Path, log: Any = None, exact_limit: i
     n, dimension = vectors.shape
     if n <= exact_limit:
         return {"type": "exact", "exact_limit": exact_limit}
+    if kind not in KINDS:
+        raise ValueError(f"unknown dense index kind {kind!r}: one of {', '.join(KINDS)}")
     if kind == "hnsw":
         return _build_hnsw(vectors, folder, log, exact_limit, np.random.default_rng(seed))
     if kind == "ivf_pq":
