@@ -8,12 +8,13 @@
       filters.i32       per chunk: source code, section code (int32, row-major); names in filters.json
       filters.json      the source and section names those codes stand for
       bm25/             BM25 postings (rag.stores.local.bm25)
-      ann.faiss         the IVF index, above rag.stores.local.ann.EXACT_LIMIT chunks
+      ann.faiss         the ANN index (IVF-PQ), above rag.stores.local.ann.EXACT_LIMIT chunks
 
-What stays in memory: the vectors of an exact-size collection, the IVF index (its lists
-hold the vectors: 1.5 GB at a million 384-d chunks), the filter codes (8 bytes a chunk)
-and the BM25 vocabulary. Chunk text, documents, sentences, BM25 postings and (for IVF
-builds) the plain vectors are read from disk as a response needs them.
+What stays in memory: the vectors of an exact-size collection, the ANN index (IVF-PQ: 96
+bytes a 384-d chunk in its lists; an IVF-Flat build made before holds the vectors: 1.5 GB at
+a million), the filter codes (8 bytes a chunk) and the BM25 vocabulary. Chunk text,
+documents, sentences, BM25 postings and (above the exact size) the plain vectors, which
+IVF-PQ's re-ranking reads, are memory-mapped and read as a response needs them.
 
 Filters are pushed down: one boolean row mask per request (documents from SQLite's
 doc_id index, sources and sections from the codes) goes into the dense search as a FAISS
