@@ -1,0 +1,59 @@
+"""`rag bench serve`'s distinct questions and model ceiling, without the real model: the
+question pool (SciFact's, shuffled, no repeats), the ceiling's rate from an encoder's
+`model_only`, and the table's ceiling row."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rag.bench import serve
+
+
+def test_the_pool_is_scifacts_questions_shuffled_once_each(tmp_path: Path):
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": str(i), "text": f"question {i % 40}?"}) + "\n"
+                                                    for i in range(50)))
+    pool = serve.distinct_questions(tmp_path)
+    assert sorted(pool) == sorted({f"question {i}?" for i in range(40)})  # repeats dropped
+    assert pool != sorted(pool) and pool == serve.distinct_questions(tmp_path)  # shuffled, the same each run
+    assert serve.distinct_questions(tmp_path / "missing") == [] and serve.distinct_questions(None) == []
+
+
+class TimedModel:
+    """An encoder whose model takes 1 ms a batch of up to 32."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+
+    def model_only(self, texts: list[str], batch_size: int) -> Any:
+        import time
+
+        def run() -> None:
+            for start in range(0, len(texts), batch_size):
+                self.batches.append(len(texts[start:start + batch_size]))
+                time.sleep(0.001)
+        return run
+
+
+def test_the_ceiling_is_the_models_own_rate_at_batch_32():
+    model = TimedModel()
+    rate = serve.model_rate(model, [f"q{i}" for i in range(320)])  # type: ignore[arg-type]
+    assert model.batches == [32] * 20  # warmed once, then timed: 10 batches each
+    assert 320 / 0.01 >= rate > 320 / 0.2  # 10 batches of at least 1 ms each
+    assert serve.model_rate(model, []) == 0.0  # type: ignore[arg-type]
+    assert serve.model_rate(object(), ["q"]) == 0.0  # type: ignore[arg-type]  # no model_only: no ceiling
+
+
+def test_the_table_says_the_share_of_the_ceiling():
+    result = {"backend": "onnx", "torch_encode_ms_p50": 11.0, "backend_encode_ms_p50": 3.0, "query_ms_p50": 5.0,
+              "query_ms_p95": 7.0, "p50_over_torch_encode": 0.45, "qps": {"1": 190.0, "8": 300.0, "32": 340.0},
+              "qps_32_over_1": 1.79, "model_ceiling_qps": 400.0, "qps_32_over_ceiling": 0.85,
+              "mean_batch_size_32_clients": 14.0, "server_rss_mb": 300.0, "server_peak_rss_mb": 310.0,
+              "torch_loaded_in_server": False, "ready_seconds": 1.5, "steps_ms_p50": {"encode": 3.0},
+              "embed_rates": {"onnx": {"passages": 384, "raw_best_per_s": 50.0, "raw_best_batch": 16,
+                                       "build_per_s": 49.0, "build_over_raw_best": 0.98}},
+              "embed_passages": "SciFact chunks"}
+    rows = {line.split("  ")[0]: line for line in serve.table(result).splitlines()}
+    assert "400.0 q/s" in rows["model ceiling (raw model, batch 32)"]
+    assert rows["throughput 32 / model ceiling"].rstrip().endswith("met") and "0.85x" in rows[
+        "throughput 32 / model ceiling"]
+    assert "model ceiling" not in serve.table({**result, "model_ceiling_qps": None})
