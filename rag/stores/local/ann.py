@@ -110,16 +110,16 @@ def _build_ivf_pq(vectors: np.ndarray, folder: Path, log: Any, exact_limit: int,
     queries = pseudo_queries(vectors, CALIBRATION_QUERIES, rng)
     truth = exact_top(vectors, queries, 10)
     refined = Refined(index, vectors, nprobe=1, candidates=10 * REFINE_FACTOR)
-    recall, step = 0.0, 0
+    recall, rung = 0.0, 0
     while True:  # nprobe 1, 2, 4, ... then steps of sqrt(2) from 64: each step of 2 there costs ~2x the time
-        refined.nprobe = min(nlist, 2 ** step if step <= 6 else round(64 * 2 ** ((step - 6) / 2)))
+        refined.nprobe = min(nlist, 2 ** rung if rung <= 6 else round(64 * 2 ** ((rung - 6) / 2)))
         found = np.stack([np.pad(refined.search(q[None], 10, None, None)[0], (0, 10), constant_values=-1)[:10]
                           for q in queries])
         recall = recall_at(found, truth)
         _say(log, f"nprobe {refined.nprobe}: recall@10 {recall:.3f}")
         if recall >= RECALL_TARGET or refined.nprobe >= nlist:
             break
-        step += 1
+        rung += 1
     faiss.write_index(index, str(folder / FILE))
     return {"type": "ivf_pq_refined", "exact_limit": exact_limit, "metric": "inner_product", "nlist": nlist,
             "pq_codes": codes, "nprobe": refined.nprobe, "refine_candidates": refined.candidates,
