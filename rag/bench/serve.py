@@ -1,9 +1,11 @@
 """`rag bench serve`: measure the real server against the raw model, in one run.
 
 1. launch `rag serve` as a subprocess on a free port and time /ready from launch;
-2. the raw model time to encode one short question, in this process, and /query latency
-   with one client, measured in alternating rounds so that both medians see the same
-   machine noise (the load on a shared 2-core machine drifts within a minute);
+2. one question at a time: sentence-transformers' torch encode as a user runs it, in a plain
+   process of its own (rag.bench.reference: PyTorch's default threads and wait policy), the
+   serving backend's raw encode, and /query with one client, measured in alternating rounds
+   so that every median sees the same machine noise, each round on the same distinct
+   questions (a fresh slice of SciFact's questions every round: none is asked twice);
 3. throughput (queries/s) with 1, 8 and 32 concurrent clients, in alternating rounds too,
    each figure the median of its rounds. Their questions are distinct: SciFact's 1,109
    questions (not the seed eval set), shuffled, no question twice in a run (each at most
@@ -37,9 +39,10 @@ from typing import Any
 import aiohttp
 import httpx
 
+from rag.bench.reference import TorchReference
 from rag.bench.server import QUESTIONS, rss_mb, start_server, wait_ready
 from rag.encoders.base import Embedder
-from rag.encoders.load import embedder_from, load_embedder
+from rag.encoders.load import embedder_from, load_embedder, resolve_model_path
 from rag.evaluation.metrics import percentile
 from rag.ingest.build import spec_of
 from rag.ingest.chunk import embed_input
@@ -53,11 +56,11 @@ ROUNDS = 10  # alternations of raw-encode and one-client blocks
 THROUGHPUT_ROUNDS = 5  # alternations of the 1-, 8- and 32-client runs
 
 
-def encode_times_ms(embedder: Embedder, n: int) -> list[float]:
+def encode_times_ms(embedder: Embedder, n: int, questions: list[str] = QUESTIONS) -> list[float]:
     times = []
     for i in range(n):
         started = time.perf_counter()
-        embedder.encode([QUESTIONS[i % len(QUESTIONS)]])
+        embedder.encode([questions[i % len(questions)]])
         times.append((time.perf_counter() - started) * 1000)
     return times
 
@@ -73,12 +76,12 @@ async def _ask(session: aiohttp.ClientSession, i: int, questions: list[str] = QU
         await r.read()
 
 
-async def one_client_latencies(url: str, n: int) -> list[float]:
+async def one_client_latencies(url: str, n: int, questions: list[str] = QUESTIONS) -> list[float]:
     async with _session(url, 1) as session:
         times = []
         for i in range(n):
             started = time.perf_counter()
-            await _ask(session, i)
+            await _ask(session, i, questions)
             times.append((time.perf_counter() - started) * 1000)
         return times
 
@@ -108,13 +111,18 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
         ready_s = wait_ready(url, server, launched)
         asyncio.run(one_client_latencies(url, 20))  # warm the connection path
         torch_raw, served_raw, latencies = [], [], []
-        for _ in range(ROUNDS):  # alternating, so that every median sees the same machine noise
-            torch_raw += encode_times_ms(torch_model, repeats // ROUNDS)
-            served_raw += encode_times_ms(served, repeats // ROUNDS)
-            latencies += asyncio.run(one_client_latencies(url, repeats // ROUNDS))
+        pool, per_round = distinct_questions(scifact), repeats // ROUNDS
+        with TorchReference(resolve_model_path(settings.model)) as reference:
+            reference.times_ms(QUESTIONS)  # warm up
+            for r in range(ROUNDS):  # alternating, so that every median sees the same machine noise
+                # the same distinct questions for all three in a round, a fresh slice every round
+                asked = [pool[(r * per_round + i) % len(pool)] for i in range(per_round)] if pool else QUESTIONS
+                torch_raw += reference.times_ms([asked[i % len(asked)] for i in range(per_round)])
+                served_raw += encode_times_ms(served, per_round, asked)
+                latencies += asyncio.run(one_client_latencies(url, per_round, asked))
         rounds: dict[int, list[float]] = {1: [], 8: [], 32: []}
         batches = {"sum": 0.0, "count": 0.0}  # of the 32-client runs
-        pool, per_run = distinct_questions(scifact), queries // THROUGHPUT_ROUNDS
+        per_run = queries // THROUGHPUT_ROUNDS
         ceilings = []
         for r in range(THROUGHPUT_ROUNDS):
             ceilings.append(model_rate(served, pool))

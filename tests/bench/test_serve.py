@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rag.bench import serve
 
 
@@ -57,3 +59,33 @@ def test_the_table_says_the_share_of_the_ceiling():
     assert rows["throughput 32 / model ceiling"].rstrip().endswith("met") and "0.85x" in rows[
         "throughput 32 / model ceiling"]
     assert "model ceiling" not in serve.table({**result, "model_ceiling_qps": None})
+
+
+def test_the_torch_reference_runs_without_what_import_rag_set(monkeypatch):
+    import rag
+    from rag.bench import reference
+
+    monkeypatch.setattr(rag, "SET_HERE", ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS", "HF_HUB_OFFLINE"))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's own: kept
+    env = reference.plain_environment()
+    assert "OMP_WAIT_POLICY" not in env and "OPENBLAS_NUM_THREADS" not in env
+    assert env["OMP_NUM_THREADS"] == "3" and env["HF_HUB_OFFLINE"] == "1"  # nothing may download
+
+
+@pytest.mark.model
+def test_the_torch_reference_times_each_question_in_its_own_process():
+    from rag.bench.reference import TorchReference
+    from rag.encoders.load import resolve_model_path
+
+    with TorchReference(resolve_model_path("all-MiniLM-L6-v2")) as torch_reference:
+        times = torch_reference.times_ms(["What causes sea ice loss?", "Who met in Moscow?"])
+        threads = torch_reference.times_ms(["again"])
+    assert len(times) == 2 and all(ms > 0 for ms in times) and len(threads) == 1
+
+
+def test_a_reference_that_cannot_load_says_so(tmp_path: Path):
+    from rag.bench.reference import TorchReference
+
+    with pytest.raises(RuntimeError, match="could not load"):
+        TorchReference(str(tmp_path / "no-model"))
