@@ -29,9 +29,8 @@ a row that ranks is never dropped.
 
 The exhaustive path stays where it costs less, by the cost constants below: small collections,
 and queries whose essential terms hold most of their postings (terms of alike frequencies, or
-fewer matches than `depth`); step 3 scores its rows that way too when they are many. At 1M rows
-of Zipf-distributed words, queries of 5-15 such words take ~2 ms at depth 10 against ~20 for the
-exhaustive path; queries of only rarer words gain less (~2.4 against ~3.4 ms).
+fewer matches than `depth`); step 3 scores its rows that way too when they are many. What it
+saves: docs/benchmarks.md#bm25-that-skips-ragstoreslocalbm25_toppy.
 
 Left out: block-max bounds (one bound per block of postings, as Lucene's block-max WAND keeps),
 which would skip within the essential lists too; caching anything between queries.
