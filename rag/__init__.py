@@ -8,13 +8,13 @@ The pipeline, one package per stage:
 
 import os
 
+# what this module set, not the user: a benchmark's plain-process reference (rag.bench.reference) takes them out
+SET_HERE = tuple(name for name in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS", "HF_HUB_OFFLINE")
+                 if name not in os.environ)
 # OpenMP threads (torch's and FAISS's) spin on idle cores after each parallel region; on a
 # 2-core machine that steals the cores from the event loop and from clients (measured with
 # `rag bench serve`: docs/benchmarks.md#openmp-threads-rag__init__py). Must be set
 # before torch or faiss is imported; a user's own setting wins.
-# what this module set, not the user: a benchmark's plain-process reference (rag.bench.reference) takes them out
-SET_HERE = tuple(name for name in ("OMP_WAIT_POLICY", "OPENBLAS_NUM_THREADS", "HF_HUB_OFFLINE")
-                 if name not in os.environ)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # numpy's OpenBLAS (pthreads, not OpenMP) splits a product over 2,000 or more rows across
 # threads that then spin ~100 ms before sleeping: measured, a query on a 2,359-chunk
