@@ -28,9 +28,7 @@ Left out: Milvus (the local store only), sentences (highlights off on every side
 
 import asyncio
 import json
-import multiprocessing
 import os
-import queue
 import subprocess
 import sys
 import tempfile
@@ -41,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from rag.bench.portable import PHASE_SECONDS, query_phase
-from rag.bench.scale import serve_env, serving
+from rag.bench.scale import in_child, serve_env, serving
 from rag.bench.server import cpu_seconds
 from rag.errors import BadQueryError
 from rag.settings import Settings
@@ -179,28 +177,7 @@ class Cutover:
 
 def build_in_child(target: Settings, scifact: Path, n: int) -> dict[str, Any]:
     """`build_index` of the first `n` SciFact documents in a fresh process, timed after the model loaded."""
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    child = context.Process(target=_build_child, args=(target.model_dump_json(), str(scifact), n, results))
-    child.start()
-    while True:  # a child that dies without a word (killed, out of memory) is reported, not waited on
-        try:
-            outcome = results.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if not child.is_alive():
-                raise RuntimeError(f"the build's process died (exit status {child.exitcode})") from None
-    child.join()
-    if isinstance(outcome, str):
-        raise RuntimeError(f"the build failed: {outcome}")
-    return dict(outcome)
-
-
-def _build_child(target_json: str, scifact: str, n: int, results: Any) -> None:
-    try:
-        results.put(timed_build(Settings.model_validate_json(target_json), Path(scifact), n))
-    except Exception as exc:  # the parent reports it
-        results.put(f"{type(exc).__name__}: {exc}")
+    return dict(in_child(timed_build, target, scifact, n))
 
 
 def timed_build(target: Settings, scifact: Path, n: int) -> dict[str, Any]:

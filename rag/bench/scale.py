@@ -23,6 +23,7 @@ is `rag bench serve` on the seed corpus).
 
 import json
 import multiprocessing
+import queue
 import resource
 import statistics
 import subprocess
@@ -31,6 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,29 +133,41 @@ def scifact_source(settings: Settings, scifact: Path,
 
 def build_in_child(target: Settings, n: int, spec: RowsSpec) -> tuple[float, float]:
     """Build in a fresh process: its time and peak RSS are the build's alone."""
+    seconds = in_child(build_synthetic, target, n, spec)
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, of the largest child
+    return float(seconds), peak_kb / 1024
+
+
+@dataclass(frozen=True)
+class ChildError:
+    message: str
+
+
+def in_child(function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` in a fresh (spawned) process, its result sent back; a RuntimeError
+    with the child's error, or its exit status if it died without a word (killed, out of memory)."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    child = context.Process(target=_build_child, args=(target.model_dump_json(), n, spec, results))
+    child = context.Process(target=_run_in_child, args=(function, args, results))
     child.start()
-    while True:  # a child that dies without a word (killed, out of memory) is reported, not waited on
+    while True:  # a dead child is reported, not waited on
         try:
             outcome = results.get(timeout=1.0)
             break
-        except Exception:  # queue.Empty
+        except queue.Empty:
             if not child.is_alive():
-                raise RuntimeError(f"the scale build's process died (exit status {child.exitcode})") from None
+                raise RuntimeError(f"{function.__name__}'s process died (exit status {child.exitcode})") from None
     child.join()
-    if isinstance(outcome, str):
-        raise RuntimeError(f"the scale build failed: {outcome}")
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, of the largest child
-    return float(outcome), peak_kb / 1024
+    if isinstance(outcome, ChildError):
+        raise RuntimeError(f"{function.__name__} failed: {outcome.message}")
+    return outcome
 
 
-def _build_child(target_json: str, n: int, spec: RowsSpec, results: Any) -> None:
+def _run_in_child(function: Callable[..., Any], args: tuple[Any, ...], results: Any) -> None:
     try:
-        results.put(build_synthetic(Settings.model_validate_json(target_json), n, spec))
+        results.put(function(*args))
     except Exception as exc:  # the parent reports it
-        results.put(f"{type(exc).__name__}: {exc}")
+        results.put(ChildError(f"{type(exc).__name__}: {exc}"))
 
 
 def build_synthetic(target: Settings, n: int, spec: RowsSpec) -> float:

@@ -131,3 +131,27 @@ def test_the_table_says_each_rate_against_the_build_and_whether_queries_failed()
     assert "rag reembed, /query paced at 5 questions/s" in paced
     assert "met" not in rows["rag build (onnx-int8)"] and "43.6" in rows["its encode calls alone"]
     assert "2.20" in rows["reembed"] and lines[-1].endswith("2 failed: NOT met")
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+def _refuse() -> None:
+    raise ValueError("no such corpus")
+
+
+def _die() -> None:
+    import os
+
+    os._exit(3)  # no word to the parent, as a kill or the OOM killer leaves it
+
+
+def test_a_child_returns_its_result_its_error_or_how_it_died():
+    from rag.bench.scale import in_child
+
+    assert in_child(_add, 2, 3) == 5
+    with pytest.raises(RuntimeError, match="_refuse failed: ValueError: no such corpus"):
+        in_child(_refuse)
+    with pytest.raises(RuntimeError, match=r"_die's process died \(exit status 3\)"):
+        in_child(_die)
