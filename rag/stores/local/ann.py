@@ -126,6 +126,21 @@ def _build_ivf_pq(vectors: np.ndarray, folder: Path, log: Any, exact_limit: int,
             "calibration": {"queries": CALIBRATION_QUERIES, "recall_at_10": round(recall, 4), "target": RECALL_TARGET}}
 
 
+class Filtered:
+    """The rows a filter keeps, as FAISS reads them: an ID selector over a bit array. SWIG keeps
+    no reference to either, so the caller keeps this object until its search returns."""
+
+    def __init__(self, allowed: np.ndarray, kept: int):
+        self.total, self.kept = len(allowed), kept
+        self.bits = np.packbits(allowed, bitorder="little")
+        self.selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(self.bits))
+
+    def widened(self, breadth: int, cap: int) -> int:
+        """A filter hides a share of each list (or neighbourhood): `breadth` (nprobe, efSearch)
+        widened in proportion, for the same recall, up to `cap`."""
+        return min(cap, math.ceil(breadth * self.total / self.kept))
+
+
 class Refined:
     """An IVF-PQ search whose `candidates` best rows by their codes are re-ranked by exact products."""
 
@@ -135,16 +150,12 @@ class Refined:
     def search(self, query: np.ndarray, depth: int, allowed: np.ndarray | None, rows: np.ndarray | None) -> Ranking:
         params = faiss.SearchParametersIVF()
         params.nprobe = self.nprobe
-        bits, selector = None, None
-        if allowed is not None and rows is not None:
-            # a filter keeps a share of each list: probe proportionally more lists for the same recall
-            params.nprobe = min(self.index.nlist, math.ceil(self.nprobe * len(self.vectors) / len(rows)))
-            bits = np.packbits(allowed, bitorder="little")
-            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
-            params.sel = selector  # SWIG keeps no reference: `selector` and `bits` live to the return
+        filtered = None if allowed is None or rows is None else Filtered(allowed, len(rows))
+        if filtered is not None:
+            params.nprobe, params.sel = filtered.widened(self.nprobe, self.index.nlist), filtered.selector
         limit = len(self.vectors) if rows is None else len(rows)
         _, found = self.index.search(query, min(limit, max(depth, self.candidates)), params=params)
-        del bits, selector
+        del filtered  # referenced until the search returned
         found = np.sort(found[0][found[0] >= 0])  # ascending: a forward read of the vectors' file
         ranked, scores = ranking(np.asarray(self.vectors[found]) @ query[0], depth)
         return found[ranked].astype(np.int64), scores.astype(np.float32)
@@ -261,12 +272,9 @@ class DenseIndex:
         if allowed is None or rows is None:
             scores, found = self._ivf.search(query, min(depth, len(self.vectors)))
         else:
-            # a filter keeps a share of each list: probe proportionally more lists for the same recall
-            nprobe = min(self._ivf.nlist, math.ceil(self._ivf.nprobe * len(self.vectors) / len(rows)))
-            bits = np.packbits(allowed, bitorder="little")  # kept referenced until the search returns
-            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+            filtered = Filtered(allowed, len(rows))  # referenced until the search returns
             params = faiss.SearchParametersIVF()
-            params.sel, params.nprobe = selector, nprobe  # selector and bits stay referenced below
+            params.sel, params.nprobe = filtered.selector, filtered.widened(self._ivf.nprobe, self._ivf.nlist)
             scores, found = self._ivf.search(query, min(depth, len(rows)), params=params)
         keep = found[0] >= 0  # fewer than depth reachable in the probed lists: -1 padding
         return found[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
@@ -276,15 +284,11 @@ class DenseIndex:
         params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # (faiss's stubs lack it)
         # the graph walk keeps efSearch candidates: at least the depth asked for
         params.efSearch = max(self.ef_search, depth)
-        bits, selector = None, None
-        if allowed is not None and rows is not None:
-            # a filter hides a share of each neighbourhood: widen the walk in proportion, as IVF probes more lists
-            params.efSearch = min(len(self.vectors), math.ceil(params.efSearch * len(self.vectors) / len(rows)))
-            bits = np.packbits(allowed, bitorder="little")  # kept referenced until the search returns
-            selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
-            params.sel = selector  # SWIG keeps no reference: `selector` and `bits` live to the return
+        filtered = None if allowed is None or rows is None else Filtered(allowed, len(rows))
+        if filtered is not None:
+            params.efSearch, params.sel = filtered.widened(params.efSearch, len(self.vectors)), filtered.selector
         limit = len(self.vectors) if rows is None else len(rows)
         scores, found = self._hnsw.search(query, min(depth, limit), params=params)
-        del bits, selector
+        del filtered  # referenced until the search returned
         keep = found[0] >= 0
         return found[0][keep].astype(np.int64), scores[0][keep].astype(np.float32)
