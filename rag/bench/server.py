@@ -47,8 +47,6 @@ def rss_mb(pid: int) -> dict[str, float]:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds the process has used (/proc/PID/stat, clock ticks)."""
-    import os
-
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
