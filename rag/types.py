@@ -42,6 +42,12 @@ class Laps:
         self._last = now
 
 
+def lap(laps: Laps | None, name: str) -> None:
+    """`laps.lap(name)`, where a caller collects laps (most do not)."""
+    if laps is not None:
+        laps.lap(name)
+
+
 @dataclass(frozen=True)
 class Abstention:
     """confidence = 1 / (1 + exp(-(slope * best_cosine + missing_weight * missing

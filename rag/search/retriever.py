@@ -48,20 +48,16 @@ from rag.search import answer as answers
 from rag.search import conversation
 from rag.search.fusion import MISSING_SCORE, fuse
 from rag.search.passages import Passages, candidates, group_hits
+from rag.search.sides import both_sides
 from rag.stores.base import FILTER_FIELDS, ChunkStore, Ranking
 from rag.text import is_unicode_text
-from rag.types import DEFAULT_FUSION, MODES, Abstention, Filters, Fusion, Hit, Laps, Mode
+from rag.types import DEFAULT_FUSION, MODES, Abstention, Filters, Fusion, Hit, Laps, Mode, lap
 
 
 class Reranker(Protocol):
     name: str
 
     def score(self, question: str, texts: Sequence[str]) -> Sequence[float]: ...
-
-
-def _lap(laps: Laps | None, name: str) -> None:
-    if laps is not None:
-        laps.lap(name)
 
 
 class Retriever:
@@ -98,7 +94,7 @@ class Retriever:
         self.validate(question, k, filters, mode, max_per_doc, history)
         if query_vector is None:  # every mode needs it: confidence and highlights use it
             query_vector = self.embedder.encode([question])[0]
-            _lap(laps, "encode")
+            lap(laps, "encode")
         turn = conversation.resolve(question, query_vector, history, self._encode)
         query_vector = turn.vector
         ranked, best = self._ranked(turn.text, k, filters, mode, query_vector, None, True, laps)
@@ -107,9 +103,9 @@ class Retriever:
         sentences = [self.passages.sentences(g) for g in groups]
         passages = [self.passages.passage(rank, g, s, query_vector, terms)
                     for rank, (g, s) in enumerate(zip(groups, sentences), start=1)]
-        _lap(laps, "passages and highlights")
+        lap(laps, "passages and highlights")
         answer = self.passages.answer(question, query_vector, groups, sentences)
-        _lap(laps, "answer sentences")
+        lap(laps, "answer sentences")
         # dense and hybrid rankings hold the best dense score already; lexical needs the product
         missing = answers.missing_share(question, [p.text for p in passages])
         confidence = self.abstention.confidence(
@@ -202,13 +198,10 @@ class Retriever:
 
     def _hybrid(self, question: str, vector: np.ndarray, filters: Filters, fusion: Fusion,
                 laps: Laps | None = None) -> tuple[Iterator[Hit], float | None]:
-        _lap(laps, "other")
-        dense = self.store.dense(vector, fusion.depth, filters)
-        _lap(laps, "dense search")
-        lexical = self.store.lexical(question, fusion.depth, filters)
-        _lap(laps, "lexical search")
+        lap(laps, "other")
+        dense, lexical = both_sides(self.store, question, vector, fusion.depth, filters, laps)
         rows, fused = fuse(dense, lexical, fusion)
-        _lap(laps, "fusion")
+        lap(laps, "fusion")
         return _fused_hits(rows, fused, dense, lexical), float(dense[1][0]) if len(dense[1]) else None
 
     def _rerank(self, question: str, hits: Iterable[Hit]) -> Iterable[Hit]:

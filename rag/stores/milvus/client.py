@@ -43,6 +43,8 @@ Field = tuple[str, dict[str, Any]]  # a DataType name and add_field's parameters
 class Searches:
     """Dense and BM25 searches of a chunks collection, as rankings (`_search` does the call)."""
 
+    remote = True  # each search waits on the engine: hybrid runs its two at once (rag.search.sides)
+
     def dense(self, vector: np.ndarray, depth: int, filters: Filters) -> Ranking:
         return self._search("vector", np.asarray(vector, dtype=np.float32).tolist(), "IP", depth, filters)
 
