@@ -137,6 +137,10 @@ class Settings(BaseSettings):
                                           "after that was acknowledged on disk and resumes at the next start")
     request_timeout_seconds: float = Field(30.0, gt=0, description="deadline of a request's answer (a stream's "
                                            "first byte); past it: 503 with Retry-After")
+    server_timing: bool = Field(False, description="a Server-Timing header on /query answers: the milliseconds "
+                                "of each step of that request (queue, encode, searches, passages, ...), as "
+                                "`rag bench serve` reads them; off by default, since it tells every client "
+                                "how busy the service is")
     allowed_hosts: Names = Field(
         default_factory=list, description='Host header values accepted, e.g. ["rag.example.org"]; empty: the '
         "loopback names when bound to a loopback address (blocks DNS rebinding), any host otherwise")

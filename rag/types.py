@@ -30,22 +30,29 @@ class Hit:
 
 
 class Laps:
-    """Milliseconds per named step: each `lap(name)` adds the time since the previous lap."""
+    """Milliseconds per named step: each `lap(name)` adds the time since the previous lap (or
+    since the Laps was made). One request's laps may be taken on several threads in turn (the
+    route, then the model thread, then the route again): perf_counter is one clock per process."""
 
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
         self._last = time.perf_counter()
 
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
+    def lap(self, name: str, now: float | None = None) -> None:
+        """`now`: a perf_counter() reading taken earlier (one reading shared by a batch's requests)."""
+        now = time.perf_counter() if now is None else now
         self.ms[name] = self.ms.get(name, 0.0) + (now - self._last) * 1000
         self._last = now
 
+    def server_timing(self) -> str:
+        """The laps as a Server-Timing header value (W3C Server Timing): `dense-search;dur=0.123, ...`."""
+        return ", ".join(f"{name.replace(' ', '-').replace(',', '')};dur={ms:.3f}" for name, ms in self.ms.items())
 
-def lap(laps: Laps | None, name: str) -> None:
-    """`laps.lap(name)`, where a caller collects laps (most do not)."""
+
+def lap(laps: Laps | None, name: str, now: float | None = None) -> None:
+    """`laps.lap(name, now)`, where a caller collects laps (most do not)."""
     if laps is not None:
-        laps.lap(name)
+        laps.lap(name, now)
 
 
 @dataclass(frozen=True)

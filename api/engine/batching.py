@@ -35,7 +35,7 @@ from rag.errors import BadQueryError, DeadlineError, NotReadyError, OverloadedEr
 from rag.schema import QueryResponse
 from rag.search.retriever import Retriever
 from rag.settings import Settings
-from rag.types import Filters, Mode
+from rag.types import Filters, Laps, Mode, lap
 
 T = TypeVar("T")
 log = logging.getLogger("rag.engine")
@@ -65,6 +65,7 @@ class Job:
     history: tuple[str, ...] = ()  # earlier user turns, oldest first
     retriever: Retriever | None = None  # a live collection's; None: the built corpus's
     queued_at: float = field(default_factory=time.perf_counter)
+    laps: Laps | None = None  # the request's step timings (Server-Timing), when it collects them
 
 
 class Batcher:
@@ -169,13 +170,18 @@ def answer_batch(embedder: Embedder, default: Retriever | NotReadyError,
     """Runs in the worker thread: one model call for the batch, then one search each
     question. Every mode needs the question's vector: confidence and highlights use it.
     `default` fails only its own queries: a live collection answers without it. An
-    `EmbedJob` gets its texts' vectors, or the first error among them."""
+    `EmbedJob` gets its texts' vectors, or the first error among them. A question's laps:
+    "checks and queue" (until this batch started), "encode" (the batch's model call, which every
+    question of it waits for), "other searches of the batch", then its own steps."""
+    _lap_all(jobs, "checks and queue")
     encoded = _encoded(embedder, jobs)
+    _lap_all(jobs, "encode")
     out: list[QueryResponse | Embedded | Exception] = []
     for job, vectors in zip(jobs, encoded):
         if isinstance(job, EmbedJob):
             out.append(_embedded(embedder, job.texts, vectors))
             continue
+        lap(job.laps, "other searches of the batch")
         vector = vectors[0]
         if isinstance(vector, Exception):
             out.append(vector)
@@ -186,12 +192,19 @@ def answer_batch(embedder: Embedder, default: Retriever | NotReadyError,
             continue
         try:
             response = retriever.query(job.question, job.k, job.filters, job.mode, job.max_per_doc,
-                                       query_vector=vector, history=job.history)
+                                       query_vector=vector, history=job.history, laps=job.laps)
             took_ms = round((time.perf_counter() - job.queued_at) * 1000, 3)
             out.append(response.model_copy(update={"took_ms": took_ms}))
         except Exception as exc:
             out.append(exc)
     return out
+
+
+def _lap_all(jobs: list[Job | EmbedJob], name: str) -> None:
+    now = time.perf_counter()
+    for job in jobs:
+        if isinstance(job, Job):
+            lap(job.laps, name, now)
 
 
 def _encoded(embedder: Embedder, jobs: list[Job | EmbedJob]) -> list[list[np.ndarray | Exception]]:

@@ -45,7 +45,7 @@ from rag.settings import Settings
 from rag.stores.base import FILTER_FIELDS, LiveStore
 from rag.stores.factory import open_store
 from rag.stores.local.builds import clean_orphans
-from rag.types import Filters, Mode
+from rag.types import Filters, Laps, Mode
 
 T = TypeVar("T")
 log = logging.getLogger("rag.engine")
@@ -294,7 +294,8 @@ class Engine:
 
     async def query(self, question: str, k: int, filters: Filters, mode: Mode | None,
                     max_per_doc: int | None = None, history: Sequence[str] = (),
-                    collection: str = DEFAULT) -> QueryResponse:
+                    collection: str = DEFAULT, laps: Laps | None = None) -> QueryResponse:
+        """`laps`, when given, collects the milliseconds of the request's steps (Server-Timing)."""
         retriever = self.retriever_of(collection)
         history = tuple(trim_history(history, self.settings.max_history_turns, self.settings.max_history_chars))
         # checked before queueing; filter values are looked up in the store (a remote one for
@@ -306,4 +307,4 @@ class Engine:
             retriever.validate(*checks)
         future: asyncio.Future[QueryResponse] = asyncio.get_running_loop().create_future()
         return await self.batcher.answer(Job(question, k, filters, mode, max_per_doc, future, history=history,
-                                             retriever=None if collection == DEFAULT else retriever))
+                                             retriever=None if collection == DEFAULT else retriever, laps=laps))

@@ -15,7 +15,7 @@ from rag.access.gate import Principal
 from rag.errors import BadQueryError
 from rag.schema import QueryResponse
 from rag.settings import Settings
-from rag.types import Filters, Mode
+from rag.types import Filters, Laps, Mode, lap
 
 router = APIRouter()
 
@@ -23,11 +23,16 @@ router = APIRouter()
 async def answer(engine: Engine, settings: Settings, body: QueryRequest, principal: Principal) -> Response:
     readable(principal, body.collection)
     check_question(body.question, settings)
+    laps = Laps() if settings.server_timing else None
     filters = Filters(doc_ids=body.doc_ids, sources=body.sources, sections=body.sections)
     response = await engine.query(body.question, body.k, filters, body.mode, body.max_per_doc, body.history or (),
-                                  collection=body.collection)
+                                  collection=body.collection, laps=laps)
+    lap(laps, "hand-back")  # the batch's later searches, and the event loop resuming this request
     # already a validated model: serialise it once instead of letting FastAPI re-validate it
-    return Response(response.model_dump_json(), media_type="application/json")
+    body_json = response.model_dump_json()
+    lap(laps, "serialisation")
+    headers = {"Server-Timing": laps.server_timing()} if laps is not None else None
+    return Response(body_json, media_type="application/json", headers=headers)
 
 
 @router.post("/query", response_model=QueryResponse, responses=ERRORS, tags=["query"])

@@ -1,9 +1,7 @@
-"""Where the time goes, for `rag bench serve`: the steps of one /query in this process, and
-chunk-embedding rates of the build against the raw model on the same passages.
+"""Where the time goes, for `rag bench serve`: chunk-embedding rates of the build against the
+raw model on the same passages. (A /query's steps come from the server's Server-Timing header
+on the benchmark's own requests: rag.bench.serve.)
 
-- `query_steps`: p50 milliseconds of encode, dense search, lexical search, fusion,
-  passages and highlights, and serialisation, from `Retriever.query(laps=...)`; the
-  service's HTTP round trip minus their sum is what HTTP, batching and the event loop cost.
 - `embed_rates`: passages/s of the raw model at its best batch size (the model call
   alone, on batches already tokenised and sorted by length for the ONNX backend; the
   sentence-transformers `encode` at that batch size for torch), against the build's own
@@ -12,32 +10,15 @@ chunk-embedding rates of the build against the raw model on the same passages.
 Left out: profiling inside the model call (ONNX Runtime's own profiler does that).
 """
 
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rag.encoders.base import Embedder
-from rag.search.retriever import Retriever
 from rag.settings import Settings
-from rag.types import Laps
 
-STEP_ORDER = ["encode", "other", "dense search", "lexical search", "fusion", "passages and highlights",
-              "answer sentences", "serialisation"]
 BATCH_SIZES = (16, 32, 64)
-
-
-def query_steps(retriever: Retriever, questions: Sequence[str], repeats: int) -> dict[str, float]:
-    samples: dict[str, list[float]] = {}
-    for i in range(repeats):
-        laps = Laps()
-        response = retriever.query(questions[i % len(questions)], k=5, laps=laps)
-        response.model_dump_json()
-        laps.lap("serialisation")
-        for name, ms in laps.ms.items():
-            samples.setdefault(name, []).append(ms)
-    return {name: round(statistics.median(samples[name]), 3) for name in STEP_ORDER if name in samples}
 
 
 def sample_passages(limit: int, scifact: Path | None, fallback: Sequence[str], embedder: Embedder,

@@ -13,7 +13,10 @@
    32 clients could reach: the serving model's own rate on those questions at batch 32
    (tokenised outside the timing, sorted by length: the least padding), and the share of it
    that 32 clients get;
-4. the server's resident memory (VmRSS, and its peak VmHWM).
+4. the server's resident memory (VmRSS, and its peak VmHWM);
+5. where a /query's time goes, from the same one-client requests: the server sends each one's
+   steps in a Server-Timing header (RAG_SERVER_TIMING, set for this server only), and the
+   client's wait beyond their sum is the HTTP round trip, uvicorn and the middleware.
 
 Prints a table with the ratios that the targets are stated in and writes JSON.
 Every figure comes from this one run, on this machine, so ratios compare like with like.
@@ -70,20 +73,48 @@ def _session(url: str, clients: int) -> aiohttp.ClientSession:
                                  timeout=aiohttp.ClientTimeout(total=60))
 
 
-async def _ask(session: aiohttp.ClientSession, i: int, questions: list[str] = QUESTIONS) -> None:
+async def _ask(session: aiohttp.ClientSession, i: int, questions: list[str] = QUESTIONS) -> dict[str, float]:
+    """Asks one question; returns the server's steps for it (its Server-Timing header, ms)."""
     async with session.post("/query", json={"question": questions[i % len(questions)], "k": 5}) as r:
         r.raise_for_status()
         await r.read()
+        return server_timing(r.headers.get("Server-Timing", ""))
 
 
-async def one_client_latencies(url: str, n: int, questions: list[str] = QUESTIONS) -> list[float]:
+def server_timing(header: str) -> dict[str, float]:
+    """`encode;dur=3.1, dense-search;dur=0.2` -> {"encode": 3.1, "dense search": 0.2}."""
+    steps = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, duration = part.partition(";dur=")
+        steps[name.replace("-", " ")] = float(duration)
+    return steps
+
+
+async def one_client_latencies(url: str, n: int, questions: list[str] = QUESTIONS,
+                               steps: list[dict[str, float]] | None = None) -> list[float]:
+    """Each request's milliseconds at the client; its server-side steps appended to `steps`."""
     async with _session(url, 1) as session:
         times = []
         for i in range(n):
             started = time.perf_counter()
-            await _ask(session, i, questions)
+            answered = await _ask(session, i, questions)
             times.append((time.perf_counter() - started) * 1000)
+            if steps is not None:
+                steps.append(answered)
         return times
+
+
+OUTSIDE = "outside the handler: HTTP, middleware, the client"
+
+
+def steps_p50(latencies: list[float], steps: list[dict[str, float]]) -> dict[str, float]:
+    """p50 of each server step over the same requests, in the order the server took them, and
+    of what the client waited beyond them (the HTTP round trip, uvicorn, the middleware and the
+    client's own work)."""
+    names = list(dict.fromkeys(name for request in steps for name in request))
+    out = {name: round(statistics.median([request.get(name, 0.0) for request in steps]), 3) for name in names}
+    out[OUTSIDE] = round(statistics.median([ms - sum(request.values()) for ms, request in zip(latencies, steps)]), 3)
+    return out
 
 
 async def throughput(url: str, clients: int, total: int, questions: list[str] = QUESTIONS) -> float:
@@ -106,11 +137,14 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
     for model in (torch_model, served):
         encode_times_ms(model, 20)  # warm up
     launched = time.perf_counter()
-    server, url = start_server(settings.index_dir, reload_poll_seconds=0)
+    server, url = start_server(settings.index_dir, reload_poll_seconds=0, env={"RAG_SERVER_TIMING": "true"})
     try:
         ready_s = wait_ready(url, server, launched)
         asyncio.run(one_client_latencies(url, 20))  # warm the connection path
-        torch_raw, served_raw, latencies = [], [], []
+        torch_raw: list[float] = []
+        served_raw: list[float] = []
+        latencies: list[float] = []
+        steps: list[dict[str, float]] = []  # each one-client request's server-side steps
         pool, per_round = distinct_questions(scifact), repeats // ROUNDS
         with TorchReference(resolve_model_path(settings.model)) as reference:
             reference.times_ms(QUESTIONS)  # warm up
@@ -119,7 +153,7 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
                 asked = [pool[(r * per_round + i) % len(pool)] for i in range(per_round)] if pool else QUESTIONS
                 torch_raw += reference.times_ms([asked[i % len(asked)] for i in range(per_round)])
                 served_raw += encode_times_ms(served, per_round, asked)
-                latencies += asyncio.run(one_client_latencies(url, per_round, asked))
+                latencies += asyncio.run(one_client_latencies(url, per_round, asked, steps))
         rounds: dict[int, list[float]] = {1: [], 8: [], 32: []}
         batches = {"sum": 0.0, "count": 0.0}  # of the 32-client runs
         per_run = queries // THROUGHPUT_ROUNDS
@@ -139,13 +173,10 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
     finally:
         server.terminate()
         server.wait(timeout=30)
-    from rag.bench.profile import embed_rates, query_steps, sample_passages
-    from rag.service import retriever_for
+    from rag.bench.profile import embed_rates, sample_passages
     from rag.stores.factory import open_store
 
-    retriever = retriever_for(settings, open_store(settings, spec_of(settings)), served)
-    steps = query_steps(retriever, QUESTIONS, repeats)
-    store = retriever.store
+    store = open_store(settings, spec_of(settings))
     seed = [embed_input(str(store.documents[c.doc_id].metadata["title"]), c.section, c.text) for c in store.chunks]
     texts, passages_from = sample_passages(EMBED_SAMPLE, scifact, seed, torch_model, settings)
     rates = {"torch": embed_rates(torch_model, texts, settings.embed_batch_size)}
@@ -159,7 +190,7 @@ def run_bench(settings: Settings, repeats: int = 200, queries: int = 640,
         "query_ms_p50": round(p50, 2),
         "query_ms_p95": round(percentile(latencies, 0.95), 2),
         "p50_over_torch_encode": round(p50 / torch_ms, 2),
-        "steps_ms_p50": {**steps, "HTTP, batching and the event loop": round(p50 - sum(steps.values()), 3)},
+        "steps_ms_p50": steps_p50(latencies, steps),
         "qps": {str(n): round(v, 1) for n, v in qps.items()},
         "qps_rounds": {str(n): [round(x, 1) for x in v] for n, v in rounds.items()},
         "qps_32_over_1": round(qps[32] / qps[1], 2),
@@ -236,7 +267,7 @@ def table(r: dict[str, Any]) -> str:
         ("/ready after launch", f"{r['ready_seconds']:.2f} s", f"<= 5 s    {ok(r['ready_seconds'] <= 5)}"),
     ]
     lines = [f"{a:<42}{b:>16}   {c}" for a, b, c in rows]
-    lines.append(f"\n/query steps, p50 ms ({backend}, in process; the rest is the HTTP round trip):")
+    lines.append(f"\n/query steps, p50 ms ({backend}; the one-client requests' own Server-Timing):")
     lines += [f"  {name:<40}{ms:>10.3f}" for name, ms in r["steps_ms_p50"].items()]
     sample = next(iter(r["embed_rates"].values()))["passages"]
     lines.append(f"\nchunk embedding, passages/s ({sample} {r['embed_passages']}):")

@@ -112,9 +112,11 @@ class Retriever:
             best if best is not None else self.best_cosine(query_vector, filters), missing,
             answer[0].score if answer else None) if passages else 0.0  # nothing to answer from
         took_ms = (time.perf_counter() - started) * 1000
-        return QueryResponse(question=question, mode=mode, answerable=confidence >= 0.5,
-                             confidence=round(confidence, 4), passages=passages, took_ms=round(took_ms, 3),
-                             answer=answer)
+        response = QueryResponse(question=question, mode=mode, answerable=confidence >= 0.5,
+                                 confidence=round(confidence, 4), passages=passages, took_ms=round(took_ms, 3),
+                                 answer=answer)
+        lap(laps, "confidence and response")
+        return response
 
     def search(self, question: str, k: int = 5, filters: Filters = Filters(), mode: Mode | None = None,
                query_vector: np.ndarray | None = None, max_per_doc: int | None = None,
@@ -152,10 +154,12 @@ class Retriever:
         hits: Iterable[Hit]
         if mode == "lexical":
             hits = _hits("lexical", self.store.lexical(question, depth, filters))
+            lap(laps, "lexical search")
         elif mode == "dense":
             assert query_vector is not None
             found = self.store.dense(query_vector, depth, filters)
             hits, best = _hits("dense", found), (float(found[1][0]) if len(found[1]) else None)
+            lap(laps, "dense search")
         else:
             assert query_vector is not None
             hits, best = self._hybrid(question, query_vector, filters, fusion or self.fusion, laps)

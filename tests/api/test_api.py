@@ -336,3 +336,17 @@ def test_a_citation_url_is_kept_only_with_an_http_or_https_scheme(client: TestCl
     cited = {p["citation"]["doc_id"]: p["citation"]["url"] for p in found["passages"]}
     assert cited == {"js": None, "file": None, "data": None, "spaced": None, "none": None, "bare": None,
                      "web": "https://example.org/walrus", "upper": "HTTP://Example.org/seal"}
+
+
+def test_server_timing_gives_each_step_of_that_request_only_when_asked(built: Settings):
+    with client_for(built.model_copy(update={"server_timing": True})) as c:
+        r = c.post("/query", json={"question": "How long is the ferry crossing?", "k": 3})
+        assert r.status_code == 200, r.text
+        steps = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+        assert list(steps)[:3] == ["checks-and-queue", "encode", "other-searches-of-the-batch"]
+        for step in ("dense-search", "lexical-search", "fusion", "passages-and-highlights", "answer-sentences",
+                     "confidence-and-response", "hand-back", "serialisation"):
+            assert step in steps
+        assert all(float(ms) >= 0 for ms in steps.values())
+    with client_for(built) as c:  # off by default: it tells every client how busy the service is
+        assert "server-timing" not in c.post("/query", json={"question": "ferries", "k": 3}).headers

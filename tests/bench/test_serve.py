@@ -89,3 +89,15 @@ def test_a_reference_that_cannot_load_says_so(tmp_path: Path):
 
     with pytest.raises(RuntimeError, match="could not load"):
         TorchReference(str(tmp_path / "no-model"))
+
+
+def test_steps_come_from_each_requests_server_timing():
+    from rag.bench.serve import OUTSIDE, server_timing, steps_p50
+
+    assert server_timing("encode;dur=3.100, dense-search;dur=0.200") == {"encode": 3.1, "dense search": 0.2}
+    assert server_timing("") == {}
+    steps = [server_timing("encode;dur=3, fusion;dur=1"), server_timing("encode;dur=5, fusion;dur=1"),
+             server_timing("encode;dur=4, fusion;dur=2")]
+    p50 = steps_p50([5.0, 7.0, 9.0], steps)
+    assert list(p50) == ["encode", "fusion", OUTSIDE]
+    assert p50["encode"] == 4 and p50["fusion"] == 1 and p50[OUTSIDE] == 1  # 5-4, 7-6, 9-6
