@@ -33,19 +33,34 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 401, 403, 404, 408, 413, 414, 422, 429, 431, 503)}
 
 
-def get_engine(request: Request) -> Engine:
+def engine_of(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_principal(request: Request) -> Principal:
+def principal_of(request: Request) -> Principal:
     # an open path (no key asked) is the only way here without one: it reads nothing private
     return scope_principal(request.scope) or LOCAL
+
+
+# The dependencies that only read the request's state are `async def`: FastAPI runs a plain
+# `def` dependency on a worker thread, and /query's three (engine, settings, principal) were
+# three thread hand-offs a request (docs/benchmarks.md#where-a-query-goes-from-its-own-requests).
+async def get_engine(request: Request) -> Engine:
+    return engine_of(request)
+
+
+async def get_settings(request: Request) -> Settings:
+    return settings_of(request)
+
+
+async def get_principal(request: Request) -> Principal:
+    return principal_of(request)
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
@@ -76,15 +91,15 @@ def manageable(principal: Principal, collection: str) -> str:
     return collection
 
 
-def read_name(name: str, principal: PrincipalDep) -> str:
+async def read_name(name: str, principal: PrincipalDep) -> str:
     return readable(principal, name)
 
 
-def write_name(name: str, principal: PrincipalDep) -> str:
+async def write_name(name: str, principal: PrincipalDep) -> str:
     return writable(principal, name)
 
 
-def manage_name(name: str, principal: PrincipalDep) -> str:
+async def manage_name(name: str, principal: PrincipalDep) -> str:
     return manageable(principal, name)
 
 
@@ -128,7 +143,7 @@ def uploader(principal: Principal) -> None:
         raise ForbiddenError(f"key '{principal.name}' ({principal.role}) may not upload or delete files")
 
 
-def require_admin(principal: PrincipalDep) -> Principal:
+async def require_admin(principal: PrincipalDep) -> Principal:
     if not principal.admin:
         raise ForbiddenError(f"key '{principal.name}' ({principal.role}) may not do this: it needs an admin "
                              "key for every collection")

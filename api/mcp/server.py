@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from api.chat.answers import Link
-from api.deps import get_engine, get_principal, get_settings
+from api.deps import engine_of, principal_of, settings_of
 from api.mcp.tools import build_server
 from api.routes.chat import link_for
 from rag.collections import DEFAULT
@@ -52,8 +52,8 @@ class ServiceKnowledge:
     """The running service's engine, read as one request's caller."""
 
     def __init__(self, request: Request):
-        self.engine, self.settings = get_engine(request), get_settings(request)
-        self.principal = get_principal(request)
+        self.engine, self.settings = engine_of(request), settings_of(request)
+        self.principal = principal_of(request)
         self._link: Link = link_for(request, self.settings)
 
     def names(self) -> list[str]:
