@@ -65,7 +65,7 @@ def test_bad_model_path_is_a_clear_error(tmp_path: Path):
 def test_the_real_tokenizer_rejects_a_lone_surrogate_and_only_that_question_fails(real: Retriever):
     """The fake model takes any str; the real tokenizer does not. A batch holding one such
     question still answers the others (the engine re-encodes one by one)."""
-    from api.engine.batching import encode_each
+    from api.engine.encoding import encode_each
     from rag.errors import BadQueryError
 
     with pytest.raises(Exception):  # noqa: B017 - whatever the tokenizer raises, it raises

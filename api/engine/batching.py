@@ -1,5 +1,7 @@
-"""Micro-batching: questions wait in a bounded queue; one worker thread takes everything
-queued, embeds it in one model call and searches each question. While a batch runs, new
+"""Micro-batching: questions wait in a bounded queue; the model thread takes everything
+queued and embeds it in one model call, then the search thread searches each question of it
+while the model thread embeds the next batch (a pipeline of two stages: at most one batch
+searching while one is embedded, so searches never pile up). While a batch runs, new
 questions queue up and form the next batch, so a lone client pays no waiting window and
 many clients share model calls. `batch_wait_ms` adds a fixed window for bigger batches.
 The event loop never runs model or search code.
@@ -16,7 +18,12 @@ A full queue answers at once (OverloadedError, 503 with Retry-After) instead of 
 up work nobody will wait for, and every question has a deadline (`request_timeout_seconds`).
 The batch loop survives any exception; if it ever stops, /ready says so.
 
-Left out: priorities between clients; several worker threads (one model call at a time
+Why two stages: with one thread, the model sat idle while a batch's questions were searched
+(~1 ms each: passages, answer sentences), and the searches waited for the model call;
+under 32 clients that serial loop, not the cores, bounded throughput
+(docs/benchmarks.md#a-pipeline-embedding-one-batch-while-the-last-one-is-searched).
+
+Left out: priorities between clients; several model threads (one model call at a time
 uses every core the model is given).
 """
 
@@ -30,6 +37,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from api.engine.encoding import Embedded, embedded, encode_each
 from rag.encoders.base import Embedder
 from rag.errors import BadQueryError, DeadlineError, NotReadyError, OverloadedError, RagError
 from rag.schema import QueryResponse
@@ -40,12 +48,6 @@ from rag.types import Filters, Laps, Mode, lap
 T = TypeVar("T")
 log = logging.getLogger("rag.engine")
 Default = Callable[[], Retriever | NotReadyError]  # the built corpus's retriever, or why there is none
-
-
-@dataclass
-class Embedded:
-    vectors: np.ndarray  # (texts, dimension) float32, as the model gives them
-    tokens: int  # model tokens read: each text's own, at most the model's max_tokens (it truncates)
 
 
 @dataclass
@@ -75,7 +77,8 @@ class Batcher:
         self.on_batch: Callable[[int], None] = lambda size: None  # the app counts batch sizes for /metrics
         self._queue: asyncio.Queue[Job | EmbedJob] = asyncio.Queue(maxsize=settings.max_queue)
         self._held: Job | EmbedJob | None = None  # taken from the queue, left for the next model call
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")  # model calls
+        self.searcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-search")
 
     async def answer(self, job: Job) -> QueryResponse:
         """Queue the job and wait for its answer, within the request deadline."""
@@ -138,26 +141,55 @@ class Batcher:
 
     async def _batch_loop(self, embedder: Embedder, default: Default) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            live = await self._next_batch()
-            if not live:
-                continue
-            self.on_batch(sum(size_of(job) for job in live))
-            results: list[QueryResponse | Embedded | BaseException]
-            try:
-                results = list(await loop.run_in_executor(self.worker, answer_batch, embedder, default(), live))
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # a bug must fail these requests, never the loop
-                log.exception("batch of %d failed", len(live))
-                results = [exc if isinstance(exc, RagError) else RuntimeError("internal error")] * len(live)
-            for job, result in zip(live, results):
-                if job.future.done():
+        searching: asyncio.Task[None] | None = None  # the last batch's searches
+        try:
+            while True:
+                live = await self._next_batch()
+                if not live:
                     continue
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)  # type: ignore[arg-type]  # an Embedded for an EmbedJob
+                self.on_batch(sum(size_of(job) for job in live))
+                try:  # while the last batch is searched
+                    encoded = await loop.run_in_executor(self.worker, encode_batch, embedder, live)
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # a bug must fail these requests, never the loop
+                    log.exception("batch of %d failed", len(live))
+                    _deliver(live, [_failure(exc)] * len(live))
+                    continue
+                if searching is not None:
+                    await searching  # one batch searching at a time
+                searching = asyncio.create_task(self._search(embedder, default, live, encoded))
+        finally:
+            if searching is not None:
+                searching.cancel()
+
+    async def _search(self, embedder: Embedder, default: Default, live: list[Job | EmbedJob],
+                      encoded: list[list[np.ndarray | Exception]]) -> None:
+        """The batch's searches on the search thread, and each answer to its request. Never raises."""
+        results: list[QueryResponse | Embedded | BaseException]
+        try:
+            results = list(await asyncio.get_running_loop().run_in_executor(
+                self.searcher, search_batch, embedder, default(), live, encoded))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug must fail these requests, never the loop
+            log.exception("batch of %d failed", len(live))
+            results = [_failure(exc)] * len(live)
+        _deliver(live, results)
+
+
+def _failure(exc: BaseException) -> BaseException:
+    return exc if isinstance(exc, RagError) else RuntimeError("internal error")
+
+
+def _deliver(jobs: list[Job | EmbedJob], results: list[QueryResponse | Embedded | BaseException]) -> None:
+    for job, result in zip(jobs, results):
+        if job.future.done():  # its client gave up
+            continue
+        if isinstance(result, BaseException):
+            job.future.set_exception(result)
+        else:
+            job.future.set_result(result)  # type: ignore[arg-type]  # an Embedded for an EmbedJob
 
 
 def size_of(job: Job | EmbedJob) -> int:
@@ -165,23 +197,32 @@ def size_of(job: Job | EmbedJob) -> int:
     return len(job.texts) if isinstance(job, EmbedJob) else 1
 
 
-def answer_batch(embedder: Embedder, default: Retriever | NotReadyError,
-                 jobs: list[Job | EmbedJob]) -> list[QueryResponse | Embedded | Exception]:
-    """Runs in the worker thread: one model call for the batch, then one search each
-    question. Every mode needs the question's vector: confidence and highlights use it.
-    `default` fails only its own queries: a live collection answers without it. An
-    `EmbedJob` gets its texts' vectors, or the first error among them. A question's laps:
-    "checks and queue" (until this batch started), "encode" (the batch's model call, which every
-    question of it waits for), "other searches of the batch", then its own steps."""
+def encode_batch(embedder: Embedder, jobs: list[Job | EmbedJob]) -> list[list[np.ndarray | Exception]]:
+    """Runs on the model thread: one model call for the batch (one per model in it). A
+    question's laps: "checks and queue" (until this batch started), "encode" (the batch's
+    model call, which every question of it waits for)."""
     _lap_all(jobs, "checks and queue")
     encoded = _encoded(embedder, jobs)
     _lap_all(jobs, "encode")
+    return encoded
+
+
+def search_batch(embedder: Embedder, default: Retriever | NotReadyError, jobs: list[Job | EmbedJob],
+                 encoded: list[list[np.ndarray | Exception]]) -> list[QueryResponse | Embedded | Exception]:
+    """Runs on the search thread: one search each question. Every mode needs the question's
+    vector: confidence and highlights use it. `default` fails only its own queries: a live
+    collection answers without it. An `EmbedJob` gets its texts' vectors, or the first error
+    among them. A question's laps: "waiting to be searched" (the last batch's searches, then
+    this batch's before it), then its own steps."""
     out: list[QueryResponse | Embedded | Exception] = []
     for job, vectors in zip(jobs, encoded):
         if isinstance(job, EmbedJob):
-            out.append(_embedded(embedder, job.texts, vectors))
+            out.append(embedded(embedder, job.texts, vectors))
             continue
-        lap(job.laps, "other searches of the batch")
+        if job.future.done():  # its client gave up while the batch was embedded
+            out.append(DeadlineError("gave up"))
+            continue
+        lap(job.laps, "waiting to be searched")
         vector = vectors[0]
         if isinstance(vector, Exception):
             out.append(vector)
@@ -226,52 +267,3 @@ def _encoded(embedder: Embedder, jobs: list[Job | EmbedJob]) -> list[list[np.nda
 
 def _texts(job: Job | EmbedJob) -> list[str]:
     return job.texts if isinstance(job, EmbedJob) else [job.question]
-
-
-def _embedded(embedder: Embedder, texts: list[str], encoded: list[np.ndarray | Exception]) -> Embedded | Exception:
-    """One embedding request's answer: its vectors and the tokens the model read, or the
-    first error among its texts (a text the model rejects is named by its place in `input`)."""
-    vectors: list[np.ndarray] = []
-    for i, vector in enumerate(encoded):
-        if isinstance(vector, BadQueryError):
-            return BadQueryError(f"the embedding model cannot encode input[{i}] ({type(vector.__cause__).__name__})")
-        if isinstance(vector, Exception):
-            return vector
-        vectors.append(vector)
-    try:  # the model took the texts, so its tokenizer does too; a failure here fails this request alone
-        tokens = sum(min(embedder.count_tokens(text), embedder.max_tokens) for text in texts)
-    except Exception as exc:
-        return _rejected(exc)
-    return Embedded(np.stack(vectors).astype(np.float32, copy=False), tokens)
-
-
-INPUT_ERRORS = (TypeError, ValueError, UnicodeError)  # what tokenizers raise for text they cannot take
-
-
-def encode_each(embedder: Embedder, questions: list[str]) -> list[np.ndarray | Exception]:
-    """One model call for all; if it raises, one call per question, so that a question the
-    model rejects fails alone and the others are answered. A rejection of the text itself
-    (TypeError, ValueError, UnicodeError) is the question's fault: 422. Anything else (the
-    runtime out of memory, a broken model) is the server's, and stays a 500."""
-    try:
-        return list(embedder.encode(questions))
-    except Exception as exc:
-        if len(questions) == 1:
-            return [_rejected(exc)]
-    out: list[np.ndarray | Exception] = []
-    for question in questions:
-        try:
-            out.append(embedder.encode([question])[0])
-        except Exception as exc:
-            out.append(_rejected(exc))
-    return out
-
-
-def _rejected(exc: Exception) -> Exception:
-    if not isinstance(exc, INPUT_ERRORS):
-        log.error("the model failed on a question: %r", exc)
-        return exc
-    log.warning("the model rejected a question: %r", exc)
-    rejected = BadQueryError(f"the embedding model cannot encode this question ({type(exc).__name__})")
-    rejected.__cause__ = exc
-    return rejected

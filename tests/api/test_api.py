@@ -343,7 +343,7 @@ def test_server_timing_gives_each_step_of_that_request_only_when_asked(built: Se
         r = c.post("/query", json={"question": "How long is the ferry crossing?", "k": 3})
         assert r.status_code == 200, r.text
         steps = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
-        assert list(steps)[:3] == ["checks-and-queue", "encode", "other-searches-of-the-batch"]
+        assert list(steps)[:3] == ["checks-and-queue", "encode", "waiting-to-be-searched"]
         for step in ("dense-search", "lexical-search", "fusion", "passages-and-highlights", "answer-sentences",
                      "confidence-and-response", "hand-back", "serialisation"):
             assert step in steps

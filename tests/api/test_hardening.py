@@ -466,7 +466,7 @@ def test_two_host_headers_are_refused_and_ipv6_loopback_is_allowed(built: Settin
 
 
 def test_a_model_failure_that_is_not_the_questions_fault_is_not_a_422():
-    from api.engine.batching import encode_each
+    from api.engine.encoding import encode_each
 
     class Broken(FakeEmbedder):
         def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
