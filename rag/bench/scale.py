@@ -203,21 +203,27 @@ def _search_timings(store: Any, questions: list[str], vectors: np.ndarray, fusio
         "lexical": lambda q, v: store.lexical(q, 10, Filters()),
         # as the retriever runs it: the two sides at once where the collection is big (rag.search.sides)
         "hybrid": lambda q, v: fuse(*both_sides(store, q, v, fusion.depth, Filters()), fusion)[0][:10],
-        # hybrid's parts: each side at the fusion depth (where its time goes)
+        # hybrid's parts: each side at the fusion depth, and the fusion (ours, whatever the store)
         "dense_at_fusion_depth": lambda q, v: store.dense(v, fusion.depth, Filters()),
         "lexical_at_fusion_depth": lambda q, v: store.lexical(q, fusion.depth, Filters()),
     }
-    out = {}
-    for name, search in searches.items():
-        for q, v in zip(questions, vectors):  # warm-up: page cache and FAISS's first-call costs
-            search(q, v)
-        ms = []
-        for q, v in zip(questions, vectors):
-            started = time.perf_counter()
-            search(q, v)
-            ms.append((time.perf_counter() - started) * 1000)
-        out[name] = {"p50_ms": round(statistics.median(ms), 3), "p99_ms": round(percentile(ms, 0.99), 3)}
+    out = {name: _timed(search, questions, vectors) for name, search in searches.items()}
+    sides = {q: both_sides(store, q, v, fusion.depth, Filters()) for q, v in zip(questions, vectors)}
+    out["fusion"] = _timed(lambda q, v: fuse(*sides[q], fusion), questions, vectors)
     return out
+
+
+def _timed(search: Callable[[str, np.ndarray], Any], questions: list[str], vectors: np.ndarray) -> dict[str, float]:
+    """p50 and p99 ms of `search` over the questions, after one warm-up pass (the page cache
+    and FAISS's first-call costs)."""
+    for q, v in zip(questions, vectors):
+        search(q, v)
+    ms = []
+    for q, v in zip(questions, vectors):
+        started = time.perf_counter()
+        search(q, v)
+        ms.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": round(statistics.median(ms), 3), "p99_ms": round(percentile(ms, 0.99), 3)}
 
 
 def _recall(store: Any, source: Rows, n: int, vectors: np.ndarray) -> float:
@@ -281,10 +287,23 @@ def scale_table(result: dict[str, Any]) -> str:
     lines = [f"{result['backend']} store, {result['chunks']:,} chunks, index {json.dumps(result['index'])}",
              f"  build {result['build_s']} s, peak RSS {result['peak_rss_mb']} MB, {result['disk_mb']} MB on disk, "
              f"rag serve ready in {result['serve_ready_s']} s, RSS {result['serve_rss_mb']} MB"]
-    for side in ("dense", "lexical", "hybrid", "dense_at_fusion_depth", "lexical_at_fusion_depth"):
-        if side not in result:  # the last two: since 2026-12-02
+    for side in ("dense", "lexical", "hybrid", "dense_at_fusion_depth", "lexical_at_fusion_depth", "fusion"):
+        if side not in result:  # the last three: since 2026-12-02
             continue
         row = result[side]
         extra = f", recall@10 {row['recall_at_10']}" if "recall_at_10" in row else ""
         lines.append(f"  {side:<24} p50 {row['p50_ms']:>8.2f} ms   p99 {row['p99_ms']:>8.2f} ms{extra}")
     return "\n".join(lines)
+
+
+def compared(local: dict[str, Any], milvus: dict[str, Any]) -> dict[str, Any]:
+    """Both stores' reports from one run, and Milvus's p50 over the local store's for each search."""
+    searches = ("dense", "lexical", "hybrid", "dense_at_fusion_depth", "lexical_at_fusion_depth")
+    return {"local": local, "milvus": milvus,
+            "milvus_over_local": {s: round(milvus[s]["p50_ms"] / local[s]["p50_ms"], 1) for s in searches}}
+
+
+def compared_table(result: dict[str, Any]) -> str:
+    ratios = ", ".join(f"{side} {ratio}x" for side, ratio in result["milvus_over_local"].items())
+    return "\n\n".join([scale_table(result["local"]), scale_table(result["milvus"]),
+                        f"Milvus p50 / local p50 (same run, same rows and questions): {ratios}"])

@@ -10,7 +10,7 @@ Left out: comparing two runs (diff their JSON files).
 import importlib.util
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -89,7 +89,9 @@ def soak(
 @user_errors
 def scale(
     chunks: Annotated[int, typer.Argument(help="chunks in the collection", min=1000, max=100_000_000)],
-    backend: BackendOpt = None,
+    backend: Annotated[str | None, typer.Option(help="local, milvus, or both (one after the other on the same rows "
+                                                "and questions, with Milvus's times over the local store's) "
+                                                "[RAG_VECTOR_STORE]")] = None,
     rows: Annotated[str, typer.Option(help="gaussian: distinct rows fitted to SciFact's real vectors; near-copies: "
                                       "the old generator (copies of each real chunk, mixed and noised)")] = "gaussian",
     vectors: Annotated[Path | None, typer.Option(help="your own vectors, an N x d .npy file (the first N rows "
@@ -106,7 +108,7 @@ def scale(
 ) -> None:
     """Build an N-chunk collection (distinct rows fitted to SciFact's vectors, or your own); time its searches,
     recall against exact, build, memory."""
-    from rag.bench.scale import run_scale, scale_table
+    from rag.bench.scale import compared, compared_table, run_scale, scale_table
 
     if rows not in ("gaussian", "near-copies"):
         fail(f"--rows must be gaussian or near-copies, got {rows!r}")
@@ -115,8 +117,16 @@ def scale(
     if vectors is not None and rows != "gaussian":
         fail("--vectors brings the rows: leave out --rows")
     settings = load_settings(index=index)
-    measured = run_scale(settings, chunks, _store(backend, settings.vector_store), scifact, log=_log, rows=rows,
-                         vectors=vectors, queries=queries, texts=texts)
+
+    def measure(store: str) -> dict[str, Any]:
+        return run_scale(settings, chunks, store, scifact, log=_log, rows=rows, vectors=vectors, queries=queries,
+                         texts=texts)
+
+    if backend == "both":
+        both = compared(measure("local"), measure("milvus"))
+        typer.echo(json.dumps(both) if as_json else compared_table(both))
+        return
+    measured = measure(_store(backend, settings.vector_store))
     typer.echo(json.dumps(measured) if as_json else scale_table(measured))
 
 

@@ -126,5 +126,23 @@ def test_a_synthetic_build_and_its_recall_scan(built: Settings, source: LocalSto
         assert scale._recall(store, rows, 1000, queries) == 1.0  # exact below EXACT_LIMIT: recall is 1
         _, chunks, _ = rows.records(range(0, 256))
         assert store.lexical(chunks[0].text, 1, scale.Filters())[0][0] == 0  # its own text finds row 0 first
+        timed = scale._search_timings(store, [c.text for c in chunks[:3]], queries[:3], scale.Fusion("convex", 0.7))
+        assert set(timed) == {"dense", "lexical", "hybrid", "dense_at_fusion_depth", "lexical_at_fusion_depth",
+                              "fusion"}
+        assert all(0 < t["p50_ms"] <= t["p99_ms"] for t in timed.values())
     finally:
         store.close()
+
+
+def test_both_stores_side_by_side():
+    from rag.bench.scale import compared, compared_table
+
+    def report(backend: str, ms: float) -> dict:
+        side = {"p50_ms": ms, "p99_ms": 2 * ms}
+        return {"backend": backend, "chunks": 1000, "index": {}, "build_s": 1.0, "peak_rss_mb": 1.0, "disk_mb": 1.0,
+                "serve_ready_s": 1.0, "serve_rss_mb": 1.0, "dense": side, "lexical": side, "hybrid": side,
+                "dense_at_fusion_depth": side, "lexical_at_fusion_depth": side, "fusion": side}
+
+    both = compared(report("local", 2.0), report("milvus", 50.0))
+    assert both["milvus_over_local"]["hybrid"] == 25.0 and both["local"]["backend"] == "local"
+    assert "hybrid 25.0x" in compared_table(both)
