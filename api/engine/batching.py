@@ -1,7 +1,5 @@
-"""Micro-batching: questions wait in a bounded queue; the model thread takes everything
-queued and embeds it in one model call, then the search thread searches each question of it
-while the model thread embeds the next batch (a pipeline of two stages: at most one batch
-searching while one is embedded, so searches never pile up). While a batch runs, new
+"""Micro-batching: questions wait in a bounded queue; one worker thread takes everything
+queued, embeds it in one model call and searches each question. While a batch runs, new
 questions queue up and form the next batch, so a lone client pays no waiting window and
 many clients share model calls. `batch_wait_ms` adds a fixed window for bigger batches.
 The event loop never runs model or search code.
@@ -18,13 +16,10 @@ A full queue answers at once (OverloadedError, 503 with Retry-After) instead of 
 up work nobody will wait for, and every question has a deadline (`request_timeout_seconds`).
 The batch loop survives any exception; if it ever stops, /ready says so.
 
-Why two stages: with one thread, the model sat idle while a batch's questions were searched
-(~1 ms each: passages, answer sentences), and the searches waited for the model call;
-under 32 clients that serial loop, not the cores, bounded throughput
-(docs/benchmarks.md#a-pipeline-embedding-one-batch-while-the-last-one-is-searched).
-
-Left out: priorities between clients; several model threads (one model call at a time
-uses every core the model is given).
+Left out: priorities between clients; several worker threads (one model call at a time
+uses every core the model is given); a pipeline that searches one batch while the next is
+embedded (measured: no more throughput, since the two cores are busy either way, and 0.17 ms
+more a question for the hand-over: docs/benchmarks.md#where-a-query-goes-from-its-own-requests).
 """
 
 import asyncio
@@ -77,8 +72,7 @@ class Batcher:
         self.on_batch: Callable[[int], None] = lambda size: None  # the app counts batch sizes for /metrics
         self._queue: asyncio.Queue[Job | EmbedJob] = asyncio.Queue(maxsize=settings.max_queue)
         self._held: Job | EmbedJob | None = None  # taken from the queue, left for the next model call
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")  # model calls
-        self.searcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-search")
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rag-query")
 
     async def answer(self, job: Job) -> QueryResponse:
         """Queue the job and wait for its answer, within the request deadline."""
@@ -141,41 +135,20 @@ class Batcher:
 
     async def _batch_loop(self, embedder: Embedder, default: Default) -> None:
         loop = asyncio.get_running_loop()
-        searching: asyncio.Task[None] | None = None  # the last batch's searches
-        try:
-            while True:
-                live = await self._next_batch()
-                if not live:
-                    continue
-                self.on_batch(sum(size_of(job) for job in live))
-                try:  # while the last batch is searched
-                    encoded = await loop.run_in_executor(self.worker, encode_batch, embedder, live)
-                except asyncio.CancelledError:
-                    raise
-                except BaseException as exc:  # a bug must fail these requests, never the loop
-                    log.exception("batch of %d failed", len(live))
-                    _deliver(live, [_failure(exc)] * len(live))
-                    continue
-                if searching is not None:
-                    await searching  # one batch searching at a time
-                searching = asyncio.create_task(self._search(embedder, default, live, encoded))
-        finally:
-            if searching is not None:
-                searching.cancel()
-
-    async def _search(self, embedder: Embedder, default: Default, live: list[Job | EmbedJob],
-                      encoded: list[list[np.ndarray | Exception]]) -> None:
-        """The batch's searches on the search thread, and each answer to its request. Never raises."""
-        results: list[QueryResponse | Embedded | BaseException]
-        try:
-            results = list(await asyncio.get_running_loop().run_in_executor(
-                self.searcher, search_batch, embedder, default(), live, encoded))
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # a bug must fail these requests, never the loop
-            log.exception("batch of %d failed", len(live))
-            results = [_failure(exc)] * len(live)
-        _deliver(live, results)
+        while True:
+            live = await self._next_batch()
+            if not live:
+                continue
+            self.on_batch(sum(size_of(job) for job in live))
+            results: list[QueryResponse | Embedded | BaseException]
+            try:
+                results = list(await loop.run_in_executor(self.worker, answer_batch, embedder, default(), live))
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a bug must fail these requests, never the loop
+                log.exception("batch of %d failed", len(live))
+                results = [_failure(exc)] * len(live)
+            _deliver(live, results)
 
 
 def _failure(exc: BaseException) -> BaseException:
@@ -197,8 +170,14 @@ def size_of(job: Job | EmbedJob) -> int:
     return len(job.texts) if isinstance(job, EmbedJob) else 1
 
 
+def answer_batch(embedder: Embedder, default: Retriever | NotReadyError,
+                 jobs: list[Job | EmbedJob]) -> list[QueryResponse | Embedded | Exception]:
+    """Runs in the worker thread: one model call for the batch, then one search each question."""
+    return search_batch(embedder, default, jobs, encode_batch(embedder, jobs))
+
+
 def encode_batch(embedder: Embedder, jobs: list[Job | EmbedJob]) -> list[list[np.ndarray | Exception]]:
-    """Runs on the model thread: one model call for the batch (one per model in it). A
+    """One model call for the batch (one per model in it). A
     question's laps: "checks and queue" (until this batch started), "encode" (the batch's
     model call, which every question of it waits for)."""
     _lap_all(jobs, "checks and queue")
@@ -209,11 +188,11 @@ def encode_batch(embedder: Embedder, jobs: list[Job | EmbedJob]) -> list[list[np
 
 def search_batch(embedder: Embedder, default: Retriever | NotReadyError, jobs: list[Job | EmbedJob],
                  encoded: list[list[np.ndarray | Exception]]) -> list[QueryResponse | Embedded | Exception]:
-    """Runs on the search thread: one search each question. Every mode needs the question's
+    """One search each question. Every mode needs the question's
     vector: confidence and highlights use it. `default` fails only its own queries: a live
     collection answers without it. An `EmbedJob` gets its texts' vectors, or the first error
-    among them. A question's laps: "waiting to be searched" (the last batch's searches, then
-    this batch's before it), then its own steps."""
+    among them. A question's laps: "waiting to be searched" (the batch's searches before
+    it), then its own steps."""
     out: list[QueryResponse | Embedded | Exception] = []
     for job, vectors in zip(jobs, encoded):
         if isinstance(job, EmbedJob):

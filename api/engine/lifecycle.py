@@ -104,7 +104,6 @@ class Engine:
             with contextlib.suppress(BaseException):
                 await task
         self.batcher.worker.shutdown(wait=True, cancel_futures=True)
-        self.batcher.searcher.shutdown(wait=True, cancel_futures=True)
         # the writes not started are dropped (big ones are in their spool); the running one gets the grace
         grace = self.settings.shutdown_grace_seconds
         if not await asyncio.get_running_loop().run_in_executor(None, self.writer.close, grace):
