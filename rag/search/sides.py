@@ -1,7 +1,7 @@
 """Both rankings of a hybrid search, the two sides at once where that pays.
 
 Hybrid needs each side's top `fusion.depth` (1,000 by default), and at a million chunks that
-is ~3 ms of IVF-PQ scan and ~4.5 ms of BM25 MaxScore (docs/benchmarks.md#hybrid-sides-on-two-threads).
+is ~3 ms of IVF-PQ scan and ~4.5 ms of BM25 MaxScore (docs/benchmarks.md#hybrids-two-sides-at-once).
 Neither needs the other's result, FAISS and numpy's array work release the GIL, and a
 remote engine (Milvus) spends the time waiting: so the lexical side runs on a thread of its
 own while the calling thread runs the dense one, and a query waits for the slower side
