@@ -177,9 +177,9 @@ def answer_batch(embedder: Embedder, default: Retriever | NotReadyError,
 
 
 def encode_batch(embedder: Embedder, jobs: list[Job | EmbedJob]) -> list[list[np.ndarray | Exception]]:
-    """One model call for the batch (one per model in it). A
-    question's laps: "checks and queue" (until this batch started), "encode" (the batch's
-    model call, which every question of it waits for)."""
+    """One model call for the batch (one per model in it). A question's laps: "checks and
+    queue" (until this batch started), "encode" (the batch's model call, which every question
+    of it waits for)."""
     _lap_all(jobs, "checks and queue")
     encoded = _encoded(embedder, jobs)
     _lap_all(jobs, "encode")
@@ -188,11 +188,11 @@ def encode_batch(embedder: Embedder, jobs: list[Job | EmbedJob]) -> list[list[np
 
 def search_batch(embedder: Embedder, default: Retriever | NotReadyError, jobs: list[Job | EmbedJob],
                  encoded: list[list[np.ndarray | Exception]]) -> list[QueryResponse | Embedded | Exception]:
-    """One search each question. Every mode needs the question's
-    vector: confidence and highlights use it. `default` fails only its own queries: a live
-    collection answers without it. An `EmbedJob` gets its texts' vectors, or the first error
-    among them. A question's laps: "waiting to be searched" (the batch's searches before
-    it), then its own steps."""
+    """One search each question. Every mode needs the question's vector: confidence and
+    highlights use it. `default` fails only its own queries: a live collection answers
+    without it. An `EmbedJob` gets its texts' vectors, or the first error among them. A
+    question's laps: "waiting to be searched" (the batch's searches before it), then its
+    own steps."""
     out: list[QueryResponse | Embedded | Exception] = []
     for job, vectors in zip(jobs, encoded):
         if isinstance(job, EmbedJob):
