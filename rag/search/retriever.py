@@ -152,6 +152,7 @@ class Retriever:
             query_vector = self.embedder.encode([question])[0]
         best: float | None = None
         hits: Iterable[Hit]
+        lap(laps, "other")
         if mode == "lexical":
             hits = _hits("lexical", self.store.lexical(question, depth, filters))
             lap(laps, "lexical search")
@@ -202,7 +203,6 @@ class Retriever:
 
     def _hybrid(self, question: str, vector: np.ndarray, filters: Filters, fusion: Fusion,
                 laps: Laps | None = None) -> tuple[Iterator[Hit], float | None]:
-        lap(laps, "other")
         dense, lexical = both_sides(self.store, question, vector, fusion.depth, filters, laps)
         rows, fused = fuse(dense, lexical, fusion)
         lap(laps, "fusion")

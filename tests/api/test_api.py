@@ -348,5 +348,8 @@ def test_server_timing_gives_each_step_of_that_request_only_when_asked(built: Se
                      "confidence-and-response", "hand-back", "serialisation"):
             assert step in steps
         assert all(float(ms) >= 0 for ms in steps.values())
+        r = c.post("/query", json={"question": "ferries", "k": 3, "mode": "lexical"})
+        steps = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+        assert "other" in steps and "lexical-search" in steps and "dense-search" not in steps
     with client_for(built) as c:  # off by default: it tells every client how busy the service is
         assert "server-timing" not in c.post("/query", json={"question": "ferries", "k": 3}).headers
