@@ -18,6 +18,7 @@ Left out: splitting one side over several threads (FAISS can probe in parallel; 
 cores that would take the core the other side is using).
 """
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -33,6 +34,16 @@ SIDE_THREADS = 1  # the lexical sides of all queries share this many threads: th
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child the pool's thread does not exist, yet the pool would count it as idle
+    and queue work for it for ever: the child makes its own."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _side_pool() -> ThreadPoolExecutor:

@@ -68,3 +68,20 @@ def test_a_store_with_a_lock_stays_on_the_callers_thread():
     with store.lock:  # type: ignore[attr-defined]
         both_sides(store, "q", np.zeros(4, dtype=np.float32), 10, Filters())  # type: ignore[arg-type]
     assert set(store.threads.values()) == {threading.current_thread().name}
+
+
+def test_a_forked_child_gets_a_pool_of_its_own():
+    import multiprocessing
+
+    store = Failing("none")
+    both_sides(store, "q", np.zeros(4, dtype=np.float32), 10, Filters())  # type: ignore[arg-type]  # the parent's pool
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=both_sides, args=(Failing("none"), "q", np.zeros(4, dtype=np.float32), 10,
+                                                      Filters()))
+    child.start()
+    child.join(20)
+    try:
+        assert child.exitcode == 0  # without its own pool the child waited for a thread that does not exist
+    finally:
+        if child.is_alive():
+            child.kill()
