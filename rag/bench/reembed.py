@@ -38,8 +38,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rag.bench.child import in_child
 from rag.bench.portable import PHASE_SECONDS, query_phase
-from rag.bench.scale import in_child, serve_env, serving
+from rag.bench.scale import serve_env, serving
 from rag.bench.server import cpu_seconds
 from rag.errors import BadQueryError
 from rag.settings import Settings

@@ -22,8 +22,6 @@ is `rag bench serve` on the seed corpus).
 """
 
 import json
-import multiprocessing
-import queue
 import resource
 import statistics
 import subprocess
@@ -32,7 +30,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +37,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
+from rag.bench.child import in_child
 from rag.bench.rows import FileRows, Rows, RowsSpec, normalised, open_rows
 from rag.encoders.base import Embedder
 from rag.encoders.load import embedder_from
@@ -137,38 +135,6 @@ def build_in_child(target: Settings, n: int, spec: RowsSpec) -> tuple[float, flo
     seconds = in_child(build_synthetic, target, n, spec)
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, of the largest child
     return float(seconds), peak_kb / 1024
-
-
-@dataclass(frozen=True)
-class ChildError:
-    message: str
-
-
-def in_child(function: Callable[..., Any], *args: Any) -> Any:
-    """`function(*args)` in a fresh (spawned) process, its result sent back; a RuntimeError
-    with the child's error, or its exit status if it died without a word (killed, out of memory)."""
-    context = multiprocessing.get_context("spawn")
-    results = context.Queue()
-    child = context.Process(target=_run_in_child, args=(function, args, results))
-    child.start()
-    while True:  # a dead child is reported, not waited on
-        try:
-            outcome = results.get(timeout=1.0)
-            break
-        except queue.Empty:
-            if not child.is_alive():
-                raise RuntimeError(f"{function.__name__}'s process died (exit status {child.exitcode})") from None
-    child.join()
-    if isinstance(outcome, ChildError):
-        raise RuntimeError(f"{function.__name__} failed: {outcome.message}")
-    return outcome
-
-
-def _run_in_child(function: Callable[..., Any], args: tuple[Any, ...], results: Any) -> None:
-    try:
-        results.put(function(*args))
-    except Exception as exc:  # the parent reports it
-        results.put(ChildError(f"{type(exc).__name__}: {exc}"))
 
 
 def build_synthetic(target: Settings, n: int, spec: RowsSpec) -> float:

@@ -148,7 +148,7 @@ def _die() -> None:
 
 
 def test_a_child_returns_its_result_its_error_or_how_it_died():
-    from rag.bench.scale import in_child
+    from rag.bench.child import in_child
 
     assert in_child(_add, 2, 3) == 5
     with pytest.raises(RuntimeError, match="_refuse failed: ValueError: no such corpus"):
