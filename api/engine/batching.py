@@ -147,22 +147,14 @@ class Batcher:
                 raise
             except BaseException as exc:  # a bug must fail these requests, never the loop
                 log.exception("batch of %d failed", len(live))
-                results = [_failure(exc)] * len(live)
-            _deliver(live, results)
-
-
-def _failure(exc: BaseException) -> BaseException:
-    return exc if isinstance(exc, RagError) else RuntimeError("internal error")
-
-
-def _deliver(jobs: list[Job | EmbedJob], results: list[QueryResponse | Embedded | BaseException]) -> None:
-    for job, result in zip(jobs, results):
-        if job.future.done():  # its client gave up
-            continue
-        if isinstance(result, BaseException):
-            job.future.set_exception(result)
-        else:
-            job.future.set_result(result)  # type: ignore[arg-type]  # an Embedded for an EmbedJob
+                results = [exc if isinstance(exc, RagError) else RuntimeError("internal error")] * len(live)
+            for job, result in zip(live, results):
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)  # type: ignore[arg-type]  # an Embedded for an EmbedJob
 
 
 def size_of(job: Job | EmbedJob) -> int:

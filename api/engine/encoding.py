@@ -21,7 +21,6 @@ class Embedded:
     tokens: int  # model tokens read: each text's own, at most the model's max_tokens (it truncates)
 
 
-
 def embedded(embedder: Embedder, texts: list[str], encoded: list[np.ndarray | Exception]) -> Embedded | Exception:
     """One embedding request's answer: its vectors and the tokens the model read, or the
     first error among its texts (a text the model rejects is named by its place in `input`)."""
@@ -66,6 +65,6 @@ def rejected(exc: Exception) -> Exception:
         log.error("the model failed on a question: %r", exc)
         return exc
     log.warning("the model rejected a question: %r", exc)
-    rejected = BadQueryError(f"the embedding model cannot encode this question ({type(exc).__name__})")
-    rejected.__cause__ = exc
-    return rejected
+    error = BadQueryError(f"the embedding model cannot encode this question ({type(exc).__name__})")
+    error.__cause__ = exc
+    return error

@@ -8,7 +8,7 @@ when it is deleted or released by the collections' LRU (`RAG_MAX_OPEN_COLLECTION
 Left out: several worker processes (one process with batching keeps one model copy in
 memory); GPU placement.
 
-Why ~305 lines: start-up and shutdown order every part above (the model before the
+Why ~310 lines: start-up and shutdown order every part above (the model before the
 collections, the spool before the jobs, the writer's grace before the runner), and the
 routes reach them all through this one object.
 """
